@@ -1,0 +1,64 @@
+"""The ``edgedistill`` command group.
+
+Each command lives in its own module and only parses, validates, calls a plain function and
+renders the result. Heavy imports (torch, timm, onnx, openvino) happen inside the commands,
+so ``edgedistill --help`` and ``--version`` stay instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgedistill import __version__
+from edgedistill.errors import EdgeDistillError
+
+
+class _Group(click.Group):
+    """Turns user errors into one line and a non-zero exit instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        import warnings
+
+        # Library warnings reach users as one line, not as a source excerpt.
+        warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+        try:
+            return super().invoke(ctx)
+        except EdgeDistillError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgedistill")
+def main() -> None:
+    """Distill a self-supervised ViT into a ViT-Tiny, validate it, export it, benchmark it.
+
+    \b
+      edgedistill pretrain   SSL (DINO) teacher on your own unlabeled images
+      edgedistill distill    AttnDistill: teacher -> ViT-Tiny student
+      edgedistill eval       k-NN, linear probe, attention maps
+      edgedistill export     ONNX + OpenVINO bundle, --int8, parity and accuracy gates
+      edgedistill bench      latency and throughput from a bundle
+      edgedistill pipeline   all of the above from one YAML config
+    """
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("distill", "pretrain", "eval", "export", "bench", "pipeline"):
+        try:
+            module = importlib.import_module(f"edgedistill.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edgedistill.cli.{name}":
+                continue  # stage not built yet
+            raise
+        main.add_command(module.command)
+
+
+_register()

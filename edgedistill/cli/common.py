@@ -1,0 +1,67 @@
+"""Options and rendering shared by the commands (click and rich only: no torch here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgedistill.config import Config, build_config
+
+
+def config_options(func):
+    """--config, --set (repeatable) and --out, shared by the training commands."""
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a config key, e.g. --set distill.epochs=1 (repeatable).")(func)
+    func = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Run directory (default: runs/<run.name>).")(func)
+    func = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                        help="YAML config file.")(func)
+    return func
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...], extra: dict[str, Any],
+                            out: Path | None, resume: bool) -> tuple[Config, Path]:
+    """Build the config of a training command. A resumed run takes its own saved config
+    (``--set`` still applies on top); a new one takes --config, the options, then --set."""
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.train_paths import default_run_dir
+
+    extra = {section: {k: v for k, v in values.items() if v is not None}
+             for section, values in extra.items()}
+    extra = {section: values for section, values in extra.items() if values}
+    if resume:
+        if out is None:
+            raise EdgeDistillError("--resume needs --out pointing at the run directory to continue")
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise EdgeDistillError(f"nothing to resume: {saved} does not exist")
+        if config_path is not None:
+            raise EdgeDistillError("--resume uses the run's own config.yaml; change keys with --set instead of --config")
+        cfg = build_config(saved, overrides, extra)
+    else:
+        cfg = build_config(config_path, overrides, extra)
+    return cfg, out if out is not None else default_run_dir(cfg)
+
+
+def render_run_summary(con, stage: str, summary: dict) -> None:
+    """The closing table of a training command."""
+    from rich.table import Table
+
+    table = Table(title=f"{stage}: {summary['run_dir']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("steps", str(summary["steps"]))
+    table.add_row("epochs", str(summary["epochs"]))
+    table.add_row("complete", "yes" if summary["complete"] else "no (stopped by max_steps; --resume continues)")
+    table.add_row("time", f"{summary['seconds']:.1f} s")
+    for key, value in summary.get("metrics", {}).items():
+        table.add_row(key, f"{value:.4g}")
+    con.print(table)

@@ -1,0 +1,24 @@
+"""``edgedistill pretrain``: a DINO teacher on your own (unlabeled) images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedistill.cli.common import config_options, console, render_run_summary, resolve_training_config
+
+
+@click.command("pretrain")
+@config_options
+@click.option("--data", default=None, help="Image folder (labels not needed) or 'digits'. Sets data.path.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ...], data: str | None, resume: bool) -> None:
+    """DINO self-supervised pretraining: writes teacher.safetensors + teacher.json, usable as --teacher."""
+    cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}}, out, resume)
+    from edgedistill.train.runner import pretrain
+
+    con = console()
+    summary = pretrain(cfg, out, resume=resume, console=con)
+    if summary["is_main"]:
+        render_run_summary(con, "pretrain", summary)

@@ -1,0 +1,356 @@
+"""Typed configuration: dataclass defaults, YAML files, ``--set a.b=v`` overrides, validation.
+
+Every key lives in a section (``data.*``, ``teacher.*``, ``student.*``, ``distill.*``, ...).
+Unknown keys are rejected with a suggestion, values are coerced to the declared type, and
+the resolved config is written as ``config.yaml`` into every run directory.
+
+This module imports no torch: the CLI validates a config before any heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgedistill.errors import EdgeDistillError
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads on CPU; 0 = leave torch's default
+
+
+@dataclass
+class DataConfig:
+    path: str = "digits"  # "digits" (embedded) or a folder of images (labeled or not)
+    val_path: str = ""  # labeled folder for k-NN; "" = the val split of `path` where it has one
+    img_size: int = 32
+    batch_size: int = 64  # per process (micro-batch); see distill.effective_batch
+    num_workers: int = 2
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    max_bad_images: int = 10  # corrupt/truncated images skipped before the run fails
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TeacherConfig:
+    # A run directory, a checkpoint file (.pth/.pt/.safetensors), a timm hub name
+    # (e.g. vit_small_patch16_224.dino), or "random" (an explicitly random-init teacher).
+    source: str = "random"
+    arch: str = "vit_small_patch16_224"
+    img_size: int = 0  # 0 = data.img_size
+    patch_size: int = 0  # 0 = the architecture's own
+    depth: int = 0  # 0 = the architecture's own (e.g. 12)
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "vit_tiny_patch16_224"
+    img_size: int = 0  # 0 = data.img_size
+    patch_size: int = 0  # 0 = the architecture's own
+    depth: int = 0  # 0 = the architecture's own (12 for ViT-Tiny)
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class DistillConfig:
+    epochs: int = 100
+    effective_batch: int = 0  # 0 = data.batch_size x world size (no accumulation)
+    blr: float = 1.5e-4  # lr = blr * effective_batch / 256
+    min_lr: float = 0.0
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float = 0.0  # 0 = off
+    w_cls: float = 1.0
+    w_attn: float = 0.1
+    temperature: float = 10.0  # head aggregation softmax(sum_h log A_h / T)
+    aggregate_heads: str = "auto"  # auto (when head counts differ) | always | never
+    projector_depth: int = 3  # hidden layers; 0 = one linear map (identity when dims match)
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    fused_attention: bool = True  # SDPA everywhere except the explicit CLS row of the last block
+    compile: bool = False
+    checkpoint_every: int = 1  # epochs
+    knn_every: int = 0  # epochs; 0 = off
+    log_every: int = 10  # optimizer steps
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+
+
+@dataclass
+class PretrainConfig:
+    arch: str = "vit_small_patch16_224"
+    patch_size: int = 0
+    depth: int = 0
+    epochs: int = 100
+    effective_batch: int = 0
+    blr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10.0
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    out_dim: int = 4096
+    local_crops: int = 6
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_crop_size: int = 0  # 0 = 3/7 of the image size, like 96/224
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996
+    freeze_last_layer: int = 1  # epochs
+    drop_path_rate: float = 0.1
+    amp: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 1
+    knn_every: int = 0
+    log_every: int = 10
+    max_steps: int = 0
+
+
+@dataclass
+class EvalConfig:
+    k: tuple[int, ...] = (10, 20, 100, 200)
+    temperature: float = 0.07
+    batch_size: int = 128
+    chunk_size: int = 4096
+
+
+@dataclass
+class ExportConfig:
+    formats: tuple[str, ...] = ("onnx", "openvino")
+    int8: bool = True
+    opset: int = 18
+    calib_size: int = 64
+    parity_min_cosine: float = 0.9999
+    max_knn_drop: float = 1.0
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+def _suggest(name: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    return f"; known keys: {', '.join(prefix + c for c in sorted(choices))}"
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the declared field type, or fail clearly."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise EdgeDistillError(f"config key '{key}' needs {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise EdgeDistillError(f"config key '{key}' must be true or false, got '{value}'")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise EdgeDistillError(f"config key '{key}' must be a number, got '{value}'")
+        try:
+            number = float(value) if tp is float else _to_int(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if tp is int else "a number"
+            raise EdgeDistillError(f"config key '{key}' must be {kind}, got '{value}'") from None
+        return number
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise EdgeDistillError(f"config key '{key}' must be a string, got {type(value).__name__}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _to_int(value: Any) -> int:
+    as_float = float(value)
+    if not as_float.is_integer():
+        raise ValueError(value)
+    return int(as_float)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    types_ = _field_types(type(obj))
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in types_:
+            raise EdgeDistillError(f"unknown config key '{full}'{_suggest(str(key), list(types_), prefix)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise EdgeDistillError(f"config section '{full}' must be a mapping")
+            _apply(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, types_[key], full))
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b=v`` into ``{"a": {"b": v}}`` with ``v`` parsed as YAML (numbers, lists...)."""
+    if "=" not in text:
+        raise EdgeDistillError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise EdgeDistillError(f"--set has an empty key in '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeDistillError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise EdgeDistillError(f"config file {path} is not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise EdgeDistillError(f"config file {path} must hold a mapping of sections")
+    return loaded
+
+
+def build_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the YAML file, then ``extra`` (CLI options), then ``--set`` overrides."""
+    cfg = Config()
+    if path is not None:
+        _apply(cfg, load_yaml(path))
+    if extra:
+        _apply(cfg, extra)
+    for text in overrides:
+        _apply(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from edgedistill.utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values with a message naming the key."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise EdgeDistillError(message)
+
+    d = cfg.data
+    need(d.img_size >= 8, f"data.img_size must be at least 8, got {d.img_size}")
+    need(d.batch_size >= 1, f"data.batch_size must be positive, got {d.batch_size}")
+    need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {d.crop_scale}")
+    need(d.max_bad_images >= 0, "data.max_bad_images must be >= 0")
+    need(all(s > 0 for s in d.std), "data.std must be positive")
+    for section in ("teacher", "student"):
+        sub = getattr(cfg, section)
+        need(sub.img_size >= 0, f"{section}.img_size must be >= 0")
+        need(sub.patch_size >= 0, f"{section}.patch_size must be >= 0")
+        need(sub.depth >= 0, f"{section}.depth must be >= 0")
+        size = sub.img_size or d.img_size
+        if sub.patch_size:
+            need(size % sub.patch_size == 0, f"{section}.patch_size {sub.patch_size} does not divide the image size {size}")
+    for name in ("distill", "pretrain"):
+        sec = getattr(cfg, name)
+        need(sec.epochs >= 1, f"{name}.epochs must be >= 1, got {sec.epochs}")
+        need(sec.effective_batch >= 0, f"{name}.effective_batch must be >= 0")
+        need(sec.blr > 0, f"{name}.blr must be positive")
+        need(sec.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
+        need(sec.amp in ("auto", "bf16", "off"), f"{name}.amp must be auto, bf16 or off, got '{sec.amp}'")
+        need(sec.max_steps >= 0, f"{name}.max_steps must be >= 0")
+        need(sec.checkpoint_every >= 1, f"{name}.checkpoint_every must be >= 1")
+    k = cfg.distill
+    need(k.w_cls >= 0 and k.w_attn >= 0 and k.w_cls + k.w_attn > 0, "distill.w_cls and distill.w_attn must be >= 0 and not both 0")
+    need(k.temperature > 0, "distill.temperature must be positive")
+    need(k.aggregate_heads in ("auto", "always", "never"), f"distill.aggregate_heads must be auto, always or never, got '{k.aggregate_heads}'")
+    need(k.projector_depth >= 0, "distill.projector_depth must be >= 0")
+    need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
+    need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
+    need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
+    need(cfg.run.device == "auto" or cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), f"run.device must be auto, cpu or cuda[:N], got '{cfg.run.device}'")

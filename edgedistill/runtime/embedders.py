@@ -1,0 +1,223 @@
+"""Embedders without torch: ONNX Runtime and OpenVINO, behind one small interface.
+
+An embedder maps a float32 NCHW batch (already preprocessed, see ``runtime.preprocess``) to
+(B, D) float32 embeddings, for any batch size. ``eval.knn.TorchEmbedder`` is the torch one;
+the k-NN, the export gates, ``bench`` and the deploy examples take any of them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "open_embedder", "OV_PRECISIONS"]
+
+OV_PRECISIONS = ("f32", "bf16", "f16")
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """``embed((B, 3, H, W) float32) -> (B, D) float32``; ``name`` and ``dim`` (D, or None when
+    the model does not declare it)."""
+
+    name: str
+    dim: int | None
+
+    def embed(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def _as_batch(batch: np.ndarray, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+    batch = np.asarray(batch)
+    if batch.ndim != 4:
+        raise ValueError(f"an embedder takes a (B, C, H, W) batch, got shape {batch.shape}")
+    return np.ascontiguousarray(batch, dtype=dtype)
+
+
+def _static(dim: Any) -> int | None:
+    return int(dim) if isinstance(dim, (int, np.integer)) and dim > 0 else None
+
+
+class OnnxEmbedder:
+    """An ONNX model in an ONNX Runtime InferenceSession.
+
+    Args:
+        path: the .onnx file.
+        threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
+        providers: execution providers in priority order (default CPU only, so the choice is
+            explicit rather than whatever the installed wheel prefers).
+        output: the output to return; a model with a single output may name it otherwise.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None,
+                 providers: Sequence[str] | None = None, output: str = "embedding",
+                 name: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EdgeDistillError(f"ONNX model not found: {self.path}")
+        available = ort.get_available_providers()
+        self.requested_providers = list(providers or ["CPUExecutionProvider"])
+        unknown = [p for p in self.requested_providers if p not in available]
+        if unknown:
+            raise EdgeDistillError(f"ONNX Runtime provider {', '.join(unknown)} is not available here "
+                                   f"(available: {', '.join(available)})")
+        options = ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise EdgeDistillError(f"threads must be >= 1, got {threads}")
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.threads = threads
+        started = time.perf_counter()
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                providers=self.requested_providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise EdgeDistillError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
+        self.load_seconds = time.perf_counter() - started
+        self.providers = self.session.get_providers()
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise EdgeDistillError(f"{self.path} has {len(inputs)} inputs; an embedder takes one image input")
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self._input_dtype = np.dtype(np.float16 if inputs[0].type == "tensor(float16)" else np.float32)
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        if output in names:
+            chosen = outputs[names.index(output)]
+        elif len(outputs) == 1:
+            chosen = outputs[0]
+        else:
+            raise EdgeDistillError(f"{self.path} has no output {output!r} (outputs: {', '.join(names)})")
+        self.output_name = chosen.name
+        self.dim = _static(chosen.shape[-1]) if chosen.shape else None
+        self.name = name or f"onnxruntime:{self.path.name}"
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) float32 -> (B, D) float32."""
+        x = _as_batch(batch, self._input_dtype)
+        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        return np.asarray(out, dtype=np.float32)
+
+
+class OpenVinoEmbedder:
+    """An OpenVINO IR (.xml + .bin) compiled for a device.
+
+    Args:
+        path_xml: the .xml file (the .bin beside it).
+        threads: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default).
+        precision: ``INFERENCE_PRECISION_HINT``: "f32" (default: true fp32; on CPUs with bf16
+            OpenVINO would otherwise run an FP32 model in bf16), "bf16", "f16", or None to
+            leave the device default.
+        device: "CPU", "GPU", "NPU", "AUTO", ...
+        config: further compile properties (e.g. {"PERFORMANCE_HINT": "THROUGHPUT"}).
+        weights: the .bin file (default: beside the .xml, same stem).
+    """
+
+    def __init__(self, path_xml: str | Path, threads: int | None = None, precision: str | None = "f32",
+                 device: str = "CPU", output: str = "embedding", name: str | None = None,
+                 config: dict[str, Any] | None = None, weights: str | Path | None = None) -> None:
+        try:
+            import openvino as ov  # lazily: ONNX Runtime-only installs never get here
+        except ImportError:
+            raise EdgeDistillError("OpenVINO is not installed: pip install openvino "
+                                   "(or use the bundle's ONNX variant)") from None
+        self.path = Path(path_xml)
+        if not self.path.is_file():
+            raise EdgeDistillError(f"OpenVINO model not found: {self.path}")
+        if self.path.suffix.lower() != ".xml":
+            raise EdgeDistillError(f"an OpenVINO model is an .xml file (with its .bin), got {self.path.name}")
+        self.weights = Path(weights) if weights is not None else self.path.with_suffix(".bin")
+        if not self.weights.is_file():
+            raise EdgeDistillError(f"OpenVINO weights missing: {self.weights}")
+        core = ov.Core()
+        available = list(core.available_devices)
+        base = device.split(".")[0]
+        virtual = base.split(":")[0] in ("AUTO", "MULTI", "HETERO", "BATCH")
+        if not virtual and device not in available and not any(d.split(".")[0] == base for d in available):
+            raise EdgeDistillError(f"OpenVINO device {device!r} is not available here "
+                                   f"(available: {', '.join(available)})")
+        props: dict[str, Any] = {}
+        if precision is not None:
+            if precision not in OV_PRECISIONS:
+                raise EdgeDistillError(f"OpenVINO precision must be one of {', '.join(OV_PRECISIONS)}, "
+                                       f"got {precision!r}")
+            props["INFERENCE_PRECISION_HINT"] = precision
+        if threads is not None:
+            if threads < 1:
+                raise EdgeDistillError(f"threads must be >= 1, got {threads}")
+            props["INFERENCE_NUM_THREADS"] = int(threads)
+        props.update(config or {})
+        self.threads, self.precision, self.device, self.properties = threads, precision, device, props
+        started = time.perf_counter()
+        try:
+            model = core.read_model(str(self.path), str(self.weights))
+            self.compiled = core.compile_model(model, device, props)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a long message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgeDistillError(f"OpenVINO cannot compile {self.path} for {device}: {first}") from None
+        self.load_seconds = time.perf_counter() - started
+
+        if len(self.compiled.inputs) != 1:
+            raise EdgeDistillError(f"{self.path} has {len(self.compiled.inputs)} inputs; "
+                                   "an embedder takes one image input")
+        self.input_name = self.compiled.inputs[0].get_any_name()
+        outputs = list(self.compiled.outputs)
+        chosen = next((o for o in outputs if output in o.get_names()), None)
+        if chosen is None:
+            if len(outputs) != 1:
+                names = ", ".join(o.get_any_name() for o in outputs)
+                raise EdgeDistillError(f"{self.path} has no output {output!r} (outputs: {names})")
+            chosen = outputs[0]
+        self._output = chosen
+        self.output_name = chosen.get_any_name()
+        last = chosen.get_partial_shape()[-1]
+        self.dim = last.get_length() if last.is_static else None
+        self._request = self.compiled.create_infer_request()
+        self.name = name or f"openvino-{precision or 'default'}:{self.path.name}"
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) float32 -> (B, D) float32."""
+        result = self._request.infer({0: _as_batch(batch)})
+        return np.array(result[self._output], dtype=np.float32, copy=True)
+
+
+def open_embedder(path_or_bundle: str | Path, variant: str | None = None, **kwargs: Any) -> Any:
+    """An embedder for an .onnx file, an OpenVINO .xml, or a bundle directory (``variant``
+    picks the model; default: the manifest's default variant). ``kwargs`` go to the embedder
+    (threads, providers, precision, device...)."""
+    from edgedistill.runtime.manifest import default_variant, read_manifest, variant_path
+
+    path = Path(path_or_bundle)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        variant = variant or default_variant(manifest)
+        model = variant_path(manifest, path, variant)
+        fmt = manifest["variants"][variant]["format"]
+        kwargs.setdefault("output", manifest["outputs"][0]["name"])
+        kwargs.setdefault("name", f"{manifest['name']}:{variant}")
+        if fmt == "onnx":
+            return OnnxEmbedder(model, **kwargs)
+        from edgedistill.runtime.manifest import variant_files
+
+        kwargs.setdefault("weights", variant_files(manifest, path, variant)[1][0])
+        return OpenVinoEmbedder(model, **kwargs)
+    if variant is not None:
+        raise EdgeDistillError(f"variant={variant!r} needs a bundle directory, got the file {path}")
+    if not path.exists():
+        raise EdgeDistillError(f"model not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxEmbedder(path, **kwargs)
+    if suffix == ".xml":
+        return OpenVinoEmbedder(path, **kwargs)
+    raise EdgeDistillError(f"cannot tell the model format of {path}: expected a .onnx file, "
+                           "an OpenVINO .xml or a bundle directory with a manifest.json")

@@ -1,0 +1,190 @@
+"""Reading and checking a bundle's ``manifest.json`` (the contract with apps and ``bench``).
+
+The export stage writes the manifest; this module is the reader. The fields read here::
+
+    {
+      "format_version": 1,
+      "name": "vit_tiny_digits",
+      "input": {"name": "pixel_values", "layout": "NCHW", "shape": [-1, 3, H, W], "dtype": "float32"},
+      "outputs": [{"name": "embedding", "dims": [-1, D]}],
+      "preprocessing": {"resize": int, "crop": int, "interpolation": "bicubic",
+                        "mean": [3 floats], "std": [3 floats], "channel_order": "RGB",
+                        "layout": "NCHW", "dtype": "float32", "scale": 1/255},
+      "variants": {
+        "<name>": {"file": "model.onnx", "format": "onnx" | "openvino",
+                   "precision": "fp32" | "fp16" | "bf16" | "int8",
+                   "sha256": hex, "size_bytes": int,
+                   # openvino only, optional: the weights beside the .xml
+                   "weights_file": "model.bin" (default: the .xml's stem + .bin),
+                   "weights_sha256": hex}
+      },
+      "default_variant": "<name>",        # optional; else the first fp32 ONNX variant
+      "provenance": {...},                 # free-form, not checked here
+      "validation": {...}                  # free-form, not checked here
+    }
+
+Files are relative to the bundle directory and may not leave it. A ``-1`` (or a string) in
+a shape is a dynamic axis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.preprocess import validate_spec
+from edgedistill.utils import read_json, sha256_file
+
+__all__ = [
+    "MANIFEST_NAME",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "FORMATS",
+    "PRECISIONS",
+    "read_manifest",
+    "validate_manifest",
+    "variant_path",
+    "variant_files",
+    "default_variant",
+]
+
+MANIFEST_NAME = "manifest.json"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMATS = ("onnx", "openvino")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _fail(where: Path, message: str) -> EdgeDistillError:
+    return EdgeDistillError(f"bad bundle manifest {where}: {message}")
+
+
+def _relative_file(value: Any, where: Path, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, f"{key} must be a file name")
+    pure = PurePosixPath(value.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts:
+        raise _fail(where, f"{key} {value!r} must be a path inside the bundle")
+    return value
+
+
+def _dims(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str) for v in value)
+
+
+def validate_manifest(manifest: Any, where: Path = Path(MANIFEST_NAME)) -> dict[str, Any]:
+    """Check the structure (not the files) of a manifest; return it unchanged."""
+    if not isinstance(manifest, dict):
+        raise _fail(where, "the top level must be a JSON object")
+    version = manifest.get("format_version")
+    if version is None:
+        raise _fail(where, "no format_version")
+    if isinstance(version, bool) or version not in SUPPORTED_FORMAT_VERSIONS:
+        raise _fail(where, f"format_version {version!r} is not supported by this edgedistill "
+                           f"(supported: {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); upgrade edgedistill")
+    if not isinstance(manifest.get("name"), str) or not manifest["name"]:
+        raise _fail(where, "name must be a non-empty string")
+
+    inp = manifest.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
+        raise _fail(where, "input must be an object with a name")
+    if not _dims(inp.get("shape")) or len(inp["shape"]) != 4:
+        raise _fail(where, f"input.shape must be 4 dims like [-1, 3, H, W], got {inp.get('shape')!r}")
+    if inp.get("dtype", "float32") not in ("float32", "float16"):
+        raise _fail(where, f"input.dtype {inp.get('dtype')!r} is not float32 or float16")
+    layout = inp.get("layout", "NCHW")
+    if layout not in ("NCHW", "NHWC"):
+        raise _fail(where, f"input.layout {layout!r} is not NCHW or NHWC")
+
+    outputs = manifest.get("outputs")
+    if not isinstance(outputs, list) or not outputs:
+        raise _fail(where, "outputs must be a non-empty list")
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise _fail(where, f"outputs[{i}] must be an object with a name")
+        if "dims" in out and not _dims(out["dims"]):
+            raise _fail(where, f"outputs[{i}].dims must be a list of ints, got {out['dims']!r}")
+
+    if "preprocessing" not in manifest:
+        raise _fail(where, "no preprocessing")
+    try:
+        spec = validate_spec(manifest["preprocessing"])
+    except EdgeDistillError as exc:
+        raise _fail(where, str(exc)) from None
+    # the crop must produce what the model takes (static H, W only)
+    hw = inp["shape"][2:] if layout == "NCHW" else inp["shape"][1:3]
+    if all(isinstance(v, int) and v > 0 for v in hw) and list(hw) != spec["crop"]:
+        raise _fail(where, f"preprocessing.crop {spec['crop']} does not match input.shape {inp['shape']}")
+
+    variants = manifest.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise _fail(where, "variants must be a non-empty object")
+    for name, var in variants.items():
+        if not isinstance(var, dict):
+            raise _fail(where, f"variant {name!r} must be an object")
+        _relative_file(var.get("file"), where, f"variants.{name}.file")
+        if var.get("format") not in FORMATS:
+            raise _fail(where, f"variants.{name}.format {var.get('format')!r} is not one of {', '.join(FORMATS)}")
+        if var.get("precision") not in PRECISIONS:
+            raise _fail(where, f"variants.{name}.precision {var.get('precision')!r} is not one of "
+                               f"{', '.join(PRECISIONS)}")
+        if "weights_file" in var:
+            _relative_file(var["weights_file"], where, f"variants.{name}.weights_file")
+    default = manifest.get("default_variant")
+    if default is not None and default not in variants:
+        raise _fail(where, f"default_variant {default!r} is not among the variants ({', '.join(variants)})")
+    return manifest
+
+
+def variant_files(manifest: dict[str, Any], bundle_dir: Path | str, name: str) -> list[tuple[Path, str | None]]:
+    """Every file a variant needs, with its expected sha256 (None when not recorded)."""
+    var = manifest["variants"][name]
+    bundle_dir = Path(bundle_dir)
+    files = [(bundle_dir / var["file"], var.get("sha256"))]
+    if var["format"] == "openvino":
+        weights = var.get("weights_file") or str(PurePosixPath(var["file"]).with_suffix(".bin"))
+        files.append((bundle_dir / weights, var.get("weights_sha256")))
+    return files
+
+
+def read_manifest(bundle_dir: Path | str, verify: bool = False) -> dict[str, Any]:
+    """Read ``<bundle_dir>/manifest.json``, validate it and check its files exist.
+
+    With ``verify=True`` also compare every file's sha256 with the recorded one (slow on big
+    models; ``bench`` and apps may skip it). Raises EdgeDistillError naming the problem.
+    """
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise EdgeDistillError(f"bundle directory not found: {bundle_dir}")
+    where = bundle_dir / MANIFEST_NAME
+    if not where.is_file():
+        raise EdgeDistillError(f"{bundle_dir} is not a bundle: it has no {MANIFEST_NAME}")
+    manifest = validate_manifest(read_json(where), where)
+    for name in manifest["variants"]:
+        for path, digest in variant_files(manifest, bundle_dir, name):
+            if not path.is_file():
+                raise _fail(where, f"variant {name!r} needs {path.name}, which is missing")
+            if verify and digest is not None and sha256_file(path) != str(digest).lower():
+                raise _fail(where, f"{path.name} of variant {name!r} does not match its sha256 "
+                                   "(corrupted or modified)")
+    return manifest
+
+
+def default_variant(manifest: dict[str, Any]) -> str:
+    """``default_variant`` if set, else the first fp32 ONNX variant, else the first one."""
+    variants = manifest["variants"]
+    if manifest.get("default_variant"):
+        return manifest["default_variant"]
+    for name, var in variants.items():
+        if var.get("format") == "onnx" and var.get("precision") == "fp32":
+            return name
+    return next(iter(variants))
+
+
+def variant_path(manifest: dict[str, Any], bundle_dir: Path | str, name: str | None = None) -> Path:
+    """The model file of variant ``name`` (default: :func:`default_variant`)."""
+    name = name or default_variant(manifest)
+    if name not in manifest["variants"]:
+        raise EdgeDistillError(f"bundle {manifest.get('name', bundle_dir)!r} has no variant {name!r} "
+                               f"(available: {', '.join(manifest['variants'])})")
+    return Path(bundle_dir) / manifest["variants"][name]["file"]

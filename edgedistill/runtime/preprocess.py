@@ -1,0 +1,191 @@
+"""The eval transform in numpy + Pillow, from a bundle manifest's ``preprocessing`` dict.
+
+It reproduces torchvision's ``Resize(resize, bicubic, antialias=True) + CenterCrop(crop) +
+ToTensor() + Normalize(mean, std)`` on PIL images bit for bit: torchvision resizes PIL images
+with PIL itself, and the size rules below are copied from it:
+
+* short-side resize: the short side becomes ``resize``, the long side ``int(resize * long / short)``
+  (truncated, not rounded);
+* center crop: offsets ``int(round((size - crop) / 2))`` (Python's banker's rounding), zero
+  padding first when the image is smaller than the crop;
+* ``ToTensor``: uint8 / 255 in float32, then ``(x - mean) / std`` in float32.
+
+Spec keys (``resize``, ``crop``, ``mean``, ``std`` required)::
+
+    {"resize": 37, "crop": 32, "interpolation": "bicubic", "mean": [..3], "std": [..3],
+     "channel_order": "RGB", "layout": "NCHW", "dtype": "float32", "scale": 0.00392156862745098}
+
+``resize`` may also be ``[h, w]`` (exact size) or null (no resize); ``crop`` an int or ``[h, w]``;
+``scale`` a number or a string like ``"1/255"``.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["preprocess", "preprocess_batch", "load_rgb", "resized_size", "center_crop_box",
+           "validate_spec", "INTERPOLATIONS"]
+
+ImageLike = Union[Image.Image, str, os.PathLike]
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def _pair(value: Any, key: str) -> tuple[int, int]:
+    """An int or a [h, w] pair -> (h, w)."""
+    if isinstance(value, bool):
+        raise EdgeDistillError(f"preprocessing.{key} must be an int or [height, width], got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        h = w = int(value)
+    elif isinstance(value, (list, tuple)) and len(value) in (1, 2) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        h, w = int(value[0]), int(value[-1])
+    else:
+        raise EdgeDistillError(f"preprocessing.{key} must be an int or [height, width], got {value!r}")
+    if h < 1 or w < 1:
+        raise EdgeDistillError(f"preprocessing.{key} must be positive, got {value!r}")
+    return h, w
+
+
+def _scale(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise EdgeDistillError(f"preprocessing.scale must be a number like 1/255, got {value!r}") from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise EdgeDistillError(f"preprocessing.scale must be a positive number, got {value!r}")
+
+
+def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check a preprocessing dict and return it normalized (defaults filled in)."""
+    if not isinstance(spec, dict):
+        raise EdgeDistillError("preprocessing must be a mapping")
+    missing = [k for k in ("resize", "crop", "mean", "std") if k not in spec]
+    if missing:
+        raise EdgeDistillError(f"preprocessing lacks {', '.join(missing)}")
+    out: dict[str, Any] = {}
+    resize = spec["resize"]
+    if resize is None or resize == 0:
+        out["resize"] = None
+    elif isinstance(resize, (list, tuple)) and len(resize) == 2:
+        out["resize"] = list(_pair(resize, "resize"))
+    else:
+        out["resize"] = _pair(resize, "resize")[0]
+    out["crop"] = list(_pair(spec["crop"], "crop"))
+    interp = str(spec.get("interpolation", "bicubic")).lower()
+    if interp not in INTERPOLATIONS:
+        raise EdgeDistillError(f"preprocessing.interpolation {interp!r} is not one of {', '.join(INTERPOLATIONS)}")
+    out["interpolation"] = interp
+    for key in ("mean", "std"):
+        values = spec[key]
+        if (not isinstance(values, (list, tuple)) or len(values) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise EdgeDistillError(f"preprocessing.{key} must be 3 numbers, got {values!r}")
+        out[key] = [float(v) for v in values]
+    if min(out["std"]) <= 0:
+        raise EdgeDistillError(f"preprocessing.std must be positive, got {out['std']}")
+    order = str(spec.get("channel_order", "RGB")).upper()
+    if order not in ("RGB", "BGR"):
+        raise EdgeDistillError(f"preprocessing.channel_order must be RGB or BGR, got {order!r}")
+    out["channel_order"] = order
+    layout = str(spec.get("layout", "NCHW")).upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise EdgeDistillError(f"preprocessing.layout must be NCHW or NHWC, got {layout!r}")
+    out["layout"] = layout
+    dtype = str(spec.get("dtype", "float32")).lower()
+    if dtype not in ("float32", "float16"):
+        raise EdgeDistillError(f"preprocessing.dtype must be float32 or float16, got {dtype!r}")
+    out["dtype"] = dtype
+    out["scale"] = _scale(spec.get("scale", 1 / 255))
+    return out
+
+
+def load_rgb(image: ImageLike) -> Image.Image:
+    """A PIL image from a path or an image, converted to RGB (grayscale, RGBA, palette, CMYK...)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    path = Path(image)
+    try:
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+    except FileNotFoundError:
+        raise EdgeDistillError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise EdgeDistillError(f"cannot read image {path}: {exc}") from None
+
+
+def resized_size(width: int, height: int, size: int | Sequence[int]) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(size): an int resizes the short side."""
+    if isinstance(size, (list, tuple)):
+        return int(size[1]), int(size[0])
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = int(size), int(int(size) * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def center_crop_box(width: int, height: int, crop_h: int, crop_w: int) -> tuple[int, int]:
+    """(left, top) of torchvision's CenterCrop on an image at least as large as the crop."""
+    return int(round((width - crop_w) / 2.0)), int(round((height - crop_h) / 2.0))
+
+
+def _center_crop(img: Image.Image, crop_h: int, crop_w: int) -> Image.Image:
+    width, height = img.size
+    if crop_w > width or crop_h > height:
+        # torchvision pads with zeros (left/top get the floor half), then crops
+        pad_l = (crop_w - width) // 2 if crop_w > width else 0
+        pad_t = (crop_h - height) // 2 if crop_h > height else 0
+        pad_r = (crop_w - width + 1) // 2 if crop_w > width else 0
+        pad_b = (crop_h - height + 1) // 2 if crop_h > height else 0
+        canvas = Image.new(img.mode, (width + pad_l + pad_r, height + pad_t + pad_b), 0)
+        canvas.paste(img, (pad_l, pad_t))
+        img = canvas
+        width, height = img.size
+        if (width, height) == (crop_w, crop_h):
+            return img
+    left, top = center_crop_box(width, height, crop_h, crop_w)
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+def preprocess(image: ImageLike, spec: dict[str, Any]) -> np.ndarray:
+    """One image (PIL or path) -> (3, H, W) float32 (or (H, W, 3) for layout NHWC)."""
+    spec = validate_spec(spec)
+    img = load_rgb(image)
+    if spec["resize"] is not None:
+        size = resized_size(img.width, img.height, spec["resize"])
+        if size != img.size:
+            img = img.resize(size, INTERPOLATIONS[spec["interpolation"]])
+    crop_h, crop_w = spec["crop"]
+    img = _center_crop(img, crop_h, crop_w)
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32)  # (H, W, 3)
+    # divide by 255 rather than multiply by 1/255: that is what ToTensor does, bit for bit
+    x = x / np.float32(1.0 / spec["scale"])
+    x = (x - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
+    if spec["channel_order"] == "BGR":
+        x = x[..., ::-1]
+    if spec["layout"] == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.dtype(spec["dtype"]))
+
+
+def preprocess_batch(images: Sequence[ImageLike], spec: dict[str, Any]) -> np.ndarray:
+    """Several images (PIL or paths) -> (B, 3, H, W) float32 (or (B, H, W, 3) for NHWC)."""
+    if len(images) == 0:
+        raise EdgeDistillError("preprocess_batch got no images")
+    return np.stack([preprocess(image, spec) for image in images])

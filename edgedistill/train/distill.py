@@ -1,0 +1,117 @@
+"""AttnDistill (Wang et al., BMVC 2022): a frozen self-supervised teacher, a ViT-Tiny student.
+
+Loss per batch (SPEC §4): ``w_cls * MSE(projector(student CLS), teacher CLS)
++ w_attn * KL(teacher || student)`` over the last block's CLS-query attention, both
+networks seeing the same augmented view.
+
+Design choice on the final norm: the projector reads the student's tokens *after* its final
+LayerNorm, so the feature we evaluate and export (CLS after the final norm) is exactly the
+one the loss trained. The released code fed pre-norm tokens, which left that norm untrained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgedistill.config import Config
+from edgedistill.losses.attndistill import attndistill_loss
+from edgedistill.models.backbone_io import save_backbone
+from edgedistill.models.projector import Projector
+from edgedistill.models.vit import create_vit, forward_with_cls_attention
+from edgedistill.train.loop import LoopSettings, Task
+
+
+class StudentWithProjector(nn.Module):
+    """The trainable part: student backbone + projector into the teacher's feature space."""
+
+    def __init__(self, student: nn.Module, projector: nn.Module, explicit_attention: bool = False):
+        super().__init__()
+        self.student = student
+        self.projector = projector
+        self.explicit_attention = explicit_attention
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B,3,H,W) -> (projected CLS (B,Dt), last-block CLS attention (B,Hs,1+Ns))."""
+        tokens, attention = forward_with_cls_attention(self.student, images, explicit_all_blocks=self.explicit_attention)
+        return self.projector(tokens[:, :1])[:, 0], attention
+
+
+class DistillTask(Task):
+    name = "distill"
+
+    def __init__(self, cfg: Config, teacher: nn.Module, student: nn.Module, student_kwargs: dict[str, Any],
+                 teacher_info: dict[str, Any], device: torch.device, explicit_attention: bool = False):
+        d = cfg.distill
+        self.cfg = cfg
+        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        self.student_kwargs = student_kwargs
+        self.teacher_info = teacher_info
+        self.explicit_attention = explicit_attention
+        projector = Projector(student.embed_dim, teacher.embed_dim, depth=d.projector_depth)
+        self.trainable = StudentWithProjector(student, projector, explicit_attention)
+        self.teacher_size = cfg.teacher.img_size or cfg.data.img_size
+        # With w_cls = 0 the projector gets no gradient, which DDP must be told about.
+        self.find_unused_parameters = d.w_cls == 0
+
+    def loss(self, model: nn.Module, images: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        d = self.cfg.distill
+        with torch.no_grad():
+            teacher_in = images
+            if teacher_in.shape[-1] != self.teacher_size:
+                teacher_in = F.interpolate(images, size=self.teacher_size, mode="bicubic", align_corners=False)
+            teacher_tokens, teacher_attention = forward_with_cls_attention(
+                self.teacher, teacher_in, explicit_all_blocks=self.explicit_attention
+            )
+        student_cls, student_attention = model(images)
+        return attndistill_loss(
+            student_cls.float(), teacher_tokens[:, 0].float(), student_attention.float(), teacher_attention.float(),
+            w_cls=d.w_cls, w_attn=d.w_attn, aggregate=d.aggregate_heads, temperature=d.temperature,
+        )
+
+    def backbone(self) -> nn.Module:
+        return self.trainable.student
+
+    def save_outputs(self, run_dir: Path) -> None:
+        s = self.cfg.student
+        save_backbone(self.trainable.student, run_dir, "student", s.arch, self.student_kwargs, "student",
+                      extra={"teacher": self.teacher_info, "run": self.cfg.run.name})
+        from safetensors.torch import save_file
+
+        from edgedistill.utils import atomic_path
+
+        # The projector maps the student's CLS into the teacher's space: an app can then query
+        # a gallery embedded by the teacher. Saved beside the student for `export --projection`.
+        with atomic_path(run_dir / "projector.safetensors") as tmp:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.trainable.projector.state_dict().items()}
+            save_file(state, str(tmp), metadata={"depth": str(self.cfg.distill.projector_depth),
+                                                   "student_dim": str(self.trainable.student.embed_dim),
+                                                   "teacher_dim": str(self.teacher.embed_dim)})
+
+
+def loop_settings(cfg: Config, section: str = "distill") -> LoopSettings:
+    sec = getattr(cfg, section)
+    return LoopSettings(
+        epochs=sec.epochs, batch_size=cfg.data.batch_size, effective_batch=sec.effective_batch,
+        blr=sec.blr, min_lr=sec.min_lr, warmup_epochs=sec.warmup_epochs, weight_decay=sec.weight_decay,
+        betas=getattr(sec, "betas", (0.9, 0.999)), weight_decay_end=getattr(sec, "weight_decay_end", None),
+        clip_grad=sec.clip_grad, amp=sec.amp, compile=sec.compile, checkpoint_every=sec.checkpoint_every,
+        log_every=sec.log_every, max_steps=sec.max_steps, knn_every=sec.knn_every, seed=cfg.run.seed,
+        num_workers=cfg.data.num_workers,
+    )
+
+
+def build_student(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    s = cfg.student
+    kwargs: dict[str, Any] = {"img_size": s.img_size or cfg.data.img_size}
+    if s.patch_size:
+        kwargs["patch_size"] = s.patch_size
+    if s.depth:
+        kwargs["depth"] = s.depth
+    if s.drop_path_rate:
+        kwargs["drop_path_rate"] = s.drop_path_rate
+    return create_vit(s.arch, **kwargs)

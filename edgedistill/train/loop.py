@@ -1,0 +1,350 @@
+"""The one training loop that ``distill`` and ``pretrain`` share.
+
+A stage supplies a ``Task``: the trainable module (wrapped in DDP here), a loss on a batch,
+and hooks for what differs (DINO's EMA teacher, last-layer freezing). Everything else lives
+here once: optimizer and schedules, gradient accumulation, mixed precision, DDP, atomic
+checkpoints and resume, non-finite-loss stops, progress and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.train import distributed as distmod
+from edgedistill.train.schedule import cosine, param_groups, warmup_cosine
+from edgedistill.utils import append_jsonl, atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs from a stage's config section (distill.* or pretrain.*)."""
+
+    epochs: int
+    batch_size: int  # per process
+    effective_batch: int  # 0 = batch_size x world size
+    blr: float
+    min_lr: float
+    warmup_epochs: float
+    weight_decay: float
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay_end: float | None = None  # cosine weight-decay schedule when set (DINO)
+    clip_grad: float = 0.0
+    amp: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 1
+    log_every: int = 10
+    max_steps: int = 0
+    knn_every: int = 0
+    seed: int = 0
+    num_workers: int = 2
+
+
+class Task:
+    """What a training stage plugs into the loop."""
+
+    name = "train"
+    trainable: nn.Module  # everything the optimizer updates; DDP wraps it
+
+    def loss(self, model: nn.Module, images: Any, epoch: int) -> dict[str, torch.Tensor]:
+        """``model`` is ``trainable`` (maybe DDP-wrapped). Returns "loss" plus named parts."""
+        raise NotImplementedError
+
+    def before_optimizer_step(self, epoch: int) -> None:
+        """Gradients are ready (and unscaled, clipped): e.g. cancel frozen layers' grads."""
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """E.g. the EMA teacher update."""
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def backbone(self) -> nn.Module:
+        """The network whose CLS feature is evaluated (online k-NN) and saved."""
+        raise NotImplementedError
+
+    def save_outputs(self, run_dir: Path) -> None:
+        """Write the stage's final artifacts (the backbone pair)."""
+        raise NotImplementedError
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    epochs_done: int
+    stopped_early: bool
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _batch_size_of(images: Any) -> int:
+    return (images[0] if isinstance(images, (list, tuple)) else images).shape[0]
+
+
+def _to_device(images: Any, device: torch.device) -> Any:
+    if isinstance(images, (list, tuple)):
+        return [x.to(device, non_blocking=True) for x in images]
+    return images.to(device, non_blocking=True)
+
+
+def autocast_for(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked (``auto`` = on CUDA only); bf16 needs no loss scaler."""
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def accumulation_steps(settings: LoopSettings, world_size: int) -> tuple[int, int]:
+    """(accumulation steps, effective batch). An effective batch that the per-process batch
+    and world size cannot reach exactly is an error, never a silent override."""
+    per_step = settings.batch_size * world_size
+    effective = settings.effective_batch or per_step
+    if effective % per_step:
+        raise EdgeDistillError(
+            f"effective batch {effective} is not a multiple of batch_size x processes = "
+            f"{settings.batch_size} x {world_size} = {per_step}"
+        )
+    return effective // per_step, effective
+
+
+def train(
+    task: Task,
+    loader: DataLoader,
+    settings: LoopSettings,
+    run_dir: Path,
+    info: distmod.DistInfo,
+    *,
+    resume: bool = False,
+    knn_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    console: Any = None,
+) -> LoopResult:
+    """Train ``task`` on ``loader`` (from ``data.build_train_loader``: its sampler makes the
+    order a function of (seed, epoch) and each augmentation a function of (seed, epoch,
+    index), so resumed and multi-process runs see exactly the images a single run sees)."""
+    device = info.device
+    accum, effective_batch = accumulation_steps(settings, info.world_size)
+    sampler = loader.sampler
+    steps_per_epoch = len(loader) // accum
+    if steps_per_epoch < 1:
+        raise EdgeDistillError(
+            f"one optimizer step needs {effective_batch} images but each process has {len(sampler)}"  # type: ignore[arg-type]
+        )
+    total_steps = settings.epochs * steps_per_epoch
+    warmup_steps = int(round(settings.warmup_epochs * steps_per_epoch))
+    base_lr = settings.blr * effective_batch / 256
+
+    # Model, optimizer. The frozen parts of a task (a distillation teacher) stay outside DDP.
+    trainable = task.trainable.to(device)
+    optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=base_lr, betas=settings.betas)
+    model: nn.Module = trainable
+    if info.distributed:
+        model = DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(task, "find_unused_parameters", False),
+        )
+    if settings.compile:
+        model = torch.compile(model)
+
+    step, start_epoch, start_batch = 0, 0, 0
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        trainable.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        task.load_extra_state(state.get("task", {}))
+        step = int(state["step"])
+        start_epoch, start_batch = divmod(step, steps_per_epoch)
+        start_batch *= accum  # in micro-batches
+        torch.set_rng_state(state["rng"]["cpu"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        if info.is_main and console is not None:
+            console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
+
+    saved_step = step if resume else -1
+
+    def save_checkpoint() -> None:
+        nonlocal saved_step
+        saved_step = step
+        if not info.is_main:
+            return
+        state = {
+            "model": trainable.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": {},  # bf16 autocast needs no loss scaler; kept for the format
+            "task": task.extra_state(),
+            "step": step,
+            "epoch": step // steps_per_epoch,
+            "total_steps": total_steps,
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        }
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    progress = _Progress(info.is_main, console, total_steps, step, task.name)
+    last: dict[str, float] = {}
+    stop_at = settings.max_steps if settings.max_steps else total_steps
+    window_images, window_start = 0, time.perf_counter()
+
+    try:
+        for epoch in range(start_epoch, settings.epochs):
+            if step >= stop_at:
+                break
+            first = start_batch if epoch == start_epoch else 0  # micro-batches already done (resume)
+            sampler.set_epoch(epoch, first * settings.batch_size)  # type: ignore[attr-defined]
+            trainable.train()
+            micro = 0
+            for images, _ in loader:
+                if first + micro >= steps_per_epoch * accum:
+                    break  # a remainder too small for a whole optimizer step
+                images = _to_device(images, device)
+                is_last_micro = (micro + 1) % accum == 0
+
+                # Schedules are stepped per optimizer step.
+                lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, settings.min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if settings.weight_decay_end is not None:
+                    wd = cosine(step, total_steps, settings.weight_decay, settings.weight_decay_end)
+                    optimizer.param_groups[0]["weight_decay"] = wd
+
+                # DDP all-reduces gradients only on the micro-batch that completes a step.
+                sync = contextlib.nullcontext() if (is_last_micro or not info.distributed) else model.no_sync()
+                with sync:
+                    with autocast_for(settings.amp, device):
+                        parts = task.loss(model, images, epoch)
+                    loss = parts["loss"]
+                    # Every rank must agree before anyone stops: a rank that skipped a batch
+                    # alone would leave the others waiting in all-reduce forever.
+                    if not distmod.all_true(bool(torch.isfinite(loss.detach()).item()), device):
+                        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                        raise EdgeDistillError(
+                            f"non-finite loss at step {step} (epoch {epoch}): {detail}; "
+                            f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none yet'}"
+                        )
+                    (loss / accum).backward()
+                micro += 1
+                window_images += _batch_size_of(images) * info.world_size
+                if not is_last_micro:
+                    continue
+
+                if settings.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable.parameters(), settings.clip_grad)
+                task.before_optimizer_step(epoch)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                task.after_optimizer_step(step, total_steps)
+
+                last = {k: float(v.detach()) for k, v in parts.items()}
+                last["lr"] = lr
+                if step % settings.log_every == 0 or step == stop_at or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last["img_s"] = window_images / max(elapsed, 1e-9)
+                    window_images, window_start = 0, time.perf_counter()
+                    if info.is_main:
+                        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last})
+                progress.update(step, last)
+                if step >= stop_at:
+                    break
+
+            epoch_done = (step % steps_per_epoch == 0) and step > 0
+            if epoch_done:
+                done_epochs = step // steps_per_epoch
+                if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
+                    scores = knn_fn(task.backbone())
+                    last.update(scores)
+                    if info.is_main:
+                        append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
+                        progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+                if done_epochs % settings.checkpoint_every == 0 or done_epochs == settings.epochs:
+                    save_checkpoint()
+            if step >= stop_at:
+                break
+        if saved_step != step:
+            save_checkpoint()  # stopped by max_steps between scheduled checkpoints: keep the place
+    finally:
+        progress.close()
+
+    if step >= total_steps and info.is_main:
+        task.save_outputs(run_dir)
+    return LoopResult(step, step // steps_per_epoch, step < total_steps, last)
+
+
+class _Progress:
+    """A rich progress bar on an interactive terminal, plain log lines otherwise (CI, pipes)."""
+
+    def __init__(self, enabled: bool, console: Any, total: int, completed: int, name: str):
+        self.enabled = enabled and console is not None
+        self.console = console
+        self.bar = None
+        self.last_print = 0.0
+        self.total = total
+        self.started = time.perf_counter()
+        self.first_step = completed
+        if not self.enabled:
+            return
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                console=console, transient=False,
+            )
+            self.bar.start()
+            self.task_id = self.bar.add_task(name, total=total, completed=completed, info="")
+
+    @staticmethod
+    def _format(metrics: dict[str, float]) -> str:
+        keys = [k for k in metrics if k not in ("img_s",)]
+        text = " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+        if "img_s" in metrics:
+            text += f" {metrics['img_s']:.0f} img/s"
+        return text
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task_id, completed=step, info=self._format(metrics))
+            return
+        now = time.perf_counter()
+        if now - self.last_print >= 10 or step == self.total:
+            self.last_print = now
+            rate = (step - self.first_step) / max(now - self.started, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else math.inf
+            eta_text = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+            self.console.print(f"step {step}/{self.total} ETA {eta_text} {self._format(metrics)}", highlight=False)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.console if self.bar is not None else self.console).print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

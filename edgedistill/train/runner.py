@@ -1,0 +1,115 @@
+"""Run-directory handling and the plain ``distill`` stage function the CLI calls."""
+
+from __future__ import annotations
+
+import random
+import warnings
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgedistill.config import Config, save_config
+from edgedistill.errors import EdgeDistillError
+from edgedistill.train_paths import default_run_dir
+
+def run_directory(cfg: Config, out: Path | None) -> Path:
+    return Path(out) if out is not None else default_run_dir(cfg)
+
+
+def check_run_directory(run_dir: Path, resume: bool, artifact: str) -> None:
+    """A new run never overwrites an old one; a resume needs a checkpoint to resume from."""
+    checkpoint = run_dir / "checkpoint.pt"
+    if resume:
+        if not checkpoint.is_file():
+            raise EdgeDistillError(f"nothing to resume: {checkpoint} does not exist")
+        return
+    if checkpoint.exists() or (run_dir / f"{artifact}.safetensors").exists():
+        raise EdgeDistillError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_threads(cfg: Config) -> None:
+    import torch
+
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+
+
+def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None,
+            explicit_attention: bool = False) -> dict[str, Any]:
+    """Train a student with AttnDistill; returns a summary (run dir, steps, final losses)."""
+
+    from edgedistill.data.transforms import train_transform
+
+    def build(info: Any) -> tuple[Any, dict[str, Any]]:
+        from edgedistill.models.teacher import load_teacher
+        from edgedistill.train.distill import DistillTask, build_student
+
+        t = cfg.teacher
+        teacher, teacher_info = load_teacher(t.source, t.arch, t.img_size or cfg.data.img_size, t.patch_size,
+                                             **({"depth": t.depth} if t.depth else {}))
+        student, student_kwargs = build_student(cfg)
+        task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device, explicit_attention)
+        return task, {"teacher": teacher_info}
+
+    transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std)
+    return _run_stage(cfg, out, resume, console, "distill", "student", transform, build)
+
+
+def pretrain(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None) -> dict[str, Any]:
+    """Pretrain a DINO teacher on (unlabeled) images; returns a summary."""
+
+    from edgedistill.train.pretrain import DinoTask, multicrop_for
+
+    return _run_stage(cfg, out, resume, console, "pretrain", "teacher", multicrop_for(cfg),
+                      lambda info: (DinoTask(cfg), {}))
+
+
+def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, section: str, artifact: str,
+               transform: Callable[[Any], Any], build: Callable[[Any], tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+    """The shared shape of a training stage: check the run directory, read the data (bad
+    input fails here, before any model is built), build the task, train, summarize."""
+    from edgedistill.data import build_train_loader
+    from edgedistill.train import distributed as distmod
+    from edgedistill.train.distill import loop_settings
+    from edgedistill.train.loop import train
+
+    run_dir = run_directory(cfg, out)
+    info = distmod.setup(cfg.run.device)
+    try:
+        check_run_directory(run_dir, resume, artifact)
+        configure_threads(cfg)
+        if not info.is_main:
+            warnings.simplefilter("ignore")  # one copy of each warning, from rank 0
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        loader = build_train_loader(cfg, transform, distributed=info.distributed, seed=cfg.run.seed)
+        seed_everything(cfg.run.seed)
+        task, extra = build(info)
+        knn_fn = _online_knn(cfg, info) if getattr(cfg, section).knn_every else None
+        started = time.perf_counter()
+        result = train(task, loader, loop_settings(cfg, section), run_dir, info,
+                       resume=resume, knn_fn=knn_fn, console=console)
+        return {
+            "run_dir": str(run_dir), "steps": result.steps, "epochs": result.epochs_done,
+            "complete": not result.stopped_early, "seconds": time.perf_counter() - started,
+            "metrics": result.last_metrics, "world_size": info.world_size, "is_main": info.is_main, **extra,
+        }
+    finally:
+        distmod.teardown()
+
+
+def _online_knn(cfg: Config, info: Any) -> Callable[[Any], dict[str, float]]:
+    """k-NN of the backbone on the labeled train/val splits, every ``knn_every`` epochs."""
+    from edgedistill.eval.online import online_knn
+
+    return lambda backbone: online_knn(backbone, cfg, info)
