@@ -76,7 +76,9 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_parse_override_values():
-    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    assert parse_override("a.b=3") == {"a": {"b": "3"}}
+    assert build_config(None, ["distill.amp=off"]).distill.amp == "off"
+    assert build_config(None, ["eval.k=[5, 10]"]).eval.k == (5, 10)
     assert parse_override("a.b=x=y") == {"a": {"b": "x=y"}}
 
 

@@ -1,5 +1,8 @@
-"""Evaluation: weighted k-NN (DINO protocol) over any embedder, feature extraction."""
+"""Evaluation: weighted k-NN (DINO protocol) over any embedder, feature extraction, opening
+``--model`` as torch/ONNX Runtime/OpenVINO, offline k-NN and linear probe, online k-NN,
+attention maps."""
 
+from edgedistill.eval.evaluate import Splits, embed_split, evaluate_knn, evaluate_linear, load_splits
 from edgedistill.eval.knn import (
     DEFAULT_KS,
     HEADLINE_K,
@@ -9,13 +12,22 @@ from edgedistill.eval.knn import (
     knn_accuracy,
     knn_classify,
 )
+from edgedistill.eval.models import EvalModel, open_model, spec_transform
 
 __all__ = [
     "DEFAULT_KS",
     "HEADLINE_K",
+    "EvalModel",
+    "Splits",
     "TorchEmbedder",
+    "embed_split",
+    "evaluate_knn",
+    "evaluate_linear",
     "extract_features",
     "gather_features",
     "knn_accuracy",
     "knn_classify",
+    "load_splits",
+    "open_model",
+    "spec_transform",
 ]

@@ -29,15 +29,15 @@ from edgedistill.train.loop import LoopSettings, Task
 class StudentWithProjector(nn.Module):
     """The trainable part: student backbone + projector into the teacher's feature space."""
 
-    def __init__(self, student: nn.Module, projector: nn.Module, explicit_attention: bool = False):
+    def __init__(self, student: nn.Module, projector: nn.Module, explicit: bool = False):
         super().__init__()
         self.student = student
         self.projector = projector
-        self.explicit_attention = explicit_attention
+        self.explicit = explicit
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B,3,H,W) -> (projected CLS (B,Dt), last-block CLS attention (B,Hs,1+Ns))."""
-        tokens, attention = forward_with_cls_attention(self.student, images, explicit_all_blocks=self.explicit_attention)
+        tokens, attention = forward_with_cls_attention(self.student, images, explicit_all_blocks=self.explicit)
         return self.projector(tokens[:, :1])[:, 0], attention
 
 
@@ -45,28 +45,31 @@ class DistillTask(Task):
     name = "distill"
 
     def __init__(self, cfg: Config, teacher: nn.Module, student: nn.Module, student_kwargs: dict[str, Any],
-                 teacher_info: dict[str, Any], device: torch.device, explicit_attention: bool = False):
+                 teacher_info: dict[str, Any], device: torch.device, *, teacher_explicit: bool = False):
         d = cfg.distill
         self.cfg = cfg
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         self.student_kwargs = student_kwargs
         self.teacher_info = teacher_info
-        self.explicit_attention = explicit_attention
+        self.teacher_explicit = teacher_explicit  # only the naive benchmark baseline sets it
+        student_explicit = d.attention == "explicit" or (d.attention == "auto" and device.type != "cuda")
         projector = Projector(student.embed_dim, teacher.embed_dim, depth=d.projector_depth)
-        self.trainable = StudentWithProjector(student, projector, explicit_attention)
+        self.trainable = StudentWithProjector(student, projector, student_explicit)
         self.teacher_size = cfg.teacher.img_size or cfg.data.img_size
         # With w_cls = 0 the projector gets no gradient, which DDP must be told about.
         self.find_unused_parameters = d.w_cls == 0
 
     def loss(self, model: nn.Module, images: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         d = self.cfg.distill
-        with torch.no_grad():
+        with torch.inference_mode():
             teacher_in = images
             if teacher_in.shape[-1] != self.teacher_size:
                 teacher_in = F.interpolate(images, size=self.teacher_size, mode="bicubic", align_corners=False)
             teacher_tokens, teacher_attention = forward_with_cls_attention(
-                self.teacher, teacher_in, explicit_all_blocks=self.explicit_attention
+                self.teacher, teacher_in, explicit_all_blocks=self.teacher_explicit
             )
+        # Inference tensors cannot enter autograd; a clone makes them ordinary constants.
+        teacher_tokens, teacher_attention = teacher_tokens.clone(), teacher_attention.clone()
         student_cls, student_attention = model(images)
         return attndistill_loss(
             student_cls.float(), teacher_tokens[:, 0].float(), student_attention.float(), teacher_attention.float(),

@@ -43,8 +43,7 @@ def configure_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.run.threads)
 
 
-def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None,
-            explicit_attention: bool = False) -> dict[str, Any]:
+def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None) -> dict[str, Any]:
     """Train a student with AttnDistill; returns a summary (run dir, steps, final losses)."""
 
     from edgedistill.data.transforms import train_transform
@@ -57,7 +56,7 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
         teacher, teacher_info = load_teacher(t.source, t.arch, t.img_size or cfg.data.img_size, t.patch_size,
                                              **({"depth": t.depth} if t.depth else {}))
         student, student_kwargs = build_student(cfg)
-        task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device, explicit_attention)
+        task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
         return task, {"teacher": teacher_info}
 
     transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std)

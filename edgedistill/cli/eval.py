@@ -1,0 +1,277 @@
+"""``edgedistill eval``: k-NN, linear probe and attention maps of any model.
+
+``--model`` takes a run directory, a student/teacher ``.safetensors``, an ``.onnx`` file, an
+OpenVINO ``.xml``, or a bundle directory (``--variant`` picks the model), so a torch model and
+its exports are judged by the same numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgedistill.cli.common import console
+
+_MODEL_HELP = ("Run directory, student/teacher .safetensors, .onnx file, OpenVINO .xml, bundle directory, "
+               "checkpoint file (with --arch), timm hub name, or 'random'.")
+
+
+def _parse_ks(text: str) -> list[int]:
+    from edgedistill.errors import EdgeDistillError
+
+    try:
+        ks = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise EdgeDistillError(f"--k takes comma-separated integers like 10,20,100,200, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise EdgeDistillError(f"--k values must be >= 1, got {text!r}")
+    return list(dict.fromkeys(ks))
+
+
+def _parse_floats(text: str, flag: str) -> list[float]:
+    from edgedistill.errors import EdgeDistillError
+
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise EdgeDistillError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise EdgeDistillError(f"{flag} values must be > 0, got {text!r}")
+    return values
+
+
+def model_options(func):
+    """--model and how to open it."""
+    options = [
+        click.option("--model", "model", required=True, help=_MODEL_HELP),
+        click.option("--variant", default=None, help="Bundle variant (default: the manifest's default_variant)."),
+        click.option("--arch", default="", help="timm architecture of a bare checkpoint file or 'random'."),
+        click.option("--img-size", type=int, default=0,
+                     help="Input size of a checkpoint/hub/random model, or of an ONNX model with a dynamic size."),
+        click.option("--patch-size", type=int, default=0, help="Patch size of a checkpoint/random model."),
+        click.option("--depth", type=int, default=0, help="Depth of a checkpoint/random model (0: the arch's own)."),
+        click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda[:N]. "
+                     "ONNX/OpenVINO models run on CPU."),
+        click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's own)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def data_options(func):
+    options = [
+        click.option("--data", default=None, help="Folder with train/ and val/ (labeled), or 'digits'."),
+        click.option("--train", "train", default=None, help="Labeled bank folder (<class>/<image>)."),
+        click.option("--val", "val", default=None, help="Labeled validation folder (same classes)."),
+        click.option("--batch-size", type=int, default=128, show_default=True),
+        click.option("--workers", type=int, default=2, show_default=True, help="DataLoader workers."),
+        click.option("--max-bad-images", type=int, default=10, show_default=True,
+                     help="Corrupt images skipped before failing."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Write the figures to this JSON file."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _open(opts: dict[str, Any]):
+    from edgedistill.eval.models import open_model
+
+    if opts["threads"] is not None and opts["threads"] < 1:
+        from edgedistill.errors import EdgeDistillError
+
+        raise EdgeDistillError(f"--threads must be >= 1, got {opts['threads']}")
+    return open_model(opts["model"], variant=opts["variant"], device=opts["device"], threads=opts["threads"],
+                      arch=opts["arch"], img_size=opts["img_size"], patch_size=opts["patch_size"],
+                      depth=opts["depth"])
+
+
+def _splits(opts: dict[str, Any], model: Any):
+    from edgedistill.eval.evaluate import load_splits
+
+    return load_splits(opts["train"], opts["val"], opts["data"], img_size=model.img_size,
+                       max_bad_images=opts["max_bad_images"])
+
+
+def _check_json_path(path: Path | None) -> None:
+    from edgedistill.errors import EdgeDistillError
+
+    if path is not None and path.parent and not path.parent.exists():
+        raise EdgeDistillError(f"--json: folder {path.parent} does not exist")
+
+
+def _header(con: Any, model: Any, result: dict[str, Any]) -> None:
+    d = result["data"]
+    con.print(f"[bold]{model.name}[/] ({model.backend}, {model.img_size} px, dim {model.dim})  "
+              f"train {d['num_train']} images, val {d['num_val']}, {d['num_classes']} classes", highlight=False)
+
+
+def _extraction_line(result: dict[str, Any]) -> str:
+    e = result["extraction"]
+    return (f"feature extraction: {e['images']} images in {e['seconds']:.1f} s = {e['images_per_s']:,.0f} img/s "
+            f"end to end, {e['model_images_per_s']:,.0f} img/s in the model (batch {e['batch_size']})")
+
+
+@click.group("eval")
+def command() -> None:
+    """Evaluate a model: k-NN (DINO protocol), linear probe, attention maps."""
+
+
+@command.command("knn")
+@model_options
+@data_options
+@click.option("--k", "k_text", default="10,20,100,200", show_default=True, help="Neighbour counts (k=20 is the headline).")
+@click.option("--temperature", type=float, default=0.07, show_default=True, help="Vote weight exp(sim / T).")
+@click.option("--chunk-size", type=int, default=4096, show_default=True, help="Rows per similarity block.")
+@click.option("--predictions", "with_predictions", is_flag=True,
+              help="Also write the headline-k prediction of every val image into --json.")
+def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool, json_path: Path | None,
+        no_progress: bool, **opts: Any) -> None:
+    """Weighted k-NN top-1/top-5 of a model's CLS features on a labeled train/val pair."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.eval.evaluate import evaluate_knn
+    from edgedistill.utils import atomic_write_json
+
+    ks = _parse_ks(k_text)
+    if temperature <= 0:
+        raise EdgeDistillError(f"--temperature must be > 0, got {temperature}")
+    _check_json_path(json_path)
+    model = _open(opts)
+    splits = _splits(opts, model)
+    result = evaluate_knn(model, splits, ks=ks, temperature=temperature, batch_size=opts["batch_size"],
+                          num_workers=opts["workers"], chunk_size=chunk_size, progress=not no_progress,
+                          with_predictions=with_predictions, threads=opts["threads"])
+    con = console()
+    _header(con, model, result)
+    table = Table(title=f"k-NN (T={temperature:g}): {model.name}")
+    table.add_column("k", justify="right")
+    table.add_column("top-1 %", justify="right")
+    table.add_column("top-5 %", justify="right")
+    for k in ks:
+        entry = result["per_k"][str(k)]
+        label = f"{k}" + (f" (used {entry['k_used']})" if entry["k_used"] != k else "")
+        if k == result["headline_k"]:
+            label = f"[bold]{label}*[/]"
+        top5 = f"{entry['top5']:.2f}" if entry["top5"] is not None else "-"
+        table.add_row(label, f"{entry['top1']:.2f}", top5)
+    out = Console()
+    out.print(table)
+    out.print(_extraction_line(result), highlight=False)
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+        con.print(f"wrote {json_path}")
+
+
+@command.command("linear")
+@model_options
+@data_options
+@click.option("--c", "c_text", default="0.1,1,10,100", show_default=True,
+              help="Inverse regularization strengths; several: chosen on 20%% of train held out.")
+@click.option("--max-iter", type=int, default=1000, show_default=True)
+def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool, **opts: Any) -> None:
+    """Linear probe: logistic regression on frozen L2-normalized features."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.eval.evaluate import evaluate_linear
+    from edgedistill.utils import atomic_write_json
+
+    cs = _parse_floats(c_text, "--c")
+    if max_iter < 1:
+        raise EdgeDistillError(f"--max-iter must be >= 1, got {max_iter}")
+    _check_json_path(json_path)
+    model = _open(opts)
+    splits = _splits(opts, model)
+    result = evaluate_linear(model, splits, cs=cs, max_iter=max_iter, batch_size=opts["batch_size"],
+                             num_workers=opts["workers"], progress=not no_progress, threads=opts["threads"])
+    con = console()
+    _header(con, model, result)
+    table = Table(title=f"linear probe: {model.name}")
+    table.add_column("C", justify="right")
+    table.add_column("top-1 %", justify="right")
+    table.add_column("top-5 %", justify="right")
+    table.add_row(f"{result['C']:g}", f"{result['top1']:.2f}",
+                  f"{result['top5']:.2f}" if result["top5"] is not None else "-")
+    out = Console()
+    out.print(table)
+    if result["c_search"]:
+        search = ", ".join(f"C={c}: {acc:.1f}%" for c, acc in result["c_search"].items())
+        out.print(f"C chosen on 20% of train held out: {search}", highlight=False)
+    out.print(_extraction_line(result), highlight=False)
+    if json_path is not None:
+        atomic_write_json(json_path, result)
+        con.print(f"wrote {json_path}")
+
+
+@command.command("attention")
+@model_options
+@click.option("--teacher", default=None, help="Teacher: run directory, checkpoint (with --teacher-arch), timm hub "
+              "name or 'random'. Default: the teacher in the student run's config.yaml.")
+@click.option("--teacher-arch", default=None, help="timm architecture of a checkpoint/random teacher.")
+@click.option("--teacher-patch-size", type=int, default=None)
+@click.option("--teacher-depth", type=int, default=None)
+@click.option("--images", "images", multiple=True, required=True,
+              help="Image files (repeat the option, or list several after one --images).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
+@click.option("--temperature", type=float, default=None,
+              help="Head-fusion temperature (default: the run's distill.temperature, else 10).")
+@click.argument("more_images", nargs=-1, type=click.Path(path_type=Path))
+def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size: int | None,
+              teacher_depth: int | None, images: tuple[str, ...], out: Path, temperature: float | None,
+              more_images: tuple[Path, ...], **opts: Any) -> None:
+    """Teacher and student last-layer CLS attention, per head and fused, side by side (PNG)."""
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.eval.attention import attention_figure
+
+    if out.parent and not out.parent.exists():
+        raise EdgeDistillError(f"--out: folder {out.parent} does not exist")
+    model = _open(opts)
+    run_cfg = _run_config(opts["model"])
+    t = run_cfg.teacher if run_cfg is not None else None
+    source = teacher or (t.source if t is not None else None)
+    if not source:
+        raise EdgeDistillError("pass --teacher (the model is not a run directory with a config.yaml naming one)")
+    arch = teacher_arch or (t.arch if t is not None else "vit_small_patch16_224")
+    patch = teacher_patch_size if teacher_patch_size is not None else (t.patch_size if t is not None else 0)
+    depth = teacher_depth if teacher_depth is not None else (t.depth if t is not None else 0)
+    img = (t.img_size if t is not None and t.img_size else 0) or model.img_size
+    if temperature is None:
+        temperature = run_cfg.distill.temperature if run_cfg is not None else 10.0
+
+    import warnings
+
+    from edgedistill.models.teacher import load_teacher
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialized.*")
+        teacher_model, info = load_teacher(source, arch, img, patch, **({"depth": depth} if depth else {}))
+    result = attention_figure(model, teacher_model, [*images, *map(str, more_images)], out,
+                              teacher_arch=info.get("arch", arch), temperature=temperature)
+    con = console()
+    con.print(f"wrote {result['out']} ({result['size'][0]}x{result['size'][1]} px): teacher {info['source']} "
+              f"({result['teacher_heads']} heads, grid {result['grids']['teacher']}), student "
+              f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False)
+
+
+def _run_config(model: str):
+    """The config of the run ``model`` belongs to (a run directory or a file in one), else None."""
+    from edgedistill.config import build_config
+    from edgedistill.errors import EdgeDistillError
+
+    path = Path(model).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "config.yaml").is_file():
+        return None
+    try:
+        return build_config(folder / "config.yaml")
+    except EdgeDistillError:
+        return None

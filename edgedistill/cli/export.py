@@ -1,0 +1,109 @@
+"""``edgedistill export``: a distilled student -> a gated ONNX/OpenVINO bundle in ``export/<name>/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgedistill.cli.common import console
+from edgedistill.config import ExportConfig
+
+_DEFAULTS = ExportConfig()
+
+
+@click.command("export")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory of a distilled student (student.json + student.safetensors).")
+@click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
+              show_default=True, help="Bundle root; the bundle is <out>/<name>/.")
+@click.option("--name", default=None, help="Bundle name (default: the run directory's name).")
+@click.option("--formats", default=",".join(_DEFAULTS.formats), show_default=True,
+              help="Comma-separated: onnx, openvino.")
+@click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True, help="ONNX opset (17-20).")
+@click.option("--img-size", type=int, default=None, help="Input size (default: the student's).")
+@click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True,
+              help="Add INT8 variants (ONNX Runtime static QDQ, NNCF for OpenVINO).")
+@click.option("--fp16", is_flag=True, help="Add an OpenVINO variant with FP16 weights.")
+@click.option("--calib", default=None, help="Calibration image folder (default: the train split of --data).")
+@click.option("--calib-size", type=int, default=_DEFAULTS.calib_size, show_default=True,
+              help="Calibration images.")
+@click.option("--calib-method", default="minmax", show_default=True,
+              help="ONNX Runtime calibration: minmax, entropy or percentile.")
+@click.option("--data", default=None,
+              help="Labeled folder with train/ and val/ (or 'digits') for the k-NN accuracy gate "
+                   "(default: the run's data when labeled and present).")
+@click.option("--max-drop", type=float, default=_DEFAULTS.max_knn_drop, show_default=True,
+              help="Largest allowed k-NN top-1 drop against torch FP32, in points.")
+@click.option("--min-cosine", type=float, default=_DEFAULTS.parity_min_cosine, show_default=True,
+              help="Parity threshold for the FP32 variants (batch 1 and 8).")
+@click.option("--projection", is_flag=True, help="Add the teacher-space projection as a second output.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for k-NN features.")
+@click.option("--workers", "num_workers", type=int, default=0, show_default=True,
+              help="Image-decoding worker processes for k-NN.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO threads (default: theirs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the validation figures to this JSON file (written on gate failure too).")
+def command(model_dir: Path, out_root: Path, name: str | None, formats: str, opset: int, img_size: int | None,
+            int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
+            max_drop: float, min_cosine: float, projection: bool, force: bool, batch_size: int, num_workers: int,
+            threads: int | None, json_path: Path | None) -> None:
+    """Export a student to ONNX and OpenVINO (FP32, INT8), gate every variant, write a bundle.
+
+    \b
+    Parity gate: FP32 outputs vs torch on real images at batch 1 and 8 (cosine >= --min-cosine).
+    Accuracy gate: k-NN top-1 of every variant vs torch FP32 on --data (drop <= --max-drop).
+    A failed gate exits non-zero and leaves no bundle.
+    """
+    from edgedistill.export.bundle import GateFailed, export_bundle, summary_rows
+    from edgedistill.utils import atomic_write_json
+
+    con = console()
+    try:
+        result = export_bundle(
+            model_dir, out_root=out_root, name=name, formats=formats, int8=int8, fp16=fp16, calib=calib,
+            calib_size=calib_size, calib_method=calib_method, data=data, opset=opset, img_size=img_size,
+            projection=projection, min_cosine=min_cosine, max_drop=max_drop, force=force, batch_size=batch_size,
+            num_workers=num_workers, threads=threads, console=con,
+        )
+    except GateFailed as exc:
+        render_summary(con, summary_rows(exc.report, {}), title="export FAILED (no bundle written)")
+        if json_path is not None:
+            atomic_write_json(json_path, exc.report)
+        raise
+    render_summary(con, result["rows"], title=f"export: {result['bundle']}", default=result["default_variant"])
+    if json_path is not None:
+        atomic_write_json(json_path, result["validation"])
+
+
+def _size(n: Any) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: str | None = None) -> None:
+    """Variant, file size, parity cosine / max-abs, k-NN top-1 and drop, gate status."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column, justify in (("variant", "left"), ("size", "right"), ("cosine", "right"), ("max-abs", "right"),
+                            ("k-NN top-1", "right"), ("drop", "right"), ("gates", "center")):
+        table.add_column(column, justify=justify, no_wrap=column == "variant")  # type: ignore[arg-type]
+    for row in rows:
+        cos = "-" if row["cosine"] is None else f"{row['cosine']:.7f}" + ("" if row["parity_gated"] else "*")
+        status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[row["passed"]]
+        name = row["variant"] + (" (default)" if row["variant"] == default else "")
+        table.add_row(name, _size(row["size_bytes"]), cos,
+                      "-" if row["max_abs"] is None else f"{row['max_abs']:.2e}",
+                      "-" if row["top1"] is None else f"{row['top1']:.2f}",
+                      "-" if row["drop"] is None else f"{row['drop']:.2f}", status)
+    con.print(table)
+    if any(r["cosine"] is not None and not r["parity_gated"] for r in rows):
+        con.print("* parity reported, not gated: judged by the k-NN accuracy gate")

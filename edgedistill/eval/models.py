@@ -1,0 +1,307 @@
+"""``--model`` as an embedder: one interface over torch, ONNX Runtime and OpenVINO.
+
+A model argument is one of
+
+- a run directory (``student.*`` from ``distill``, ``teacher.*`` from ``pretrain``), a saved
+  backbone ``.safetensors``/``.json`` pair                         -> torch;
+- an ``.onnx`` file                                                -> ONNX Runtime;
+- an OpenVINO ``.xml`` (its ``.bin`` beside it)                    -> OpenVINO (true fp32 by default);
+- a bundle directory (``manifest.json``), ``variant`` picks a model -> ONNX Runtime or OpenVINO;
+- anything ``--teacher`` accepts besides (a checkpoint file with ``arch``, a timm hub name,
+  ``random``)                                                      -> torch.
+
+Whatever the backend, the preprocessing is described by one spec dict (the manifest's
+``preprocessing`` format): a bundle brings its own, an ``.onnx``/``.xml`` inside a bundle
+directory takes the bundle's, a run directory takes ``data.mean``/``data.std`` from its
+``config.yaml``, and everything else the eval transform at the model's input size with
+ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["EvalModel", "open_model", "spec_transform", "MODEL_HELP"]
+
+MODEL_HELP = ("run directory, student/teacher .safetensors, .onnx file, OpenVINO .xml, bundle directory "
+              "(with --variant), checkpoint file (with --arch), timm hub name, or 'random'")
+
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+_MODEL_SUFFIXES = (".onnx", ".xml", ".safetensors", ".json")
+
+
+@dataclass
+class EvalModel:
+    """An opened ``--model``.
+
+    ``embedder.embed((B, 3, H, W) float32) -> (B, D) float32``; a torch model also has
+    ``embed_torch`` and ``module`` (the ``nn.Module``, for attention maps).
+    """
+
+    embedder: Any
+    backend: str  # "torch" | "onnxruntime" | "openvino"
+    source: str
+    preprocessing: dict[str, Any]  # runtime.preprocess spec: resize, crop, interpolation, mean, std, ...
+    module: Any = None  # the torch nn.Module (torch backend only)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.embedder, "name", self.source))
+
+    @property
+    def dim(self) -> int | None:
+        return getattr(self.embedder, "dim", None)
+
+    @property
+    def img_size(self) -> int:
+        return int(self.preprocessing["crop"][0])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (what a ``--json`` report records about the model)."""
+        return {"source": self.source, "backend": self.backend, "name": self.name, "dim": self.dim,
+                "preprocessing": self.preprocessing, **self.info}
+
+
+def _standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str, Any]:
+    from edgedistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_preprocessing
+    from edgedistill.runtime.preprocess import validate_spec
+
+    return validate_spec(eval_preprocessing(int(img_size), mean or IMAGENET_MEAN, std or IMAGENET_STD))
+
+
+def _is_standard(spec: dict[str, Any]) -> bool:
+    """True when torchvision's eval transform reproduces ``spec`` (then it is used as is)."""
+    from edgedistill.data.transforms import resize_size
+
+    crop = spec["crop"]
+    return (crop[0] == crop[1] and spec["resize"] == resize_size(crop[0]) and spec["interpolation"] == "bicubic"
+            and spec["channel_order"] == "RGB" and spec["layout"] == "NCHW" and spec["dtype"] == "float32"
+            and abs(spec["scale"] - 1 / 255) < 1e-12)
+
+
+def spec_transform(spec: dict[str, Any]) -> Callable[[Any], Any]:
+    """PIL RGB image -> model input, per a preprocessing spec.
+
+    The standard spec (what ``export`` writes for the eval transform) maps to
+    :func:`edgedistill.data.eval_transform` itself; anything else (BGR, NHWC, another resize
+    rule) to the torch-free :func:`edgedistill.runtime.preprocess.preprocess`, which a bundle's
+    apps use too. The two agree bit for bit on the standard spec.
+    """
+    from edgedistill.runtime.preprocess import validate_spec
+
+    spec = validate_spec(spec)
+    if _is_standard(spec):
+        from edgedistill.data.transforms import eval_transform
+
+        return eval_transform(spec["crop"][0], spec["mean"], spec["std"])
+    return _NumpyTransform(spec)
+
+
+class _NumpyTransform:
+    """Picklable (DataLoader workers) wrapper around ``runtime.preprocess.preprocess``."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+
+    def __call__(self, img: Any) -> Any:
+        import torch
+
+        from edgedistill.runtime.preprocess import preprocess
+
+        return torch.from_numpy(preprocess(img, self.spec))
+
+
+def _run_mean_std(folder: Path) -> tuple[Any, Any]:
+    """``data.mean``/``data.std`` of the run whose ``config.yaml`` is in ``folder``, else (None, None)."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return None, None
+    from edgedistill.config import load_yaml
+
+    try:
+        data = (load_yaml(path) or {}).get("data") or {}
+    except EdgeDistillError:
+        return None, None
+    mean, std = data.get("mean"), data.get("std")
+    ok = all(isinstance(v, (list, tuple)) and len(v) == 3 for v in (mean, std))
+    return (list(mean), list(std)) if ok else (None, None)
+
+
+def _bundle_of(path: Path) -> tuple[dict[str, Any], str] | None:
+    """(manifest, variant) when ``path`` is a model file listed in the bundle it sits in."""
+    from edgedistill.runtime.manifest import MANIFEST_NAME, read_manifest
+
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None
+    try:
+        manifest = read_manifest(path.parent)
+    except EdgeDistillError:
+        return None
+    for name, var in manifest["variants"].items():
+        if (path.parent / var["file"]).resolve() == path.resolve():
+            return manifest, name
+    return None
+
+
+def _input_size_of(embedder: Any, path: Path) -> int | None:
+    """The static square input size of an ONNX/OpenVINO model, if it declares one."""
+    shape: list[Any] = []
+    if hasattr(embedder, "input_shape"):  # ONNX Runtime
+        shape = list(embedder.input_shape)
+    elif hasattr(embedder, "compiled"):  # OpenVINO
+        partial = embedder.compiled.inputs[0].get_partial_shape()
+        shape = [d.get_length() if d.is_static else None for d in partial]
+    if len(shape) != 4:
+        return None
+    h, w = (shape[2], shape[3]) if shape[1] == 3 else (shape[1], shape[2])
+    if isinstance(h, int) and isinstance(w, int) and h == w and h > 0:
+        return h
+    return None
+
+
+def _torch_model(module: Any, source: str, spec: dict[str, Any], device: str, threads: int | None,
+                 info: dict[str, Any]) -> EvalModel:
+    from edgedistill.eval.knn import TorchEmbedder
+    from edgedistill.train.distributed import resolve_device
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    module.eval()
+    embedder = TorchEmbedder(module, device=resolve_device(device), name=f"torch:{Path(source).name or source}")
+    return EvalModel(embedder, "torch", source, spec, module=module, info=info)
+
+
+def _module_img_size(module: Any) -> int:
+    size = module.patch_embed.img_size
+    return int(size[0]) if size is not None else 224
+
+
+def open_model(
+    source: str | Path,
+    *,
+    variant: str | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    arch: str = "",
+    img_size: int = 0,
+    patch_size: int = 0,
+    depth: int = 0,
+    precision: str | None = "f32",
+) -> EvalModel:
+    """Open ``--model`` (see the module docstring) as an :class:`EvalModel`.
+
+    Args:
+        variant: the bundle variant (bundle directories only; default: the manifest's default).
+        device: torch device (``auto`` | ``cpu`` | ``cuda[:N]``); exported models run on CPU.
+        threads: intra-op threads for any backend (None: the backend's default).
+        arch, img_size, patch_size, depth: the architecture of a checkpoint file, ``random``
+            or a hub name (as for ``--teacher``); ``img_size`` also sets the input size of an
+            ONNX/OpenVINO model whose input size is dynamic.
+        precision: OpenVINO inference precision (``f32`` = true fp32, ``bf16``, ``f16``, None).
+    """
+    from edgedistill.runtime.manifest import MANIFEST_NAME
+
+    text = str(source).strip()
+    if not text:
+        raise EdgeDistillError(f"--model is empty (expected a {MODEL_HELP})")
+    path = Path(text).expanduser()
+    is_bundle = path.is_dir() and (path / MANIFEST_NAME).is_file()
+    if variant is not None and not is_bundle:
+        raise EdgeDistillError(f"--variant {variant} needs a bundle directory (with {MANIFEST_NAME}), got {text}")
+
+    # --- exported models: a bundle, or an .onnx / .xml file
+    if is_bundle or (path.is_file() and path.suffix.lower() in (".onnx", ".xml")):
+        from edgedistill.runtime.embedders import open_embedder
+        from edgedistill.runtime.manifest import default_variant, read_manifest
+
+        kwargs: dict[str, Any] = {"threads": threads}
+        info: dict[str, Any] = {}
+        if is_bundle:
+            manifest = read_manifest(path)
+            variant = variant or default_variant(manifest)
+            if variant not in manifest["variants"]:
+                raise EdgeDistillError(f"bundle {manifest['name']!r} has no variant {variant!r} "
+                                       f"(available: {', '.join(manifest['variants'])})")
+            bundle: tuple[dict[str, Any], str] | None = (manifest, variant)
+        else:
+            bundle = _bundle_of(path)
+        fmt = (bundle[0]["variants"][bundle[1]]["format"] if bundle
+               else ("onnx" if path.suffix.lower() == ".onnx" else "openvino"))
+        if fmt == "openvino":
+            kwargs["precision"] = precision
+        embedder = open_embedder(path, variant, **kwargs) if is_bundle else open_embedder(path, **kwargs)
+        if bundle:
+            manifest, variant = bundle
+            from edgedistill.runtime.preprocess import validate_spec
+
+            spec = validate_spec(manifest["preprocessing"])
+            if img_size and spec["crop"] != [img_size, img_size]:
+                raise EdgeDistillError(f"--img-size {img_size} contradicts the bundle's preprocessing "
+                                       f"(crop {spec['crop']}); leave it out")
+            var = manifest["variants"][variant]
+            info = {"bundle": manifest["name"], "variant": variant, "format": var["format"],
+                    "precision": var["precision"]}
+        else:
+            size = _input_size_of(embedder, path)
+            if size and img_size and size != img_size:
+                raise EdgeDistillError(f"--img-size {img_size} contradicts {path.name}, whose input is {size}x{size}")
+            size = size or img_size
+            if not size:
+                raise EdgeDistillError(f"{path.name} has a dynamic input size: pass --img-size")
+            spec = _standard_spec(size)
+            info = {"format": fmt}
+        if fmt == "openvino":
+            info["ov_precision"] = precision
+        backend = "onnxruntime" if fmt == "onnx" else "openvino"
+        return EvalModel(embedder, backend, text, spec, info=info)
+
+    # --- torch: saved backbones (run directories, .safetensors/.json pairs)
+    if path.is_dir() or (path.is_file() and (path.suffix == ".json" or (
+            path.suffix == ".safetensors" and path.with_suffix(".json").is_file()))):
+        from edgedistill.models.backbone_io import load_backbone
+
+        module, meta = load_backbone(path)
+        folder = path if path.is_dir() else path.parent
+        mean, std = _run_mean_std(folder)
+        size = _module_img_size(module)
+        if img_size and img_size != size:
+            raise EdgeDistillError(f"--img-size {img_size} contradicts the saved backbone, which takes {size}-px images")
+        info = {"arch": meta["arch"], "kwargs": meta["kwargs"], "role": meta.get("role"),
+                "weights": meta["weights_path"], "sha256": meta["sha256"]}
+        return _torch_model(module, text, _standard_spec(size, mean, std), device, threads, info)
+
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in _CHECKPOINT_SUFFIXES + (".safetensors",):
+            raise EdgeDistillError(f"cannot tell the model format of {path}: expected a {MODEL_HELP}")
+        if not arch:
+            raise EdgeDistillError(f"{path.name} is a bare checkpoint: pass its architecture with --arch "
+                                   "(e.g. --arch vit_small_patch16_224 --patch-size 16)")
+    elif text.lower() != "random" and ("/" in text or "\\" in text or text.startswith((".", "~"))
+                                       or path.suffix.lower() in _CHECKPOINT_SUFFIXES + _MODEL_SUFFIXES):
+        raise EdgeDistillError(f"model not found: {text}")
+
+    # --- torch: checkpoint file + arch, timm hub name, random
+    from edgedistill.models.teacher import load_teacher
+
+    size = img_size
+    if not size and "." in text and not path.exists() and text.lower() != "random":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(text) if timm.is_model(text.split(".")[0]) else None
+        size = int(cfg.input_size[-1]) if cfg is not None else 0
+    size = size or 224
+    with warnings.catch_warnings():
+        # load_teacher's warning about a random *teacher* does not apply to an evaluated model
+        warnings.filterwarnings("ignore", message=".*randomly initialized.*")
+        module, tinfo = load_teacher(text, arch or "vit_tiny_patch16_224", size, patch_size,
+                                     **({"depth": depth} if depth else {}))
+    return _torch_model(module, text, _standard_spec(_module_img_size(module)), device, threads, dict(tinfo))

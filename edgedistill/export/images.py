@@ -1,0 +1,131 @@
+"""Real images for calibration and the gates, preprocessed exactly as an app does.
+
+Every image the export stage feeds a model goes through ``edgedistill.runtime.preprocess``
+with the bundle's own ``preprocessing`` dict (numpy + Pillow, no torchvision): calibration
+statistics, parity references and k-NN figures all see the input an app will produce.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["Preprocess", "open_split", "pick_indices", "load_arrays", "PreprocessedSplit", "labeled_pair"]
+
+
+class Preprocess:
+    """A picklable ``PIL image -> (3, H, W) float32`` transform from a preprocessing dict."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+
+    def __call__(self, image: Any) -> np.ndarray:
+        from edgedistill.runtime.preprocess import preprocess
+
+        return preprocess(image, self.spec)
+
+
+def open_split(path: str, split: str, spec: dict[str, Any], *, require_labels: bool = False,
+               scan: bool = True) -> Any:
+    """The ``split`` of an image folder (or ``"digits"``) with the numpy transform:
+    ``dataset[i] -> ((3, H, W) float32, label)``, ``dataset.load(i) -> (RGB PIL, label)``.
+    ``scan=False`` skips checking every file up front (calibration reads only a few; a bad
+    one is then replaced by the next readable image when loaded)."""
+    from edgedistill.data import build_dataset
+
+    crop = spec["crop"] if isinstance(spec["crop"], int) else spec["crop"][0]
+    return build_dataset(str(path), split, Preprocess(spec), img_size=int(crop), require_labels=require_labels,
+                         scan=scan)
+
+
+def labeled_pair(path: str, spec: dict[str, Any], option: str = "--data") -> tuple[Any, Any]:
+    """(train, val) labeled splits of ``path`` with the same classes, for the k-NN gate."""
+    from edgedistill.data import check_same_classes, has_split_layout
+
+    if path != "digits":
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise EdgeDistillError(f"{option} folder not found: {folder}")
+        if not has_split_layout(folder):
+            raise EdgeDistillError(f"{option} {folder} has no train/ and val/ subfolders (each with one folder "
+                                   "per class): the accuracy gate needs a labeled k-NN bank and queries")
+    train = open_split(path, "train", spec, require_labels=True)
+    val = open_split(path, "val", spec, require_labels=True)
+    check_same_classes(train, val)
+    return train, val
+
+
+def pick_indices(total: int, count: int, seed: int) -> np.ndarray:
+    """``min(count, total)`` distinct indices spread over the dataset (labeled folders are
+    sorted by class, so the first N would all be one class), sorted, reproducible."""
+    count = min(int(count), int(total))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=count, replace=False))
+
+
+def load_arrays(dataset: Any, indices: np.ndarray, spec: dict[str, Any], *, progress: Any = None,
+                description: str = "images") -> tuple[np.ndarray, list[Any]]:
+    """Preprocess ``dataset`` images at ``indices`` -> ((N, 3, H, W) float32, the RGB PIL images)."""
+    from edgedistill.runtime.preprocess import preprocess
+
+    images, arrays = [], []
+    task = progress.add_task(description, total=len(indices)) if progress is not None else None
+    for i in indices:
+        img, _ = dataset.load(int(i))
+        images.append(img)
+        arrays.append(preprocess(img, spec))
+        if task is not None:
+            progress.advance(task)
+    if not arrays:
+        raise EdgeDistillError(f"no images for {description}")
+    return np.stack(arrays), images
+
+
+class PreprocessedSplit:
+    """Ordered ``(images (B, 3, H, W), labels (B,))`` batches of a whole split, for k-NN.
+
+    Splits whose preprocessed tensors fit in ``cache_bytes`` are decoded once (during the
+    first pass) and served from memory to every later variant; larger ones are re-read on
+    every pass through a DataLoader with ``num_workers`` processes.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, *, num_workers: int = 0, cache_bytes: int = 2 << 30) -> None:
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        crop = dataset.transform.spec["crop"]
+        h, w = (crop, crop) if isinstance(crop, int) else crop
+        self.cacheable = len(dataset) * 3 * h * w * 4 <= cache_bytes
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self._labels
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        if self._images is not None:
+            for start in range(0, len(self._images), self.batch_size):
+                yield self._images[start:start + self.batch_size], self._labels[start:start + self.batch_size]
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                            drop_last=False)
+        images, labels = [], []
+        for x, y in loader:
+            x, y = x.numpy(), y.numpy()
+            if self.cacheable:
+                images.append(x)
+                labels.append(y)
+            yield x, y
+        if self.cacheable and images:
+            self._images, self._labels = np.concatenate(images), np.concatenate(labels)

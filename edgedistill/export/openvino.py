@@ -1,0 +1,81 @@
+"""OpenVINO IR conversion and NNCF INT8 post-training quantization (SPEC §7).
+
+Pitfalls handled here and in the manifest:
+
+* ``openvino.save_model`` compresses weights to FP16 unless ``compress_to_fp16=False``: the
+  FP32 variant keeps FP32 weights; the FP16 variant (``--fp16``) is a separate, labeled file.
+* On CPUs with bf16 OpenVINO runs an "FP32" model in bf16 unless the inference precision
+  hint says ``f32``: every OpenVINO variant records ``inference_precision_hint: "f32"`` in
+  the manifest, and the gates judge it with that hint (the runtime embedder's default).
+* NNCF with ``model_type=TRANSFORMER`` (SmoothQuant, fast bias correction, no quantization of
+  LayerNorm/Softmax/GELU inputs), calibrated on the same real images as ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["convert_openvino", "quantize_openvino", "INFERENCE_PRECISION_HINT"]
+
+INFERENCE_PRECISION_HINT = "f32"
+
+
+def _openvino() -> Any:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise EdgeDistillError("--formats openvino needs OpenVINO: pip install openvino") from None
+    return ov
+
+
+def convert_openvino(onnx_path: str | Path, xml_path: str | Path, *, fp16: bool = False) -> dict[str, Any]:
+    """``openvino.convert_model`` of the exported ONNX graph (same names, same dynamic batch)
+    saved as ``xml_path`` + ``.bin``; weights FP32 unless ``fp16``."""
+    ov = _openvino()
+    model = ov.convert_model(str(onnx_path))
+    ov.save_model(model, str(xml_path), compress_to_fp16=bool(fp16))
+    return {"tool": "openvino.convert_model", "source": "onnx", "compress_to_fp16": bool(fp16),
+            "inference_precision_hint": INFERENCE_PRECISION_HINT}
+
+
+def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndarray, *,
+                      on_item: Callable[[], None] | None = None, show_library_output: bool = False) -> dict[str, Any]:
+    """NNCF post-training INT8 of the FP32 IR into ``out_xml``, calibrated on ``images``
+    (N, 3, H, W) float32, one image per calibration item. Returns the settings."""
+    ov = _openvino()
+    # nncf imports torch utilities that warn about a missing CUDA runtime on CPU machines
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        import nncf
+    except ImportError:
+        raise EdgeDistillError("INT8 for OpenVINO needs NNCF: pip install nncf (or --no-int8)") from None
+    from edgedistill.export.quantize import quiet_stdout
+
+    if len(images) == 0:
+        raise EdgeDistillError("INT8 calibration needs at least one image")
+    items = [np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))]
+
+    def transform(item: np.ndarray) -> np.ndarray:
+        if on_item is not None:
+            on_item()
+        return item
+
+    model = ov.Core().read_model(str(fp32_xml))
+    previous = nncf.common.logging.nncf_logger.level
+    nncf.set_log_level(logging.WARNING if show_library_output else logging.ERROR)
+    try:
+        with quiet_stdout(show_library_output):
+            quantized = nncf.quantize(model, nncf.Dataset(items, transform), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(items))
+    finally:
+        nncf.set_log_level(previous)
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    return {"tool": "nncf.quantize", "nncf_version": nncf.__version__, "model_type": "TRANSFORMER",
+            "preset": "default (mixed for transformers)", "subset_size": len(items),
+            "calibration_images": len(items), "inference_precision_hint": INFERENCE_PRECISION_HINT}

@@ -1,0 +1,309 @@
+"""``edgedistill export``: a tiny random student -> a gated bundle; the bundle read back by the
+runtime and by plain onnxruntime / openvino; gates that fail and interrupts leave nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image_folder, run_cli
+from edgedistill.errors import EdgeDistillError
+
+ARCH = "vit_tiny_patch16_224"
+TEACHER_DIM = 384
+
+
+def tiny_student_run(root: Path, projector: bool = True) -> Path:
+    """A run directory as `distill` leaves it (student pair + projector), random weights."""
+    from safetensors.torch import save_file
+
+    from edgedistill.models.backbone_io import save_backbone
+    from edgedistill.models.projector import Projector
+    from edgedistill.models.vit import create_vit
+
+    torch.manual_seed(0)
+    model, kwargs = create_vit(ARCH, img_size=16, patch_size=4, depth=2)
+    root.mkdir(parents=True)
+    save_backbone(model, root, "student", ARCH, kwargs, "student")
+    if projector:
+        proj = Projector(model.embed_dim, TEACHER_DIM, depth=1)
+        save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, str(root / "projector.safetensors"),
+                  metadata={"depth": "1", "student_dim": str(model.embed_dim), "teacher_dim": str(TEACHER_DIM)})
+    return root
+
+
+@pytest.fixture(scope="session")
+def student_run(tmp_path_factory) -> Path:
+    return tiny_student_run(tmp_path_factory.mktemp("runs") / "tiny_student")
+
+
+@pytest.fixture(scope="session")
+def labeled(tmp_path_factory) -> Path:
+    """train/ and val/ with 3 classes of 20 px images (resized to 18, cropped to 16)."""
+    root = tmp_path_factory.mktemp("labeled")
+    make_image_folder(root / "train", classes=3, per_class=10, size=20, seed=0)
+    make_image_folder(root / "val", classes=3, per_class=4, size=20, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle(student_run, labeled, tmp_path_factory) -> dict:
+    """The full export, once: every variant (FP16 too), both gates, on the tiny data."""
+    from edgedistill.export import export_bundle
+
+    out = tmp_path_factory.mktemp("export")
+    return export_bundle(student_run, out_root=out, formats="onnx,openvino", int8=True, fp16=True,
+                         data=str(labeled), calib_size=12, threads=1, progress=False)
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+def test_full_bundle_manifest_reads_back_verified(bundle):
+    from edgedistill.data import eval_preprocessing
+    from edgedistill.runtime import read_manifest
+
+    path = Path(bundle["bundle"])
+    manifest = read_manifest(path, verify=True)
+    assert manifest == json.loads((path / "manifest.json").read_text())
+    assert list(manifest["variants"]) == ["onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16", "openvino_int8"]
+    assert manifest["default_variant"] in ("onnx_int8", "openvino_int8")
+    assert manifest["input"] == {"name": "pixel_values", "layout": "NCHW", "shape": [-1, 3, 16, 16],
+                                 "dtype": "float32"}
+    assert [(o["name"], o["dims"]) for o in manifest["outputs"]] == [("embedding", [-1, 192])]
+    assert manifest["preprocessing"] == eval_preprocessing(16)
+    for name, var in manifest["variants"].items():
+        assert var["precision"] == name.split("_")[1] and var["size_bytes"] > 0 and len(var["sha256"]) == 64
+        if var["format"] == "openvino":
+            assert var["inference_precision_hint"] == "f32" and (path / var["weights_file"]).is_file()
+    # an INT8 file is markedly smaller than the FP32 one
+    assert manifest["variants"]["onnx_int8"]["size_bytes"] < 0.5 * manifest["variants"]["onnx_fp32"]["size_bytes"]
+    versions = manifest["provenance"]["versions"]
+    for package in ("torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "edgedistill"):
+        assert versions[package]
+    assert manifest["provenance"]["student"]["weights_sha256"]
+    assert json.loads((path / "validation.json").read_text()) == manifest["validation"]
+
+    # a modified file no longer verifies
+    copy = path.parent / "tampered"
+    shutil.copytree(path, copy)
+    with open(copy / "onnx_int8.onnx", "r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\0" * 8)
+    with pytest.raises(EdgeDistillError, match="sha256"):
+        read_manifest(copy, verify=True)
+    shutil.rmtree(copy)
+
+
+def test_parity_and_knn_figures(bundle):
+    validation = bundle["manifest"]["validation"]
+    assert validation["passed"] is True
+    parity = validation["parity"]["variants"]
+    for variant in ("onnx_fp32", "openvino_fp32"):
+        figures = parity[variant]
+        assert figures["gated"] and figures["passed"]
+        for batch in ("batch_1", "batch_8"):
+            assert figures["outputs"]["embedding"][batch]["min_cosine"] >= 0.9999
+            assert figures["outputs"]["embedding"][batch]["max_abs"] < 1e-3
+    for variant in ("onnx_int8", "openvino_int8", "openvino_fp16"):
+        assert not parity[variant]["gated"] and parity[variant]["min_cosine"] > 0.99
+    knn = validation["knn"]
+    assert knn["k"] == 20 and knn["train_images"] == 30 and knn["val_images"] == 12
+    reference = knn["torch_fp32"]["top1"]
+    for variant, figures in knn["variants"].items():
+        assert figures["drop"] == pytest.approx(reference - figures["top1"])
+        assert figures["passed"]
+    # FP32 variants classify exactly as torch does
+    assert knn["variants"]["onnx_fp32"]["top1"] == reference
+    rows = {row["variant"]: row for row in bundle["rows"]}
+    assert set(rows) == {"torch_fp32", *bundle["manifest"]["variants"]}
+
+
+PREPROCESS = """
+import json, sys
+import numpy as np
+from PIL import Image
+
+bundle = sys.argv[1]
+manifest = json.load(open(f"{bundle}/manifest.json"))
+p = manifest["preprocessing"]
+img = Image.open(f"{bundle}/{manifest['sample']['file']}").convert("RGB")
+w, h = img.size
+size = (p["resize"], int(p["resize"] * h / w)) if w <= h else (int(p["resize"] * w / h), p["resize"])
+if size != img.size:
+    img = img.resize(size, Image.Resampling.BICUBIC)
+crop = p["crop"][0] if isinstance(p["crop"], list) else p["crop"]
+left, top = int(round((img.width - crop) / 2)), int(round((img.height - crop) / 2))
+img = img.crop((left, top, left + crop, top + crop))
+x = np.asarray(img, dtype=np.float32) / np.float32(255)
+x = (x - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
+x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+batch = np.repeat(x, 8, axis=0)
+output = manifest["outputs"][0]["name"]
+reference = np.asarray(manifest["sample"]["outputs"][output])
+
+def cosine(a):
+    return float(a @ reference / np.linalg.norm(a) / np.linalg.norm(reference))
+"""
+
+PLAIN_ORT = PREPROCESS + """
+import onnxruntime as ort
+result = {}
+for name, var in manifest["variants"].items():
+    if var["format"] == "onnx":
+        session = ort.InferenceSession(f"{bundle}/{var['file']}", providers=["CPUExecutionProvider"])
+        out1 = session.run([output], {manifest["input"]["name"]: x})[0]
+        out8 = session.run([output], {manifest["input"]["name"]: batch})[0]
+        result[name] = [cosine(out1[0]), cosine(out8[7])]
+result["imported"] = sorted(m for m in ("edgedistill", "torch") if m in sys.modules)
+print(json.dumps(result))
+"""
+
+PLAIN_OV = PREPROCESS + """
+import openvino as ov
+core = ov.Core()
+result = {}
+for name, var in manifest["variants"].items():
+    if var["format"] == "openvino":
+        model = core.read_model(f"{bundle}/{var['file']}", f"{bundle}/{var['weights_file']}")
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": var["inference_precision_hint"]})
+        out1 = compiled(x)[compiled.output(output)]
+        out8 = compiled(batch)[compiled.output(output)]
+        result[name] = [cosine(out1[0]), cosine(out8[7])]
+result["imported"] = sorted(m for m in ("edgedistill",) if m in sys.modules)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("script, variants", [
+    (PLAIN_ORT, {"onnx_fp32": 0.9999, "onnx_int8": 0.99}),
+    (PLAIN_OV, {"openvino_fp32": 0.9999, "openvino_fp16": 0.999, "openvino_int8": 0.99}),
+], ids=["onnxruntime", "openvino"])
+def test_plain_runtime_reproduces_the_sample(bundle, tmp_path, script, variants):
+    """An app with only onnxruntime (or openvino), numpy and Pillow, following export/README.md."""
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(script), bundle["bundle"]], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result.pop("imported") == []
+    assert set(result) == set(variants)
+    for name, floor in variants.items():
+        assert min(result[name]) >= floor, (name, result[name])
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_projection_output_without_data_and_force(student_run, labeled, tmp_path):
+    """--projection adds the teacher-space output; without --data the accuracy gate is skipped
+    (parity still runs, on the calibration folder); an existing bundle needs --force."""
+    import onnxruntime as ort
+
+    from edgedistill.export import export_bundle
+    from edgedistill.runtime import read_manifest
+
+    kwargs = dict(out_root=tmp_path, name="proj", formats="onnx", int8=False, calib=str(labeled / "val"),
+                  projection=True, threads=1, progress=False)
+    result = export_bundle(student_run, **kwargs)
+    manifest = read_manifest(result["bundle"], verify=True)
+    assert [(o["name"], o["dims"]) for o in manifest["outputs"]] == [("embedding", [-1, 192]),
+                                                                     ("projection", [-1, TEACHER_DIM])]
+    assert manifest["provenance"]["projector"] == {"depth": 1, "student_dim": 192, "teacher_dim": TEACHER_DIM}
+    assert "skipped" in manifest["validation"]["knn"]
+    assert manifest["default_variant"] == "onnx_fp32"
+    projection = manifest["validation"]["parity"]["variants"]["onnx_fp32"]["outputs"]["projection"]
+    assert projection["batch_8"]["min_cosine"] >= 0.9999
+    session = ort.InferenceSession(str(Path(result["bundle"]) / "onnx_fp32.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["embedding", "projection"]
+    emb, proj = session.run(None, {"pixel_values": np.zeros((3, 3, 16, 16), np.float32)})
+    assert emb.shape == (3, 192) and proj.shape == (3, TEACHER_DIM)
+
+    with pytest.raises(EdgeDistillError, match="already exists.*--force"):
+        export_bundle(student_run, **kwargs)
+    again = export_bundle(student_run, **dict(kwargs, projection=False, formats="openvino", force=True))
+    manifest = read_manifest(again["bundle"], verify=True)
+    assert [o["name"] for o in manifest["outputs"]] == ["embedding"]
+    assert list(manifest["variants"]) == ["openvino_fp32"] and manifest["default_variant"] == "openvino_fp32"
+    assert leftovers(tmp_path) == ["proj"]
+    assert leftovers(tmp_path / "proj") == ["manifest.json", "openvino_fp32.bin", "openvino_fp32.xml",
+                                            "sample.png", "validation.json"]  # no intermediate ONNX
+
+
+def test_bad_inputs_are_one_line_errors(student_run, labeled, tmp_path):
+    from edgedistill.export import export_bundle
+
+    no_student = tmp_path / "empty_run"
+    no_student.mkdir()
+    unlabeled = tmp_path / "unlabeled"  # train/ and val/ with loose images: no classes
+    for split in ("train", "val"):
+        (unlabeled / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(unlabeled / split / f"{i}.png")
+    cases = [
+        (dict(model_dir=tmp_path / "nope"), "not found"),
+        (dict(model_dir=no_student), "student.json"),
+        (dict(model_dir=student_run, formats="onnx,tflite"), "unknown export format tflite"),
+        (dict(model_dir=student_run, calib_method="kl"), "calibration method"),
+        (dict(model_dir=student_run, opset=13), "--opset"),
+        (dict(model_dir=student_run, data=str(unlabeled)), "not a labeled image folder"),
+        (dict(model_dir=student_run, data=str(labeled / "train")), "train/ and val/"),
+        (dict(model_dir=student_run, int8=False), "needs real images"),
+    ]
+    for kwargs, message in cases:
+        model_dir = kwargs.pop("model_dir")
+        with pytest.raises(EdgeDistillError, match=message) as info:
+            export_bundle(model_dir, out_root=tmp_path / "out", progress=False, **kwargs)
+        assert "\n" not in str(info.value)
+    assert leftovers(tmp_path / "out") == []
+
+
+# ----------------------------------------------------------------------------- failures leave nothing
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--min-cosine", "1.1", "parity gate failed: onnx_fp32 cosine"),
+    ("--max-drop", "-1", "accuracy gate failed: onnx_fp32 lost"),
+], ids=["parity", "accuracy"])
+def test_cli_failed_gate_exits_2_and_leaves_nothing(student_run, labeled, tmp_path, option, value, message):
+    out = tmp_path / "export"
+    report = tmp_path / "report.json"
+    run = run_cli("export", "--model", str(student_run), "--out", str(out), "--data", str(labeled),
+                  "--formats", "onnx", "--no-int8", "--threads", "1", "--json", str(report), option, value)
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert leftovers(out) == []  # no bundle, no .partial temp dir
+    assert json.loads(report.read_text())["passed"] is False
+
+
+def test_interrupted_export_leaves_nothing(student_run, labeled, tmp_path, monkeypatch):
+    import edgedistill.export.quantize as quantize
+    from edgedistill.export import export_bundle
+
+    calls = []
+
+    def interrupt(*args, **kwargs):
+        calls.append(args[1])  # the INT8 file it was about to write, inside the temp dir
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "quantize_onnx", interrupt)
+    (tmp_path / "export").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(student_run, out_root=tmp_path / "export", formats="onnx", int8=True, calib=str(labeled),
+                      calib_size=4, threads=1, progress=False)
+    assert len(calls) == 1 and calls[0].parent.name.endswith(".partial")
+    assert leftovers(tmp_path / "export") == []
