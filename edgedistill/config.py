@@ -144,6 +144,22 @@ class ExportConfig:
 
 
 @dataclass
+class BenchConfig:
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    threads: tuple[int, ...] = (2,)
+    batch: tuple[int, ...] = (1, 8)
+    runs: int = 50
+    warmup: int = 5
+
+
+@dataclass
+class PipelineConfig:
+    # Stages of `edgedistill pipeline`, in order. Without `pretrain`, distill uses teacher.source.
+    stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
+    attention_images: int = 4  # val images drawn in the report's attention-map figure
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -153,6 +169,8 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 # ----------------------------------------------------------------------------- coercion
@@ -358,4 +376,9 @@ def validate(cfg: Config) -> None:
     need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
     need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
+    known_stages = ("pretrain", "distill", "eval", "export", "bench")
+    unknown = [x for x in cfg.pipeline.stages if x not in known_stages]
+    need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")
+    need(all(t >= 1 for t in cfg.bench.threads) and all(b >= 1 for b in cfg.bench.batch), "bench.threads and bench.batch must be >= 1")
+    need(cfg.bench.runs >= 1 and cfg.bench.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
     need(cfg.run.device == "auto" or cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), f"run.device must be auto, cpu or cuda[:N], got '{cfg.run.device}'")

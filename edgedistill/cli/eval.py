@@ -108,7 +108,8 @@ def _check_json_path(path: Path | None) -> None:
 def _header(con: Any, model: Any, result: dict[str, Any]) -> None:
     d = result["data"]
     con.print(f"[bold]{model.name}[/] ({model.backend}, {model.img_size} px, dim {model.dim})  "
-              f"train {d['num_train']} images, val {d['num_val']}, {d['num_classes']} classes", highlight=False)
+              f"train {d['num_train']} images, val {d['num_val']}, {d['num_classes']} classes", highlight=False,
+              soft_wrap=True)
 
 
 def _extraction_line(result: dict[str, Any]) -> str:
@@ -125,7 +126,8 @@ def command() -> None:
 @command.command("knn")
 @model_options
 @data_options
-@click.option("--k", "k_text", default="10,20,100,200", show_default=True, help="Neighbour counts (k=20 is the headline).")
+@click.option("--k", "k_text", default="10,20,100,200", show_default=True,
+              help="Neighbour counts (k=20 is the headline).")
 @click.option("--temperature", type=float, default=0.07, show_default=True, help="Vote weight exp(sim / T).")
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Rows per similarity block.")
 @click.option("--predictions", "with_predictions", is_flag=True,
@@ -164,7 +166,7 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
         table.add_row(label, f"{entry['top1']:.2f}", top5)
     out = Console()
     out.print(table)
-    out.print(_extraction_line(result), highlight=False)
+    out.print(_extraction_line(result), highlight=False, soft_wrap=True)
     if json_path is not None:
         atomic_write_json(json_path, result)
         con.print(f"wrote {json_path}")
@@ -205,8 +207,8 @@ def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool
     out.print(table)
     if result["c_search"]:
         search = ", ".join(f"C={c}: {acc:.1f}%" for c, acc in result["c_search"].items())
-        out.print(f"C chosen on 20% of train held out: {search}", highlight=False)
-    out.print(_extraction_line(result), highlight=False)
+        out.print(f"C chosen on 20% of train held out: {search}", highlight=False, soft_wrap=True)
+    out.print(_extraction_line(result), highlight=False, soft_wrap=True)
     if json_path is not None:
         atomic_write_json(json_path, result)
         con.print(f"wrote {json_path}")
@@ -259,7 +261,8 @@ def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size:
     con = console()
     con.print(f"wrote {result['out']} ({result['size'][0]}x{result['size'][1]} px): teacher {info['source']} "
               f"({result['teacher_heads']} heads, grid {result['grids']['teacher']}), student "
-              f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False)
+              f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False,
+              soft_wrap=True)
 
 
 def _run_config(model: str):

@@ -47,6 +47,7 @@ from PIL import Image, ImageOps
 
 from edgedistill.data.transforms import seeded_call, split_item
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.preprocess import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -189,20 +190,6 @@ def scan_folder(root: str | Path, *, require_labels: bool = False) -> tuple[list
 
 
 # ----------------------------------------------------------------------------- images
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (alpha dropped; 16-bit scaled by 1/257, not clipped)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.size and arr.max() > 255:  # 16-bit range (an "I" PNG from some encoders)
-            arr = arr / 257.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # same pixels as a direct convert, minus PIL's UserWarning
-    return img.convert("RGB")
 
 
 def load_rgb(path: str | Path) -> Image.Image:

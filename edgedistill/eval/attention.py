@@ -85,7 +85,8 @@ def _scaled(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def plot_attention(rows: Sequence[dict[str, Any]], out: str | Path, dpi: int = 100, cell: float = 1.6) -> tuple[int, int]:
+def plot_attention(rows: Sequence[dict[str, Any]], out: str | Path, dpi: int = 100,
+                   cell: float = 1.6) -> tuple[int, int]:
     """Draw rows ``{"label", "image" (H, W, 3), "fused" (gh, gw), "heads" (H, gh, gw)}`` into a
     PNG at ``out`` (atomically). Returns its (width, height) in pixels."""
     import matplotlib

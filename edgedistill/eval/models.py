@@ -64,8 +64,11 @@ class EvalModel:
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (what a ``--json`` report records about the model)."""
-        return {"source": self.source, "backend": self.backend, "name": self.name, "dim": self.dim,
-                "preprocessing": self.preprocessing, **self.info}
+        import json
+
+        summary = {"source": self.source, "backend": self.backend, "name": self.name, "dim": self.dim,
+                   "preprocessing": self.preprocessing, **self.info}
+        return json.loads(json.dumps(summary, default=str))  # loader details may hold paths, tuples
 
 
 def _standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str, Any]:
@@ -273,7 +276,8 @@ def open_model(
         mean, std = _run_mean_std(folder)
         size = _module_img_size(module)
         if img_size and img_size != size:
-            raise EdgeDistillError(f"--img-size {img_size} contradicts the saved backbone, which takes {size}-px images")
+            raise EdgeDistillError(f"--img-size {img_size} contradicts the saved backbone, "
+                                   f"which takes {size}-px images")
         info = {"arch": meta["arch"], "kwargs": meta["kwargs"], "role": meta.get("role"),
                 "weights": meta["weights_path"], "sha256": meta["sha256"]}
         return _torch_model(module, text, _standard_spec(size, mean, std), device, threads, info)

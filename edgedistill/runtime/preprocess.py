@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgedistill.errors import EdgeDistillError
 
@@ -117,14 +117,32 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (alpha dropped; 16-bit scaled by 1/257, not clipped).
+
+    The one conversion used everywhere (training data, eval, export gates, runtime), so that
+    an app sees the pixels the model was validated on."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() > 255:  # 16-bit range (an "I" PNG from some encoders)
+            arr = arr / 257.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # same pixels as a direct convert, minus PIL's UserWarning
+    return img.convert("RGB")
+
+
 def load_rgb(image: ImageLike) -> Image.Image:
-    """A PIL image from a path or an image, converted to RGB (grayscale, RGBA, palette, CMYK...)."""
+    """A PIL image from a path or an image: EXIF orientation applied (phone photos), then RGB."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
     path = Path(image)
     try:
         with Image.open(path) as handle:
-            return handle.convert("RGB")
+            handle.load()
+            return to_rgb(ImageOps.exif_transpose(handle))
     except FileNotFoundError:
         raise EdgeDistillError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

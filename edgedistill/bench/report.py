@@ -1,0 +1,180 @@
+"""Rendering a bench report: the rich table, JSON, CSV (one line per row and batch size) and
+the latency-vs-k-NN plot (matplotlib, optional)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["render_table", "write_json", "write_csv", "write_plot", "csv_lines", "CSV_COLUMNS", "check_plot_support"]
+
+CSV_COLUMNS = (
+    "backend", "variant", "precision", "inference_precision", "device", "threads", "batch", "baseline",
+    "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "round_spread",
+    "throughput_ips", "speedup", "latency_ratio", "import_seconds", "load_seconds", "first_run_ms",
+    "cold_start_seconds", "peak_rss_mb", "size_mb", "knn_top1", "knn_drop", "id",
+)
+
+
+def _mb(n: int | float | None) -> float | None:
+    return None if n is None else round(n / 2**20, 2)
+
+
+def csv_lines(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per (row, batch size), with the CSV_COLUMNS keys."""
+    lines = []
+    for row in report["rows"]:
+        for batch, stats in row["batches"].items():
+            line = {k: row.get(k) for k in CSV_COLUMNS}
+            line.update({k: stats.get(k) for k in CSV_COLUMNS if k in stats})
+            line["batch"] = int(batch)
+            line["size_mb"] = _mb(row.get("size_bytes"))
+            lines.append(line)
+    return lines
+
+
+def write_csv(report: dict[str, Any], path: str | Path) -> None:
+    from edgedistill.utils import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for line in csv_lines(report):
+        writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> None:
+    from edgedistill.utils import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _f(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def render_table(report: dict[str, Any], console: Any) -> None:
+    """One rich table per thread count: latency percentiles at the smallest batch, throughput
+    at the others, speed-up against the baseline, cold start, memory, size, k-NN."""
+    from rich.table import Table
+
+    settings = report["settings"]
+    batches = [str(b) for b in settings["batches"]]
+    lat, others = batches[0], batches[1:]
+    machine = report["machine"]
+    for base in report["baselines"]:
+        t = base["threads"]
+        rows = [r for r in report["rows"] if r["threads"] == t]
+        title = (f"{report['bundle']['name']} on {machine['cpu']} ({settings['device']}), {t} thread"
+                 f"{'s' if t != 1 else ''}")
+        table = Table(title=title, title_justify="left")
+        for name, justify in (("backend", "left"), ("variant", "left"), ("precision", "left"),
+                              (f"p50 ms (b{lat})", "right"), ("p90", "right"), ("p99", "right"),
+                              ("vs base", "right")):
+            table.add_column(name, justify=justify)
+        for b in others:
+            table.add_column(f"img/s b{b}", justify="right")
+        for name in ("session s", "peak MB", "size MB", "k-NN top-1"):
+            table.add_column(name, justify="right")
+        for row in sorted(rows, key=lambda r: (not r["baseline"], r["batches"].get(lat, {}).get("p50_ms", 1e18))):
+            stats = row["batches"].get(lat, {})
+            precision = row["precision"]
+            if row["baseline"]:
+                ratio = "[bold]baseline[/]"
+            elif stats.get("speedup"):
+                ratio = f"{stats['speedup']:.2f}x ({stats['latency_ratio']:.2f})"
+            else:
+                ratio = "-"
+            knn = "-" if row["knn_top1"] is None else (
+                f"{row['knn_top1']:.1f}" + (f" (-{row['knn_drop']:.1f})" if row["knn_drop"] else ""))
+            cells = [row["backend"], row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
+                     _f(stats.get("p99_ms")), ratio]
+            for b in others:
+                s = row["batches"].get(b, {})
+                cells.append(_f(s.get("throughput_ips"), "{:.1f}") +
+                             (f" ({s['speedup']:.2f}x)" if s.get("speedup") and not row["baseline"] else ""))
+            cells += [_f(row.get("load_seconds"), "{:.2f}"), _f(row.get("peak_rss_mb"), "{:.0f}"),
+                      _f(_mb(row.get("size_bytes")), "{:.1f}"), knn]
+            table.add_row(*cells, style="bold" if row["baseline"] else None)
+        caption = [f"baseline: {base['label']}" + (f" ({base['fallback_reason']})" if base["fallback_reason"] else
+                                                  ", torch.inference_mode, same threads"),
+                   "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
+                   f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
+        table.caption = "\n".join(caption)
+        table.caption_justify = "left"
+        console.print(table)
+    simd = ", ".join(machine.get("simd") or []) or "-"
+    console.print(f"machine: {machine['cpu']}, {machine.get('physical_cores') or '?'} cores / "
+                  f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}")
+    versions = machine.get("versions", {})
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    for skip in report["skipped"]:
+        console.print(f"[yellow]skipped[/] {skip['backend']} {skip['variant']} {skip['precision']}: {skip['reason']}")
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def check_plot_support() -> None:
+    """Raise a one-line error when matplotlib is missing (before any measuring)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise EdgeDistillError("--plot needs matplotlib: pip install matplotlib (or 'edgedistill[plot]')") from None
+
+
+def write_plot(report: dict[str, Any], path: str | Path) -> bool:
+    """Latency (p50 at the smallest batch) against k-NN top-1 of every row whose accuracy the
+    export measured. Returns False (nothing written) when the manifest has no k-NN figures."""
+    check_plot_support()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgedistill.utils import atomic_path
+
+    lat = str(report["settings"]["batches"][0])
+    points = [r for r in report["rows"] if r["knn_top1"] is not None and lat in r["batches"]]
+    if not points:
+        return False
+    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D"}
+    colors = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:green", "int8": "tab:orange"}
+    threads = sorted({r["threads"] for r in points})
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    seen: set[tuple[str, str]] = set()
+    for row in points:
+        x, y = row["batches"][lat]["p50_ms"], row["knn_top1"]
+        key = (row["backend"], row["precision"])
+        ax.scatter([x], [y], marker=markers.get(row["backend"], "o"), s=60,
+                   color=colors.get(row["precision"], "tab:gray"), edgecolors="black" if row["baseline"] else "none",
+                   label=f"{row['backend']} {row['precision']}" if key not in seen else None, zorder=3)
+        seen.add(key)
+        tag = row["variant"] if row["backend"] != "torch" else "torch"
+        if len(threads) > 1:
+            tag += f" {row['threads']}t"
+        ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    knn = report["bundle"].get("knn") or {}
+    ax.set_xlabel(f"p50 latency at batch {lat} (ms, lower is better)")
+    ax.set_ylabel(f"k-NN top-1 (%, k={knn.get('k', 20)})")
+    ax.set_title(f"{report['bundle']['name']}: latency vs k-NN accuracy\n{report['machine']['cpu']}, "
+                 f"threads {','.join(map(str, threads))}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True

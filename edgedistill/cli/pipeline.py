@@ -1,0 +1,28 @@
+"""``edgedistill pipeline CONFIG``: pretrain, distill, eval, export and bench from one YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedistill.cli.common import console
+
+
+@click.command("pipeline")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Root of the run directories.")
+@click.option("--export-root", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
+              show_default=True, help="Root of the bundles.")
+def command(config_path: Path, overrides: tuple[str, ...], runs_root: Path, export_root: Path) -> None:
+    """Every stage from one config; stages already done are skipped on a re-run."""
+    from edgedistill.config import build_config
+
+    cfg = build_config(config_path, overrides)
+    from edgedistill.pipeline import render_summary, run_pipeline
+
+    con = console()
+    result = run_pipeline(cfg, runs_root=runs_root, export_root=export_root, console=con)
+    render_summary(con, result)
