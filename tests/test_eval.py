@@ -82,13 +82,21 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_knn_cli_torch_and_onnx_agree(student_run, data, tmp_path):
     run, onnx = student_run
+    from edgedistill.cli import main
+
     results = {}
     for name, model in (("torch", run), ("onnx", onnx)):
         out = tmp_path / f"{name}.json"
-        proc = run_cli("eval", "knn", "--model", str(model), "--data", str(data), "--k", "1,5,20",
-                       "--workers", "0", "--batch-size", "7", "--json", str(out), "--predictions", "--no-progress")
-        assert proc.returncode == 0, proc.stderr
-        assert "top-1" in proc.stdout and "img/s" in proc.stdout
+        args = ["eval", "knn", "--model", str(model), "--data", str(data), "--k", "1,5,20", "--workers", "0",
+                "--batch-size", "7", "--json", str(out), "--predictions", "--no-progress"]
+        if name == "torch":  # the real command line once; in process for the second backend
+            proc = run_cli(*args)
+            code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        else:
+            res = CliRunner().invoke(main, args)
+            code, stdout, stderr = res.exit_code, res.stdout, res.stderr
+        assert code == 0, stderr
+        assert "top-1" in stdout and "img/s" in stdout
         results[name] = json.loads(out.read_text())
     t, o = results["torch"], results["onnx"]
     assert t["model"]["backend"] == "torch" and o["model"]["backend"] == "onnxruntime"
@@ -311,13 +319,17 @@ DDP_SCRIPT = textwrap.dedent("""
     model.train()
     scores = online_knn(model, cfg, info)
     assert model.training
+    # offline k-NN under torchrun: sharded extraction, banks gathered in dataset order
+    from edgedistill.eval import evaluate_knn, load_splits, open_model
+    offline = evaluate_knn(open_model(run, device="cpu"), load_splits(data=data), ks=(5, 20), num_workers=0,
+                           progress=False, with_predictions=True)
     with open(f"{out}.{info.rank}", "w") as f:
-        json.dump({"world": info.world_size, **scores}, f)
+        json.dump({"world": info.world_size, **scores, "offline": offline}, f)
     distmod.teardown()
 """)
 
 
-def test_online_knn_torchrun_equals_single_process(student_run, data, tmp_path):
+def test_online_and_offline_knn_torchrun_equal_single_process(student_run, data, tmp_path):
     from edgedistill.eval.online import clear_online_cache, online_knn
     from edgedistill.models import load_backbone
     from edgedistill.train.distributed import DistInfo
@@ -337,9 +349,16 @@ def test_online_knn_torchrun_equals_single_process(student_run, data, tmp_path):
     model, _ = load_backbone(student_run[0])
     single = online_knn(model, tiny_config(mixed), DistInfo(0, 1, 0, torch.device("cpu")))
     assert set(single) == {"knn_top1", "knn_top5"} and 0 < single["knn_top1"] < 100
+    from edgedistill.eval import evaluate_knn, load_splits, open_model
+
+    offline = evaluate_knn(open_model(student_run[0], device="cpu"), load_splits(data=str(mixed)), ks=(5, 20),
+                           num_workers=0, progress=False, with_predictions=True)
     for r in ranks:
         assert r["knn_top1"] == pytest.approx(single["knn_top1"], abs=1e-9)
         assert r["knn_top5"] == pytest.approx(single["knn_top5"], abs=1e-9)
+        assert r["offline"]["predictions"] == offline["predictions"]
+        assert r["offline"]["per_k"] == offline["per_k"]
+        assert r["offline"]["extraction"]["images"] == 45 + 25  # both ranks' shards counted
 
 
 # ----------------------------------------------------------------------------- CIFAR (development machine)
@@ -347,18 +366,21 @@ def test_online_knn_torchrun_equals_single_process(student_run, data, tmp_path):
 
 def test_cifar_torch_and_onnx_knn_within_0_1_point(cifar_subset, tmp_path):
     """A random-init tiny student (32 px, patch 4, depth 2) and its ONNX FP32 export give the
-    same k-NN top-1 within 0.1 point on 2000 train / 500 val CIFAR images."""
-    from edgedistill.eval import evaluate_knn, load_splits, open_model
+    same k-NN top-1 within 0.1 point on 1000 train / 500 val CIFAR images."""
+    from edgedistill.data import ImageFolderDataset
+    from edgedistill.eval import Splits, evaluate_knn, open_model
     from edgedistill.models import save_backbone
 
     model, kwargs = tiny_student(img=32, patch=4)
     save_backbone(model, tmp_path, "student", "vit_tiny_patch16_224", kwargs, role="student")
     onnx = export_onnx(model, tmp_path / "student.onnx", 32)
-    splits = load_splits(data=str(cifar_subset), img_size=32)
-    # every 5th bank image and every 4th query: all 10 classes, 200 + 50 of each
-    for ds, step in ((splits.bank, 5), (splits.query, 4)):
+    # every 10th bank image and every 4th query: all 10 classes, 100 + 50 of each (scan=False:
+    # verifying all 12,000 files up front would take longer than the test itself)
+    splits = Splits(ImageFolderDataset(cifar_subset / "train", scan=False, require_labels=True),
+                    ImageFolderDataset(cifar_subset / "val", scan=False, require_labels=True), 32)
+    for ds, step in ((splits.bank, 10), (splits.query, 4)):
         ds.paths, ds.labels = ds.paths[::step], ds.labels[::step]
-    assert len(splits.bank) == 2000 and len(splits.query) == 500
+    assert len(splits.bank) == 1000 and len(splits.query) == 500
     torch_res = evaluate_knn(open_model(tmp_path, device="cpu"), splits, num_workers=0, progress=False,
                              batch_size=250)
     onnx_res = evaluate_knn(open_model(onnx), splits, num_workers=0, progress=False, batch_size=250)

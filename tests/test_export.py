@@ -242,6 +242,25 @@ def test_projection_output_without_data_and_force(student_run, labeled, tmp_path
                                             "sample.png", "validation.json"]  # no intermediate ONNX
 
 
+def test_run_config_supplies_data_and_normalization(student_run, labeled, tmp_path):
+    """Without --data, the run's own labeled data.path (where it exists) feeds both gates,
+    and its data.mean/std go into the bundle's preprocessing."""
+    import yaml
+
+    from edgedistill.export import export_bundle
+
+    run = tmp_path / "run_with_config"
+    shutil.copytree(student_run, run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"path": str(labeled), "mean": [0.5, 0.5, 0.5],
+                                                              "std": [0.25, 0.25, 0.25]}}))
+    result = export_bundle(run, out_root=tmp_path / "out", formats="onnx", int8=False, threads=1, progress=False)
+    manifest = result["manifest"]
+    assert manifest["preprocessing"]["mean"] == [0.5] * 3 and manifest["preprocessing"]["std"] == [0.25] * 3
+    assert manifest["validation"]["knn"]["source"] == str(labeled)
+    assert manifest["validation"]["knn"]["variants"]["onnx_fp32"]["passed"]
+    assert manifest["provenance"]["config"]["data"]["path"] == str(labeled)
+
+
 def test_bad_inputs_are_one_line_errors(student_run, labeled, tmp_path):
     from edgedistill.export import export_bundle
 

@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["main", "Unavailable", "timed_runs", "peak_rss_mb", "current_rss_mb"]
+__all__ = ["main", "Unavailable", "timed_runs", "peak_rss_mb", "current_rss_mb", "one_line"]
 
 
 class Unavailable(Exception):
@@ -104,6 +104,15 @@ def timed_runs(run: Callable[[], Any], runs: int | None = None, seconds: float |
             return times
         if deadline is not None and end >= deadline and len(times) >= min_runs:
             return times
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The informative part of a runtime's multi-line message on one line: OpenVINO's start
+    with "Exception from src/...cpp:NN:" lines that say nothing."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Exception from ")] or lines
+    text = " ".join(useful) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -210,7 +219,7 @@ def _onnxruntime(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int
     try:
         session = ort.InferenceSession(spec["model"], sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime's own exception types
-        raise RuntimeError(f"ONNX Runtime cannot load {spec['model']}: {str(exc).strip().splitlines()[0]}") from None
+        raise RuntimeError(f"ONNX Runtime cannot load {spec['model']}: {one_line(exc)}") from None
     info["load_seconds"] = time.perf_counter() - started
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
@@ -269,8 +278,7 @@ def _openvino(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], 
         try:
             result = core.compile_model(model, device, props)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"OpenVINO cannot compile {model_path} for {device}: {first}") from None
+            raise RuntimeError(f"OpenVINO cannot compile {model_path} for {device}: {one_line(exc)}") from None
         load[batch] = time.perf_counter() - started
         return result
 
@@ -279,9 +287,14 @@ def _openvino(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], 
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT",
                     "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE"):
             try:
-                out[key] = str(c.get_property(key))
+                value = c.get_property(key)
             except Exception:
-                pass
+                continue
+            if hasattr(value, "get_type_name"):  # ov.Type -> "f32", "bf16"
+                value = value.get_type_name()
+            elif hasattr(value, "name") and not isinstance(value, (str, int, bool)):  # enums -> "LATENCY"
+                value = value.name
+            out[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
         return out
 
     info["settings"] = {"device": device, "properties": props, "unsupported_properties_dropped": dropped,
@@ -384,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # reported as a failed row, with the traceback on stderr
         traceback.print_exc()
-        channel.send({"event": "error", "error": f"{type(exc).__name__}: {exc}", "unavailable": False})
+        channel.send({"event": "error", "error": f"{type(exc).__name__}: {one_line(exc)}", "unavailable": False})
         return 1
 
     if spec.get("mode", "oneshot") == "oneshot":

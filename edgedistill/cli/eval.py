@@ -7,8 +7,10 @@ its exports are judged by the same numbers.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -79,6 +81,23 @@ def data_options(func):
     return func
 
 
+@contextlib.contextmanager
+def _ranks(opts: dict[str, Any]) -> Iterator[bool]:
+    """Under torchrun, join the process group (each rank then embeds a shard of the data and
+    the feature banks are gathered); yields whether this process reports."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield True
+        return
+    from edgedistill.train import distributed as distmod
+
+    info = distmod.setup(opts["device"])
+    opts["device"] = str(info.device)
+    try:
+        yield info.is_main
+    finally:
+        distmod.teardown()
+
+
 def _open(opts: dict[str, Any]):
     from edgedistill.eval.models import open_model
 
@@ -146,11 +165,14 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
     if temperature <= 0:
         raise EdgeDistillError(f"--temperature must be > 0, got {temperature}")
     _check_json_path(json_path)
-    model = _open(opts)
-    splits = _splits(opts, model)
-    result = evaluate_knn(model, splits, ks=ks, temperature=temperature, batch_size=opts["batch_size"],
-                          num_workers=opts["workers"], chunk_size=chunk_size, progress=not no_progress,
-                          with_predictions=with_predictions, threads=opts["threads"])
+    with _ranks(opts) as reports:
+        model = _open(opts)
+        splits = _splits(opts, model)
+        result = evaluate_knn(model, splits, ks=ks, temperature=temperature, batch_size=opts["batch_size"],
+                              num_workers=opts["workers"], chunk_size=chunk_size, progress=not no_progress,
+                              with_predictions=with_predictions, threads=opts["threads"])
+    if not reports:
+        return
     con = console()
     _header(con, model, result)
     table = Table(title=f"k-NN (T={temperature:g}): {model.name}")
@@ -191,10 +213,13 @@ def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool
     if max_iter < 1:
         raise EdgeDistillError(f"--max-iter must be >= 1, got {max_iter}")
     _check_json_path(json_path)
-    model = _open(opts)
-    splits = _splits(opts, model)
-    result = evaluate_linear(model, splits, cs=cs, max_iter=max_iter, batch_size=opts["batch_size"],
-                             num_workers=opts["workers"], progress=not no_progress, threads=opts["threads"])
+    with _ranks(opts) as reports:
+        model = _open(opts)
+        splits = _splits(opts, model)
+        result = evaluate_linear(model, splits, cs=cs, max_iter=max_iter, batch_size=opts["batch_size"],
+                                 num_workers=opts["workers"], progress=not no_progress, threads=opts["threads"])
+    if not reports:
+        return
     con = console()
     _header(con, model, result)
     table = Table(title=f"linear probe: {model.name}")

@@ -92,18 +92,18 @@ def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: st
     """Variant, file size, parity cosine / max-abs, k-NN top-1 and drop, gate status."""
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=f"default variant: {default}" if default else None)
     for column, justify in (("variant", "left"), ("size", "right"), ("cosine", "right"), ("max-abs", "right"),
-                            ("k-NN top-1", "right"), ("drop", "right"), ("gates", "center")):
-        table.add_column(column, justify=justify, no_wrap=column == "variant")  # type: ignore[arg-type]
+                            ("k-NN top-1", "right"), ("drop", "right"), ("gate", "center")):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
-        cos = "-" if row["cosine"] is None else f"{row['cosine']:.7f}" + ("" if row["parity_gated"] else "*")
+        cos = "-" if row["cosine"] is None else f"{row['cosine']:.6f}" + ("" if row["parity_gated"] else "*")
         status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[row["passed"]]
-        name = row["variant"] + (" (default)" if row["variant"] == default else "")
-        table.add_row(name, _size(row["size_bytes"]), cos,
-                      "-" if row["max_abs"] is None else f"{row['max_abs']:.2e}",
+        table.add_row(row["variant"], _size(row["size_bytes"]), cos,
+                      "-" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
                       "-" if row["top1"] is None else f"{row['top1']:.2f}",
                       "-" if row["drop"] is None else f"{row['drop']:.2f}", status)
     con.print(table)
     if any(r["cosine"] is not None and not r["parity_gated"] for r in rows):
-        con.print("* parity reported, not gated: judged by the k-NN accuracy gate")
+        con.print("* parity reported, not gated (the k-NN accuracy gate judges this variant); "
+                  "drop = torch FP32 top-1 minus the variant's, in points")

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 from edgedistill.errors import EdgeDistillError
 from edgedistill.eval.models import EvalModel, spec_transform
 
-__all__ = ["Splits", "load_splits", "embed_split", "evaluate_knn", "evaluate_linear", "TimedEmbedder"]
+__all__ = ["Splits", "load_splits", "embed_split", "evaluate_knn", "evaluate_linear", "TimedEmbedder",
+           "dataset_order", "gather_in_order"]
 
 
 @dataclass
@@ -114,12 +115,53 @@ def timed(embedder: Any) -> TimedEmbedder:
     return _TimedTorchEmbedder(embedder) if hasattr(embedder, "embed_torch") else TimedEmbedder(embedder)
 
 
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def dataset_order(n: int, world: int) -> Any:
+    """Where item i of a dataset sits in the rank-ordered all-gather of ``indices[rank::world]``
+    shards; ``gathered[dataset_order(n, world)]`` restores dataset order."""
+    import torch
+
+    gathered = torch.cat([torch.arange(r, n, world) for r in range(world)])
+    order = torch.empty(n, dtype=torch.long)
+    order[gathered] = torch.arange(n)
+    return order
+
+
+def gather_in_order(feats: Any, labels: Any, n: int) -> tuple[Any, Any]:
+    """All-gather ``indices[rank::world]`` shards (CPU tensors) back into dataset order, on CPU."""
+    import torch
+    import torch.distributed as dist
+
+    from edgedistill.eval.knn import gather_features
+
+    _, world = _rank_world()
+    if world == 1:
+        return feats, labels
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    feats, labels = gather_features(feats.to(comm), labels.to(comm))
+    order = dataset_order(n, world).to(feats.device)
+    return feats[order].cpu(), labels[order].cpu()
+
+
 def embed_split(model: EvalModel, dataset: Any, *, batch_size: int = 128, num_workers: int = 2,
                 progress: bool = True, description: str = "features") -> tuple[Any, Any, dict[str, float]]:
     """Features (N, D) float32, labels (N,) and timing of one dataset under ``model``'s
-    preprocessing (the dataset's transform is replaced by the model's)."""
+    preprocessing (the dataset's transform is replaced by the model's).
+
+    Under ``torch.distributed`` (e.g. ``torchrun ... -m edgedistill eval knn``) each rank
+    embeds ``indices[rank::world]`` and the shards are all-gathered in dataset order, so every
+    rank returns what one process would; the timing then covers all ranks (images summed,
+    seconds of the slowest rank).
+    """
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
     from edgedistill.eval.knn import extract_features
 
@@ -128,13 +170,31 @@ def embed_split(model: EvalModel, dataset: Any, *, batch_size: int = 128, num_wo
     if num_workers < 0:
         raise EdgeDistillError(f"--workers must be >= 0, got {num_workers}")
     dataset.transform = spec_transform(model.preprocessing)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    rank, world = _rank_world()
+    shard = dataset if world == 1 else Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=model.backend == "torch" and torch.cuda.is_available(), drop_last=False)
     embedder = timed(model.embedder)
     started = time.perf_counter()
-    feats, labels = extract_features(embedder, loader, progress=progress, description=description)
+    if len(shard):
+        feats, labels = extract_features(embedder, loader, progress=progress and rank == 0,
+                                         description=description)
+    else:  # fewer images than processes
+        feats, labels = torch.zeros(0, model.dim or 0), torch.zeros(0, dtype=torch.long)
     wall = time.perf_counter() - started
-    return feats, labels, {"images": int(feats.shape[0]), "seconds": wall, "model_seconds": embedder.seconds}
+    stats = {"images": float(feats.shape[0]), "seconds": wall, "model_seconds": embedder.seconds}
+    if world > 1:
+        import torch.distributed as dist
+
+        feats, labels = gather_in_order(feats, labels, len(dataset))
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        count = torch.tensor([stats["images"]], dtype=torch.float64, device=dev)
+        slowest = torch.tensor([stats["seconds"], stats["model_seconds"]], dtype=torch.float64, device=dev)
+        dist.all_reduce(count)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        stats = {"images": float(count[0]), "seconds": float(slowest[0]), "model_seconds": float(slowest[1])}
+    stats["images"] = int(stats["images"])
+    return feats, labels, stats
 
 
 def _extraction(stats: Sequence[dict[str, float]], batch_size: int, threads: int | None) -> dict[str, Any]:

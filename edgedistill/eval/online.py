@@ -84,14 +84,6 @@ def _embed_shard(embedder: Any, dataset: Any, rank: int, world: int, batch_size:
     return feats, labels
 
 
-def _dataset_order(n: int, world: int) -> torch.Tensor:
-    """Positions in the rank-ordered gather ([0, W, 2W, ...] + [1, W+1, ...] + ...) of items 0..n-1."""
-    gathered = torch.cat([torch.arange(r, n, world) for r in range(world)])
-    order = torch.empty(n, dtype=torch.long)
-    order[gathered] = torch.arange(n)
-    return order
-
-
 def online_knn(backbone: torch.nn.Module, cfg: Config, info: Any = None) -> dict[str, float]:
     """k-NN top-1 (and top-5 with 5+ classes) of ``backbone``'s CLS feature, in percent.
 
@@ -107,6 +99,7 @@ def online_knn(backbone: torch.nn.Module, cfg: Config, info: Any = None) -> dict
     """
     import torch.distributed as dist
 
+    from edgedistill.eval.evaluate import dataset_order
     from edgedistill.eval.knn import HEADLINE_K, TorchEmbedder, gather_features, knn_classify
 
     module = backbone.module if isinstance(backbone, torch.nn.parallel.DistributedDataParallel) else backbone
@@ -127,7 +120,7 @@ def online_knn(backbone: torch.nn.Module, cfg: Config, info: Any = None) -> dict
             # NCCL gathers GPU tensors, gloo CPU ones
             comm = device if device.type == "cuda" else torch.device("cpu")
             bank_f, bank_y = gather_features(bank_f.to(comm), bank_y.to(comm))
-            order = _dataset_order(len(bank_ds), world).to(bank_f.device)
+            order = dataset_order(len(bank_ds), world).to(bank_f.device)
             bank_f, bank_y = bank_f[order], bank_y[order]
         num_classes = len(bank_ds.classes)
         hits = torch.zeros(2, dtype=torch.float64)

@@ -253,8 +253,16 @@ def export_bundle(
     config_labeled, config_images = _config_data(config)
 
     knn_source = str(data) if data is not None else config_labeled
-    knn_pair = _images.labeled_pair(knn_source, spec, "--data" if data is not None else "the run's data.path") \
-        if knn_source else None
+    knn_pair = None
+    if data is not None:
+        knn_pair = _images.labeled_pair(knn_source, spec, "--data")
+    elif knn_source is not None:
+        try:  # the run's own data is only a default: unusable, it means "no accuracy gate"
+            knn_pair = _images.labeled_pair(knn_source, spec, "the run's data.path")
+            con.print(f"accuracy gate on the run's data: {knn_source}")
+        except EdgeDistillError as exc:
+            con.print(f"[yellow]warning:[/] the run's data cannot serve the accuracy gate ({exc})")
+            knn_source = None
     if calib is not None:
         calib_source, calib_ds = str(calib), _images.open_split(str(calib), "train", spec, scan=False)
     elif knn_pair is not None:

@@ -278,9 +278,9 @@ def train(
             if epoch_done:
                 done_epochs = step // steps_per_epoch
                 if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
-                    scores = knn_fn(task.backbone())
+                    scores = knn_fn(task.backbone())  # {} when the data has no labels
                     last.update(scores)
-                    if info.is_main:
+                    if scores and info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
                         progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
                 if done_epochs % settings.checkpoint_every == 0 or done_epochs == settings.epochs:
