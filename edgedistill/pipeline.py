@@ -118,10 +118,14 @@ def _export(cfg: Config, paths: dict[str, Path], console: Any) -> None:
 def _bench(cfg: Config, paths: dict[str, Path], console: Any) -> None:
     from edgedistill.bench.runner import run_bench
 
+    from edgedistill.bench.report import render_table
+
     b = cfg.bench
-    result = run_bench(paths["bundle"], backends=b.backends, threads=b.threads, batches=b.batch,
-                       runs=b.runs, warmup=b.warmup, console=console)
-    atomic_write_json(paths["bench"], result)
+    report = run_bench(paths["bundle"], backends=b.backends, threads=b.threads, batches=b.batch,
+                       runs=b.runs, warmup=b.warmup, progress=console is not None, console=console)
+    if console is not None:
+        render_table(report, console)
+    atomic_write_json(paths["bench"], report)
 
 
 # ----------------------------------------------------------------------------- summary and report
@@ -143,10 +147,11 @@ def summarize(paths: dict[str, Path]) -> dict[str, Any]:
             if isinstance(score, dict) and score.get("top1") is not None:
                 summary["knn"][f"bundle:{variant}"] = score["top1"]
     if paths["bench"].exists():
-        bench = read_json(paths["bench"])
-        for row in bench.get("rows", []):
-            if row.get("batch") == 1:
-                summary["latency"].append(row)
+        from edgedistill.bench.report import csv_lines
+
+        lines = csv_lines(read_json(paths["bench"]))
+        smallest = min((line["batch"] for line in lines), default=1)
+        summary["latency"] = [line for line in lines if line["batch"] == smallest]
     return summary
 
 
@@ -166,11 +171,12 @@ def write_report(cfg: Config, paths: dict[str, Path], summary: dict[str, Any], s
              "| model | top-1 % |", "| --- | --- |"]
     lines += [f"| {name} | {value:.2f} |" for name, value in summary["knn"].items()]
     if summary["latency"]:
-        lines += ["", "## Latency, batch 1", "", "| backend | variant | precision | threads | p50 ms | p90 ms |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", f"## Latency, batch {summary['latency'][0]['batch']}", "",
+                  "| backend | variant | precision | threads | p50 ms | p90 ms | speed-up |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in summary["latency"]:
-            lines.append(f"| {row.get('backend')} | {row.get('variant')} | {row.get('precision')} | {row.get('threads')} "
-                         f"| {row.get('p50_ms', float('nan')):.2f} | {row.get('p90_ms', float('nan')):.2f} |")
+            lines.append(f"| {row['backend']} | {row['variant']} | {row['precision']} | {row['threads']} "
+                         f"| {_num(row['p50_ms'])} | {_num(row['p90_ms'])} | {_num(row['speedup'])} |")
     if summary["files"]:
         lines += ["", "## Bundle files", "", "| variant | MB |", "| --- | --- |"]
         lines += [f"| {v} | {(size or 0) / 1e6:.2f} |" for v, size in summary["files"].items()]
@@ -241,12 +247,13 @@ def _plot_attention(cfg: Config, paths: dict[str, Path], out: Path) -> bool:
 def _plot_latency(paths: dict[str, Path], out: Path) -> bool:
     if not paths["bench"].exists():
         return False
-    from edgedistill.bench.report import latency_accuracy_plot
+    from edgedistill.bench.report import write_plot
 
-    manifest_path = paths["bundle"] / "manifest.json"
-    if not manifest_path.exists():
-        return False
-    return bool(latency_accuracy_plot(read_json(paths["bench"]), read_json(manifest_path), out))
+    return write_plot(read_json(paths["bench"]), out)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def render_summary(console: Any, result: dict[str, Any]) -> None:
@@ -259,8 +266,8 @@ def render_summary(console: Any, result: dict[str, Any]) -> None:
     for name, value in summary["knn"].items():
         table.add_row(f"k-NN top-1 {name}", f"{value:.2f} %")
     for row in summary["latency"]:
-        label = f"p50 {row.get('backend')} {row.get('precision')} ({row.get('variant')}, {row.get('threads')} thr)"
-        table.add_row(label, f"{row.get('p50_ms', float('nan')):.2f} ms")
+        label = f"p50 {row['backend']} {row['precision']} ({row['variant']}, {row['threads']} threads, batch {row['batch']})"
+        table.add_row(label, f"{_num(row['p50_ms'])} ms")
     for variant, size in summary["files"].items():
         table.add_row(f"file {variant}", f"{(size or 0) / 1e6:.2f} MB")
     for stage in result["stages"]:

@@ -117,8 +117,13 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                   f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}")
     versions = machine.get("versions", {})
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    grouped: dict[tuple[str, str], list[str]] = {}
     for skip in report["skipped"]:
-        console.print(f"[yellow]skipped[/] {skip['backend']} {skip['variant']} {skip['precision']}: {skip['reason']}")
+        what = f"{skip['variant']} {skip['precision']}" if skip["backend"] != "torch" else f"eager {skip['precision']}"
+        if what not in grouped.setdefault((skip["backend"], skip["reason"]), []):
+            grouped[(skip["backend"], skip["reason"])].append(what)
+    for (backend, reason), what in grouped.items():
+        console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}")
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
 
@@ -166,6 +171,9 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
             tag += f" {row['threads']}t"
         ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     knn = report["bundle"].get("knn") or {}
+    if knn.get("torch_fp32_top1") is not None and knn.get("max_drop") is not None:
+        ax.axhline(knn["torch_fp32_top1"] - knn["max_drop"], color="gray", linestyle="--", linewidth=1,
+                   label=f"accuracy gate (torch fp32 - {knn['max_drop']:g} pt)")
     ax.set_xlabel(f"p50 latency at batch {lat} (ms, lower is better)")
     ax.set_ylabel(f"k-NN top-1 (%, k={knn.get('k', 20)})")
     ax.set_title(f"{report['bundle']['name']}: latency vs k-NN accuracy\n{report['machine']['cpu']}, "

@@ -485,7 +485,9 @@ def run_bench(
     targets, reasons = resolve_device(device, devices)
     for backend, library in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
         if devices.get(library) is None:
-            reasons.setdefault(backend, f"{library} is not installed ({devices.get(library + '_error')})")
+            error = str(devices.get(library + "_error") or "")
+            reasons.setdefault(backend, f"{library} is not installed (pip install {library})"
+                               if error.startswith("ModuleNotFoundError") else f"{library} cannot be loaded: {error}")
     native_bf16 = cpu_has_native_bf16()
     rows, skipped = plan_rows(manifest, bundle_dir, backends=backend_list, precisions=precision_list,
                               threads=thread_list, targets=targets, reasons=reasons, native_bf16=native_bf16)
@@ -555,7 +557,9 @@ def _knn_meta(manifest: dict[str, Any]) -> dict[str, Any] | None:
     knn = (manifest.get("validation") or {}).get("knn") or {}
     if not knn or knn.get("skipped") or not knn.get("torch_fp32"):
         return None
-    return {k: knn.get(k) for k in ("source", "train_images", "val_images", "classes", "k", "max_drop")}
+    meta = {k: knn.get(k) for k in ("source", "train_images", "val_images", "classes", "k", "max_drop")}
+    meta["torch_fp32_top1"] = knn["torch_fp32"].get("top1")
+    return meta
 
 
 def _row_fields(row: Row) -> dict[str, Any]:
@@ -668,7 +672,8 @@ def _baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dic
                     and s.get("threads", t) == t), "torch was not asked for (--backends)")
         chosen = (next((r for r in mine if r["backend"] == "onnxruntime" and r["precision"] == "fp32"), None)
                   or next((r for r in mine if r["precision"] == "fp32"), None) or mine[0])
-        out.append({"threads": t, "row": chosen["id"], "label": f"{chosen['label']} {chosen['precision']}",
+        label = chosen["label"] + ("" if chosen["precision"] in chosen["variant"] else f" {chosen['precision']}")
+        out.append({"threads": t, "row": chosen["id"], "label": label,
                     "fallback_reason": f"torch eager fp32 unavailable: {why}"})
     return out
 

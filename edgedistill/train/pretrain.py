@@ -60,6 +60,11 @@ class DinoTask(Task):
         # embedding on the fly with dynamic_img_size. The saved backbone drops that flag.
         student, self.backbone_kwargs = create_vit(p.arch, dynamic_img_size=True, drop_path_rate=p.drop_path_rate, **kwargs)
         self.backbone_kwargs = {k: v for k, v in self.backbone_kwargs.items() if k not in ("dynamic_img_size", "drop_path_rate")}
+        if not torch.cuda.is_available() or cfg.run.device == "cpu":
+            # On a CPU, SDPA's backward is slower than an explicit softmax at ViT token counts
+            # (see distill.attention); the EMA teacher only runs inference and stays fused.
+            for block in student.blocks:
+                block.attn.fused_attn = False
         teacher, _ = create_vit(p.arch, dynamic_img_size=True, **kwargs)
         teacher.load_state_dict(student.state_dict())
         self.trainable = BackboneWithHead(student, DINOHead(student.embed_dim, p.out_dim))

@@ -1,0 +1,80 @@
+"""`edgedistill pipeline`: every stage on tiny data, a report, and a re-run that skips what is done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_image_folder, run_cli
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "data"
+    make_image_folder(data / "train", classes=3, per_class=16, size=16, seed=1)
+    make_image_folder(data / "val", classes=3, per_class=6, size=16, seed=2)
+    config = {
+        "run": {"name": "tiny", "threads": 1},
+        "data": {"path": str(data), "img_size": 16, "batch_size": 8, "num_workers": 0},
+        "pretrain": {"arch": "vit_small_patch16_224", "patch_size": 4, "depth": 2, "epochs": 2, "warmup_epochs": 1,
+                     "out_dim": 64, "local_crops": 2, "local_crop_size": 8, "log_every": 1},
+        "teacher": {"arch": "vit_small_patch16_224", "patch_size": 4, "depth": 2},
+        "student": {"arch": "vit_tiny_patch16_224", "patch_size": 4, "depth": 2},
+        "distill": {"epochs": 2, "warmup_epochs": 1, "log_every": 1, "blr": 0.001},
+        "export": {"calib_size": 8},
+        "bench": {"backends": ["onnxruntime", "openvino"], "threads": [1], "batch": [1], "runs": 3, "warmup": 1},
+        "pipeline": {"attention_images": 2},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    args = ["pipeline", str(path), "--runs", str(root / "runs"), "--export-root", str(root / "export")]
+    first = run_cli(*args, cwd=root)
+    second = run_cli(*args, cwd=root)
+    return root, first, second
+
+
+def test_pipeline_runs_every_stage(pipeline_run):
+    root, first, _ = pipeline_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = root / "runs" / "tiny"
+    assert (run / "teacher" / "teacher.safetensors").is_file()
+    assert (run / "student" / "student.safetensors").is_file()
+    # distill used the pretrained teacher, not a random one
+    assert json.loads((run / "student" / "student.json").read_text())["teacher"]["kind"] == "run_dir"
+    knn = json.loads((run / "eval.json").read_text())
+    assert set(knn) == {"teacher", "student", "random_student"}
+    assert all(0 <= v["top1"] <= 100 for v in knn.values())
+    manifest = json.loads((root / "export" / "tiny" / "manifest.json").read_text())
+    assert {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"} <= set(manifest["variants"])
+    bench = json.loads((run / "bench.json").read_text())
+    assert bench["rows"]
+
+
+def test_pipeline_writes_a_report(pipeline_run):
+    root, first, _ = pipeline_run
+    report = root / "runs" / "tiny" / "report"
+    text = (report / "README.md").read_text()
+    assert "k-NN top-1" in text and "random_student" in text and "Latency" in text
+    for png in ("loss_curves.png", "attention.png"):
+        assert (report / png).stat().st_size > 1000, png
+        assert f"({png})" in text
+    assert "k-NN top-1 student" in first.stderr  # the closing summary table
+
+
+def test_rerun_skips_finished_stages(pipeline_run):
+    _, _, second = pipeline_run
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("skipped (already done)") == 5
+
+
+def test_pipeline_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline:\n  stages: [pretrain, distil]\n")
+    result = run_cli("pipeline", str(bad), cwd=tmp_path)
+    assert result.returncode == 2 and "unknown stage" in result.stderr and "Traceback" not in result.stderr
+    missing = run_cli("pipeline", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2 and "config file not found" in missing.stderr
