@@ -108,9 +108,11 @@ def _evaluate(cfg: Config, paths: dict[str, Path], console: Any) -> None:
 def _export(cfg: Config, paths: dict[str, Path], console: Any) -> None:
     from edgedistill.export.bundle import export_bundle
 
+    # data=None: the accuracy gate takes the student run's own data when it is labeled (and
+    # is skipped with a warning, INT8 then never the default variant, when it is not).
     e = cfg.export
     export_bundle(paths["student"], out_root=paths["export_root"], name=cfg.run.name, formats=e.formats,
-                  int8=e.int8, data=cfg.data.path, calib_size=e.calib_size, opset=e.opset,
+                  int8=e.int8, data=None, calib_size=e.calib_size, opset=e.opset,
                   min_cosine=e.parity_min_cosine, max_drop=e.max_knn_drop, force=True,
                   num_workers=cfg.data.num_workers, console=console)
 
@@ -142,7 +144,7 @@ def summarize(paths: dict[str, Path]) -> dict[str, Any]:
         manifest = read_json(manifest_path)
         knn = (manifest.get("validation") or {}).get("knn") or {}
         for variant, entry in manifest.get("variants", {}).items():
-            summary["files"][variant] = entry.get("size_bytes")
+            summary["files"][variant] = entry.get("total_size_bytes", entry.get("size_bytes"))
             score = knn.get(variant, {})
             if isinstance(score, dict) and score.get("top1") is not None:
                 summary["knn"][f"bundle:{variant}"] = score["top1"]

@@ -209,6 +209,9 @@ def open_embedder(path_or_bundle: str | Path, variant: str | None = None, **kwar
         from edgedistill.runtime.manifest import variant_files
 
         kwargs.setdefault("weights", variant_files(manifest, path, variant)[1][0])
+        hint = manifest["variants"][variant].get("inference_precision_hint")
+        if hint:  # what the export validated with (f32: OpenVINO would otherwise pick bf16 here)
+            kwargs.setdefault("precision", hint)
         return OpenVinoEmbedder(model, **kwargs)
     if variant is not None:
         raise EdgeDistillError(f"variant={variant!r} needs a bundle directory, got the file {path}")
