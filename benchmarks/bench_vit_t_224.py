@@ -109,18 +109,53 @@ def wait_for_quiet(threshold: float, max_wait: float) -> None:
         print(f"warning: load average still {load:.2f} after {max_wait:.0f} s; measuring anyway", file=sys.stderr)
 
 
-def acceptance(report: dict) -> dict:
-    """The best INT8 row against the baseline at the latency batch, with its k-NN drop."""
+def knn_with_hint(bundle: Path, variant: str, hint: str, threads: int, cache: Path) -> dict:
+    """k-NN top-1 of an OpenVINO variant run with another precision hint than the export's gate
+    used, by the gate's own code (``export.gates.knn_of``) on the gate's data: what the export
+    would record if it validated that hint (the change proposed with this benchmark)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from edgedistill.export import gates, images
+    from edgedistill.runtime import open_embedder, read_manifest
+
+    manifest = read_manifest(bundle)
+    knn = manifest["validation"]["knn"]
+    train, val = images.labeled_pair(str(knn["source"]), manifest["preprocessing"])
+    embedder = open_embedder(bundle, variant=variant, threads=threads, precision=hint)
+    figures = gates.knn_of(embedder, images.PreprocessedSplit(train, 64), images.PreprocessedSplit(val, 64),
+                           num_classes=len(train.classes), description=f"{variant}@{hint}", progress=False)
+    drop = round(knn["torch_fp32"]["top1"] - figures["top1"], 6)
+    result = {"variant": variant, "hint": hint, "top1": figures["top1"], "reference_top1": knn["torch_fp32"]["top1"],
+              "drop": drop, "max_drop": knn["max_drop"], "passed": drop <= knn["max_drop"],
+              "protocol": "edgedistill.export.gates.knn_of on the export gate's data"}
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def acceptance(report: dict, extra_knn: dict[str, dict]) -> dict:
+    """The best INT8 row against the baseline at the latency batch, with its k-NN drop: among
+    the rows the export's gate validated, and among those plus ``extra_knn`` (row id -> figures
+    this script measured with the gate's protocol)."""
     lat = str(report["settings"]["batches"][0])
     rows = [r for r in report["rows"] if lat in r["batches"]]
     base = next(r for r in rows if r["baseline"])
-    int8 = [r for r in rows if r["precision"] == "int8" and r["knn_drop"] is not None]
-    best = min(int8, key=lambda r: r["batches"][lat]["p50_ms"])
-    ratio = best["batches"][lat]["p50_ms"] / base["batches"][lat]["p50_ms"]
-    min_ratio = best["batches"][lat]["min_ms"] / base["batches"][lat]["min_ms"]
-    return {"baseline": base["id"], "baseline_p50_ms": base["batches"][lat]["p50_ms"], "best_int8": best["id"],
-            "int8_p50_ms": best["batches"][lat]["p50_ms"], "ratio_p50": round(ratio, 4),
-            "ratio_min": round(min_ratio, 4), "knn_drop": best["knn_drop"],
+    max_drop = (report["bundle"].get("knn") or {}).get("max_drop", 1.0)
+
+    def best_of(candidates: list[dict]) -> dict | None:
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda r: r["batches"][lat]["p50_ms"])
+        drop = best["knn_drop"] if best["knn_drop"] is not None else extra_knn[best["id"]]["drop"]
+        return {"row": best["id"], "p50_ms": best["batches"][lat]["p50_ms"],
+                "ratio_p50": round(best["batches"][lat]["p50_ms"] / base["batches"][lat]["p50_ms"], 4),
+                "ratio_min": round(best["batches"][lat]["min_ms"] / base["batches"][lat]["min_ms"], 4),
+                "knn_drop": drop, "knn_by": "export gate" if best["knn_drop"] is not None else "this script"}
+
+    int8 = [r for r in rows if r["precision"] == "int8"]
+    gated = [r for r in int8 if r["knn_drop"] is not None and r["knn_drop"] <= max_drop]
+    extra = gated + [r for r in int8 if r["id"] in extra_knn and extra_knn[r["id"]]["drop"] <= max_drop]
+    return {"baseline": base["id"], "baseline_p50_ms": base["batches"][lat]["p50_ms"],
+            "best_int8_gated": best_of(gated), "best_int8_with_script_knn": best_of(extra),
             "ratios": {r["id"]: r["batches"][lat]["latency_ratio"] for r in rows},
             "load_average": [report["machine"]["load_average"], report["machine"].get("load_average_after")]}
 
@@ -164,6 +199,18 @@ def main() -> int:
         export_bundle(work / "student", out_root=work / "export", name=bundle.name, data=str(work / "data"),
                       calib_size=64, threads=args.threads, force=True)
 
+    # the INT8 IR with a bf16 hint (bench measures it where the CPU has bf16): its k-NN, before timing
+    from edgedistill.runtime import read_manifest
+    from edgedistill.utils import cpu_has_native_bf16
+
+    script_knn = {}
+    if cpu_has_native_bf16():
+        for name, var in read_manifest(bundle)["variants"].items():
+            if var["format"] == "openvino" and var["precision"] == "int8" and var.get("inference_precision_hint") != "bf16":
+                cache = work / f"knn_{bundle.name}_{name}_bf16.json"
+                script_knn[(name, "bf16")] = knn_with_hint(bundle, name, "bf16", args.threads, cache)
+                con.print(f"k-NN of {name} with a bf16 hint (export gate's protocol): {script_knn[(name, 'bf16')]}")
+
     results = []
     for i in range(args.repeats):
         wait_for_quiet(args.quiet, args.max_wait)
@@ -172,10 +219,17 @@ def main() -> int:
                            console=Console(stderr=True))
         render_table(report, con)
         write_json(report, work / f"bench_repeat{i + 1}.json")
-        results.append(acceptance(report))
-        con.print(f"best INT8: {results[-1]['best_int8']} p50 {results[-1]['int8_p50_ms']:.2f} ms = "
-                  f"{results[-1]['ratio_p50']:.3f}x torch eager FP32 ({results[-1]['baseline_p50_ms']:.2f} ms); "
-                  f"k-NN drop {results[-1]['knn_drop']}")
+        extra = {r["id"]: script_knn[(r["variant"], r["inference_precision"])] for r in report["rows"]
+                 if r["backend"] == "openvino" and (r["variant"], r["inference_precision"]) in script_knn}
+        results.append(acceptance(report, extra))
+        results[-1]["script_knn"] = extra
+        for key, what in (("best_int8_gated", "validated by the export gate"),
+                          ("best_int8_with_script_knn", "incl. hints validated by this script")):
+            best = results[-1][key]
+            if best:
+                con.print(f"best INT8 ({what}): {best['row']} p50 {best['p50_ms']:.2f} ms = {best['ratio_p50']:.3f}x "
+                          f"torch eager FP32 ({results[-1]['baseline_p50_ms']:.2f} ms); k-NN drop {best['knn_drop']} "
+                          f"({best['knn_by']})")
     if args.full:
         wait_for_quiet(args.quiet, args.max_wait)
         con.rule(f"full table: batch 1,8,32, {args.threads} threads")
@@ -186,19 +240,23 @@ def main() -> int:
 
     if not results:
         return 0
-    ratios = [r["ratio_p50"] for r in results]
-    summary = {"target": TARGET, "repeats": results,
-               "ratio_p50": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
-               "passed": all(r <= TARGET for r in ratios)}
+    summary: dict = {"target": TARGET, "repeats": results}
     rows = sorted({k for r in results for k in r["ratios"]})
     con.rule("spread over repeats (p50 latency / baseline p50)")
     for row in rows:
         values = [r["ratios"].get(row) for r in results if r["ratios"].get(row) is not None]
         if values:
             con.print(f"{row:42s} median {statistics.median(values):.3f}  min {min(values):.3f}  max {max(values):.3f}")
-    con.print(f"best INT8 / torch eager FP32 at batch 1: median {summary['ratio_p50']['median']:.3f} "
-              f"(min {summary['ratio_p50']['min']:.3f}, max {summary['ratio_p50']['max']:.3f}); target <= {TARGET}: "
-              f"{'met' if summary['passed'] else 'NOT met'} in every repeat")
+    for key, what in (("best_int8_gated", "export-gated INT8"), ("best_int8_with_script_knn",
+                                                                 "INT8 incl. script-validated hints")):
+        ratios = [r[key]["ratio_p50"] for r in results if r[key]]
+        if not ratios:
+            continue
+        summary[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                        "met_every_repeat": all(v <= TARGET for v in ratios)}
+        con.print(f"best {what} / torch eager FP32 at batch 1: median {statistics.median(ratios):.3f} "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target <= {TARGET} met in "
+                  f"{sum(v <= TARGET for v in ratios)}/{len(ratios)} repeats")
     (work / "bench_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -87,7 +87,8 @@ def render_table(report: dict[str, Any], console: Any) -> None:
             table.add_column(name, justify="right")
         for row in sorted(rows, key=lambda r: (not r["baseline"], r["batches"].get(lat, {}).get("p50_ms", 1e18))):
             stats = row["batches"].get(lat, {})
-            precision = row["precision"]
+            precision = row["precision"] + ("+bf16" if row["precision"] == "int8"
+                                            and row.get("inference_precision") == "bf16" else "")
             if row["baseline"]:
                 ratio = "[bold]baseline[/]"
             elif stats.get("speedup"):

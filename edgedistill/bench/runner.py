@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -55,6 +56,7 @@ __all__ = ["run_bench", "BACKENDS", "PRECISIONS", "Row", "plan_rows", "resolve_d
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 REPORT_FORMAT = "edgedistill-bench/1"
+SETTLE_SECONDS = 0.05
 _ORT_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider"],
@@ -209,8 +211,8 @@ def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[
     """The rows to measure, and the ones left out with the reason.
 
     torch: the student in fp32 (and bf16 autocast where the CPU has it). ONNX Runtime: every
-    ONNX variant. OpenVINO: every OpenVINO variant with its manifest's precision hint, fp32
-    variants again with a bf16 hint where the CPU has it, and the ONNX variants it has no own
+    ONNX variant. OpenVINO: every OpenVINO variant with its manifest's precision hint, fp32 and
+    int8 variants again with a bf16 hint where the CPU has it, and the ONNX variants it has no own
     counterpart for (ONNX Runtime's QDQ INT8 is a different quantization from NNCF's; the
     FP32 ONNX graph is the one the FP32 IR was converted from). k-NN figures go only to rows
     that run exactly as the export's accuracy gate ran them.
@@ -293,6 +295,11 @@ def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[
                     else:
                         skip("openvino", name, "bf16", "this CPU has no native bf16" if cpu else
                              "bf16 rows run on CPU only")
+                if prec == "int8" and hint != "bf16" and cpu and native_bf16:
+                    # the layers NNCF left in floating point (norms, softmax, GELU, residual adds)
+                    # in bf16: faster here, but not what the accuracy gate validated (no k-NN)
+                    add(t, backend="openvino", variant=name, precision="int8", device=device, model=path,
+                        weights=weights, inference_precision="bf16", size_bytes=size(name))
             elif fmt == "onnx":
                 twin = any(v["format"] == "openvino" and v["precision"] == prec for v in variants.values())
                 if prec == "int8" or not twin:
@@ -500,10 +507,12 @@ def run_bench(
     sample_path = str(bundle_dir / sample["file"]) if sample.get("file") else None
     per_round: dict[str, Any] = ({"runs": int(math.ceil(int(runs) / rounds))} if runs is not None else
                                  {"seconds": float(seconds) / rounds, "min_runs": 1})
+    round_loads: dict[str, list[float | None]] = {}
     settings = {
         "device": device, "backends": backend_list, "precisions": precision_list, "threads": thread_list,
         "batches": batch_list, "latency_batch": batch_list[0], "warmup": int(warmup), "runs": runs,
         "seconds": seconds, "rounds": rounds, "per_round": per_round, "rewarm_per_round": 1,
+        "settle_seconds": SETTLE_SECONDS, "load_average_per_round": round_loads,
         "static_shapes": bool(static_shapes),
         "method": "one fresh process per row, loaded one after another; timed runs interleaved in rounds "
                   "with the row order rotated each round; percentiles over all timed runs",
@@ -521,7 +530,8 @@ def run_bench(
             group = [r for r in rows if r.threads == t]
             _measure_group(group, results, skipped, manifest=manifest, batches=batch_list, warmup=int(warmup),
                            per_round=per_round, rounds=rounds, static_shapes=static_shapes, sample=sample_path,
-                           bar=bar, load_timeout=load_timeout, run_timeout=run_timeout)
+                           bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
+                           round_loads=round_loads.setdefault(str(t), []))
 
     measured = [r for r in rows if r.id in results]
     if not measured:
@@ -532,10 +542,17 @@ def run_bench(
     _ratios(report_rows, baselines)
     notes = []
     load_after = load_average()
-    busy = max((load_before or [0])[0], (load_after or [0])[0])
+    loads = [v for v in [(load_before or [0])[0], (load_after or [0])[0]] + sum(round_loads.values(), []) if v]
+    busy = max(loads, default=0.0)
     if busy > usable_cpus():
         notes.append(f"the machine was busy (1-min load average up to {busy:.1f} on {usable_cpus()} usable CPUs): "
-                     "absolute figures are inflated; compare the ratios of this run only")
+                     "absolute figures are inflated, torch's OpenMP threads more than the others; "
+                     "compare the ratios of this run only, and rerun on a quiet machine before acting on them")
+    drifting = sorted({r["id"] for r in report_rows for s in r["batches"].values()
+                       if s.get("round_spread") is not None and s["round_spread"] > 0.3})
+    if drifting:
+        notes.append(f"round medians drifted by more than 30% for {', '.join(drifting)} (see round_p50_ms): "
+                     "the machine's speed changed during the run")
     return {
         "format": REPORT_FORMAT,
         "created": started.isoformat(timespec="seconds"),
@@ -572,8 +589,11 @@ def _row_fields(row: Row) -> dict[str, Any]:
 def _measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped: list[dict[str, Any]], *,
                    manifest: dict[str, Any], batches: list[int], warmup: int, per_round: dict[str, Any],
                    rounds: int, static_shapes: bool, sample: str | None, bar: Any, load_timeout: float,
-                   run_timeout: float) -> None:
-    """Load every row of one thread count (one at a time), then interleave their timed runs."""
+                   run_timeout: float, round_loads: list[float | None]) -> None:
+    """Load every row of one thread count (one at a time), then interleave their timed runs.
+    ``round_loads`` receives the 1-minute load average at the start of every round."""
+    from edgedistill.bench.machine import load_average
+
     threads = group[0].threads if group else 1
     env = _worker_env(threads)
     workers: dict[str, _Worker] = {}
@@ -609,6 +629,7 @@ def _measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped
         live = [r.id for r in group if r.id in workers]
         task = bar.add_task(f"measuring ({threads} threads)", total=rounds * len(batches) * len(live))
         for r in range(rounds):
+            round_loads.append((load_average() or [None])[0])
             order = live[r % len(live):] + live[:r % len(live)] if live else []
             for batch in batches:
                 for row_id in list(order):
@@ -616,6 +637,8 @@ def _measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped
                         continue
                     bar.update(task, description=f"round {r + 1}/{rounds}, batch {batch}: {row_id}")
                     worker = workers[row_id]
+                    # let the previous row's spinning worker threads (OpenMP, TBB, ORT) go idle first
+                    time.sleep(SETTLE_SECONDS)
                     try:
                         worker.send({"cmd": "run", "batch": batch, "rewarm": 1, **per_round})
                         reply = worker.receive(run_timeout)

@@ -14,7 +14,7 @@ stdin::
      "batches": [1, 8], "input": {"name": str, "shape": [3, H, W]},
      "sample": png path | null, "preprocessing": {...} | null,
      "static_shapes": true, "warmup": 5, "runs": 50 | null, "seconds": 2.0 | null, "min_runs": 5,
-     "mode": "oneshot" | "rounds",
+     "mode": "oneshot" | "rounds", "properties": {...} (openvino: further compile properties),
      # torch only: "img_size": [H, W], "weights_sha256": hex | null}
 
 Replies are JSON lines on stdout (library output goes to stderr, so it cannot corrupt them).
@@ -54,20 +54,41 @@ class Unavailable(Exception):
 # ----------------------------------------------------------------------------- memory, timing
 
 
-def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far, MiB (``getrusage``; psutil elsewhere)."""
+def _proc_status_mb(field: str) -> float | None:
     try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
-    except ImportError:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process so far, MiB.
+
+    Linux: ``VmHWM``, the high-water mark of this process's own address space. Not
+    ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries it across fork/exec, so a worker
+    started by a 3 GB parent would report 3 GB. Windows: psutil's peak working set; macOS
+    and the BSDs: ``ru_maxrss`` (bytes on macOS, KiB elsewhere).
+    """
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import psutil
 
         info = psutil.Process().memory_info()
-        return round(getattr(info, "peak_wset", info.rss) / 2**20, 1)
+        if hasattr(info, "peak_wset"):
+            return round(info.peak_wset / 2**20, 1)
+    except ImportError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
     except ImportError:
         return None
 
@@ -255,6 +276,7 @@ def _openvino(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], 
                               "INFERENCE_NUM_THREADS": int(spec["threads"])}
     if spec.get("inference_precision"):
         wanted["INFERENCE_PRECISION_HINT"] = spec["inference_precision"]
+    wanted.update(spec.get("properties") or {})  # further compile properties, recorded with the rest
     try:
         supported = set(core.get_property(device, "SUPPORTED_PROPERTIES"))
     except Exception:
