@@ -96,6 +96,8 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
             assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= stats["max_ms"]
             assert stats["throughput_ips"] == pytest.approx(int(batch) * 1000 / stats["p50_ms"], rel=1e-3)
             assert stats["speedup"] * stats["latency_ratio"] == pytest.approx(1.0, rel=1e-3)
+            by_round = stats["latency_ratio_by_round"]
+            assert by_round["min"] <= by_round["median"] <= by_round["max"]
         assert row["load_seconds"] > 0 and row["first_run_ms"] > 0 and row["peak_rss_mb"] > 10
         assert row["size_bytes"] > 0 and row["output_shape"] == [1, 192] and row["threads"] == 1
     baseline = rows["onnxruntime:onnx_fp32:fp32:1t"]

@@ -5,8 +5,9 @@ How a measurement is made, and why:
 
 * **One fresh process per row** (backend x variant x precision x threads), started one after
   another so that imports and session creation (the cold start) are timed alone. Each row's
-  peak memory is its own process's, and no runtime shares thread pools or allocators with
-  another. Only the torch row imports torch.
+  peak memory is its own process's (``VmHWM``: Linux carries ``ru_maxrss`` over from the
+  parent across fork/exec), and no runtime shares thread pools or allocators with another.
+  Only the torch row imports torch.
 * **Interleaved rounds.** All rows stay loaded (idle, blocked on a pipe) while the runner asks
   them in turn for a slice of timed runs, rotating the order every round; each slice starts
   with one untimed run. Noise from a shared machine (other processes, frequency changes)
@@ -549,9 +550,9 @@ def run_bench(
                      "absolute figures are inflated, torch's OpenMP threads more than the others; "
                      "compare the ratios of this run only, and rerun on a quiet machine before acting on them")
     drifting = sorted({r["id"] for r in report_rows for s in r["batches"].values()
-                       if s.get("round_spread") is not None and s["round_spread"] > 0.3})
+                       if s.get("round_spread") is not None and s["round_spread"] > 0.5})
     if drifting:
-        notes.append(f"round medians drifted by more than 30% for {', '.join(drifting)} (see round_p50_ms): "
+        notes.append(f"round medians drifted by more than 50% for {', '.join(drifting)} (see round_p50_ms): "
                      "the machine's speed changed during the run")
     return {
         "format": REPORT_FORMAT,
@@ -703,7 +704,8 @@ def _baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dic
 
 def _ratios(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> None:
     """speedup = baseline p50 / row p50 and latency_ratio = its inverse, per batch size, against
-    the baseline with the same threads."""
+    the baseline with the same threads; latency_ratio_by_round: the same ratio within each round
+    (median, min, max over rounds), a spread to judge the ratio by."""
     by_id = {r["id"]: r for r in rows}
     for row in rows:
         base = next((b for b in baselines if b["threads"] == row["threads"]), None)
@@ -714,8 +716,13 @@ def _ratios(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> None
             if ref_stats and stats["p50_ms"] > 0:
                 stats["speedup"] = round(ref_stats["p50_ms"] / stats["p50_ms"], 4)
                 stats["latency_ratio"] = round(stats["p50_ms"] / ref_stats["p50_ms"], 4)
+                # paired by round (both measured minutes apart at most): drift between rounds cancels
+                paired = [a / b for a, b in zip(stats["round_p50_ms"], ref_stats["round_p50_ms"]) if b > 0]
+                stats["latency_ratio_by_round"] = ({"median": round(float(np.median(paired)), 4),
+                                                    "min": round(min(paired), 4), "max": round(max(paired), 4)}
+                                                   if paired else None)
             else:
-                stats["speedup"] = stats["latency_ratio"] = None
+                stats["speedup"] = stats["latency_ratio"] = stats["latency_ratio_by_round"] = None
 
 
 def _best(rows: list[dict[str, Any]], latency_batch: int) -> dict[str, Any]:

@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     if spec.get("mode", "oneshot") == "oneshot":
         times = {}
         for batch in runners:
-            times[str(batch)] = _run_command(runners, {"batch": batch, "runs": spec.get("runs"),
+            runs = spec.get("runs") or (None if spec.get("seconds") else 20)
+            times[str(batch)] = _run_command(runners, {"batch": batch, "runs": runs,
                                                        "seconds": spec.get("seconds"), "rewarm": 0}, spec)
         info["peak_rss_all_mb"] = peak_rss_mb()
         channel.send({"event": "result", **info, "times": times})
