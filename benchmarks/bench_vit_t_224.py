@@ -7,8 +7,9 @@ Steps (each reused when already done in --work, unless --force-export):
 
 1. a ViT-T/16 224 student, random init (seed 0), saved as a distill run directory;
 2. a labeled subset of the CIFAR-10 subset (symlinks: --train-per-class / --val-per-class);
-3. ``export_bundle``: onnx_fp32, onnx_int8, openvino_fp32, openvino_int8, parity and k-NN gates,
-   with openvino_int8 quantized by NNCF's ``performance`` preset (see ``use_nncf_preset``);
+3. ``export_bundle``: onnx_fp32, onnx_int8, openvino_fp32, openvino_int8, parity and k-NN gates
+   (openvino_int8: NNCF's performance preset, bf16 hint where the CPU has native bf16, gated
+   at that hint and in its f32 fallback);
 4. ``run_bench`` --repeats times at batch 1 (each run interleaves all rows, fresh processes),
    then once at batch 1,8,32 for the full table (--full).
 
@@ -62,37 +63,6 @@ def make_subset(source: Path, dest: Path, train_per_class: int, val_per_class: i
                         link.write_bytes(image.read_bytes())
 
 
-def use_nncf_preset(preset: str) -> None:
-    """Quantize ``openvino_int8`` with this NNCF preset: the export change proposed with this
-    benchmark (``performance``: symmetric activations, which the CPU plugin runs faster than
-    the ``mixed`` default for transformers). Applied by wrapping the export's NNCF call until
-    ``edgedistill.export.openvino.quantize_openvino`` takes the preset itself; the manifest
-    records the preset used, and the export's k-NN gate judges the variant as usual."""
-    if preset == "mixed":
-        return
-    import nncf
-
-    from edgedistill.export import openvino as ov_export
-
-    original = ov_export.quantize_openvino
-
-    def quantize_openvino(*args, **kwargs):
-        real = nncf.quantize
-
-        def with_preset(*qargs, **qkwargs):
-            qkwargs.setdefault("preset", nncf.QuantizationPreset(preset))
-            return real(*qargs, **qkwargs)
-
-        nncf.quantize = with_preset
-        try:
-            settings = original(*args, **kwargs)
-        finally:
-            nncf.quantize = real
-        return dict(settings, preset=f"{preset} (set by benchmarks/bench_vit_t_224.py)")
-
-    ov_export.quantize_openvino = quantize_openvino
-
-
 def wait_for_quiet(threshold: float, max_wait: float) -> None:
     """Wait (up to ``max_wait`` s) until the 1-minute load average is at most ``threshold``.
     On a shared machine a busy neighbour inflates torch's OpenMP latency far more than
@@ -109,53 +79,20 @@ def wait_for_quiet(threshold: float, max_wait: float) -> None:
         print(f"warning: load average still {load:.2f} after {max_wait:.0f} s; measuring anyway", file=sys.stderr)
 
 
-def knn_with_hint(bundle: Path, variant: str, hint: str, threads: int, cache: Path) -> dict:
-    """k-NN top-1 of an OpenVINO variant run with another precision hint than the export's gate
-    used, by the gate's own code (``export.gates.knn_of``) on the gate's data: what the export
-    would record if it validated that hint (the change proposed with this benchmark)."""
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    from edgedistill.export import gates, images
-    from edgedistill.runtime import open_embedder, read_manifest
-
-    manifest = read_manifest(bundle)
-    knn = manifest["validation"]["knn"]
-    train, val = images.labeled_pair(str(knn["source"]), manifest["preprocessing"])
-    embedder = open_embedder(bundle, variant=variant, threads=threads, precision=hint)
-    figures = gates.knn_of(embedder, images.PreprocessedSplit(train, 64), images.PreprocessedSplit(val, 64),
-                           num_classes=len(train.classes), description=f"{variant}@{hint}", progress=False)
-    drop = round(knn["torch_fp32"]["top1"] - figures["top1"], 6)
-    result = {"variant": variant, "hint": hint, "top1": figures["top1"], "reference_top1": knn["torch_fp32"]["top1"],
-              "drop": drop, "max_drop": knn["max_drop"], "passed": drop <= knn["max_drop"],
-              "protocol": "edgedistill.export.gates.knn_of on the export gate's data"}
-    cache.write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def acceptance(report: dict, extra_knn: dict[str, dict]) -> dict:
-    """The best INT8 row against the baseline at the latency batch, with its k-NN drop: among
-    the rows the export's gate validated, and among those plus ``extra_knn`` (row id -> figures
-    this script measured with the gate's protocol)."""
+def acceptance(report: dict) -> dict:
+    """The best INT8 row the export's gate validated against the baseline at the latency batch."""
     lat = str(report["settings"]["batches"][0])
     rows = [r for r in report["rows"] if lat in r["batches"]]
     base = next(r for r in rows if r["baseline"])
     max_drop = (report["bundle"].get("knn") or {}).get("max_drop", 1.0)
-
-    def best_of(candidates: list[dict]) -> dict | None:
-        if not candidates:
-            return None
-        best = min(candidates, key=lambda r: r["batches"][lat]["p50_ms"])
-        drop = best["knn_drop"] if best["knn_drop"] is not None else extra_knn[best["id"]]["drop"]
-        return {"row": best["id"], "p50_ms": best["batches"][lat]["p50_ms"],
+    gated = [r for r in rows if r["precision"] == "int8" and r["knn_drop"] is not None and r["knn_drop"] <= max_drop]
+    best = min(gated, key=lambda r: r["batches"][lat]["p50_ms"]) if gated else None
+    return {"baseline": base["id"], "baseline_p50_ms": base["batches"][lat]["p50_ms"],
+            "best_int8_gated": best and {
+                "row": best["id"], "p50_ms": best["batches"][lat]["p50_ms"],
                 "ratio_p50": round(best["batches"][lat]["p50_ms"] / base["batches"][lat]["p50_ms"], 4),
                 "ratio_min": round(best["batches"][lat]["min_ms"] / base["batches"][lat]["min_ms"], 4),
-                "knn_drop": drop, "knn_by": "export gate" if best["knn_drop"] is not None else "this script"}
-
-    int8 = [r for r in rows if r["precision"] == "int8"]
-    gated = [r for r in int8 if r["knn_drop"] is not None and r["knn_drop"] <= max_drop]
-    extra = gated + [r for r in int8 if r["id"] in extra_knn and extra_knn[r["id"]]["drop"] <= max_drop]
-    return {"baseline": base["id"], "baseline_p50_ms": base["batches"][lat]["p50_ms"],
-            "best_int8_gated": best_of(gated), "best_int8_with_script_knn": best_of(extra),
+                "knn_drop": best["knn_drop"]},
             "ratios": {r["id"]: r["batches"][lat]["latency_ratio"] for r in rows},
             "load_average": [report["machine"]["load_average"], report["machine"].get("load_average_after")]}
 
@@ -167,8 +104,6 @@ def main() -> int:
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--val-per-class", type=int, default=100)
     parser.add_argument("--force-export", action="store_true")
-    parser.add_argument("--nncf-preset", choices=("performance", "mixed"), default="performance",
-                        help="NNCF preset of openvino_int8 (mixed: the export's current default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per row (batch 1), per repeat")
@@ -186,7 +121,7 @@ def main() -> int:
 
     con = Console(width=None if sys.stdout.isatty() else 200)
     work = args.work.resolve()
-    bundle = work / "export" / f"vit_t_224_{args.nncf_preset}"
+    bundle = work / "export" / "vit_t_224"
     if args.force_export or not (bundle / "manifest.json").is_file():
         if not (args.data / "train").is_dir():
             print(f"skipped: the labeled data for the k-NN gate is not at {args.data} (pass --data)")
@@ -195,21 +130,8 @@ def main() -> int:
 
         make_student(work / "student")
         make_subset(args.data, work / "data", args.train_per_class, args.val_per_class)
-        use_nncf_preset(args.nncf_preset)
         export_bundle(work / "student", out_root=work / "export", name=bundle.name, data=str(work / "data"),
                       calib_size=64, threads=args.threads, force=True)
-
-    # the INT8 IR with a bf16 hint (bench measures it where the CPU has bf16): its k-NN, before timing
-    from edgedistill.runtime import read_manifest
-    from edgedistill.utils import cpu_has_native_bf16
-
-    script_knn = {}
-    if cpu_has_native_bf16():
-        for name, var in read_manifest(bundle)["variants"].items():
-            if var["format"] == "openvino" and var["precision"] == "int8" and var.get("inference_precision_hint") != "bf16":
-                cache = work / f"knn_{bundle.name}_{name}_bf16.json"
-                script_knn[(name, "bf16")] = knn_with_hint(bundle, name, "bf16", args.threads, cache)
-                con.print(f"k-NN of {name} with a bf16 hint (export gate's protocol): {script_knn[(name, 'bf16')]}")
 
     results = []
     for i in range(args.repeats):
@@ -219,17 +141,11 @@ def main() -> int:
                            console=Console(stderr=True))
         render_table(report, con)
         write_json(report, work / f"bench_repeat{i + 1}.json")
-        extra = {r["id"]: script_knn[(r["variant"], r["inference_precision"])] for r in report["rows"]
-                 if r["backend"] == "openvino" and (r["variant"], r["inference_precision"]) in script_knn}
-        results.append(acceptance(report, extra))
-        results[-1]["script_knn"] = extra
-        for key, what in (("best_int8_gated", "validated by the export gate"),
-                          ("best_int8_with_script_knn", "incl. hints validated by this script")):
-            best = results[-1][key]
-            if best:
-                con.print(f"best INT8 ({what}): {best['row']} p50 {best['p50_ms']:.2f} ms = {best['ratio_p50']:.3f}x "
-                          f"torch eager FP32 ({results[-1]['baseline_p50_ms']:.2f} ms); k-NN drop {best['knn_drop']} "
-                          f"({best['knn_by']})")
+        results.append(acceptance(report))
+        best = results[-1]["best_int8_gated"]
+        if best:
+            con.print(f"best gated INT8: {best['row']} p50 {best['p50_ms']:.2f} ms = {best['ratio_p50']:.3f}x "
+                      f"torch eager FP32 ({results[-1]['baseline_p50_ms']:.2f} ms); k-NN drop {best['knn_drop']}")
     if args.full:
         wait_for_quiet(args.quiet, args.max_wait)
         con.rule(f"full table: batch 1,8,32, {args.threads} threads")
@@ -247,14 +163,11 @@ def main() -> int:
         values = [r["ratios"].get(row) for r in results if r["ratios"].get(row) is not None]
         if values:
             con.print(f"{row:42s} median {statistics.median(values):.3f}  min {min(values):.3f}  max {max(values):.3f}")
-    for key, what in (("best_int8_gated", "export-gated INT8"), ("best_int8_with_script_knn",
-                                                                 "INT8 incl. script-validated hints")):
-        ratios = [r[key]["ratio_p50"] for r in results if r[key]]
-        if not ratios:
-            continue
-        summary[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                        "met_every_repeat": all(v <= TARGET for v in ratios)}
-        con.print(f"best {what} / torch eager FP32 at batch 1: median {statistics.median(ratios):.3f} "
+    ratios = [r["best_int8_gated"]["ratio_p50"] for r in results if r["best_int8_gated"]]
+    if ratios:
+        summary["best_int8_gated"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                      "met_every_repeat": all(v <= TARGET for v in ratios)}
+        con.print(f"best gated INT8 / torch eager FP32 at batch 1: median {statistics.median(ratios):.3f} "
                   f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target <= {TARGET} met in "
                   f"{sum(v <= TARGET for v in ratios)}/{len(ratios)} repeats")
     (work / "bench_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

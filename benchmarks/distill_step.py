@@ -12,7 +12,11 @@ so that machine noise hits both alike; the ratio is what to read, not the absolu
            SDPA's backward is slower at 65 tokens; fused on CUDA); bf16 autocast where the
            CPU has native bf16 (``--amp off`` measures fp32 alone)
 
+``--recipe imagenet`` measures the ImageNet shapes instead (224 px, ViT-S/16 -> ViT-T/16);
+``--device cuda`` measures on a GPU (the product then uses fused attention for the student).
+
 Usage: python benchmarks/distill_step.py [--batch 64] [--rounds 5] [--steps 3] [--amp bf16|off]
+       [--device cpu|cuda] [--recipe cifar|imagenet]
 """
 
 from __future__ import annotations
@@ -32,22 +36,33 @@ from edgedistill.utils import cpu_has_native_bf16
 from edgedistill.train.schedule import param_groups
 
 
-def make_task(naive: bool, amp: str):
+RECIPES = {"cifar": (32, 4), "imagenet": (224, 16)}  # image size, patch size
+
+
+def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar"):
+    size, patch = RECIPES[recipe]
     overrides = [
-        "data.img_size=32", "teacher.arch=vit_small_patch16_224", "teacher.patch_size=4",
-        "student.arch=vit_tiny_patch16_224", "student.patch_size=4", f"distill.amp={amp}",
+        f"data.img_size={size}", "teacher.arch=vit_small_patch16_224", f"teacher.patch_size={patch}",
+        "student.arch=vit_tiny_patch16_224", f"student.patch_size={patch}", f"distill.amp={amp}",
         f"distill.attention={'explicit' if naive else 'auto'}",
     ]
     cfg = build_config(None, overrides)
     torch.manual_seed(0)
-    teacher, _ = create_vit("vit_small_patch16_224", img_size=32, patch_size=4)
-    student, kwargs = create_vit("vit_tiny_patch16_224", img_size=32, patch_size=4)
-    task = DistillTask(cfg, teacher, student, kwargs, {"kind": "random"}, torch.device("cpu"), teacher_explicit=naive)
+    teacher, _ = create_vit("vit_small_patch16_224", img_size=size, patch_size=patch)
+    student, kwargs = create_vit("vit_tiny_patch16_224", img_size=size, patch_size=patch)
+    task = DistillTask(cfg, teacher, student, kwargs, {"kind": "random"}, device, teacher_explicit=naive)
+    task.trainable.to(device)
     optimizer = torch.optim.AdamW(param_groups(task.trainable, 0.05), lr=1e-4, betas=(0.9, 0.95))
     return task, optimizer
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels are asynchronous: wait before reading the clock
+
+
 def run_steps(task, optimizer, images: torch.Tensor, steps: int, amp: str) -> float:
+    _sync(images.device)
     start = time.perf_counter()
     for _ in range(steps):
         with autocast_for(amp, images.device):
@@ -55,6 +70,7 @@ def run_steps(task, optimizer, images: torch.Tensor, steps: int, amp: str) -> fl
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    _sync(images.device)
     return steps * images.shape[0] / (time.perf_counter() - start)
 
 
@@ -66,14 +82,20 @@ def main() -> None:
     parser.add_argument("--amp", choices=["bf16", "off", "auto"], default="auto",
                         help="product precision; auto = bf16 when the CPU has native bf16")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="cifar")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp = args.amp if args.amp != "auto" else ("bf16" if cpu_has_native_bf16() else "off")
+    device = torch.device(args.device)
+    native_bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    amp = args.amp if args.amp != "auto" else ("bf16" if native_bf16 else "off")
 
-    images = torch.randn(args.batch, 3, 32, 32)
-    variants = {"naive": (make_task(True, "off"), "off"), "product": (make_task(False, amp), amp)}
+    size, patch = RECIPES[args.recipe]
+    images = torch.randn(args.batch, 3, size, size, device=device)
+    variants = {"naive": (make_task(True, "off", device, args.recipe), "off"),
+                "product": (make_task(False, amp, device, args.recipe), amp)}
     for (task, optimizer), precision in variants.values():  # warm-up (allocator, oneDNN kernels)
         run_steps(task, optimizer, images, 1, precision)
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -83,11 +105,13 @@ def main() -> None:
 
     naive, product = statistics.median(rates["naive"]), statistics.median(rates["product"])
     result = {
-        "batch": args.batch, "threads": torch.get_num_threads(), "product_amp": amp,
+        "batch": args.batch, "threads": torch.get_num_threads(), "product_amp": amp, "device": str(device),
+        "recipe": args.recipe, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "naive_img_s": naive, "product_img_s": product, "speedup": product / naive,
         "rounds": rates,
     }
-    print(f"distill step, CIFAR recipe (ViT-S/4 -> ViT-T/4, 32 px), batch {args.batch}, {result['threads']} threads")
+    where = result["gpu"] or f"{result['threads']} CPU threads"
+    print(f"distill step, {args.recipe} recipe (ViT-S/{patch} -> ViT-T/{patch}, {size} px), batch {args.batch}, {where}")
     print(f"  naive   (explicit attention everywhere, fp32): {naive:8.1f} img/s")
     print(f"  product (distill defaults, amp={amp}):             {product:8.1f} img/s")
     print(f"  speed-up: {product / naive:.2f}x")

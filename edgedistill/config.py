@@ -38,6 +38,7 @@ class DataConfig:
     batch_size: int = 64  # per process (micro-batch); see distill.effective_batch
     num_workers: int = 2
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True  # random horizontal flips in training; off for digits, text, or oriented scenes
     max_bad_images: int = 10  # corrupt/truncated images skipped before the run fails
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -105,6 +106,7 @@ class PretrainConfig:
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0
     out_dim: int = 4096
+    head_bn: bool = False  # BatchNorm in the head's hidden layers (DINO's use_bn_in_head)
     local_crops: int = 6
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
@@ -141,6 +143,7 @@ class ExportConfig:
     calib_size: int = 64
     parity_min_cosine: float = 0.9999
     max_knn_drop: float = 1.0
+    int8_precision_hint: str = "auto"  # OpenVINO INT8's non-quantized ops: auto (bf16 where native) | bf16 | f32
 
 
 @dataclass
@@ -376,6 +379,7 @@ def validate(cfg: Config) -> None:
     need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
     need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
+    need(cfg.export.int8_precision_hint in ("auto", "bf16", "f32"), f"export.int8_precision_hint must be auto, bf16 or f32, got '{cfg.export.int8_precision_hint}'")
     known_stages = ("pretrain", "distill", "eval", "export", "bench")
     unknown = [x for x in cfg.pipeline.stages if x not in known_stages]
     need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")

@@ -2,7 +2,7 @@
 
   runs/<name>/teacher/   pretrain (DINO)         skipped when teacher.safetensors exists
   runs/<name>/student/   distill (AttnDistill)   skipped when student.safetensors exists
-  runs/<name>/eval.json  k-NN: teacher, student, random-init student
+  runs/<name>/eval.json  k-NN: teacher, student, random-init student (and teacher, when pretrained)
   export/<name>/         ONNX + OpenVINO (+ INT8) bundle with its gates
   runs/<name>/bench.json latency per backend and precision
   runs/<name>/report/    README.md + loss curves, attention maps, latency vs k-NN (PNG)
@@ -76,7 +76,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _evaluate(cfg: Config, paths: dict[str, Path], console: Any) -> None:
-    """k-NN of the teacher, the student and a random-init student on the same splits."""
+    """k-NN of the teacher, the student and random-init twins of both, on the same splits."""
     from edgedistill.eval.evaluate import evaluate_knn, load_splits
     from edgedistill.eval.models import open_model
 
@@ -92,6 +92,13 @@ def _evaluate(cfg: Config, paths: dict[str, Path], console: Any) -> None:
         "random_student": lambda: open_model("random", arch=student_meta["arch"], img_size=kwargs["img_size"],
                                              patch_size=kwargs.get("patch_size", 0), depth=kwargs.get("depth", 0)),
     }
+    teacher_json = Path(cfg.teacher.source) / "teacher.json"
+    if teacher_json.is_file():  # a pretrained teacher: what pretraining gained over its random init
+        teacher_meta = read_json(teacher_json)
+        tkw = teacher_meta["kwargs"]
+        models["random_teacher"] = lambda: open_model(
+            "random", arch=teacher_meta["arch"], img_size=tkw["img_size"], patch_size=tkw.get("patch_size", 0),
+            depth=tkw.get("depth", 0))
     results: dict[str, Any] = {}
     for name, make in models.items():
         import torch
@@ -113,7 +120,7 @@ def _export(cfg: Config, paths: dict[str, Path], console: Any) -> None:
     e = cfg.export
     export_bundle(paths["student"], out_root=paths["export_root"], name=cfg.run.name, formats=e.formats,
                   int8=e.int8, data=None, calib_size=e.calib_size, opset=e.opset,
-                  min_cosine=e.parity_min_cosine, max_drop=e.max_knn_drop, force=True,
+                  min_cosine=e.parity_min_cosine, max_drop=e.max_knn_drop, int8_hint=e.int8_precision_hint, force=True,
                   num_workers=cfg.data.num_workers, console=console)
 
 
@@ -142,7 +149,7 @@ def summarize(paths: dict[str, Path]) -> dict[str, Any]:
     manifest_path = paths["bundle"] / "manifest.json"
     if manifest_path.exists():
         manifest = read_json(manifest_path)
-        knn = (manifest.get("validation") or {}).get("knn") or {}
+        knn = ((manifest.get("validation") or {}).get("knn") or {}).get("variants") or {}
         for variant, entry in manifest.get("variants", {}).items():
             summary["files"][variant] = entry.get("total_size_bytes", entry.get("size_bytes"))
             score = knn.get(variant, {})
@@ -154,6 +161,9 @@ def summarize(paths: dict[str, Path]) -> dict[str, Any]:
         lines = csv_lines(read_json(paths["bench"]))
         smallest = min((line["batch"] for line in lines), default=1)
         summary["latency"] = [line for line in lines if line["batch"] == smallest]
+        for line in summary["latency"]:  # OpenVINO rows differ by precision hint: say which
+            if line.get("backend") == "openvino" and line.get("inference_precision"):
+                line["precision"] = f"{line['precision']}@{line['inference_precision']}"
     return summary
 
 

@@ -114,12 +114,15 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
     # k-NN figures only where the export's accuracy gate measured exactly that path
     validation = json.loads((bench_bundle / "manifest.json").read_text())["validation"]["knn"]["variants"]
     assert rows["onnxruntime:onnx_int8:int8:1t"]["knn_top1"] == validation["onnx_int8"]["top1"]
-    assert rows["openvino:openvino_int8:int8@f32:1t"]["knn_drop"] == validation["openvino_int8"]["drop"]
     assert rows["openvino:onnx_int8:int8@f32:1t"]["knn_top1"] is None
-    if cpu_has_native_bf16():  # a hint the gate did not run with: no accuracy figure either
-        assert rows["openvino:openvino_int8:int8@bf16:1t"]["knn_top1"] is None
-        assert rows["openvino:openvino_int8:int8@bf16:1t"]["settings"]["compiled_properties"][
-            "INFERENCE_PRECISION_HINT"] == "bf16"
+    int8_bf16, int8_f32 = rows.get("openvino:openvino_int8:int8@bf16:1t"), rows["openvino:openvino_int8:int8@f32:1t"]
+    if cpu_has_native_bf16():  # the export recorded a bf16 hint and gated it, and its f32 fallback too
+        assert int8_bf16["knn_drop"] == validation["openvino_int8"]["drop"]
+        assert int8_f32["knn_drop"] == validation["openvino_int8"]["f32_fallback"]["drop"]
+        assert int8_bf16["settings"]["compiled_properties"]["INFERENCE_PRECISION_HINT"] == "bf16"
+        assert int8_f32["settings"]["compiled_properties"]["INFERENCE_PRECISION_HINT"] == "f32"
+    else:
+        assert int8_bf16 is None and int8_f32["knn_drop"] == validation["openvino_int8"]["drop"]
 
     machine = report["machine"]
     assert machine["cpu"] and machine["usable_cpus"] >= 1 and isinstance(machine["simd"], list)

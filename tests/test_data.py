@@ -377,3 +377,23 @@ def test_cifar10_subset_if_present():
         x, y = val[i]
         assert x.shape == (3, 32, 32) and y == val.labels[i]
     assert os.path.basename(os.path.dirname(val.paths[-1])) == "truck"
+
+
+def test_hflip_off_removes_every_flip():
+    """data.hflip=false: neither the distill view nor DINO's crops mirror an image (digits, text)."""
+    from torchvision import transforms as T
+
+    from edgedistill.config import build_config
+    from edgedistill.train.pretrain import multicrop_for
+
+    def flips(transform) -> int:
+        found = 0
+        for t in getattr(transform, "transforms", []):
+            found += isinstance(t, T.RandomHorizontalFlip) + flips(t)
+        return found
+
+    assert flips(train_transform(8)) == 1 and flips(train_transform(8, hflip=False)) == 0
+    on = multicrop_for(build_config(None, ["pretrain.local_crops=1"]))
+    off = multicrop_for(build_config(None, ["pretrain.local_crops=1", "data.hflip=false"]))
+    assert [flips(t) for t in (on.global1, on.global2, on.local)] == [1, 1, 1]
+    assert [flips(t) for t in (off.global1, off.global2, off.local)] == [0, 0, 0]

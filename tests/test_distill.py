@@ -125,6 +125,8 @@ def test_torchrun_two_processes_match_one_process_with_double_batch(tiny_folder,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((ddp / "summary.json").read_text())["process_group"] == "gloo"
+    assert json.loads((single / "summary.json").read_text())["process_group"] is None
     a, b = _weights(single), _weights(ddp)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst

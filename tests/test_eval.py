@@ -387,3 +387,16 @@ def test_cifar_torch_and_onnx_knn_within_0_1_point(cifar_subset, tmp_path):
     for k in ("10", "20", "100", "200"):
         assert abs(torch_res["per_k"][k]["top1"] - onnx_res["per_k"][k]["top1"]) <= 0.1, k
     assert torch_res["top1"] > 15.0  # above the 10% chance level even at random init
+
+
+def test_random_model_baseline_is_seeded():
+    """`--model random` is a reproducible baseline: the same --seed gives the same weights."""
+    from edgedistill.cli.eval import _open
+
+    def weights(seed: int) -> torch.Tensor:
+        opts = {"model": "random", "variant": None, "device": "cpu", "threads": None, "arch": "vit_tiny_patch16_224",
+                "img_size": IMG, "patch_size": PATCH, "depth": 1, "seed": seed}
+        torch.manual_seed(1234)  # whatever the process did before
+        return torch.cat([p.detach().flatten() for p in _open(opts).module.parameters()])
+
+    assert torch.equal(weights(3), weights(3)) and not torch.equal(weights(3), weights(4))

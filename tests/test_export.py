@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import make_image_folder, run_cli
 from edgedistill.errors import EdgeDistillError
+from edgedistill.utils import cpu_has_native_bf16
 
 ARCH = "vit_tiny_patch16_224"
 TEACHER_DIM = 384
@@ -88,7 +89,17 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     for name, var in manifest["variants"].items():
         assert var["precision"] == name.split("_")[1] and var["size_bytes"] > 0 and len(var["sha256"]) == 64
         if var["format"] == "openvino":
-            assert var["inference_precision_hint"] == "f32" and (path / var["weights_file"]).is_file()
+            # INT8's non-quantized ops run in bf16 where this CPU has it natively; FP32/FP16 stay f32
+            expected = "bf16" if name == "openvino_int8" and cpu_has_native_bf16() else "f32"
+            assert var["inference_precision_hint"] == expected and (path / var["weights_file"]).is_file()
+    assert manifest["variants"]["openvino_int8"]["quantization"]["preset"] == "performance"
+    int8_gate = manifest["validation"]["knn"]["variants"]["openvino_int8"]
+    if cpu_has_native_bf16():  # gated at its hint and again in f32, the fallback on CPUs without bf16
+        fallback = int8_gate["f32_fallback"]
+        assert int8_gate["inference_precision_hint"] == "bf16" and fallback["top1"] > 0
+        assert int8_gate["passed"] == (int8_gate["drop"] <= 1.0 and fallback["drop"] <= 1.0)
+    else:
+        assert "f32_fallback" not in int8_gate
     # an INT8 file is markedly smaller than the FP32 one
     assert manifest["variants"]["onnx_int8"]["size_bytes"] < 0.5 * manifest["variants"]["onnx_fp32"]["size_bytes"]
     versions = manifest["provenance"]["versions"]

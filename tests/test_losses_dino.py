@@ -140,6 +140,17 @@ def test_dino_head_shapes_and_norm():
     copy.deepcopy(head)  # the EMA teacher is a deep copy
 
 
+def test_dino_head_with_batchnorm():
+    """use_bn: BatchNorm after every hidden Linear (DINO's use_bn_in_head), none on the bottleneck."""
+    torch.manual_seed(0)
+    head = DINOHead(12, 7, hidden_dim=16, bottleneck_dim=4, use_bn=True)
+    kinds = [type(m).__name__ for m in head.mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
+    hidden = head.mlp[:2](torch.randn(32, 12) * 5 + 3)  # train mode: batch statistics
+    assert hidden.mean(0).abs().max() < 1e-5 and (hidden.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    assert head(torch.randn(5, 12)).shape == (5, 7)
+
+
 def test_cancel_last_layer_gradients():
     torch.manual_seed(0)
     head = DINOHead(12, 7, hidden_dim=16, bottleneck_dim=4)

@@ -46,7 +46,7 @@ def test_pipeline_runs_every_stage(pipeline_run):
     # distill used the pretrained teacher, not a random one
     assert json.loads((run / "student" / "student.json").read_text())["teacher"]["kind"] == "run_dir"
     knn = json.loads((run / "eval.json").read_text())
-    assert set(knn) == {"teacher", "student", "random_student"}
+    assert set(knn) == {"teacher", "student", "random_student", "random_teacher"}
     assert all(0 <= v["top1"] <= 100 for v in knn.values())
     manifest = json.loads((root / "export" / "tiny" / "manifest.json").read_text())
     assert {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"} <= set(manifest["variants"])

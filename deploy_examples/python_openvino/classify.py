@@ -23,8 +23,9 @@ import edgebundle
 class OpenVinoModel:
     """The variant's IR (.xml + .bin) compiled for ``device``: (B, 3, H, W) float32 -> (B, D).
 
-    The precision hint is the one the bundle recorded (``f32``): without it OpenVINO runs an
-    "FP32" model in bf16 on CPUs that have bf16, which is not what the bundle validated."""
+    The precision hint is the one the bundle recorded (``f32``, or ``bf16`` for INT8 exported
+    on a CPU with native bf16): without it OpenVINO runs an "FP32" model in bf16 on CPUs that
+    have bf16, which is not what the bundle validated."""
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], variant: str, threads: int | None,
                  device: str = "CPU") -> None:

@@ -96,7 +96,7 @@ def render_table(report: dict[str, Any], console: Any) -> None:
             else:
                 ratio = "-"
             knn = "-" if row["knn_top1"] is None else (
-                f"{row['knn_top1']:.1f}" + (f" (-{row['knn_drop']:.1f})" if row["knn_drop"] else ""))
+                f"{row['knn_top1']:.1f}" + (f" ({-row['knn_drop']:+.1f})" if row["knn_drop"] else ""))
             cells = [row["backend"], row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
                      _f(stats.get("p99_ms")), ratio]
             for b in others:

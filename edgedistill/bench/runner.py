@@ -197,9 +197,13 @@ class Row:
         return f"{self.backend} {self.variant}"
 
 
-def _knn(manifest: dict[str, Any], variant: str | None) -> tuple[float | None, float | None]:
+def _knn(manifest: dict[str, Any], variant: str | None, fallback: bool = False) -> tuple[float | None, float | None]:
+    """(top-1, drop) the export gate measured: of torch FP32 (``variant=None``), of a variant
+    at its recorded precision hint, or (``fallback``) of a bf16-hint variant run in f32."""
     knn = ((manifest.get("validation") or {}).get("knn") or {})
     figures = knn.get("torch_fp32") if variant is None else (knn.get("variants") or {}).get(variant)
+    if fallback and isinstance(figures, dict):
+        figures = figures.get("f32_fallback")
     if not isinstance(figures, dict) or figures.get("top1") is None:
         return None, None
     return float(figures["top1"]), (float(figures["drop"]) if figures.get("drop") is not None else
@@ -212,8 +216,9 @@ def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[
     """The rows to measure, and the ones left out with the reason.
 
     torch: the student in fp32 (and bf16 autocast where the CPU has it). ONNX Runtime: every
-    ONNX variant. OpenVINO: every OpenVINO variant with its manifest's precision hint, fp32 and
-    int8 variants again with a bf16 hint where the CPU has it, and the ONNX variants it has no own
+    ONNX variant. OpenVINO: every OpenVINO variant with its manifest's precision hint (a bf16-hint
+    variant again in f32, its fallback on CPUs without bf16), fp32 and f32-hint int8 variants
+    again with a bf16 hint where the CPU has it, and the ONNX variants it has no own
     counterpart for (ONNX Runtime's QDQ INT8 is a different quantization from NNCF's; the
     FP32 ONNX graph is the one the FP32 IR was converted from). k-NN figures go only to rows
     that run exactly as the export's accuracy gate ran them.
@@ -286,9 +291,15 @@ def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[
                 from edgedistill.runtime.manifest import variant_files
 
                 weights = str(variant_files(manifest, bundle_dir, name)[1][0])
-                top1, drop = _knn(manifest, name) if hint == "f32" or hint is None else (None, None)
+                # the gate measured each variant at its recorded hint (and bf16 ones in f32 too)
+                top1, drop = _knn(manifest, name)
                 add(t, backend="openvino", variant=name, precision=prec, device=device, model=path, weights=weights,
                     inference_precision=hint, size_bytes=size(name), knn_top1=top1, knn_drop=drop)
+                if hint == "bf16":  # what a device without native bf16 runs
+                    top1, drop = _knn(manifest, name, fallback=True)
+                    add(t, backend="openvino", variant=name, precision=prec, device=device, model=path,
+                        weights=weights, inference_precision="f32", size_bytes=size(name), knn_top1=top1,
+                        knn_drop=drop)
                 if prec == "fp32" and "bf16" in precisions:
                     if cpu and native_bf16:
                         add(t, backend="openvino", variant=name, precision="bf16", device=device, model=path,

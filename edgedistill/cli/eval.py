@@ -57,6 +57,8 @@ def model_options(func):
         click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda[:N]. "
                      "ONNX/OpenVINO models run on CPU."),
         click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's own)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Initialization seed of a 'random' model (the random-init baseline)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -105,6 +107,10 @@ def _open(opts: dict[str, Any]):
         from edgedistill.errors import EdgeDistillError
 
         raise EdgeDistillError(f"--threads must be >= 1, got {opts['threads']}")
+    if opts["model"].lower() == "random":
+        import torch
+
+        torch.manual_seed(opts["seed"])  # the same random-init baseline on every machine and run
     return open_model(opts["model"], variant=opts["variant"], device=opts["device"], threads=opts["threads"],
                       arch=opts["arch"], img_size=opts["img_size"], patch_size=opts["patch_size"],
                       depth=opts["depth"])

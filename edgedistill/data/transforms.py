@@ -31,11 +31,12 @@ def train_transform(
     crop_scale: Sequence[float] = (0.2, 1.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    hflip: bool = True,
 ) -> T.Compose:
-    """PIL RGB -> float tensor (3, img_size, img_size): RandomResizedCrop (bicubic) + flip."""
+    """PIL RGB -> float tensor (3, img_size, img_size): RandomResizedCrop (bicubic) + optional flip."""
     return T.Compose([
         T.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
+        *([T.RandomHorizontalFlip()] if hflip else []),
         T.ToTensor(),
         T.Normalize(mean, std),
     ])

@@ -167,6 +167,7 @@ def export_bundle(
     projection: bool = False,
     min_cosine: float = 0.9999,
     max_drop: float = 1.0,
+    int8_hint: str = "auto",
     force: bool = False,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -303,14 +304,16 @@ def export_bundle(
     settings: dict[str, Any] = {}
     report: dict[str, Any] = {}
 
-    def embedders(variant: str, path: Path, names: Sequence[str] = tuple(output_names)) -> dict[str, Any]:
-        """The app's path to a variant: one runtime embedder per output."""
+    def embedders(variant: str, path: Path, names: Sequence[str] = tuple(output_names),
+                  hint: str | None = None) -> dict[str, Any]:
+        """The app's path to a variant: one runtime embedder per output, OpenVINO with the
+        variant's recorded precision hint unless ``hint`` overrides it."""
         from edgedistill.runtime.embedders import OnnxEmbedder, OpenVinoEmbedder
 
         if variant.startswith("onnx"):
             return {o: OnnxEmbedder(path, threads=threads, output=o, name=variant) for o in names}
-        return {o: OpenVinoEmbedder(path, threads=threads, precision=_openvino.INFERENCE_PRECISION_HINT,
-                                    output=o, name=variant) for o in names}
+        hint = hint or variants[variant].get("inference_precision_hint", _openvino.INFERENCE_PRECISION_HINT)
+        return {o: OpenVinoEmbedder(path, threads=threads, precision=hint, output=o, name=variant) for o in names}
 
     with atomic_directory(bundle_dir) as work, _progress(con, progress) as bar:
         # ---- 2. FP32 (and FP16) variants
@@ -374,10 +377,12 @@ def export_bundle(
                 task = bar.add_task("calibrating openvino_int8 (NNCF passes)", total=None)
                 files["openvino_int8"] = work / "openvino_int8.xml"
                 settings["openvino_int8"] = _openvino.quantize_openvino(
-                    files["openvino_fp32"], files["openvino_int8"], calib_x, on_item=lambda: bar.advance(task))
+                    files["openvino_fp32"], files["openvino_int8"], calib_x,
+                    precision_hint=_openvino.int8_precision_hint(int8_hint), on_item=lambda: bar.advance(task))
                 bar.update(task, total=bar.tasks[task].completed)
                 variants["openvino_int8"] = {"format": "openvino", "precision": "int8",
-                                             "inference_precision_hint": _openvino.INFERENCE_PRECISION_HINT,
+                                             "inference_precision_hint":
+                                                 settings["openvino_int8"]["inference_precision_hint"],
                                              "quantization": dict(settings["openvino_int8"], calibration=calib_info)}
             for variant in ("onnx_int8", "openvino_int8"):
                 if variant in files:
@@ -395,14 +400,23 @@ def export_bundle(
             bar.stop()  # extract_features draws its own bars
             reference = _gates.knn_of(TorchEmbedder(model, name="torch_fp32"), bank, queries, num_classes=classes,
                                       description="torch_fp32", progress=progress)
-            for variant in files:
-                figures = _gates.knn_of(embedders(variant, files[variant], [_onnx.EMBEDDING])[_onnx.EMBEDDING],
-                                        bank, queries,
-                                        num_classes=classes, description=variant, progress=progress)
+            def gate(variant: str, hint: str | None = None) -> dict[str, Any]:
+                embedder = embedders(variant, files[variant], [_onnx.EMBEDDING], hint=hint)[_onnx.EMBEDDING]
+                figures = _gates.knn_of(embedder, bank, queries, num_classes=classes,
+                                        description=variant + (f" ({hint})" if hint else ""), progress=progress)
                 figures["reference_top1"] = reference["top1"]
                 figures["drop"] = round(reference["top1"] - figures["top1"], 6)
                 figures["passed"] = bool(figures["drop"] <= max_drop)
-                knn[variant] = figures
+                return figures
+
+            for variant in files:
+                knn[variant] = gate(variant)
+                hint = variants[variant].get("inference_precision_hint", _openvino.INFERENCE_PRECISION_HINT)
+                if hint != _openvino.INFERENCE_PRECISION_HINT:
+                    # a device without native bf16 runs this variant in f32: gate that path too
+                    knn[variant]["inference_precision_hint"] = hint
+                    knn[variant]["f32_fallback"] = gate(variant, _openvino.INFERENCE_PRECISION_HINT)
+                    knn[variant]["passed"] = knn[variant]["passed"] and knn[variant]["f32_fallback"]["passed"]
             knn_meta = {"source": knn_source, "train_images": len(train_ds), "val_images": len(val_ds),
                         "classes": classes, "k": reference["k"], "k_used": reference["k_used"],
                         "temperature": 0.07, "protocol": "DINO weighted k-NN on L2-normalized embeddings",

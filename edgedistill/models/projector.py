@@ -73,6 +73,7 @@ class DINOHead(nn.Module):
     then ``F.normalize`` and a bias-free weight-normed ``Linear(bottleneck_dim, out_dim)``.
     The weight-norm magnitude (``last_layer.parametrizations.weight.original0``) starts at 1 and
     is frozen when ``norm_last_layer`` (DINO's default), so the last layer's rows stay unit norm.
+    ``use_bn`` puts BatchNorm after each hidden Linear (DINO's ``use_bn_in_head``).
 
     Shapes: ``(B, in_dim) -> (B, out_dim)``.
     """
@@ -86,15 +87,20 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         nlayers = max(nlayers, 1)
+
+        def hidden(width_in: int) -> list[nn.Module]:
+            return [nn.Linear(width_in, hidden_dim), *([nn.BatchNorm1d(hidden_dim)] if use_bn else []), nn.GELU()]
+
         if nlayers == 1:
             self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim)
         else:
-            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            layers: list[nn.Module] = hidden(in_dim)
             for _ in range(nlayers - 2):
-                layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+                layers += hidden(hidden_dim)
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
         self.apply(_init_linear)

@@ -15,6 +15,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    launched: bool = False  # started by torchrun (even with one process)
 
     @property
     def is_main(self) -> bool:
@@ -22,7 +23,7 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -38,16 +39,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device_name: str = "auto") -> DistInfo:
-    """Initialize the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Initialize the process group when launched by torchrun.
+
+    One torchrun process still gets a process group and DDP: ``--nproc_per_node=1`` then runs
+    the multi-GPU code path (NCCL, DDP, sharded sampler) on a machine with one GPU.
+    """
+    launched = "TORCHELASTIC_RUN_ID" in os.environ and "WORLD_SIZE" in os.environ
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if (launched or world_size > 1) and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world_size, local_rank, device)
+    return DistInfo(rank, world_size, local_rank, device, launched)
 
 
 def teardown() -> None:

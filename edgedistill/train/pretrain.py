@@ -67,7 +67,7 @@ class DinoTask(Task):
                 block.attn.fused_attn = False
         teacher, _ = create_vit(p.arch, dynamic_img_size=True, **kwargs)
         teacher.load_state_dict(student.state_dict())
-        self.trainable = BackboneWithHead(student, DINOHead(student.embed_dim, p.out_dim))
+        self.trainable = BackboneWithHead(student, DINOHead(student.embed_dim, p.out_dim, use_bn=p.head_bn))
         self.teacher = BackboneWithHead(teacher, copy.deepcopy(self.trainable.head)).requires_grad_(False)
         self.center = torch.zeros(1, p.out_dim)
 
@@ -129,10 +129,10 @@ class MultiCrop:
     """DINO's augmentations, with crop sizes and blur kernels scaled to the image size."""
 
     def __init__(self, img_size: int, local_crops: int, global_scale: tuple[float, float],
-                 local_scale: tuple[float, float], local_size: int, mean, std):
+                 local_scale: tuple[float, float], local_size: int, mean, std, hflip: bool = True):
         local_size = local_size or max(8, round(img_size * 96 / 224))
         flip_color = T.Compose([
-            T.RandomHorizontalFlip(),
+            *([T.RandomHorizontalFlip()] if hflip else []),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
         ])
@@ -157,4 +157,4 @@ class MultiCrop:
 def multicrop_for(cfg: Config) -> MultiCrop:
     p = cfg.pretrain
     return MultiCrop(cfg.data.img_size, p.local_crops, p.global_crop_scale, p.local_crop_scale,
-                     p.local_crop_size, cfg.data.mean, cfg.data.std)
+                     p.local_crop_size, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)

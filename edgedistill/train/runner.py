@@ -59,7 +59,7 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
         task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
         return task, {"teacher": teacher_info}
 
-    transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std)
+    transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)
     return _run_stage(cfg, out, resume, console, "distill", "student", transform, build)
 
 
@@ -79,7 +79,10 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
     from edgedistill.data import build_train_loader
     from edgedistill.train import distributed as distmod
     from edgedistill.train.distill import loop_settings
-    from edgedistill.train.loop import train
+    import torch.distributed as dist
+
+    from edgedistill.train.loop import train, uses_bf16
+    from edgedistill.utils import atomic_write_json
 
     run_dir = run_directory(cfg, out)
     info = distmod.setup(cfg.run.device)
@@ -96,13 +99,19 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
         task, extra = build(info)
         knn_fn = _online_knn(cfg, info) if getattr(cfg, section).knn_every else None
         started = time.perf_counter()
-        result = train(task, loader, loop_settings(cfg, section), run_dir, info,
-                       resume=resume, knn_fn=knn_fn, console=console)
-        return {
+        settings = loop_settings(cfg, section)
+        result = train(task, loader, settings, run_dir, info, resume=resume, knn_fn=knn_fn, console=console)
+        summary = {
             "run_dir": str(run_dir), "steps": result.steps, "epochs": result.epochs_done,
             "complete": not result.stopped_early, "seconds": time.perf_counter() - started,
-            "metrics": result.last_metrics, "world_size": info.world_size, "is_main": info.is_main, **extra,
+            "metrics": result.last_metrics, "world_size": info.world_size, "is_main": info.is_main,
+            # how it ran, for whoever compares two runs later
+            "device": str(info.device), "bf16": uses_bf16(settings.amp, info.device),
+            "process_group": dist.get_backend() if dist.is_initialized() else None, **extra,
         }
+        if info.is_main:
+            atomic_write_json(run_dir / "summary.json", summary)
+        return summary
     finally:
         distmod.teardown()
 

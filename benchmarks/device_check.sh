@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One prepared call on a CUDA machine (the project never depends on one): the CUDA tests,
+# GPU distill-step timings, and the quickstart settings sweep. Results land in $OUT.
+# Usage (repo root, any python3 with torch+timm): OUT=/tmp/out bash benchmarks/device_check.sh
+set -u
+OUT=${OUT:-/tmp/device_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PY:-python3}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+  $PY -m pip list 2>/dev/null | grep -iE "^(pillow|onnxruntime|scikit-learn|safetensors|rich|click) "
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+if [ -z "${SWEEP_ONLY:-}" ]; then
+echo "== CUDA tests"
+timeout 200 $PY -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider > "$OUT/cuda_tests.log" 2>&1
+echo "pytest rc=$?"; tail -15 "$OUT/cuda_tests.log"
+
+echo "== distill step timings"
+timeout 60 $PY benchmarks/distill_step.py --device cuda --recipe imagenet --batch 128 --rounds 5 --steps 5 \
+  --json "$OUT/step_imagenet.json" 2>&1 | tail -4
+timeout 40 $PY benchmarks/distill_step.py --device cuda --recipe cifar --batch 256 --rounds 5 --steps 5 \
+  --json "$OUT/step_cifar.json" 2>&1 | tail -4
+
+fi
+echo "== quickstart sweep"
+timeout "${SWEEP_SECONDS:-330}" $PY benchmarks/quickstart_sweep.py --out /tmp/sweep --jobs "${JOBS:-7}" \
+  --device cuda --workers 2 --no-baselines ${VARIANTS:+--variants "$VARIANTS"} --only "${ONLY:-all}"
+cp /tmp/sweep/sweep.json "$OUT/" 2>/dev/null
+tar czf "$OUT/sweep_logs.tgz" -C /tmp/sweep --exclude='*.pt' --exclude='*.safetensors' . 2>/dev/null
+echo done
