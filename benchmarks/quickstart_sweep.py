@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "quickstart.yaml"
 
 NOFLIP = ["data.hflip=false"]
+# round 2's base: what helped in round 1 together (no local crops, wider global crops, 1024 prototypes)
+C2 = NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
+               "pretrain.out_dim=1024"]
 # name -> overrides on top of configs/quickstart.yaml
 PRETRAIN = {
     "base": [],
@@ -52,32 +55,23 @@ PRETRAIN = {
     # round 2: combinations of what helped in round 1 (no local crops, wider global crops, 1024 prototypes)
     "c_l0_g25": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]"],
     "c_l0_o1k": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.out_dim=1024"],
-    "c_l0_g25_o1k": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                              "pretrain.out_dim=1024"],
-    "c_l0_g25_o1k_s1": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                 "pretrain.out_dim=1024", "run.seed=1"],
-    "c_l0_g25_o1k_s2": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                 "pretrain.out_dim=1024", "run.seed=2"],
-    "c_l0_g25_o1k_e6": NOFLIP + ["pretrain.epochs=6", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                 "pretrain.out_dim=1024"],
-    "c_l0_g25_o1k_e4": NOFLIP + ["pretrain.epochs=4", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                 "pretrain.out_dim=1024"],
-    "c_l0_g25_o1k_tw": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                 "pretrain.out_dim=1024", "pretrain.warmup_teacher_temp=0.04", "pretrain.teacher_temp=0.07",
-                                 "pretrain.warmup_teacher_temp_epochs=4"],
-    "c_l0_g25_o1k_bs32": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                   "pretrain.out_dim=1024", "data.batch_size=32"],
+    "c_l0_g25_o1k": C2,
+    "c_l0_g25_o1k_s1": C2 + ["run.seed=1"],
+    "c_l0_g25_o1k_s2": C2 + ["run.seed=2"],
+    "c_l0_g25_o1k_e6": C2 + ["pretrain.epochs=6"],
+    "c_l0_g25_o1k_e4": C2 + ["pretrain.epochs=4"],
+    "c_l0_g25_o1k_tw": C2 + ["pretrain.warmup_teacher_temp=0.04", "pretrain.teacher_temp=0.07",
+                             "pretrain.warmup_teacher_temp_epochs=4"],
+    "c_l0_g25_o1k_bs32": C2 + ["data.batch_size=32"],
     "c_l0_g15_o4k": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.15,1.0]",
                               "pretrain.out_dim=4096"],
     "c_g25_o1k": NOFLIP + ["pretrain.epochs=8", "pretrain.global_crop_scale=[0.25,1.0]", "pretrain.out_dim=1024",
                            "pretrain.local_crop_scale=[0.05,0.25]"],
-    "c_l0_g25_o1k_m98": NOFLIP + ["pretrain.epochs=8", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-                                  "pretrain.out_dim=1024", "pretrain.momentum_teacher=0.98"],
+    "c_l0_g25_o1k_m98": C2 + ["pretrain.momentum_teacher=0.98"],
 }
 # round 3: every run above sits at the uniform collapse (loss = ln K) from the first epoch; a
 # sharper teacher (temperature 0.02) left it for a while. Base: 6 epochs, no local crops.
-R3 = NOFLIP + ["pretrain.epochs=6", "pretrain.local_crops=0", "pretrain.global_crop_scale=[0.25,1.0]",
-               "pretrain.out_dim=1024"]
+R3 = C2 + ["pretrain.epochs=6"]
 TT02 = ["pretrain.teacher_temp=0.02", "pretrain.warmup_teacher_temp=0.02"]
 PRETRAIN.update({
     "r3_base_s1": R3 + ["run.seed=1"],
