@@ -135,6 +135,9 @@ class EvalConfig:
     chunk_size: int = 4096
 
 
+INT8_HINTS = ("auto", "bf16", "f32")  # export.int8_precision_hint / export --int8-hint
+
+
 @dataclass
 class ExportConfig:
     formats: tuple[str, ...] = ("onnx", "openvino")
@@ -379,7 +382,7 @@ def validate(cfg: Config) -> None:
     need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
     need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
-    need(cfg.export.int8_precision_hint in ("auto", "bf16", "f32"), f"export.int8_precision_hint must be auto, bf16 or f32, got '{cfg.export.int8_precision_hint}'")
+    need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
     known_stages = ("pretrain", "distill", "eval", "export", "bench")
     unknown = [x for x in cfg.pipeline.stages if x not in known_stages]
     need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")

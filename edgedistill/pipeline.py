@@ -84,26 +84,25 @@ def _evaluate(cfg: Config, paths: dict[str, Path], console: Any) -> None:
     where = {"train": d.path, "val": d.val_path} if d.val_path else {"data": d.path}
     splits = load_splits(**where, img_size=d.img_size, max_bad_images=d.max_bad_images)
     student_meta = read_json(paths["student"] / "student.json")
-    kwargs = student_meta["kwargs"]
+
+    def random_twin(meta: dict[str, Any]) -> Any:
+        """The same architecture as a saved backbone pair, at a reproducible random init."""
+        kw = meta["kwargs"]
+        return open_model("random", arch=meta["arch"], img_size=kw["img_size"], patch_size=kw.get("patch_size", 0),
+                          depth=kw.get("depth", 0), seed=cfg.run.seed)
+
     models = {
         "teacher": lambda: open_model(cfg.teacher.source, arch=cfg.teacher.arch, img_size=cfg.data.img_size,
                                       patch_size=cfg.teacher.patch_size, depth=cfg.teacher.depth),
         "student": lambda: open_model(paths["student"]),
-        "random_student": lambda: open_model("random", arch=student_meta["arch"], img_size=kwargs["img_size"],
-                                             patch_size=kwargs.get("patch_size", 0), depth=kwargs.get("depth", 0)),
+        "random_student": lambda: random_twin(student_meta),
     }
     teacher_json = Path(cfg.teacher.source) / "teacher.json"
     if teacher_json.is_file():  # a pretrained teacher: what pretraining gained over its random init
         teacher_meta = read_json(teacher_json)
-        tkw = teacher_meta["kwargs"]
-        models["random_teacher"] = lambda: open_model(
-            "random", arch=teacher_meta["arch"], img_size=tkw["img_size"], patch_size=tkw.get("patch_size", 0),
-            depth=tkw.get("depth", 0))
+        models["random_teacher"] = lambda: random_twin(teacher_meta)
     results: dict[str, Any] = {}
     for name, make in models.items():
-        import torch
-
-        torch.manual_seed(cfg.run.seed)  # the random-init baseline is reproducible
         results[name] = evaluate_knn(make(), splits, ks=cfg.eval.k, temperature=cfg.eval.temperature,
                                      batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                                      progress=console is not None)

@@ -107,13 +107,9 @@ def _open(opts: dict[str, Any]):
         from edgedistill.errors import EdgeDistillError
 
         raise EdgeDistillError(f"--threads must be >= 1, got {opts['threads']}")
-    if opts["model"].lower() == "random":
-        import torch
-
-        torch.manual_seed(opts["seed"])  # the same random-init baseline on every machine and run
     return open_model(opts["model"], variant=opts["variant"], device=opts["device"], threads=opts["threads"],
                       arch=opts["arch"], img_size=opts["img_size"], patch_size=opts["patch_size"],
-                      depth=opts["depth"])
+                      depth=opts["depth"], seed=opts["seed"])
 
 
 def _splits(opts: dict[str, Any], model: Any):

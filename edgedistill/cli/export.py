@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgedistill.cli.common import console
-from edgedistill.config import ExportConfig
+from edgedistill.config import INT8_HINTS, ExportConfig
 
 _DEFAULTS = ExportConfig()
 
@@ -38,7 +38,7 @@ _DEFAULTS = ExportConfig()
               help="Largest allowed k-NN top-1 drop against torch FP32, in points.")
 @click.option("--min-cosine", type=float, default=_DEFAULTS.parity_min_cosine, show_default=True,
               help="Parity threshold for the FP32 variants (batch 1 and 8).")
-@click.option("--int8-hint", type=click.Choice(["auto", "bf16", "f32"]), default=_DEFAULTS.int8_precision_hint,
+@click.option("--int8-hint", type=click.Choice(INT8_HINTS), default=_DEFAULTS.int8_precision_hint,
               show_default=True, help="OpenVINO INT8: precision of the non-quantized ops (auto: bf16 where this "
               "CPU has native bf16). A bf16 variant is also gated in f32, the fallback on CPUs without bf16.")
 @click.option("--projection", is_flag=True, help="Add the teacher-space projection as a second output.")

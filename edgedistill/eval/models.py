@@ -198,6 +198,7 @@ def open_model(
     patch_size: int = 0,
     depth: int = 0,
     precision: str | None = "f32",
+    seed: int = 0,
 ) -> EvalModel:
     """Open ``--model`` (see the module docstring) as an :class:`EvalModel`.
 
@@ -209,6 +210,7 @@ def open_model(
             or a hub name (as for ``--teacher``); ``img_size`` also sets the input size of an
             ONNX/OpenVINO model whose input size is dynamic.
         precision: OpenVINO inference precision (``f32`` = true fp32, ``bf16``, ``f16``, None).
+        seed: initialization seed of ``random`` (a reproducible random-init baseline).
     """
     from edgedistill.runtime.manifest import MANIFEST_NAME
 
@@ -303,6 +305,10 @@ def open_model(
         cfg = timm.models.get_pretrained_cfg(text) if timm.is_model(text.split(".")[0]) else None
         size = int(cfg.input_size[-1]) if cfg is not None else 0
     size = size or 224
+    if text.lower() == "random":
+        import torch
+
+        torch.manual_seed(seed)
     with warnings.catch_warnings():
         # load_teacher's warning about a random *teacher* does not apply to an evaluated model
         warnings.filterwarnings("ignore", message=".*randomly initialized.*")

@@ -27,16 +27,15 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["convert_openvino", "quantize_openvino", "int8_precision_hint", "INFERENCE_PRECISION_HINT",
-           "INT8_HINTS"]
+__all__ = ["convert_openvino", "quantize_openvino", "int8_precision_hint", "INFERENCE_PRECISION_HINT"]
 
 INFERENCE_PRECISION_HINT = "f32"  # FP32/FP16 variants: true fp32 arithmetic
-INT8_HINTS = ("auto", "bf16", "f32")
 
 
 def int8_precision_hint(requested: str = "auto") -> str:
     """The hint recorded for the OpenVINO INT8 variant: ``auto`` = bf16 where this CPU has
     native bf16 (AVX512-BF16/AMX; elsewhere bf16 is emulated and slower), else f32."""
+    from edgedistill.config import INT8_HINTS
     from edgedistill.utils import cpu_has_native_bf16
 
     if requested not in INT8_HINTS:
@@ -65,11 +64,11 @@ def convert_openvino(onnx_path: str | Path, xml_path: str | Path, *, fp16: bool 
 
 
 def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndarray, *,
-                      precision_hint: str = INFERENCE_PRECISION_HINT, preset: str = "performance",
+                      precision_hint: str = INFERENCE_PRECISION_HINT,
                       on_item: Callable[[], None] | None = None, show_library_output: bool = False) -> dict[str, Any]:
     """NNCF post-training INT8 of the FP32 IR into ``out_xml``, calibrated on ``images``
-    (N, 3, H, W) float32, one image per calibration item. ``preset``: "performance"
-    (symmetric) or "mixed" (asymmetric activations). Returns the settings."""
+    (N, 3, H, W) float32, one image per calibration item, with NNCF's performance preset
+    (symmetric activations). ``precision_hint`` is only recorded. Returns the settings."""
     ov = _openvino()
     # nncf imports torch utilities that warn about a missing CUDA runtime on CPU machines
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -88,19 +87,16 @@ def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndar
             on_item()
         return item
 
-    presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-    if preset not in presets:
-        raise EdgeDistillError(f"NNCF preset must be one of {', '.join(presets)}, got {preset!r}")
     model = ov.Core().read_model(str(fp32_xml))
     previous = nncf.common.logging.nncf_logger.level
     nncf.set_log_level(logging.WARNING if show_library_output else logging.ERROR)
     try:
         with quiet_stdout(show_library_output):
             quantized = nncf.quantize(model, nncf.Dataset(items, transform), model_type=nncf.ModelType.TRANSFORMER,
-                                      preset=presets[preset], subset_size=len(items))
+                                      preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(items))
     finally:
         nncf.set_log_level(previous)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize", "nncf_version": nncf.__version__, "model_type": "TRANSFORMER",
-            "preset": preset, "subset_size": len(items),
+            "preset": "performance", "subset_size": len(items),
             "calibration_images": len(items), "inference_precision_hint": precision_hint}
