@@ -373,6 +373,16 @@ def validate(cfg: Config) -> None:
         need(sec.amp in ("auto", "bf16", "off"), f"{name}.amp must be auto, bf16 or off, got '{sec.amp}'")
         need(sec.max_steps >= 0, f"{name}.max_steps must be >= 0")
         need(sec.checkpoint_every >= 1, f"{name}.checkpoint_every must be >= 1")
+        need(sec.log_every >= 1, f"{name}.log_every must be >= 1 (optimizer steps), got {sec.log_every}")
+        need(sec.knn_every >= 0, f"{name}.knn_every must be >= 0 (epochs; 0 = off), got {sec.knn_every}")
+    p = cfg.pretrain
+    need(p.out_dim >= 1, f"pretrain.out_dim must be >= 1, got {p.out_dim}")
+    need(p.local_crops >= 0, f"pretrain.local_crops must be >= 0, got {p.local_crops}")
+    need(p.teacher_temp > 0 and p.warmup_teacher_temp > 0 and p.student_temp > 0,
+         "pretrain.teacher_temp, warmup_teacher_temp and student_temp must be positive")
+    need(0 <= p.momentum_teacher <= 1, f"pretrain.momentum_teacher must be in [0, 1], got {p.momentum_teacher}")
+    need(0 <= p.center_momentum < 1, f"pretrain.center_momentum must be in [0, 1), got {p.center_momentum}")
+    need(p.freeze_last_layer >= 0, f"pretrain.freeze_last_layer must be >= 0, got {p.freeze_last_layer}")
     k = cfg.distill
     need(k.w_cls >= 0 and k.w_attn >= 0 and k.w_cls + k.w_attn > 0, "distill.w_cls and distill.w_attn must be >= 0 and not both 0")
     need(k.temperature > 0, "distill.temperature must be positive")

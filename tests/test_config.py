@@ -40,6 +40,11 @@ def test_unknown_key_is_rejected_with_a_suggestion():
         ("export.opset=13", "opset must be >= 17"),
         ("distill.compile=maybe", "true or false"),
         ("data.img_size", "key=value"),
+        ("pretrain.log_every=0", "pretrain.log_every must be >= 1"),
+        ("distill.knn_every=-1", "distill.knn_every must be >= 0"),
+        ("pretrain.teacher_temp=0", "teacher_temp"),
+        ("pretrain.center_momentum=1", "center_momentum must be in"),
+        ("pretrain.out_dim=0", "out_dim must be >= 1"),
     ],
 )
 def test_impossible_values_name_the_key(override, message):

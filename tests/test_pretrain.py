@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from safetensors.torch import load_file
 from edgedistill.config import build_config
 from edgedistill.train.runner import distill, pretrain
 
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 
 PRETRAIN = {
     "pretrain.arch": "vit_small_patch16_224", "pretrain.patch_size": 4, "pretrain.depth": 2,
@@ -84,4 +87,29 @@ def test_resumed_pretrain_matches_uninterrupted(tiny_folder, tmp_path):
     _pretrain(tiny_folder, tmp_path / "resumed", "pretrain.epochs=3", resume=True)
     a = load_file(str(tmp_path / "full" / "teacher.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "teacher.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkilled_pretrain_resumes_to_the_uninterrupted_result(tiny_folder, tmp_path):
+    """A real `edgedistill pretrain` process, SIGKILLed once its first checkpoint is on disk."""
+    extra = ["pretrain.epochs=8", "pretrain.local_crops=0"]
+    _pretrain(tiny_folder, tmp_path / "full", *extra)
+    run = tmp_path / "killed"
+    sets = [a for o in tiny_overrides(tiny_folder, **PRETRAIN) + extra for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "edgedistill", "pretrain", "--out", str(run), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "teacher.safetensors").exists()
+    resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(tmp_path / "full" / "teacher.safetensors"))
+    b = load_file(str(run / "teacher.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
