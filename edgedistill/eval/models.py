@@ -305,11 +305,11 @@ def open_model(
         cfg = timm.models.get_pretrained_cfg(text) if timm.is_model(text.split(".")[0]) else None
         size = int(cfg.input_size[-1]) if cfg is not None else 0
     size = size or 224
-    if text.lower() == "random":
-        import torch
+    import torch
 
+    # fork_rng: a seeded random init that leaves the caller's RNG where it was
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-    with warnings.catch_warnings():
         # load_teacher's warning about a random *teacher* does not apply to an evaluated model
         warnings.filterwarnings("ignore", message=".*randomly initialized.*")
         module, tinfo = load_teacher(text, arch or "vit_tiny_patch16_224", size, patch_size,

@@ -304,6 +304,9 @@ def export_bundle(
     settings: dict[str, Any] = {}
     report: dict[str, Any] = {}
 
+    def recorded_hint(variant: str) -> str:
+        return variants[variant].get("inference_precision_hint", _openvino.INFERENCE_PRECISION_HINT)
+
     def embedders(variant: str, path: Path, names: Sequence[str] = tuple(output_names),
                   hint: str | None = None) -> dict[str, Any]:
         """The app's path to a variant: one runtime embedder per output, OpenVINO with the
@@ -312,7 +315,7 @@ def export_bundle(
 
         if variant.startswith("onnx"):
             return {o: OnnxEmbedder(path, threads=threads, output=o, name=variant) for o in names}
-        hint = hint or variants[variant].get("inference_precision_hint", _openvino.INFERENCE_PRECISION_HINT)
+        hint = hint or recorded_hint(variant)
         return {o: OpenVinoEmbedder(path, threads=threads, precision=hint, output=o, name=variant) for o in names}
 
     with atomic_directory(bundle_dir) as work, _progress(con, progress) as bar:
@@ -376,13 +379,12 @@ def export_bundle(
             if "openvino" in formats:
                 task = bar.add_task("calibrating openvino_int8 (NNCF passes)", total=None)
                 files["openvino_int8"] = work / "openvino_int8.xml"
-                settings["openvino_int8"] = _openvino.quantize_openvino(
-                    files["openvino_fp32"], files["openvino_int8"], calib_x,
-                    precision_hint=_openvino.int8_precision_hint(int8_hint), on_item=lambda: bar.advance(task))
+                hint = _openvino.int8_precision_hint(int8_hint)
+                settings["openvino_int8"] = {**_openvino.quantize_openvino(
+                    files["openvino_fp32"], files["openvino_int8"], calib_x, on_item=lambda: bar.advance(task)),
+                    "inference_precision_hint": hint}
                 bar.update(task, total=bar.tasks[task].completed)
-                variants["openvino_int8"] = {"format": "openvino", "precision": "int8",
-                                             "inference_precision_hint":
-                                                 settings["openvino_int8"]["inference_precision_hint"],
+                variants["openvino_int8"] = {"format": "openvino", "precision": "int8", "inference_precision_hint": hint,
                                              "quantization": dict(settings["openvino_int8"], calibration=calib_info)}
             for variant in ("onnx_int8", "openvino_int8"):
                 if variant in files:
@@ -411,7 +413,7 @@ def export_bundle(
 
             for variant in files:
                 knn[variant] = gate(variant)
-                hint = variants[variant].get("inference_precision_hint", _openvino.INFERENCE_PRECISION_HINT)
+                hint = recorded_hint(variant)
                 if hint != _openvino.INFERENCE_PRECISION_HINT:
                     # a device without native bf16 runs this variant in f32: gate that path too
                     knn[variant]["inference_precision_hint"] = hint

@@ -64,11 +64,10 @@ def convert_openvino(onnx_path: str | Path, xml_path: str | Path, *, fp16: bool 
 
 
 def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndarray, *,
-                      precision_hint: str = INFERENCE_PRECISION_HINT,
                       on_item: Callable[[], None] | None = None, show_library_output: bool = False) -> dict[str, Any]:
     """NNCF post-training INT8 of the FP32 IR into ``out_xml``, calibrated on ``images``
     (N, 3, H, W) float32, one image per calibration item, with NNCF's performance preset
-    (symmetric activations). ``precision_hint`` is only recorded. Returns the settings."""
+    (symmetric activations). Returns the settings (the caller records the precision hint)."""
     ov = _openvino()
     # nncf imports torch utilities that warn about a missing CUDA runtime on CPU machines
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -99,4 +98,4 @@ def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndar
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize", "nncf_version": nncf.__version__, "model_type": "TRANSFORMER",
             "preset": "performance", "subset_size": len(items),
-            "calibration_images": len(items), "inference_precision_hint": precision_hint}
+            "calibration_images": len(items)}

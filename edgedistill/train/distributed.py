@@ -44,16 +44,15 @@ def setup(device_name: str = "auto") -> DistInfo:
     One torchrun process still gets a process group and DDP: ``--nproc_per_node=1`` then runs
     the multi-GPU code path (NCCL, DDP, sharded sampler) on a machine with one GPU.
     """
-    launched = "TORCHELASTIC_RUN_ID" in os.environ and "WORLD_SIZE" in os.environ
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
-    if (launched or world_size > 1) and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world_size, local_rank, device, launched)
+    info = DistInfo(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                    local_rank=local_rank, device=resolve_device(device_name, local_rank),
+                    launched="TORCHELASTIC_RUN_ID" in os.environ and "WORLD_SIZE" in os.environ)
+    if info.distributed and not dist.is_initialized():
+        if info.device.type == "cuda":
+            torch.cuda.set_device(info.device)
+        dist.init_process_group(backend="nccl" if info.device.type == "cuda" else "gloo")
+    return info
 
 
 def teardown() -> None:

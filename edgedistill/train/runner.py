@@ -76,11 +76,11 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
                transform: Callable[[Any], Any], build: Callable[[Any], tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
     """The shared shape of a training stage: check the run directory, read the data (bad
     input fails here, before any model is built), build the task, train, summarize."""
+    import torch.distributed as dist
+
     from edgedistill.data import build_train_loader
     from edgedistill.train import distributed as distmod
     from edgedistill.train.distill import loop_settings
-    import torch.distributed as dist
-
     from edgedistill.train.loop import train, uses_bf16
     from edgedistill.utils import atomic_write_json
 
