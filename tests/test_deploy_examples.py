@@ -220,7 +220,9 @@ def test_python_examples_fail_with_one_line(deploy, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def cpp_binary(tmp_path_factory) -> Path:
+def cpp_build(tmp_path_factory) -> dict:
+    """The C++ example built with CMake; ``stb`` says whether the build found stb_image.h
+    (PNG/JPEG decoding) or reads PPM/PGM only, as it does on a machine without libstb-dev."""
     missing = [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (run .ci/install-deploy-deps.sh): C++ example not built")
@@ -233,27 +235,86 @@ def cpp_binary(tmp_path_factory) -> Path:
                 ["cmake", "--build", str(build), "-j", str(min(4, os.cpu_count() or 1))]):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return build / "edgedistill_embed"
+    cache = (build / "CMakeCache.txt").read_text()
+    stb = any(line.startswith("STB_IMAGE_INCLUDE_DIR:") and not line.endswith("-NOTFOUND")
+              for line in cache.splitlines())
+    return {"binary": build / "edgedistill_embed", "stb": stb}
 
 
-def test_cpp_openvino_embeddings_and_labels(cpp_binary, deploy):
-    from edgedistill.runtime import open_embedder, preprocess_batch
+def as_ppm(images: list[Path], folder: Path) -> dict[Path, Path]:
+    """Each image decoded by the runtime (EXIF, RGB) and written as binary PPM, which every
+    build of the C++ example reads: the same pixels whatever decoder the build has."""
+    from edgedistill.runtime import load_rgb
 
+    out = {}
+    for i, path in enumerate(images):
+        target = folder / path.parent.name / f"{i:03d}_{path.stem}.ppm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        load_rgb(path).save(target, format="PPM")
+        out[path] = target
+    return out
+
+
+def run_cpp(cpp_build: dict, deploy: dict, gallery_json: Path, images: list[Path]) -> dict[str, dict]:
+    proc = subprocess.run([str(cpp_build["binary"]), "--bundle", str(deploy["bundle"]), "--variant", "openvino_fp32",
+                           "--gallery", str(gallery_json), "--threads", "1", "--json", *map(str, images)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return {r["path"]: r for r in json.loads(proc.stdout)["results"]}
+
+
+@pytest.fixture(scope="session")
+def openvino_gallery(deploy) -> Path:
     gallery_json = deploy["root"] / "gallery_openvino.json"
     proc = run_python_example("python_openvino", "--bundle", str(deploy["bundle"]), "--gallery",
                               str(deploy["data"] / "train"), "--variant", "openvino_fp32", "--gallery-json",
                               str(gallery_json), "--threads", "1")
     assert proc.returncode == 0, proc.stderr
-    images = sorted(deploy["queries"].iterdir()) + sorted((deploy["data"] / "val").glob("*/*.png"))
-    proc = subprocess.run([str(cpp_binary), "--bundle", str(deploy["bundle"]), "--variant", "openvino_fp32",
-                           "--gallery", str(gallery_json), "--threads", "1", "--json", *map(str, images)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    got = {r["path"]: r for r in out["results"]}
+    return gallery_json
 
-    # embeddings: the runtime's exactly for PNG (same pixels, same tensor, same OpenVINO);
-    # stb_image's JPEG decoder is not libjpeg's, so JPEG gets a tolerance
+
+def test_cpp_openvino_embeddings_and_labels(cpp_build, deploy, openvino_gallery, tmp_path):
+    """Every build (with or without stb_image): PPM input, embeddings exactly the runtime's."""
+    from edgedistill.runtime import open_embedder, preprocess_batch
+
+    images = sorted(deploy["queries"].iterdir()) + sorted((deploy["data"] / "val").glob("*/*.png"))
+    ppm = as_ppm(images, tmp_path / "ppm")
+    got = run_cpp(cpp_build, deploy, openvino_gallery, list(ppm.values()))
+
+    # the same pixels, the same tensor, the same OpenVINO: the runtime's embedding exactly
+    embedder = open_embedder(deploy["bundle"], "openvino_fp32", threads=1)
+    spec = deploy["manifest"]["preprocessing"]
+    ref = np.concatenate([embedder.embed(preprocess_batch([p], spec)) for p in images])
+    mine = np.array([got[str(ppm[p])]["embedding"] for p in images], np.float32)
+    np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-5)
+
+    labels = {str(p): got[str(ppm[p])]["label"] for p in images}
+    assert labels == runtime_predictions(deploy, "openvino_fp32", images)
+    val = {p: labels[p] for p in map(str, images) if "/val/" in p}
+    assert val == eval_predictions(deploy, "openvino_fp32")
+
+    # plain output and a one-line error
+    first = str(ppm[images[0]])
+    plain = subprocess.run([str(cpp_build["binary"]), "--bundle", str(deploy["bundle"]), first],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0 and len(plain.stdout.split("\t")[1].split(",")) == 192
+    bad = subprocess.run([str(cpp_build["binary"]), "--bundle", str(deploy["root"]), first],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cpp_openvino_decodes_png_and_jpeg(cpp_build, deploy, openvino_gallery):
+    """With stb_image.h: PNG decodes to Pillow's pixels exactly; stb's JPEG decoder is not
+    libjpeg's, so JPEG gets a tolerance. Without it: a one-line error naming libstb-dev."""
+    from edgedistill.runtime import open_embedder, preprocess_batch
+
+    images = sorted(deploy["queries"].iterdir())
+    if not cpp_build["stb"]:
+        proc = subprocess.run([str(cpp_build["binary"]), "--bundle", str(deploy["bundle"]), str(images[0])],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "libstb-dev" in proc.stderr, proc.stderr
+        pytest.skip("stb_image.h not found (apt install libstb-dev): this C++ build reads PPM/PGM only")
+    got = run_cpp(cpp_build, deploy, openvino_gallery, images)
     embedder = open_embedder(deploy["bundle"], "openvino_fp32", threads=1)
     spec = deploy["manifest"]["preprocessing"]
     ref = np.concatenate([embedder.embed(preprocess_batch([p], spec)) for p in images])
@@ -261,19 +322,7 @@ def test_cpp_openvino_embeddings_and_labels(cpp_binary, deploy):
     png = np.array([p.suffix == ".png" for p in images])
     np.testing.assert_allclose(mine[png], ref[png], rtol=0, atol=1e-5)
     assert cosines(mine[~png], ref[~png]).min() > 0.999
-
-    labels = {p: r["label"] for p, r in got.items()}
-    assert labels == runtime_predictions(deploy, "openvino_fp32", images)
-    val = {p: labels[p] for p in map(str, images) if "/val/" in p}
-    assert val == eval_predictions(deploy, "openvino_fp32")
-
-    # plain output and a one-line error
-    plain = subprocess.run([str(cpp_binary), "--bundle", str(deploy["bundle"]), str(images[0])],
-                           capture_output=True, text=True, timeout=60)
-    assert plain.returncode == 0 and len(plain.stdout.split("\t")[1].split(",")) == 192
-    bad = subprocess.run([str(cpp_binary), "--bundle", str(deploy["root"]), str(images[0])],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    assert {p: r["label"] for p, r in got.items()} == runtime_predictions(deploy, "openvino_fp32", images)
 
 
 # ----------------------------------------------------------------------------- web
