@@ -178,6 +178,11 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
+    @property
+    def teacher_img_size(self) -> int:
+        """The image size the teacher runs at: ``teacher.img_size``, else ``data.img_size``."""
+        return self.teacher.img_size or self.data.img_size
+
 
 # ----------------------------------------------------------------------------- coercion
 

@@ -161,7 +161,7 @@ def test_bench_torch_baseline_from_the_run_directory(bench_bundle):
 
 
 def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
-    from edgedistill.bench.runner import plan_rows, student_source
+    from edgedistill.bench.plan import plan_rows, student_source
     from edgedistill.runtime import read_manifest
 
     manifest = read_manifest(bench_bundle)
@@ -216,7 +216,7 @@ def test_worker_oneshot_protocol(bench_bundle, torch_blocked):
 
 def test_summaries_and_plot_needs_knn_figures(tmp_path):
     from edgedistill.bench.report import write_plot
-    from edgedistill.bench.runner import summarize_times
+    from edgedistill.bench.stats import summarize_times
 
     stats = summarize_times([[1.0, 2.0, 3.0], [4.0, 5.0]], batch=4)
     assert stats["runs"] == 5 and stats["p50_ms"] == 3.0 and stats["min_ms"] == 1.0 and stats["max_ms"] == 5.0

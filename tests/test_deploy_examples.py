@@ -1,8 +1,9 @@
 """deploy_examples/: each example, run as an app would run it, against ``edgedistill eval`` and
 the torch-free runtime on the same images and the same tiny bundle.
 
-- python_onnxruntime / python_openvino: subprocesses with torch and edgedistill made
-  unimportable; labels equal eval's k-NN predictions, variant by variant.
+- python_onnxruntime / python_openvino: subprocesses with torch made unimportable (they run
+  on the torch-free ``edgedistill.runtime``); labels equal eval's k-NN predictions, variant by
+  variant.
 - cpp_openvino: built with CMake against the openvino wheel (skipped without cmake/g++);
   embeddings equal the runtime's, labels equal.
 - web: served by serve.py on 127.0.0.1, driven by playwright-core in headless Chromium
@@ -31,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "deploy_examples"
 WEB = EXAMPLES / "web"
 ARCH = "vit_tiny_patch16_224"
-# torch and edgedistill unimportable: the examples must run on a device that has neither.
+# torch unimportable: the examples must run on a device with only the torch-free runtime.
 GUARD = ("import runpy, sys\n"
-         "for name in ('torch', 'torchvision', 'timm', 'edgedistill'):\n"
+         "for name in ('torch', 'torchvision', 'timm'):\n"
          "    sys.modules[name] = None\n"
          "script = sys.argv[1]\n"
          "sys.argv = sys.argv[1:]\n"
@@ -123,13 +124,6 @@ def eval_predictions(deploy: dict, variant: str) -> dict[str, str]:
     return {str(Path(p)): splits.classes[i] for p, i in zip(splits.query.paths, result["predictions"])}
 
 
-def load_edgebundle():
-    spec = importlib.util.spec_from_file_location("edgebundle", EXAMPLES / "python_onnxruntime" / "edgebundle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -138,29 +132,16 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- Python examples
 
 
-def test_python_examples_import_only_numpy_pillow_and_their_runtime():
-    allowed = set(sys.stdlib_module_names) | {"numpy", "PIL", "edgebundle"}
-    for kind, runtime in (("python_onnxruntime", "onnxruntime"), ("python_openvino", "openvino")):
-        for name in ("classify.py", "edgebundle.py"):
-            tree = ast.parse((EXAMPLES / kind / name).read_text())
-            roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-            roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-            assert roots <= allowed | {runtime}, f"{kind}/{name} imports {roots - allowed - {runtime}}"
-    # one helper, two copies: they must not drift apart
-    assert (EXAMPLES / "python_onnxruntime" / "edgebundle.py").read_bytes() == \
-        (EXAMPLES / "python_openvino" / "edgebundle.py").read_bytes()
-
-
-def test_example_preprocessing_is_the_runtimes_bit_for_bit(deploy):
-    from edgedistill.runtime import preprocess
-
-    eb = load_edgebundle()
-    base = deploy["manifest"]["preprocessing"]
-    specs = [base, {**base, "resize": 37, "crop": 32}, {**base, "resize": [20, 30], "crop": [16, 24]},
-             {**base, "resize": None, "crop": 24}, {**base, "channel_order": "BGR", "scale": "1/255"}]
-    for spec in specs:
-        for path in sorted(deploy["queries"].iterdir()):
-            np.testing.assert_array_equal(eb.preprocess(path, spec), preprocess(path, spec), err_msg=f"{path} {spec}")
+def test_python_examples_are_the_torch_free_runtime():
+    """One source: each example imports only the standard library and edgedistill.runtime
+    (whose own torch-freeness test_runtime.py checks)."""
+    for kind in ("python_onnxruntime", "python_openvino"):
+        tree = ast.parse((EXAMPLES / kind / "classify.py").read_text())
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        outside = {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names}
+        assert outside == {"edgedistill.runtime.app"}, f"{kind}/classify.py imports {outside}"
+        assert not list((EXAMPLES / kind).glob("*.py"))[1:], f"{kind} holds more than classify.py"
 
 
 @pytest.mark.parametrize("kind,variants", [("python_onnxruntime", ["onnx_fp32", "onnx_int8"]),

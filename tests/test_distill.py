@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from edgedistill.config import build_config
 from edgedistill.errors import EdgeDistillError
-from edgedistill.train.runner import distill
+from edgedistill.train.stages import distill
 
 from conftest import REPO, run_cli, tiny_overrides
 

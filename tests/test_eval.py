@@ -267,7 +267,7 @@ def test_online_knn_single_process(student_run, data):
     from edgedistill.eval.evaluate import evaluate_knn, load_splits
     from edgedistill.eval.models import open_model
     from edgedistill.eval.online import clear_online_cache, online_knn
-    from edgedistill.train.distributed import DistInfo
+    from edgedistill.distributed import DistInfo
 
     clear_online_cache()
     model = open_model(student_run[0], device="cpu")
@@ -308,7 +308,7 @@ DDP_SCRIPT = textwrap.dedent("""
     from edgedistill.config import build_config
     from edgedistill.eval.online import online_knn
     from edgedistill.models import load_backbone
-    from edgedistill.train import distributed as distmod
+    from edgedistill import distributed as distmod
 
     run, data, out = sys.argv[1:4]
     torch.set_num_threads(1)
@@ -332,7 +332,7 @@ DDP_SCRIPT = textwrap.dedent("""
 def test_online_and_offline_knn_torchrun_equal_single_process(student_run, data, tmp_path):
     from edgedistill.eval.online import clear_online_cache, online_knn
     from edgedistill.models import load_backbone
-    from edgedistill.train.distributed import DistInfo
+    from edgedistill.distributed import DistInfo
 
     mixed = mixed_data(tmp_path)
     script = tmp_path / "ddp_knn.py"

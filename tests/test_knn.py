@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.eval.knn import TorchEmbedder, extract_features, knn_accuracy, knn_classify
+from edgedistill.eval.features import TorchEmbedder, extract_features
+from edgedistill.eval.knn import knn_accuracy, knn_classify
 
 KS = (1, 10, 20, 100, 200)
 
@@ -213,7 +214,7 @@ def test_memory_is_bounded_by_the_chunks():
 
 GATHER_SCRIPT = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
-    from edgedistill.eval.knn import gather_features
+    from edgedistill.distributed import gather_features
 
     def worker(rank, path):
         dist.init_process_group("gloo", init_method="file://" + path, rank=rank, world_size=2)
@@ -242,7 +243,7 @@ def test_gather_features_with_unequal_shards(tmp_path):
 
 
 def test_gather_features_without_process_group_is_identity():
-    from edgedistill.eval.knn import gather_features
+    from edgedistill.distributed import gather_features
 
     feats, labels = torch.randn(3, 2), torch.arange(3)
     out_feats, out_labels = gather_features(feats, labels)
@@ -272,3 +273,25 @@ def test_torch_embedder_and_extract_features():
     # the progress bar path runs too
     feats2, _ = extract_features(embedder, loader, progress=True)
     torch.testing.assert_close(feats2, feats)
+
+
+@pytest.mark.parametrize("classes", [3, 7])
+def test_numpy_knn_gives_the_torch_figures(classes):
+    """runtime.knn (no torch) and eval.knn (chunked torch) on the same features: the same
+    per-k top-1/top-5 and predictions, duplicated bank rows (exact ties) included."""
+    from edgedistill.runtime.knn import knn_classify as numpy_classify
+
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((150, 12)).astype(np.float32)
+    bank[100:120] = bank[:20]  # ties between gallery items
+    labels = rng.integers(0, classes, 150)
+    queries = np.concatenate([rng.standard_normal((40, 12)), bank[:10] + 1e-3]).astype(np.float32)
+    truth = rng.integers(0, classes, 50)
+    ks = (1, 10, 20, 100, 200)
+    ref = knn_classify(torch.from_numpy(bank), torch.from_numpy(labels), torch.from_numpy(queries), classes, ks=ks,
+                       val_labels=torch.from_numpy(truth), chunk_size=7, bank_chunk_size=33)
+    got = numpy_classify(bank, labels, queries, classes, ks=ks, val_labels=truth, chunk_size=11)
+    assert got["per_k"] == ref["per_k"]
+    assert (got["top1"], got["top5"], got["headline_k_used"]) == (ref["top1"], ref["top5"], ref["headline_k_used"])
+    np.testing.assert_array_equal(got["predictions"], ref["predictions"])
+    assert 100 / classes / 3 < ref["top1"] < 100  # a number that could have come out otherwise

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from edgedistill.config import build_config
-from edgedistill.train.runner import distill, pretrain
+from edgedistill.train.stages import distill, pretrain
 
 from conftest import REPO, tiny_overrides
 

@@ -1,7 +1,10 @@
-"""Benchmarks from a bundle (SPEC §9): timing in fresh worker processes, the machine
-description, reports and plots. Torch-free: only the torch baseline's own worker imports torch.
+"""Benchmarks from a bundle: timing in fresh worker processes, the machine description,
+reports and plots. Torch-free: only the torch baseline's own worker imports torch.
 
-``run_bench`` is the stage function the CLI calls; importing this package is cheap.
+``runner.run_bench`` is the stage function the CLI calls and reads as its steps: ``plan``
+(options, device targets, rows), ``process`` (the worker processes, loaded then measured in
+interleaved rounds; ``worker`` is their side), ``stats`` (percentiles, baselines, ratios),
+``report`` (table, JSON, CSV, plot). Importing this package is cheap.
 """
 
 from __future__ import annotations

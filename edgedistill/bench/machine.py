@@ -42,12 +42,9 @@ def usable_cpus() -> int:
 
 
 def physical_cores() -> int | None:
-    try:
-        import psutil
+    import psutil
 
-        return psutil.cpu_count(logical=False)
-    except ImportError:
-        return None
+    return psutil.cpu_count(logical=False)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -84,16 +81,10 @@ def available_devices() -> dict[str, Any]:
     return out
 
 
-def _memory_bytes() -> int | None:
-    try:
-        import psutil
+def _memory_bytes() -> int:
+    import psutil
 
-        return int(psutil.virtual_memory().total)
-    except ImportError:
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None
+    return int(psutil.virtual_memory().total)
 
 
 def load_average() -> list[float] | None:
@@ -118,7 +109,7 @@ def describe_machine(devices: dict[str, Any] | None = None) -> dict[str, Any]:
         "logical_cpus": logical,
         "physical_cores": physical_cores(),
         "usable_cpus": usable_cpus(),
-        "memory_gb": round(_memory_bytes() / 2**30, 1) if _memory_bytes() else None,
+        "memory_gb": round(_memory_bytes() / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "load_average": load_average(),

@@ -44,6 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgedistill.runtime.sessions import one_line
+
 __all__ = ["main", "Unavailable", "timed_runs", "peak_rss_mb", "current_rss_mb", "one_line"]
 
 
@@ -76,35 +78,21 @@ def peak_rss_mb() -> float | None:
     peak = _proc_status_mb("VmHWM")
     if peak is not None:
         return peak
-    try:
-        import psutil
+    import psutil
 
-        info = psutil.Process().memory_info()
-        if hasattr(info, "peak_wset"):
-            return round(info.peak_wset / 2**20, 1)
-    except ImportError:
-        pass
-    try:
-        import resource
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):
+        return round(info.peak_wset / 2**20, 1)
+    import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-    except ImportError:
-        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def current_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            return round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        import psutil
+def current_rss_mb() -> float:
+    import psutil
 
-        return round(psutil.Process().memory_info().rss / 2**20, 1)
-    except ImportError:
-        return None
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
 def timed_runs(run: Callable[[], Any], runs: int | None = None, seconds: float | None = None,
@@ -125,15 +113,6 @@ def timed_runs(run: Callable[[], Any], runs: int | None = None, seconds: float |
             return times
         if deadline is not None and end >= deadline and len(times) >= min_runs:
             return times
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The informative part of a runtime's multi-line message on one line: OpenVINO's start
-    with "Exception from src/...cpp:NN:" lines that say nothing."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith("Exception from ")] or lines
-    text = " ".join(useful) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -218,35 +197,33 @@ def _torch(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], Cal
     return prepare, info
 
 
+def _session_or_unavailable(open_session: Callable[..., tuple[Any, dict[str, Any]]], *args: Any,
+                            **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    from edgedistill.runtime.sessions import BackendUnavailable
+
+    try:
+        return open_session(*args, **kwargs)
+    except BackendUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+
+
 def _onnxruntime(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], Callable[[], Any]], dict[str, Any]]:
+    from edgedistill.runtime.sessions import onnxruntime_session
+
     started = time.perf_counter()
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (timed apart from the session)
     except ImportError as exc:
         raise Unavailable(f"onnxruntime cannot be imported ({exc})") from None
     info: dict[str, Any] = {"import_seconds": time.perf_counter() - started, "rss_after_import_mb": current_rss_mb()}
     provider = spec.get("device") or "CPUExecutionProvider"
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise Unavailable(f"ONNX Runtime provider {provider} is not available (available: {', '.join(available)})")
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    threads = int(spec["threads"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    started = time.perf_counter()
-    try:
-        session = ort.InferenceSession(spec["model"], sess_options=options, providers=providers)
-    except Exception as exc:  # onnxruntime's own exception types
-        raise RuntimeError(f"ONNX Runtime cannot load {spec['model']}: {one_line(exc)}") from None
-    info["load_seconds"] = time.perf_counter() - started
+    session, settings = _session_or_unavailable(onnxruntime_session, spec["model"], threads=int(spec["threads"]),
+                                                providers=providers)
+    info["load_seconds"] = settings.pop("load_seconds")
+    info["settings"] = {**settings, "shapes": "dynamic batch (one session)"}
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
-    info["settings"] = {"providers": session.get_providers(), "intra_op_num_threads": threads,
-                        "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
-                        "graph_optimization_level": "ORT_ENABLE_ALL", "shapes": "dynamic batch (one session)"}
 
     def prepare(batch: int) -> Callable[[], Any]:
         feed = {input_name: batch_of(image, batch)}
@@ -260,77 +237,30 @@ def _onnxruntime(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int
 
 
 def _openvino(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], Callable[[], Any]], dict[str, Any]]:
+    from edgedistill.runtime.sessions import openvino_compiled
+
     started = time.perf_counter()
     try:
-        import openvino as ov
+        import openvino  # noqa: F401  (timed apart from compiling)
     except ImportError as exc:
         raise Unavailable(f"openvino cannot be imported ({exc})") from None
     info: dict[str, Any] = {"import_seconds": time.perf_counter() - started, "rss_after_import_mb": current_rss_mb()}
-    core = ov.Core()
-    device = spec.get("device") or "CPU"
-    base = device.split(".")[0]
-    available = list(core.available_devices)
-    if device not in available and not any(d.split(".")[0] == base for d in available):
-        raise Unavailable(f"OpenVINO device {device} is not available (available: {', '.join(available)})")
-    wanted: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-                              "INFERENCE_NUM_THREADS": int(spec["threads"])}
-    if spec.get("inference_precision"):
-        wanted["INFERENCE_PRECISION_HINT"] = spec["inference_precision"]
-    wanted.update(spec.get("properties") or {})  # further compile properties, recorded with the rest
-    try:
-        supported = set(core.get_property(device, "SUPPORTED_PROPERTIES"))
-    except Exception:
-        supported = set(wanted)
-    props = {k: v for k, v in wanted.items() if k in supported}
-    dropped = sorted(set(wanted) - set(props))
-    if "INFERENCE_PRECISION_HINT" in dropped:
-        raise Unavailable(f"OpenVINO {device} does not take an inference precision hint, so "
-                          f"{spec['inference_precision']} cannot be set explicitly")
     static = bool(spec.get("static_shapes", True))
-    model_path, weights = spec["model"], spec.get("weights")
     compiled: dict[int, Any] = {}
-    load: dict[int, float] = {}
-
-    def compile_for(batch: int) -> Any:
-        started = time.perf_counter()
-        model = core.read_model(model_path, weights) if weights else core.read_model(model_path)
-        if static:
-            # a static input shape lets the CPU plugin plan memory and pick kernels once
-            model.reshape({model.inputs[0]: ov.PartialShape([batch, *image.shape])})
-        try:
-            result = core.compile_model(model, device, props)
-        except Exception as exc:
-            raise RuntimeError(f"OpenVINO cannot compile {model_path} for {device}: {one_line(exc)}") from None
-        load[batch] = time.perf_counter() - started
-        return result
-
-    def read_back(c: Any) -> dict[str, Any]:
-        out = {}
-        for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT",
-                    "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE"):
-            try:
-                value = c.get_property(key)
-            except Exception:
-                continue
-            if hasattr(value, "get_type_name"):  # ov.Type -> "f32", "bf16"
-                value = value.get_type_name()
-            elif hasattr(value, "name") and not isinstance(value, (str, int, bool)):  # enums -> "LATENCY"
-                value = value.name
-            out[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
-        return out
-
-    info["settings"] = {"device": device, "properties": props, "unsupported_properties_dropped": dropped,
-                        "shapes": "static per batch size (model.reshape)" if static else "dynamic batch"}
 
     def prepare(batch: int) -> Callable[[], Any]:
         key = batch if static else 0
         if key not in compiled:
-            compiled[key] = compile_for(batch)
+            compiled[key], settings = _session_or_unavailable(
+                openvino_compiled, spec["model"], spec.get("weights"), threads=int(spec["threads"]),
+                precision=spec.get("inference_precision"), device=spec.get("device") or "CPU",
+                batch=batch if static else None, properties=spec.get("properties"))
+            load = settings.pop("load_seconds")
             if "load_seconds" not in info:
-                info["load_seconds"] = load[batch]
-                info["settings"]["compiled_properties"] = read_back(compiled[key])
+                info["load_seconds"] = load
+                info["settings"] = settings
             if static:
-                info.setdefault("load_seconds_per_batch", {})[str(batch)] = round(load[batch], 4)
+                info.setdefault("load_seconds_per_batch", {})[str(batch)] = round(load, 4)
         c = compiled[key]
         request = c.create_infer_request()
         output = c.outputs[0]

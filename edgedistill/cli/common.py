@@ -32,7 +32,7 @@ def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...]
     """Build the config of a training command. A resumed run takes its own saved config
     (``--set`` still applies on top); a new one takes --config, the options, then --set."""
     from edgedistill.errors import EdgeDistillError
-    from edgedistill.train_paths import default_run_dir
+    from edgedistill.rundir import RunDir
 
     extra = {section: {k: v for k, v in values.items() if v is not None}
              for section, values in extra.items()}
@@ -40,7 +40,7 @@ def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...]
     if resume:
         if out is None:
             raise EdgeDistillError("--resume needs --out pointing at the run directory to continue")
-        saved = out / "config.yaml"
+        saved = RunDir.of(out).config_path
         if not saved.is_file():
             raise EdgeDistillError(f"nothing to resume: {saved} does not exist")
         if config_path is not None:
@@ -48,7 +48,7 @@ def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...]
         cfg = build_config(saved, overrides, extra)
     else:
         cfg = build_config(config_path, overrides, extra)
-    return cfg, out if out is not None else default_run_dir(cfg)
+    return cfg, RunDir.for_config(cfg, out).path
 
 
 def render_run_summary(con, stage: str, summary: dict) -> None:

@@ -20,7 +20,7 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     """AttnDistill: train a ViT-Tiny student from a frozen self-supervised teacher."""
     cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}, "teacher": {"source": teacher}},
                                        out, resume)
-    from edgedistill.train.runner import distill
+    from edgedistill.train.stages import distill
 
     con = console()
     summary = distill(cfg, out, resume=resume, console=con)

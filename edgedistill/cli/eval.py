@@ -90,7 +90,7 @@ def _ranks(opts: dict[str, Any]) -> Iterator[bool]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield True
         return
-    from edgedistill.train import distributed as distmod
+    from edgedistill import distributed as distmod
 
     info = distmod.setup(opts["device"])
     opts["device"] = str(info.device)
@@ -265,24 +265,18 @@ def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size:
         raise EdgeDistillError(f"--out: folder {out.parent} does not exist")
     model = _open(opts)
     run_cfg = _run_config(opts["model"])
-    t = run_cfg.teacher if run_cfg is not None else None
-    source = teacher or (t.source if t is not None else None)
-    if not source:
-        raise EdgeDistillError("pass --teacher (the model is not a run directory with a config.yaml naming one)")
-    arch = teacher_arch or (t.arch if t is not None else "vit_small_patch16_224")
-    patch = teacher_patch_size if teacher_patch_size is not None else (t.patch_size if t is not None else 0)
-    depth = teacher_depth if teacher_depth is not None else (t.depth if t is not None else 0)
-    img = (t.img_size if t is not None and t.img_size else 0) or model.img_size
+    teacher_cfg = _teacher_config(run_cfg, teacher, teacher_arch, teacher_patch_size, teacher_depth)
     if temperature is None:
         temperature = run_cfg.distill.temperature if run_cfg is not None else 10.0
 
     import warnings
 
-    from edgedistill.models.teacher import load_teacher
+    from edgedistill.models.teacher import build_teacher
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*randomly initialized.*")
-        teacher_model, info = load_teacher(source, arch, img, patch, **({"depth": depth} if depth else {}))
+        teacher_model, info = build_teacher(teacher_cfg, teacher_cfg.img_size or model.img_size)
+    arch = teacher_cfg.arch
     result = attention_figure(model, teacher_model, [*images, *map(str, more_images)], out,
                               teacher_arch=info.get("arch", arch), temperature=temperature)
     con = console()
@@ -294,14 +288,23 @@ def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size:
 
 def _run_config(model: str):
     """The config of the run ``model`` belongs to (a run directory or a file in one), else None."""
-    from edgedistill.config import build_config
-    from edgedistill.errors import EdgeDistillError
+    from edgedistill.rundir import RunDir
 
     path = Path(model).expanduser()
-    folder = path if path.is_dir() else path.parent
-    if not (folder / "config.yaml").is_file():
-        return None
-    try:
-        return build_config(folder / "config.yaml")
-    except EdgeDistillError:
-        return None
+    return RunDir.of(path if path.is_dir() else path.parent).config_or_none()
+
+
+def _teacher_config(run_cfg: Any, source: str | None, arch: str | None, patch_size: int | None,
+                    depth: int | None) -> Any:
+    """The run's ``teacher.*`` section (defaults without a run) with the command line on top."""
+    from dataclasses import replace
+
+    from edgedistill.config import TeacherConfig
+    from edgedistill.errors import EdgeDistillError
+
+    t = run_cfg.teacher if run_cfg is not None else TeacherConfig(source="")
+    if not (source or t.source):
+        raise EdgeDistillError("pass --teacher (the model is not a run directory with a config.yaml naming one)")
+    return replace(t, source=source or t.source, arch=arch or t.arch,
+                   patch_size=t.patch_size if patch_size is None else patch_size,
+                   depth=t.depth if depth is None else depth)

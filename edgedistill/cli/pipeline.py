@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from edgedistill.cli.common import console
+from edgedistill.rundir import RUNS_ROOT
 
 
 @click.command("pipeline")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=RUNS_ROOT,
               show_default=True, help="Root of the run directories.")
 @click.option("--export-root", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Root of the bundles.")
@@ -21,7 +22,8 @@ def command(config_path: Path, overrides: tuple[str, ...], runs_root: Path, expo
     from edgedistill.config import build_config
 
     cfg = build_config(config_path, overrides)
-    from edgedistill.pipeline import render_summary, run_pipeline
+    from edgedistill.pipeline import run_pipeline
+    from edgedistill.pipeline.report import render_summary
 
     con = console()
     result = run_pipeline(cfg, runs_root=runs_root, export_root=export_root, console=con)

@@ -16,7 +16,7 @@ from edgedistill.cli.common import config_options, console, render_run_summary, 
 def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ...], data: str | None, resume: bool) -> None:
     """DINO self-supervised pretraining: writes teacher.safetensors + teacher.json, usable as --teacher."""
     cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}}, out, resume)
-    from edgedistill.train.runner import pretrain
+    from edgedistill.train.stages import pretrain
 
     con = console()
     summary = pretrain(cfg, out, resume=resume, console=con)

@@ -24,15 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from edgedistill.config import Config
 from edgedistill.data.digits import DigitsDataset
-from edgedistill.data.folders import (
-    IMG_EXTENSIONS,
-    BadImagesError,
-    ImageFolderDataset,
-    has_split_layout,
-    load_rgb,
-    resolve_split,
-    to_rgb,
-)
+from edgedistill.data.folders import IMG_EXTENSIONS, BadImagesError, ImageFolderDataset, has_split_layout, resolve_split
 from edgedistill.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -43,6 +35,7 @@ from edgedistill.data.transforms import (
     train_transform,
 )
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.preprocess import load_rgb, to_rgb
 
 ImageDataset = ImageFolderDataset | DigitsDataset
 

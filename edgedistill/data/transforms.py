@@ -1,6 +1,6 @@
 """Image transforms (torchvision v1, PIL input) and per-sample seeding of their randomness.
 
-- :func:`train_transform`: the AttnDistill view (SPEC §4), fed identically to teacher and student.
+- :func:`train_transform`: the AttnDistill view (design.md §4), fed identically to teacher and student.
 - :func:`eval_transform`: deterministic; the preprocessing every exported model is judged with.
 - :func:`eval_preprocessing`: the same, as a plain dict for bundle manifests.
 """

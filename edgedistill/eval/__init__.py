@@ -1,16 +1,16 @@
-"""Evaluation: weighted k-NN (DINO protocol) over any embedder, feature extraction, opening
+"""Evaluation: features and weighted k-NN (DINO protocol) over any embedder, opening
 ``--model`` as torch/ONNX Runtime/OpenVINO, offline k-NN and linear probe, online k-NN,
 attention maps."""
 
-from edgedistill.eval.evaluate import Splits, embed_split, evaluate_knn, evaluate_linear, load_splits
-from edgedistill.eval.knn import (
+from edgedistill.eval.evaluate import Splits, evaluate_knn, evaluate_linear, load_splits
+from edgedistill.eval.features import (
     DEFAULT_KS,
     HEADLINE_K,
     TorchEmbedder,
+    embed_split,
     extract_features,
-    gather_features,
-    knn_accuracy,
     knn_classify,
+    knn_of,
 )
 from edgedistill.eval.models import EvalModel, open_model, spec_transform
 
@@ -24,9 +24,8 @@ __all__ = [
     "evaluate_knn",
     "evaluate_linear",
     "extract_features",
-    "gather_features",
-    "knn_accuracy",
     "knn_classify",
+    "knn_of",
     "load_splits",
     "open_model",
     "spec_transform",

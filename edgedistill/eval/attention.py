@@ -179,9 +179,9 @@ def attention_figure(
     if teacher_spec is None:
         size = teacher.patch_embed.img_size
         t_size = int(size[0]) if size is not None else student.img_size
-        from edgedistill.eval.models import _standard_spec
+        from edgedistill.eval.models import standard_spec
 
-        teacher_spec = _standard_spec(t_size, s_spec["mean"], s_spec["std"])
+        teacher_spec = standard_spec(t_size, s_spec["mean"], s_spec["std"])
     s_tf, t_tf = spec_transform(s_spec), spec_transform(teacher_spec)
     s_batch = torch.stack([torch.as_tensor(s_tf(im)) for im in pil])
     t_batch = torch.stack([torch.as_tensor(t_tf(im)) for im in pil])

@@ -1,8 +1,8 @@
 """Offline evaluation of an opened model on labeled train/val folders: k-NN and linear probe.
 
-The functions behind ``edgedistill eval knn`` / ``eval linear``, usable from Python (the export
-stage's accuracy gate calls :func:`evaluate_knn` once per variant with the same
-:class:`Splits`, so the folders are scanned once)::
+The functions behind ``edgedistill eval knn`` / ``eval linear``, usable from Python. Features
+and k-NN come from :mod:`edgedistill.eval.features`, the code the export's accuracy gate and
+the online k-NN of training use too::
 
     from edgedistill.eval import open_model, load_splits, evaluate_knn
     model = open_model("export/vit_tiny_cifar", variant="onnx-int8")
@@ -12,15 +12,15 @@ stage's accuracy gate calls :func:`evaluate_knn` once per variant with the same
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.eval.models import EvalModel, spec_transform
 
-__all__ = ["Splits", "load_splits", "embed_split", "evaluate_knn", "evaluate_linear", "TimedEmbedder",
-           "dataset_order", "gather_in_order"]
+__all__ = ["Splits", "load_splits", "evaluate_knn", "evaluate_linear"]
 
 
 @dataclass
@@ -80,142 +80,20 @@ def load_splits(train: str | None = None, val: str | None = None, data: str | No
     return Splits(bank, query, img_size)
 
 
-class TimedEmbedder:
-    """Wraps an embedder and accumulates the seconds spent inside it (model time, no I/O)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = getattr(inner, "name", "embedder")
-        self.dim = getattr(inner, "dim", None)
-        self.seconds = 0.0
-        self.images = 0
-
-    def embed(self, batch: Any) -> Any:
-        started = time.perf_counter()
-        out = self.inner.embed(batch)
-        self.seconds += time.perf_counter() - started
-        self.images += len(out)
-        return out
-
-
-class _TimedTorchEmbedder(TimedEmbedder):
-    def embed_torch(self, batch: Any) -> Any:
-        started = time.perf_counter()
-        out = self.inner.embed_torch(batch)
-        if out.is_cuda:  # kernels are asynchronous: wait for them inside the timed region
-            import torch
-
-            torch.cuda.synchronize(out.device)
-        self.seconds += time.perf_counter() - started
-        self.images += len(out)
-        return out
-
-
-def timed(embedder: Any) -> TimedEmbedder:
-    return _TimedTorchEmbedder(embedder) if hasattr(embedder, "embed_torch") else TimedEmbedder(embedder)
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def dataset_order(n: int, world: int) -> Any:
-    """Where item i of a dataset sits in the rank-ordered all-gather of ``indices[rank::world]``
-    shards; ``gathered[dataset_order(n, world)]`` restores dataset order."""
-    import torch
-
-    gathered = torch.cat([torch.arange(r, n, world) for r in range(world)])
-    order = torch.empty(n, dtype=torch.long)
-    order[gathered] = torch.arange(n)
-    return order
-
-
-def gather_in_order(feats: Any, labels: Any, n: int) -> tuple[Any, Any]:
-    """All-gather ``indices[rank::world]`` shards (CPU tensors) back into dataset order, on CPU."""
-    import torch
-    import torch.distributed as dist
-
-    from edgedistill.eval.knn import gather_features
-
-    _, world = _rank_world()
-    if world == 1:
-        return feats, labels
-    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    feats, labels = gather_features(feats.to(comm), labels.to(comm))
-    order = dataset_order(n, world).to(feats.device)
-    return feats[order].cpu(), labels[order].cpu()
-
-
-def embed_split(model: EvalModel, dataset: Any, *, batch_size: int = 128, num_workers: int = 2,
-                progress: bool = True, description: str = "features") -> tuple[Any, Any, dict[str, float]]:
-    """Features (N, D) float32, labels (N,) and timing of one dataset under ``model``'s
-    preprocessing (the dataset's transform is replaced by the model's).
-
-    Under ``torch.distributed`` (e.g. ``torchrun ... -m edgedistill eval knn``) each rank
-    embeds ``indices[rank::world]`` and the shards are all-gathered in dataset order, so every
-    rank returns what one process would; the timing then covers all ranks (images summed,
-    seconds of the slowest rank).
-    """
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from edgedistill.eval.knn import extract_features
-
-    if batch_size < 1:
-        raise EdgeDistillError(f"--batch-size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise EdgeDistillError(f"--workers must be >= 0, got {num_workers}")
-    dataset.transform = spec_transform(model.preprocessing)
-    rank, world = _rank_world()
-    shard = dataset if world == 1 else Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=model.backend == "torch" and torch.cuda.is_available(), drop_last=False)
-    embedder = timed(model.embedder)
-    started = time.perf_counter()
-    if len(shard):
-        feats, labels = extract_features(embedder, loader, progress=progress and rank == 0,
-                                         description=description)
-    else:  # fewer images than processes
-        feats, labels = torch.zeros(0, model.dim or 0), torch.zeros(0, dtype=torch.long)
-    wall = time.perf_counter() - started
-    stats = {"images": float(feats.shape[0]), "seconds": wall, "model_seconds": embedder.seconds}
-    if world > 1:
-        import torch.distributed as dist
-
-        feats, labels = gather_in_order(feats, labels, len(dataset))
-        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        count = torch.tensor([stats["images"]], dtype=torch.float64, device=dev)
-        slowest = torch.tensor([stats["seconds"], stats["model_seconds"]], dtype=torch.float64, device=dev)
-        dist.all_reduce(count)
-        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-        stats = {"images": float(count[0]), "seconds": float(slowest[0]), "model_seconds": float(slowest[1])}
-    stats["images"] = int(stats["images"])
-    return feats, labels, stats
-
-
-def _extraction(stats: Sequence[dict[str, float]], batch_size: int, threads: int | None) -> dict[str, Any]:
-    images = sum(s["images"] for s in stats)
-    seconds = sum(s["seconds"] for s in stats)
-    model_seconds = sum(s["model_seconds"] for s in stats)
+def _extraction(stats: dict[str, float], batch_size: int, threads: int | None) -> dict[str, Any]:
+    images, seconds, model_seconds = stats["images"], stats["seconds"], stats["model_seconds"]
     return {"images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
             "model_seconds": model_seconds, "model_images_per_s": images / max(model_seconds, 1e-9),
             "batch_size": batch_size, "threads": threads}
 
 
-def _features(model: EvalModel, splits: Splits, batch_size: int, num_workers: int,
-              progress: bool) -> tuple[Any, Any, Any, Any, list[dict[str, float]]]:
+def _attach(model: EvalModel, splits: Splits) -> None:
+    """Give both splits the model's own preprocessing."""
     if splits.img_size != model.img_size and "digits" in (str(splits.bank.root), str(splits.query.root)):
         raise EdgeDistillError(f"the splits were loaded for {splits.img_size}-px digits, the model takes "
                                f"{model.img_size} px: load_splits(..., img_size={model.img_size})")
-    train_f, train_y, s1 = embed_split(model, splits.bank, batch_size=batch_size, num_workers=num_workers,
-                                       progress=progress, description="train features")
-    val_f, val_y, s2 = embed_split(model, splits.query, batch_size=batch_size, num_workers=num_workers,
-                                   progress=progress, description="val features")
-    return train_f, train_y, val_f, val_y, [s1, s2]
+    transform = spec_transform(model.preprocessing)
+    splits.bank.transform = splits.query.transform = transform
 
 
 def evaluate_knn(
@@ -238,29 +116,19 @@ def evaluate_knn(
     "images_per_s", "model_seconds", "model_images_per_s", ...}}`` plus ``"predictions"``
     (headline k, one class index per val image) with ``with_predictions``. Accuracies in %.
     """
-    from edgedistill.eval.knn import HEADLINE_K, knn_classify
+    from edgedistill.eval.features import knn_of
 
+    _attach(model, splits)
+    result = knn_of(model.embedder, splits.bank, splits.query, num_classes=len(splits.classes), ks=ks,
+                    temperature=temperature, chunk_size=chunk_size, batch_size=batch_size,
+                    num_workers=num_workers, progress=progress, with_predictions=with_predictions)
     ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1:
-        raise EdgeDistillError(f"k values must be >= 1, got {ks}")
-    headline = HEADLINE_K if HEADLINE_K in ks else ks[0]
-    train_f, train_y, val_f, val_y, stats = _features(model, splits, batch_size, num_workers, progress)
-    result = knn_classify(train_f, train_y, val_f, len(splits.classes), ks=ks, temperature=temperature,
-                          chunk_size=chunk_size, val_labels=val_y, headline_k=headline)
-    out: dict[str, Any] = {
-        "task": "knn",
-        "model": model.describe(),
-        "data": splits.describe(),
-        "ks": ks,
-        "temperature": float(temperature),
-        "headline_k": headline,
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "per_k": {str(k): v for k, v in result["per_k"].items()},
-        "extraction": _extraction(stats, batch_size, threads),
-    }
+    out: dict[str, Any] = {"task": "knn", "model": model.describe(), "data": splits.describe(), "ks": ks,
+                           "temperature": float(temperature), "headline_k": result["headline_k"],
+                           "top1": result["top1"], "top5": result["top5"], "per_k": result["per_k"],
+                           "extraction": _extraction(result["extraction"], batch_size, threads)}
     if with_predictions:
-        out["predictions"] = [int(p) for p in result["predictions"]]
+        out["predictions"] = result["predictions"]
     return out
 
 
@@ -278,10 +146,15 @@ def evaluate_linear(
 ) -> dict[str, Any]:
     """Linear probe (logistic regression on frozen L2-normalized features); JSON-ready dict
     with ``top1`` (``top5`` for 5+ classes), the chosen ``C`` and the extraction timing."""
+    from edgedistill.eval.features import embed_split
     from edgedistill.eval.linear import linear_probe
 
-    train_f, train_y, val_f, val_y, stats = _features(model, splits, batch_size, num_workers, progress)
-    probe = linear_probe(train_f.numpy(), train_y.numpy(), val_f.numpy(), val_y.numpy(),
+    _attach(model, splits)
+    common = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+    train_f, train_y, s1 = embed_split(model.embedder, splits.bank, description="train features", **common)
+    val_f, val_y, s2 = embed_split(model.embedder, splits.query, description="val features", **common)
+    probe = linear_probe(np.asarray(train_f), np.asarray(train_y), np.asarray(val_f), np.asarray(val_y),
                          num_classes=len(splits.classes), cs=cs, max_iter=max_iter, seed=seed)
+    stats = {key: s1[key] + s2[key] for key in s1}
     return {"task": "linear", "model": model.describe(), "data": splits.describe(), **probe,
             "extraction": _extraction(stats, batch_size, threads)}

@@ -10,14 +10,14 @@ Ties are resolved deterministically:
   * neighbours: larger similarity first, then lower training (bank) index;
   * classes: more votes first, then lower class index.
 
-The same embedder interface (:class:`edgedistill.runtime.embedders.Embedder`) serves torch,
-ONNX Runtime and OpenVINO models, so every backend is judged by this one function.
+``eval.features.knn_of`` feeds it the features of any embedder (torch, ONNX Runtime,
+OpenVINO), so every backend is judged by this one function; ``runtime.knn`` is its numpy
+twin for machines without torch (same tie rules, same figures).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,15 +25,7 @@ import torch.nn.functional as F
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = [
-    "knn_classify",
-    "knn_accuracy",
-    "gather_features",
-    "TorchEmbedder",
-    "extract_features",
-    "DEFAULT_KS",
-    "HEADLINE_K",
-]
+__all__ = ["knn_classify", "knn_accuracy", "DEFAULT_KS", "HEADLINE_K"]
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
 HEADLINE_K = 20
@@ -125,43 +117,10 @@ def _nearest_neighbours(
     return best_vals, best_idx
 
 
-def knn_classify(
-    train_features: torch.Tensor | np.ndarray,
-    train_labels: torch.Tensor | np.ndarray,
-    val_features: torch.Tensor | np.ndarray,
-    num_classes: int | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    temperature: float = 0.07,
-    chunk_size: int = 4096,
-    *,
-    val_labels: torch.Tensor | np.ndarray | None = None,
-    bank_chunk_size: int | None = None,
-    headline_k: int = HEADLINE_K,
-    device: str | torch.device | None = None,
-) -> dict[str, Any]:
-    """Weighted k-NN (DINO protocol) of ``val_features`` (Nv, D) against a labeled bank.
-
-    Args:
-        train_features: (Nt, D) bank, any float dtype, CPU or GPU, torch or numpy (it is
-            never copied whole: blocks are moved and converted on the fly).
-        train_labels: (Nt,) ints in [0, num_classes).
-        val_features: (Nv, D) queries.
-        num_classes: number of classes C (default: max label + 1).
-        ks: neighbour counts; each is clamped to Nt (the k used is reported).
-        temperature: T in the vote weight exp(sim / T).
-        chunk_size: validation rows per block.
-        val_labels: (Nv,) ground truth; without it only predictions are returned.
-        bank_chunk_size: training rows per block (default ``chunk_size``).
-        headline_k: the k whose per-sample predictions are returned (clamped likewise).
-        device: where to compute (default: the bank's device).
-
-    Returns:
-        ``{"per_k": {k: {"k_used", "top1", "top5"}}, "headline_k", "headline_k_used",
-        "top1", "top5", "predictions", "num_train", "num_val", "num_classes", "temperature"}``.
-        Accuracies are percentages (None without ``val_labels``); ``top5`` is None when
-        C < 5. ``predictions`` is an int64 numpy array (Nv,) for the headline k (drop it
-        before writing JSON).
-    """
+def _checked(train_features: Any, train_labels: Any, val_features: Any, num_classes: int | None, ks: Sequence[int],
+             temperature: float, chunk_size: int, bank_chunk_size: int | None, val_labels: Any,
+             device: Any) -> tuple[Any, ...]:
+    """knn_classify's inputs as tensors, checked: one-line errors for what a user can get wrong."""
     if num_classes is not None and not isinstance(num_classes, (int, np.integer)):
         raise TypeError("num_classes must be an int (pass ground truth as val_labels=...)")
     if temperature <= 0:
@@ -204,6 +163,49 @@ def knn_classify(
         if truth.numel() and (int(truth.min()) < 0 or int(truth.max()) >= num_classes):
             raise EdgeDistillError(f"k-NN validation labels must lie in [0, {num_classes})")
 
+    return train_features, val_features, labels, truth, num_classes, ks, compute, num_train, num_val
+
+
+def knn_classify(
+    train_features: torch.Tensor | np.ndarray,
+    train_labels: torch.Tensor | np.ndarray,
+    val_features: torch.Tensor | np.ndarray,
+    num_classes: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperature: float = 0.07,
+    chunk_size: int = 4096,
+    *,
+    val_labels: torch.Tensor | np.ndarray | None = None,
+    bank_chunk_size: int | None = None,
+    headline_k: int = HEADLINE_K,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Weighted k-NN (DINO protocol) of ``val_features`` (Nv, D) against a labeled bank.
+
+    Args:
+        train_features: (Nt, D) bank, any float dtype, CPU or GPU, torch or numpy (it is
+            never copied whole: blocks are moved and converted on the fly).
+        train_labels: (Nt,) ints in [0, num_classes).
+        val_features: (Nv, D) queries.
+        num_classes: number of classes C (default: max label + 1).
+        ks: neighbour counts; each is clamped to Nt (the k used is reported).
+        temperature: T in the vote weight exp(sim / T).
+        chunk_size: validation rows per block.
+        val_labels: (Nv,) ground truth; without it only predictions are returned.
+        bank_chunk_size: training rows per block (default ``chunk_size``).
+        headline_k: the k whose per-sample predictions are returned (clamped likewise).
+        device: where to compute (default: the bank's device).
+
+    Returns:
+        ``{"per_k": {k: {"k_used", "top1", "top5"}}, "headline_k", "headline_k_used",
+        "top1", "top5", "predictions", "num_train", "num_val", "num_classes", "temperature"}``.
+        Accuracies are percentages (None without ``val_labels``); ``top5`` is None when
+        C < 5. ``predictions`` is an int64 numpy array (Nv,) for the headline k (drop it
+        before writing JSON).
+    """
+    (train_features, val_features, labels, truth, num_classes, ks, compute, num_train,
+     num_val) = _checked(train_features, train_labels, val_features, num_classes, ks, temperature, chunk_size,
+                         bank_chunk_size, val_labels, device)
     used = {k: min(k, num_train) for k in ks}
     headline_used = min(int(headline_k), num_train)
     max_k = max(max(used.values()), headline_used)
@@ -278,134 +280,3 @@ def knn_accuracy(
                           temperature=temperature, chunk_size=chunk_size, val_labels=val_labels,
                           headline_k=k)
     return float(result["per_k"][k]["top1"])
-
-
-def gather_features(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather (N_r, D) features and (N_r,) labels from every rank, in rank order.
-
-    Ranks may hold different counts (padded to the largest for the collective, then trimmed).
-    Without an initialized process group this returns its inputs. With NCCL the tensors must
-    be on the rank's GPU; with gloo on CPU. Note that a DistributedSampler pads with repeated
-    samples, so the gathered bank may hold a few duplicates.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return features, labels
-    world = dist.get_world_size()
-    device = features.device
-    labels = labels.to(device, torch.long).reshape(-1)
-    count = torch.tensor([features.shape[0]], device=device, dtype=torch.long)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
-    most = max(sizes)
-    pad = most - features.shape[0]
-    feats = torch.cat([features, features.new_zeros((pad, *features.shape[1:]))]).contiguous()
-    labs = torch.cat([labels, labels.new_full((pad,), -1)]).contiguous()
-    all_feats = [torch.empty_like(feats) for _ in range(world)]
-    all_labs = [torch.empty_like(labs) for _ in range(world)]
-    dist.all_gather(all_feats, feats)
-    dist.all_gather(all_labs, labs)
-    return (torch.cat([f[:n] for f, n in zip(all_feats, sizes)]),
-            torch.cat([lab[:n] for lab, n in zip(all_labs, sizes)]))
-
-
-class TorchEmbedder:
-    """The :class:`~edgedistill.runtime.embedders.Embedder` of a timm ViT in torch.
-
-    ``embed`` returns the CLS token after the final norm, ``model.forward_features(x)[:, 0]``,
-    the same tensor the ONNX export produces. The model's train/eval mode is restored after
-    each call, so the training loop can use it mid-run.
-    """
-
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", amp: bool = False,
-                 name: str = "torch") -> None:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module  # forward_features lives on the wrapped model
-        self.device = torch.device(device)
-        self.model = model.to(self.device)
-        self.amp = bool(amp)
-        self.name = name
-        self.dim = int(getattr(model, "num_features", 0) or getattr(model, "embed_dim"))
-
-    def embed_torch(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D) float32 on the model's device."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                        enabled=self.amp):
-                out = self.model.forward_features(batch.to(self.device, non_blocking=True))[:, 0]
-            return out.float()
-        finally:
-            self.model.train(was_training)
-
-    def embed(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(B, 3, H, W) float32 -> (B, D) float32 numpy."""
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        return self.embed_torch(batch).cpu().numpy()
-
-
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    if isinstance(batch, dict):
-        return batch.get("pixel_values", batch.get("image")), batch.get("label", batch.get("labels"))
-    return batch, None
-
-
-def extract_features(
-    embedder: Any,
-    loader: Iterable[Any],
-    progress: bool = True,
-    description: str = "features",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Embed every batch of ``loader`` ((images, labels) pairs, or bare image batches).
-
-    Works with any Embedder: a TorchEmbedder gets tensors directly, the runtime embedders get
-    float32 numpy. Returns (features (N, D) float32 CPU tensor, labels (N,) int64 or None).
-    """
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    try:
-        total = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    feats: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    seen = 0
-    started = time.perf_counter()
-    bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("batches  {task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not progress, transient=False,
-    )
-    with bar:
-        task = bar.add_task(f"{description} ({getattr(embedder, 'name', 'embedder')})", total=total,
-                            rate="")
-        for batch in loader:
-            images, targets = _split_batch(batch)
-            if hasattr(embedder, "embed_torch") and isinstance(images, torch.Tensor):
-                out = embedder.embed_torch(images).cpu()
-            else:
-                if isinstance(images, torch.Tensor):
-                    images = images.numpy()
-                out = torch.from_numpy(np.asarray(embedder.embed(np.ascontiguousarray(images, dtype=np.float32)),
-                                                  dtype=np.float32))
-            feats.append(out)
-            if targets is not None:
-                labels.append(torch.as_tensor(np.asarray(targets) if not isinstance(targets, torch.Tensor)
-                                              else targets).reshape(-1).long().cpu())
-            seen += out.shape[0]
-            rate = seen / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, advance=1, rate=f"{rate:,.0f} img/s")
-    if not feats:
-        raise EdgeDistillError("no images to embed: the data loader is empty")
-    features = torch.cat(feats)
-    if labels and sum(lab.numel() for lab in labels) != features.shape[0]:
-        raise ValueError("some batches came without labels")
-    return features, (torch.cat(labels) if labels else None)

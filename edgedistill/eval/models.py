@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["EvalModel", "open_model", "spec_transform", "MODEL_HELP"]
+__all__ = ["EvalModel", "open_model", "open_torch_module", "spec_transform", "standard_spec", "MODEL_HELP"]
 
 MODEL_HELP = ("run directory, student/teacher .safetensors, .onnx file, OpenVINO .xml, bundle directory "
               "(with --variant), checkpoint file (with --arch), timm hub name, or 'random'")
@@ -71,7 +71,9 @@ class EvalModel:
         return json.loads(json.dumps(summary, default=str))  # loader details may hold paths, tuples
 
 
-def _standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str, Any]:
+def standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str, Any]:
+    """The eval transform at ``img_size`` as a validated preprocessing spec (ImageNet mean/std
+    unless given)."""
     from edgedistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_preprocessing
     from edgedistill.runtime.preprocess import validate_spec
 
@@ -121,19 +123,11 @@ class _NumpyTransform:
 
 
 def _run_mean_std(folder: Path) -> tuple[Any, Any]:
-    """``data.mean``/``data.std`` of the run whose ``config.yaml`` is in ``folder``, else (None, None)."""
-    path = folder / "config.yaml"
-    if not path.is_file():
-        return None, None
-    from edgedistill.config import load_yaml
+    """``data.mean``/``data.std`` of the run in ``folder``, else (None, None)."""
+    from edgedistill.rundir import RunDir
 
-    try:
-        data = (load_yaml(path) or {}).get("data") or {}
-    except EdgeDistillError:
-        return None, None
-    mean, std = data.get("mean"), data.get("std")
-    ok = all(isinstance(v, (list, tuple)) and len(v) == 3 for v in (mean, std))
-    return (list(mean), list(std)) if ok else (None, None)
+    cfg = RunDir.of(folder).config_or_none()
+    return (list(cfg.data.mean), list(cfg.data.std)) if cfg is not None else (None, None)
 
 
 def _bundle_of(path: Path) -> tuple[dict[str, Any], str] | None:
@@ -168,10 +162,12 @@ def _input_size_of(embedder: Any, path: Path) -> int | None:
     return None
 
 
-def _torch_model(module: Any, source: str, spec: dict[str, Any], device: str, threads: int | None,
-                 info: dict[str, Any]) -> EvalModel:
-    from edgedistill.eval.knn import TorchEmbedder
-    from edgedistill.train.distributed import resolve_device
+def open_torch_module(module: Any, source: str, spec: dict[str, Any] | None = None, device: str = "auto",
+                      threads: int | None = None, info: dict[str, Any] | None = None) -> EvalModel:
+    """An :class:`EvalModel` of a timm ViT already built (``spec``: the eval transform at its
+    input size unless given)."""
+    from edgedistill.eval.features import TorchEmbedder
+    from edgedistill.distributed import resolve_device
 
     if threads:
         import torch
@@ -179,7 +175,8 @@ def _torch_model(module: Any, source: str, spec: dict[str, Any], device: str, th
         torch.set_num_threads(int(threads))
     module.eval()
     embedder = TorchEmbedder(module, device=resolve_device(device), name=f"torch:{Path(source).name or source}")
-    return EvalModel(embedder, "torch", source, spec, module=module, info=info)
+    spec = spec if spec is not None else standard_spec(_module_img_size(module))
+    return EvalModel(embedder, "torch", source, spec, module=module, info=dict(info or {}))
 
 
 def _module_img_size(module: Any) -> int:
@@ -222,68 +219,82 @@ def open_model(
     if variant is not None and not is_bundle:
         raise EdgeDistillError(f"--variant {variant} needs a bundle directory (with {MANIFEST_NAME}), got {text}")
 
-    # --- exported models: a bundle, or an .onnx / .xml file
     if is_bundle or (path.is_file() and path.suffix.lower() in (".onnx", ".xml")):
-        from edgedistill.runtime.embedders import open_embedder
-        from edgedistill.runtime.manifest import default_variant, read_manifest
-
-        kwargs: dict[str, Any] = {"threads": threads}
-        info: dict[str, Any] = {}
-        if is_bundle:
-            manifest = read_manifest(path)
-            variant = variant or default_variant(manifest)
-            if variant not in manifest["variants"]:
-                raise EdgeDistillError(f"bundle {manifest['name']!r} has no variant {variant!r} "
-                                       f"(available: {', '.join(manifest['variants'])})")
-            bundle: tuple[dict[str, Any], str] | None = (manifest, variant)
-        else:
-            bundle = _bundle_of(path)
-        fmt = (bundle[0]["variants"][bundle[1]]["format"] if bundle
-               else ("onnx" if path.suffix.lower() == ".onnx" else "openvino"))
-        if fmt == "openvino":
-            kwargs["precision"] = precision
-        embedder = open_embedder(path, variant, **kwargs) if is_bundle else open_embedder(path, **kwargs)
-        if bundle:
-            manifest, variant = bundle
-            from edgedistill.runtime.preprocess import validate_spec
-
-            spec = validate_spec(manifest["preprocessing"])
-            if img_size and spec["crop"] != [img_size, img_size]:
-                raise EdgeDistillError(f"--img-size {img_size} contradicts the bundle's preprocessing "
-                                       f"(crop {spec['crop']}); leave it out")
-            var = manifest["variants"][variant]
-            info = {"bundle": manifest["name"], "variant": variant, "format": var["format"],
-                    "precision": var["precision"]}
-        else:
-            size = _input_size_of(embedder, path)
-            if size and img_size and size != img_size:
-                raise EdgeDistillError(f"--img-size {img_size} contradicts {path.name}, whose input is {size}x{size}")
-            size = size or img_size
-            if not size:
-                raise EdgeDistillError(f"{path.name} has a dynamic input size: pass --img-size")
-            spec = _standard_spec(size)
-            info = {"format": fmt}
-        if fmt == "openvino":
-            info["ov_precision"] = precision
-        backend = "onnxruntime" if fmt == "onnx" else "openvino"
-        return EvalModel(embedder, backend, text, spec, info=info)
-
-    # --- torch: saved backbones (run directories, .safetensors/.json pairs)
+        return _open_exported(path, text, is_bundle, variant, threads, img_size, precision)
     if path.is_dir() or (path.is_file() and (path.suffix == ".json" or (
             path.suffix == ".safetensors" and path.with_suffix(".json").is_file()))):
-        from edgedistill.models.backbone_io import load_backbone
+        return _open_saved(path, text, device, threads, img_size)
+    return _open_loadable(path, text, device, threads, arch, img_size, patch_size, depth, seed)
 
-        module, meta = load_backbone(path)
-        folder = path if path.is_dir() else path.parent
-        mean, std = _run_mean_std(folder)
-        size = _module_img_size(module)
-        if img_size and img_size != size:
-            raise EdgeDistillError(f"--img-size {img_size} contradicts the saved backbone, "
-                                   f"which takes {size}-px images")
-        info = {"arch": meta["arch"], "kwargs": meta["kwargs"], "role": meta.get("role"),
-                "weights": meta["weights_path"], "sha256": meta["sha256"]}
-        return _torch_model(module, text, _standard_spec(size, mean, std), device, threads, info)
 
+def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, threads: int | None,
+                   img_size: int, precision: str | None) -> EvalModel:
+    """A bundle variant, or an .onnx / .xml file (the bundle it sits in supplies the
+    preprocessing)."""
+    from edgedistill.runtime.embedders import open_embedder
+    from edgedistill.runtime.manifest import default_variant, read_manifest
+
+    kwargs: dict[str, Any] = {"threads": threads}
+    info: dict[str, Any] = {}
+    if is_bundle:
+        manifest = read_manifest(path)
+        variant = variant or default_variant(manifest)
+        if variant not in manifest["variants"]:
+            raise EdgeDistillError(f"bundle {manifest['name']!r} has no variant {variant!r} "
+                                   f"(available: {', '.join(manifest['variants'])})")
+        bundle: tuple[dict[str, Any], str] | None = (manifest, variant)
+    else:
+        bundle = _bundle_of(path)
+    fmt = (bundle[0]["variants"][bundle[1]]["format"] if bundle
+           else ("onnx" if path.suffix.lower() == ".onnx" else "openvino"))
+    if fmt == "openvino":
+        kwargs["precision"] = precision
+    embedder = open_embedder(path, variant, **kwargs) if is_bundle else open_embedder(path, **kwargs)
+    if bundle:
+        manifest, variant = bundle
+        from edgedistill.runtime.preprocess import validate_spec
+
+        spec = validate_spec(manifest["preprocessing"])
+        if img_size and spec["crop"] != [img_size, img_size]:
+            raise EdgeDistillError(f"--img-size {img_size} contradicts the bundle's preprocessing "
+                                   f"(crop {spec['crop']}); leave it out")
+        var = manifest["variants"][variant]
+        info = {"bundle": manifest["name"], "variant": variant, "format": var["format"],
+                "precision": var["precision"]}
+    else:
+        size = _input_size_of(embedder, path)
+        if size and img_size and size != img_size:
+            raise EdgeDistillError(f"--img-size {img_size} contradicts {path.name}, whose input is {size}x{size}")
+        size = size or img_size
+        if not size:
+            raise EdgeDistillError(f"{path.name} has a dynamic input size: pass --img-size")
+        spec = standard_spec(size)
+        info = {"format": fmt}
+    if fmt == "openvino":
+        info["ov_precision"] = precision
+    backend = "onnxruntime" if fmt == "onnx" else "openvino"
+    return EvalModel(embedder, backend, text, spec, info=info)
+
+
+def _open_saved(path: Path, text: str, device: str, threads: int | None, img_size: int) -> EvalModel:
+    """A saved backbone: a run directory or a .safetensors/.json pair (torch)."""
+    from edgedistill.models.backbone_io import load_backbone
+
+    module, meta = load_backbone(path)
+    folder = path if path.is_dir() else path.parent
+    mean, std = _run_mean_std(folder)
+    size = _module_img_size(module)
+    if img_size and img_size != size:
+        raise EdgeDistillError(f"--img-size {img_size} contradicts the saved backbone, "
+                               f"which takes {size}-px images")
+    info = {"arch": meta["arch"], "kwargs": meta["kwargs"], "role": meta.get("role"),
+            "weights": meta["weights_path"], "sha256": meta["sha256"]}
+    return open_torch_module(module, text, standard_spec(size, mean, std), device, threads, info)
+
+
+def _open_loadable(path: Path, text: str, device: str, threads: int | None, arch: str, img_size: int,
+                   patch_size: int, depth: int, seed: int) -> EvalModel:
+    """What ``--teacher`` accepts besides: a checkpoint file with ``arch``, a hub name, ``random``."""
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix not in _CHECKPOINT_SUFFIXES + (".safetensors",):
@@ -314,4 +325,4 @@ def open_model(
         warnings.filterwarnings("ignore", message=".*randomly initialized.*")
         module, tinfo = load_teacher(text, arch or "vit_tiny_patch16_224", size, patch_size,
                                      **({"depth": depth} if depth else {}))
-    return _torch_model(module, text, _standard_spec(_module_img_size(module)), device, threads, dict(tinfo))
+    return open_torch_module(module, text, standard_spec(_module_img_size(module)), device, threads, dict(tinfo))

@@ -1,15 +1,17 @@
-"""Export: ONNX, OpenVINO IR, INT8 post-training quantization, parity and accuracy gates, and
-the bundle (``export/<name>/`` with ``manifest.json``) an app embeds (SPEC §7, §8).
+"""Export: a distilled student -> a gated bundle (``export/<name>/`` with ``manifest.json``).
 
-``export_bundle`` is the stage function the CLI and ``pipeline`` call. Importing this package
-is cheap: torch, onnx, onnxruntime, openvino and nncf load only when a stage runs.
+``bundle.export_bundle`` is the stage function the CLI and ``pipeline`` call; it reads as its
+steps: ``plan`` (inputs), ``variants`` (one builder per variant: ``onnx``, ``openvino``,
+``quantize``), ``gates`` (parity and k-NN accuracy), ``manifest`` (writing the bundle's
+contract). Importing this package is cheap: torch, onnx, onnxruntime, openvino and nncf load
+only when a stage runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export_bundle", "GateFailed", "VARIANTS", "FORMATS", "FORMAT_VERSION", "summary_rows"]
+__all__ = ["export_bundle", "GateFailed", "VARIANTS", "FORMATS", "summary_rows"]
 
 
 def __getattr__(name: str) -> Any:

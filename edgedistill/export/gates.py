@@ -1,22 +1,35 @@
-"""The two export gates (SPEC §7), judged through the runtime embedders an app uses.
+"""The two export gates, judged through the runtime embedders an app uses.
 
 * Parity: a variant's outputs against the torch model's on the same real images, at batch 1
   (image by image) and batch 8: the smallest per-image cosine similarity and the largest
   absolute difference. Gated (``min_cosine``) for FP32 variants; reported for the others,
   which the accuracy gate judges instead.
 * Accuracy: weighted k-NN top-1 (DINO protocol, k = 20) of every variant on a labeled
-  train/val pair, against the torch FP32 figure; a drop above ``max_drop`` points fails.
+  train/val pair, against the torch FP32 figure; a drop above ``max_drop`` points fails. The
+  features and the k-NN are ``eval.features.knn_of``'s, as for ``edgedistill eval knn``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["PARITY_BATCHES", "compare", "parity_of", "knn_of", "parity_failures", "knn_failures"]
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "compare", "parity_of", "parity_failures",
+           "knn_failures", "ParityGate", "AccuracyGate", "gate_report"]
 
 PARITY_BATCHES = (1, 8)
+PARITY_IMAGES = 8
+
+
+class GateFailed(EdgeDistillError):
+    """A gate failed; ``report`` holds every figure measured (for --json and the table)."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
@@ -71,30 +84,6 @@ def parity_failures(parity: dict[str, dict[str, Any]], min_cosine: float) -> lis
     return failed
 
 
-def knn_of(embedder: Any, bank: Iterable[Any], queries: Iterable[Any], *, num_classes: int,
-           description: str, progress: bool = True, ks: Sequence[int] = (10, 20, 100, 200),
-           temperature: float = 0.07) -> dict[str, Any]:
-    """k-NN (DINO protocol) of one embedder: bank features from ``bank``, queries from
-    ``queries`` (both iterables of (images, labels) batches). Returns top-1/top-5 (percent)
-    at the headline k = 20 and per k."""
-    from edgedistill.eval.knn import HEADLINE_K, extract_features, knn_classify
-
-    train_feats, train_labels = extract_features(embedder, bank, progress=progress,
-                                                 description="k-NN bank   ")
-    val_feats, val_labels = extract_features(embedder, queries, progress=progress,
-                                             description="k-NN queries")
-    result = knn_classify(train_feats, train_labels, val_feats, num_classes, ks=ks, temperature=temperature,
-                          val_labels=val_labels, headline_k=HEADLINE_K)
-    return {
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "k": result["headline_k"],
-        "k_used": result["headline_k_used"],
-        "per_k": {str(k): {"top1": v["top1"], "top5": v["top5"], "k_used": v["k_used"]}
-                  for k, v in result["per_k"].items()},
-    }
-
-
 def knn_failures(knn: dict[str, dict[str, Any]], max_drop: float) -> list[str]:
     """One phrase per variant whose k-NN top-1 dropped by more than ``max_drop`` points."""
     failed = []
@@ -108,3 +97,107 @@ def knn_failures(knn: dict[str, dict[str, Any]], max_drop: float) -> list[str]:
                 failed.append(f"{label} lost {result['drop']:.2f} points of k-NN top-1 "
                               f"({result['top1']:.2f}% vs torch {result['reference_top1']:.2f}%, max {max_drop:g})")
     return failed
+
+
+class ParityGate:
+    """Torch references for a few real images, then each variant against them."""
+
+    def __init__(self, graph: Any, images: np.ndarray, output_names: Sequence[str], min_cosine: float,
+                 threads: int | None, source: str) -> None:
+        import torch
+
+        self.images, self.output_names, self.min_cosine = images, list(output_names), min_cosine
+        self.threads, self.source = threads, source
+        with torch.inference_mode():
+            whole = graph.outputs(torch.from_numpy(images))
+            singles = [graph.outputs(torch.from_numpy(images[i:i + 1])) for i in range(len(images))]
+        self.references = {
+            max(PARITY_BATCHES): {o: whole[o].numpy() for o in self.output_names},
+            1: {o: np.concatenate([s[o].numpy() for s in singles]) for o in self.output_names},
+        }
+        self.figures: dict[str, dict[str, Any]] = {}
+
+    def check(self, built: Any, name: str) -> None:
+        from edgedistill.export.variants import embedders_for
+
+        figures = parity_of(embedders_for(built, name, self.output_names, self.threads), self.references,
+                            self.images)
+        figures["gated"] = built.entries[name]["precision"] == "fp32"
+        figures["passed"] = bool(figures["min_cosine"] >= self.min_cosine) if figures["gated"] else None
+        self.figures[name] = figures
+
+    def failures(self) -> list[str]:
+        return parity_failures(self.figures, self.min_cosine)
+
+
+class AccuracyGate:
+    """k-NN top-1 of torch FP32 once, then of each variant (and a bf16-hint OpenVINO variant
+    again in f32, what a CPU without native bf16 runs)."""
+
+    def __init__(self, model: Any, bank: Any, queries: Any, *, max_drop: float, batch_size: int,
+                 num_workers: int, threads: int | None, progress: bool, source: str) -> None:
+        from edgedistill.eval.features import InMemorySplit, TorchEmbedder
+
+        self.max_drop, self.threads, self.source = max_drop, threads, source
+        self.common = dict(num_classes=len(bank.classes), batch_size=batch_size, num_workers=num_workers,
+                           progress=progress)
+        crop = bank.transform.spec["crop"]
+        crop = (crop, crop) if isinstance(crop, int) else crop
+        if InMemorySplit.fits(bank, crop) and InMemorySplit.fits(queries, crop):  # decoded once for every variant
+            bank = InMemorySplit(bank, progress=progress, description="k-NN bank images")
+            queries = InMemorySplit(queries, progress=progress, description="k-NN query images")
+        self.bank, self.queries = bank, queries
+        self.reference = self._knn(TorchEmbedder(model, name="torch_fp32"), "torch_fp32")
+        self.figures: dict[str, dict[str, Any]] = {}
+
+    def _knn(self, embedder: Any, label: str) -> dict[str, Any]:
+        from edgedistill.eval.features import knn_of
+
+        figures = knn_of(embedder, self.bank, self.queries, label=label, **self.common)
+        figures.pop("extraction")
+        figures["k"] = figures.pop("headline_k")
+        return figures
+
+    def _gate(self, built: Any, name: str, hint: str | None = None) -> dict[str, Any]:
+        from edgedistill.export.onnx import EMBEDDING
+        from edgedistill.export.variants import embedders_for
+
+        embedder = embedders_for(built, name, [EMBEDDING], self.threads, hint=hint)[EMBEDDING]
+        figures = self._knn(embedder, name + (f" ({hint})" if hint else ""))
+        figures["reference_top1"] = self.reference["top1"]
+        figures["drop"] = round(self.reference["top1"] - figures["top1"], 6)
+        figures["passed"] = bool(figures["drop"] <= self.max_drop)
+        return figures
+
+    def check(self, built: Any, name: str) -> None:
+        from edgedistill.export.openvino import INFERENCE_PRECISION_HINT
+
+        figures = self._gate(built, name)
+        hint = built.hint(name)
+        if hint is not None and hint != INFERENCE_PRECISION_HINT:
+            # a device without native bf16 runs this variant in f32: gate that path too
+            figures["inference_precision_hint"] = hint
+            figures["f32_fallback"] = self._gate(built, name, INFERENCE_PRECISION_HINT)
+            figures["passed"] = figures["passed"] and figures["f32_fallback"]["passed"]
+        self.figures[name] = figures
+
+    def failures(self) -> list[str]:
+        return knn_failures(self.figures, self.max_drop)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "train_images": len(self.bank), "val_images": len(self.queries),
+                "classes": self.common["num_classes"], "k": self.reference["k"],
+                "k_used": self.reference["k_used"], "temperature": self.reference["temperature"],
+                "protocol": "DINO weighted k-NN on L2-normalized embeddings", "torch_fp32": self.reference}
+
+
+def gate_report(parity: ParityGate, accuracy: AccuracyGate | None, max_drop: float, *, passed: bool) -> dict[str, Any]:
+    """The ``validation`` section of the manifest (and ``--json``)."""
+    knn_variants = accuracy.figures if accuracy is not None else {}
+    return {
+        "passed": passed,
+        "parity": {"min_cosine": parity.min_cosine, "source": parity.source, "variants": parity.figures},
+        "knn": ({**accuracy.describe(), "max_drop": max_drop, "variants": knn_variants} if accuracy is not None
+                else {"skipped": "no labeled data (pass --data DIR with train/ and val/ class folders)",
+                      "max_drop": max_drop, "variants": knn_variants}),
+    }

@@ -7,15 +7,14 @@ statistics, parity references and k-NN figures all see the input an app will pro
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["Preprocess", "open_split", "pick_indices", "load_arrays", "PreprocessedSplit", "labeled_pair"]
+__all__ = ["Preprocess", "open_split", "pick_indices", "load_arrays", "labeled_pair"]
 
 
 class Preprocess:
@@ -84,48 +83,3 @@ def load_arrays(dataset: Any, indices: np.ndarray, spec: dict[str, Any], *, prog
     if not arrays:
         raise EdgeDistillError(f"no images for {description}")
     return np.stack(arrays), images
-
-
-class PreprocessedSplit:
-    """Ordered ``(images (B, 3, H, W), labels (B,))`` batches of a whole split, for k-NN.
-
-    Splits whose preprocessed tensors fit in ``cache_bytes`` are decoded once (during the
-    first pass) and served from memory to every later variant; larger ones are re-read on
-    every pass through a DataLoader with ``num_workers`` processes.
-    """
-
-    def __init__(self, dataset: Any, batch_size: int, *, num_workers: int = 0, cache_bytes: int = 2 << 30) -> None:
-        self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        crop = dataset.transform.spec["crop"]
-        h, w = (crop, crop) if isinstance(crop, int) else crop
-        self.cacheable = len(dataset) * 3 * h * w * 4 <= cache_bytes
-        self._images: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return self._labels
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        if self._images is not None:
-            for start in range(0, len(self._images), self.batch_size):
-                yield self._images[start:start + self.batch_size], self._labels[start:start + self.batch_size]
-            return
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                            drop_last=False)
-        images, labels = [], []
-        for x, y in loader:
-            x, y = x.numpy(), y.numpy()
-            if self.cacheable:
-                images.append(x)
-                labels.append(y)
-            yield x, y
-        if self.cacheable and images:
-            self._images, self._labels = np.concatenate(images), np.concatenate(labels)

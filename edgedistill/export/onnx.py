@@ -1,4 +1,4 @@
-"""The exported graph and its ONNX export (SPEC §7).
+"""The exported graph and its ONNX export (design.md §7).
 
 The graph maps ``pixel_values`` (B, 3, H, W) float32 to ``embedding`` (B, D): the student's
 CLS token after its final norm, the feature the k-NN judged. With a projector, a second
@@ -29,7 +29,6 @@ __all__ = [
     "MIN_OPSET",
     "MAX_OPSET",
     "EmbeddingModel",
-    "load_projector",
     "export_onnx",
     "exporter_settings",
 ]
@@ -45,7 +44,7 @@ class EmbeddingModel(nn.Module):
     """``(B, 3, H, W) -> embedding (B, D)`` or ``(embedding (B, D), projection (B, Dt))``.
 
     ``embedding`` is ``backbone.forward_features(x)[:, 0]`` (CLS after the final norm), the
-    same tensor ``eval.knn.TorchEmbedder`` returns; the projector is applied to it exactly as
+    same tensor ``eval.features.TorchEmbedder`` returns; the projector is applied to it exactly as
     distillation applied it to the CLS token.
     """
 
@@ -70,37 +69,6 @@ class EmbeddingModel(nn.Module):
         out = self(pixel_values)
         out = (out,) if isinstance(out, torch.Tensor) else out
         return {name: t.float() for name, t in zip(self.output_names, out)}
-
-
-def load_projector(run_dir: str | Path, student_dim: int) -> tuple[nn.Module, dict[str, int]]:
-    """The distillation projector saved beside the student (``projector.safetensors``, whose
-    metadata records depth, student_dim and teacher_dim); eval mode, strictly loaded."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from edgedistill.models.projector import Projector
-
-    path = Path(run_dir) / "projector.safetensors"
-    if not path.is_file():
-        raise EdgeDistillError(f"--projection needs {path.name} in {run_dir} (written by `edgedistill distill`); "
-                               "this run has none")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        info = {key: int(meta[key]) for key in ("depth", "student_dim", "teacher_dim")}
-    except KeyError as exc:
-        raise EdgeDistillError(f"{path} lacks the {exc.args[0]!r} metadata (depth, student_dim, teacher_dim)") from None
-    except Exception as exc:  # safetensors raises its own error types on a corrupt header
-        raise EdgeDistillError(f"cannot read {path}: {exc}") from None
-    if info["student_dim"] != student_dim:
-        raise EdgeDistillError(f"{path} was trained for a {info['student_dim']}-d student, but the student "
-                               f"is {student_dim}-d")
-    projector = Projector(info["student_dim"], info["teacher_dim"], depth=info["depth"])
-    missing, unexpected = projector.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise EdgeDistillError(f"{path} does not match a depth-{info['depth']} projector (missing: "
-                               f"{', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})")
-    return projector.eval(), info
 
 
 def exporter_settings(opset: int, output_names: list[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""OpenVINO IR conversion and NNCF INT8 post-training quantization (SPEC §7).
+"""OpenVINO IR conversion and NNCF INT8 post-training quantization (design.md §7).
 
 Pitfalls handled here and in the manifest:
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime static INT8 (QDQ) post-training quantization (SPEC §7).
+"""ONNX Runtime static INT8 (QDQ) post-training quantization (design.md §7).
 
 Settings, and why:
 

@@ -1,4 +1,4 @@
-"""Losses as pure functions on tensors: AttnDistill (SPEC §4) and DINO (SPEC §5)."""
+"""Losses as pure functions on tensors: AttnDistill (design.md §4) and DINO (design.md §5)."""
 
 from edgedistill.losses.attndistill import (
     aggregate_heads,

@@ -1,4 +1,4 @@
-"""AttnDistill losses (SPEC §4): CLS regression plus attention-map KL, as pure tensor functions.
+"""AttnDistill losses (design.md §4): CLS regression plus attention-map KL, as pure tensor functions.
 
 Shapes: ``B`` batch, ``H`` heads, ``N`` tokens including CLS (``N = 1 + grid_h * grid_w``),
 ``D`` embedding width. Attention maps are the CLS-query rows of the last block's post-softmax
@@ -109,7 +109,7 @@ def attention_kl(
 ) -> Tensor:
     """KL(teacher || student) between last-block CLS-query attention rows.
 
-    Order (SPEC §4): resize the teacher to the student's grid if token counts differ; aggregate
+    Order (design.md §4): resize the teacher to the student's grid if token counts differ; aggregate
     heads of both maps when ``aggregate == "always"`` or (``"auto"`` and head counts differ);
     clamp both to ``[eps, max_p]`` and renormalize rows to sum 1; then
     ``sum_{heads, keys} t * (log t - log s) / B`` (``batchmean``, not divided by heads).

@@ -1,4 +1,4 @@
-"""Models: timm ViT backbones, attention capture, teacher sources and checkpoint formats (SPEC §3).
+"""Models: timm ViT backbones, attention capture, teacher sources and checkpoint formats (design.md §3).
 
 - ``vit``: ``create_vit``, ``forward_with_cls_attention`` (last-block CLS attention, no hooks),
   ``forward_cls``.

@@ -1,4 +1,4 @@
-"""Saved backbones: ``<name>.safetensors`` + ``<name>.json`` (SPEC §3).
+"""Saved backbones: ``<name>.safetensors`` + ``<name>.json`` (design.md §3).
 
 The JSON names the timm architecture and the kwargs that rebuild it, so plain timm loads the
 pair without edgedistill installed::
@@ -92,8 +92,11 @@ def find_backbone_json(path: str | Path, role: str | None = None) -> Path:
             if (path / f"{r}.json").is_file() and (path / f"{r}.safetensors").is_file():
                 return path / f"{r}.json"
         want = " or ".join(f"{r}.json + {r}.safetensors" for r in roles)
-        hint = " (is the run finished? checkpoint.pt alone is a resumable training state)" \
-            if (path / "checkpoint.pt").exists() else ""
+        from edgedistill.rundir import RunDir
+
+        checkpoint = RunDir.of(path).checkpoint
+        hint = f" (is the run finished? {checkpoint.name} alone is a resumable training state)" \
+            if checkpoint.exists() else ""
         raise EdgeDistillError(f"{path} holds no saved backbone: expected {want}{hint}")
     if path.suffix == ".json":
         return path

@@ -1,4 +1,4 @@
-"""Reading ViT checkpoints in the layouts users actually have, safely and strictly (SPEC §3, §10).
+"""Reading ViT checkpoints in the layouts users actually have, safely and strictly (design.md §3, §10).
 
 - Files are read with safetensors or ``torch.load(weights_only=True)``: no code in a pickle
   from outside ever runs. Plain data that training scripts store beside the weights

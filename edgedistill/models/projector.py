@@ -1,13 +1,17 @@
-"""Projection heads: the AttnDistill student projector (SPEC §4) and the DINO head (SPEC §5)."""
+"""Projection heads: the AttnDistill student projector (design.md §4) and the DINO head (design.md §5)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["Projector", "DINOHead", "cancel_last_layer_gradients"]
+from edgedistill.errors import EdgeDistillError
+
+__all__ = ["Projector", "DINOHead", "cancel_last_layer_gradients", "save_projector", "load_projector"]
 
 # timm's ViT norms use eps=1e-6; so did the AttnDistill projector.
 _LN_EPS = 1e-6
@@ -129,3 +133,47 @@ def cancel_last_layer_gradients(head: nn.Module, epoch: int, freeze_last_layer: 
     for name, param in head.named_parameters():
         if "last_layer" in name:
             param.grad = None
+
+
+def save_projector(projector: Projector, path: str | Path) -> None:
+    """Write the distillation projector (safetensors, atomically) with the metadata that
+    rebuilds it: ``depth``, ``student_dim``, ``teacher_dim``."""
+    from safetensors.torch import save_file
+
+    from edgedistill.utils import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}
+        save_file(state, str(tmp), metadata={"depth": str(projector.depth), "student_dim": str(projector.student_dim),
+                                             "teacher_dim": str(projector.teacher_dim)})
+
+
+def load_projector(path: str | Path, student_dim: int) -> tuple[nn.Module, dict[str, int]]:
+    """A projector written by :func:`save_projector` (its metadata records depth, student_dim
+    and teacher_dim); eval mode, strictly loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeDistillError(f"--projection needs {path.name} in {path.parent} (written by `edgedistill distill`); "
+                               "this run has none")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        info = {key: int(meta[key]) for key in ("depth", "student_dim", "teacher_dim")}
+    except KeyError as exc:
+        raise EdgeDistillError(f"{path} lacks the {exc.args[0]!r} metadata (depth, student_dim, teacher_dim)") from None
+    except Exception as exc:  # safetensors raises its own error types on a corrupt header
+        raise EdgeDistillError(f"cannot read {path}: {exc}") from None
+    if info["student_dim"] != student_dim:
+        raise EdgeDistillError(f"{path} was trained for a {info['student_dim']}-d student, but the student "
+                               f"is {student_dim}-d")
+    projector = Projector(info["student_dim"], info["teacher_dim"], depth=info["depth"])
+    missing, unexpected = projector.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise EdgeDistillError(f"{path} does not match a depth-{info['depth']} projector (missing: "
+                               f"{', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})")
+    return projector.eval(), info
+
+

@@ -1,4 +1,4 @@
-"""The frozen teacher behind ``--teacher`` (SPEC §3): "random", a run directory, a checkpoint
+"""The frozen teacher behind ``--teacher`` (design.md §3): "random", a run directory, a checkpoint
 file plus architecture, or a timm hub name. Always loaded strictly; a teacher never silently
 stays random (only ``random`` is random, and it says so)."""
 
@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["load_teacher", "CHECKPOINT_SUFFIXES"]
+__all__ = ["load_teacher", "build_teacher", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt", ".tar")
 
@@ -227,3 +227,11 @@ def _download_message(name: str, base: str, cfg: Any, reason: str) -> str:
         f"download the checkpoint elsewhere{where} and pass the local file instead: "
         f"--teacher path/to/{filename} --set teacher.arch={base}"
     )
+
+
+def build_teacher(teacher: Any, img_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen teacher a ``teacher.*`` config section (``config.TeacherConfig``) describes,
+    at ``img_size`` (for a run: ``Config.teacher_img_size``); the one place a config becomes a
+    teacher, for training, evaluation, attention maps and the pipeline alike."""
+    return load_teacher(teacher.source, teacher.arch, img_size, teacher.patch_size,
+                        **({"depth": teacher.depth} if teacher.depth else {}))

@@ -1,4 +1,4 @@
-"""timm ViT construction and the AttnDistill forward pass (SPEC §3).
+"""timm ViT construction and the AttnDistill forward pass (design.md §3).
 
 ``forward_with_cls_attention`` runs a timm ``VisionTransformer`` stage by stage and returns,
 beside the final tokens, the post-softmax attention of the last block for the CLS query.

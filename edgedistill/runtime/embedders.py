@@ -1,13 +1,13 @@
 """Embedders without torch: ONNX Runtime and OpenVINO, behind one small interface.
 
 An embedder maps a float32 NCHW batch (already preprocessed, see ``runtime.preprocess``) to
-(B, D) float32 embeddings, for any batch size. ``eval.knn.TorchEmbedder`` is the torch one;
-the k-NN, the export gates, ``bench`` and the deploy examples take any of them.
+(B, D) float32 embeddings, for any batch size. ``eval.features.TorchEmbedder`` is the torch
+one; the k-NN, the export gates and the deploy examples take any of them. Sessions come from
+``runtime.sessions``, the one place runtimes are configured.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -15,9 +15,7 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "open_embedder", "OV_PRECISIONS"]
-
-OV_PRECISIONS = ("f32", "bf16", "f16")
+__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "open_embedder"]
 
 
 @runtime_checkable
@@ -43,46 +41,25 @@ def _static(dim: Any) -> int | None:
 
 
 class OnnxEmbedder:
-    """An ONNX model in an ONNX Runtime InferenceSession.
+    """An ONNX model in an ONNX Runtime session (``runtime.sessions``).
 
     Args:
         path: the .onnx file.
         threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
-        providers: execution providers in priority order (default CPU only, so the choice is
-            explicit rather than whatever the installed wheel prefers).
+        providers: execution providers in priority order (default CPU only).
         output: the output to return; a model with a single output may name it otherwise.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None,
                  providers: Sequence[str] | None = None, output: str = "embedding",
                  name: str | None = None) -> None:
-        import onnxruntime as ort
+        from edgedistill.runtime.sessions import onnxruntime_session
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise EdgeDistillError(f"ONNX model not found: {self.path}")
-        available = ort.get_available_providers()
-        self.requested_providers = list(providers or ["CPUExecutionProvider"])
-        unknown = [p for p in self.requested_providers if p not in available]
-        if unknown:
-            raise EdgeDistillError(f"ONNX Runtime provider {', '.join(unknown)} is not available here "
-                                   f"(available: {', '.join(available)})")
-        options = ort.SessionOptions()
-        if threads is not None:
-            if threads < 1:
-                raise EdgeDistillError(f"threads must be >= 1, got {threads}")
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
+        self.session, self.settings = onnxruntime_session(self.path, threads=threads, providers=providers)
         self.threads = threads
-        started = time.perf_counter()
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                providers=self.requested_providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise EdgeDistillError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
-        self.load_seconds = time.perf_counter() - started
+        self.load_seconds = self.settings["load_seconds"]
         self.providers = self.session.get_providers()
-
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise EdgeDistillError(f"{self.path} has {len(inputs)} inputs; an embedder takes one image input")
@@ -109,63 +86,29 @@ class OnnxEmbedder:
 
 
 class OpenVinoEmbedder:
-    """An OpenVINO IR (.xml + .bin) compiled for a device.
+    """An OpenVINO IR (.xml + .bin) compiled for a device (``runtime.sessions``).
 
     Args:
-        path_xml: the .xml file (the .bin beside it).
+        path_xml: the .xml file (the .bin beside it unless ``weights`` says otherwise).
         threads: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default).
         precision: ``INFERENCE_PRECISION_HINT``: "f32" (default: true fp32; on CPUs with bf16
             OpenVINO would otherwise run an FP32 model in bf16), "bf16", "f16", or None to
             leave the device default.
         device: "CPU", "GPU", "NPU", "AUTO", ...
         config: further compile properties (e.g. {"PERFORMANCE_HINT": "THROUGHPUT"}).
-        weights: the .bin file (default: beside the .xml, same stem).
     """
 
     def __init__(self, path_xml: str | Path, threads: int | None = None, precision: str | None = "f32",
                  device: str = "CPU", output: str = "embedding", name: str | None = None,
                  config: dict[str, Any] | None = None, weights: str | Path | None = None) -> None:
-        try:
-            import openvino as ov  # lazily: ONNX Runtime-only installs never get here
-        except ImportError:
-            raise EdgeDistillError("OpenVINO is not installed: pip install openvino "
-                                   "(or use the bundle's ONNX variant)") from None
-        self.path = Path(path_xml)
-        if not self.path.is_file():
-            raise EdgeDistillError(f"OpenVINO model not found: {self.path}")
-        if self.path.suffix.lower() != ".xml":
-            raise EdgeDistillError(f"an OpenVINO model is an .xml file (with its .bin), got {self.path.name}")
-        self.weights = Path(weights) if weights is not None else self.path.with_suffix(".bin")
-        if not self.weights.is_file():
-            raise EdgeDistillError(f"OpenVINO weights missing: {self.weights}")
-        core = ov.Core()
-        available = list(core.available_devices)
-        base = device.split(".")[0]
-        virtual = base.split(":")[0] in ("AUTO", "MULTI", "HETERO", "BATCH")
-        if not virtual and device not in available and not any(d.split(".")[0] == base for d in available):
-            raise EdgeDistillError(f"OpenVINO device {device!r} is not available here "
-                                   f"(available: {', '.join(available)})")
-        props: dict[str, Any] = {}
-        if precision is not None:
-            if precision not in OV_PRECISIONS:
-                raise EdgeDistillError(f"OpenVINO precision must be one of {', '.join(OV_PRECISIONS)}, "
-                                       f"got {precision!r}")
-            props["INFERENCE_PRECISION_HINT"] = precision
-        if threads is not None:
-            if threads < 1:
-                raise EdgeDistillError(f"threads must be >= 1, got {threads}")
-            props["INFERENCE_NUM_THREADS"] = int(threads)
-        props.update(config or {})
-        self.threads, self.precision, self.device, self.properties = threads, precision, device, props
-        started = time.perf_counter()
-        try:
-            model = core.read_model(str(self.path), str(self.weights))
-            self.compiled = core.compile_model(model, device, props)
-        except Exception as exc:  # OpenVINO raises RuntimeError with a long message
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgeDistillError(f"OpenVINO cannot compile {self.path} for {device}: {first}") from None
-        self.load_seconds = time.perf_counter() - started
+        from edgedistill.runtime.sessions import openvino_compiled
 
+        self.path = Path(path_xml)
+        self.compiled, self.settings = openvino_compiled(self.path, weights, threads=threads, precision=precision,
+                                                         device=device, properties=config)
+        self.threads, self.precision, self.device = threads, precision, device
+        self.properties = self.settings["properties"]
+        self.load_seconds = self.settings["load_seconds"]
         if len(self.compiled.inputs) != 1:
             raise EdgeDistillError(f"{self.path} has {len(self.compiled.inputs)} inputs; "
                                    "an embedder takes one image input")

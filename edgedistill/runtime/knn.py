@@ -1,4 +1,4 @@
-"""Weighted k-NN prediction in numpy (no torch), for deploy examples and on-device checks.
+"""Weighted k-NN in numpy (no torch): predictions for apps, figures where torch is absent.
 
 Same protocol and tie rules as ``edgedistill.eval.knn.knn_classify``: cosine similarity of
 L2-normalized features, the top-k neighbours (larger similarity first, then lower gallery
@@ -13,7 +13,7 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["knn_predict", "l2_normalize"]
+__all__ = ["knn_predict", "knn_classify", "l2_normalize"]
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -84,3 +84,55 @@ def knn_predict(
         if all_votes is not None:
             all_votes[start:start + q.shape[0]] = votes
     return (preds, all_votes) if all_votes is not None else preds
+
+
+def _rank_classes(votes: np.ndarray) -> np.ndarray:
+    """Classes by votes descending, the lower class first on equal votes (top 5)."""
+    return np.argsort(-votes, axis=1, kind="stable")[:, :5]
+
+
+def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
+                 num_classes: int | None = None, ks: tuple[int, ...] | list[int] = (10, 20, 100, 200),
+                 temperature: float = 0.07, chunk_size: int = 1024, *, val_labels: np.ndarray | None = None,
+                 headline_k: int = 20, **_: object) -> dict:
+    """The numpy twin of ``edgedistill.eval.knn.knn_classify``: same arguments (``device``
+    and ``bank_chunk_size`` are accepted and ignored), same result dict, same tie rules."""
+    gallery = l2_normalize(np.asarray(train_features, dtype=np.float32))
+    labels = np.asarray(train_labels).reshape(-1).astype(np.int64)
+    queries = np.asarray(val_features, dtype=np.float32)
+    if gallery.shape[0] == 0 or queries.shape[0] == 0:
+        raise EdgeDistillError("k-NN needs at least one training and one validation feature")
+    if temperature <= 0 or chunk_size < 1 or not ks or min(ks) < 1:
+        raise EdgeDistillError(f"k-NN needs k >= 1, temperature > 0 and chunk size >= 1, got {ks}, {temperature}")
+    num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    truth = None if val_labels is None else np.asarray(val_labels).reshape(-1).astype(np.int64)
+    n_train, n_val = gallery.shape[0], queries.shape[0]
+    used = {int(k): min(int(k), n_train) for k in ks}
+    headline_used = min(int(headline_k), n_train)
+    max_k = max(max(used.values()), headline_used)
+    ranked = {k: np.empty((n_val, min(5, num_classes)), np.int64) for k in set(used.values()) | {headline_used}}
+    for start in range(0, n_val, chunk_size):
+        vals, cols = _top_k(l2_normalize(queries[start:start + chunk_size]) @ gallery.T, max_k)
+        weights = np.exp(vals.astype(np.float64) / temperature).astype(np.float32).astype(np.float64)
+        neighbour_labels, rows = labels[cols], np.arange(vals.shape[0])
+        votes = np.zeros((vals.shape[0], num_classes), dtype=np.float64)
+        for j in range(max_k):
+            votes[rows, neighbour_labels[:, j]] += weights[:, j]
+            if j + 1 in ranked:
+                ranked[j + 1][start:start + vals.shape[0]] = _rank_classes(votes)
+    predictions = ranked[headline_used][:, 0].copy()
+
+    def pct(hits: np.ndarray) -> float | None:
+        return None if truth is None else 100.0 * float(hits.sum()) / n_val
+
+    want_top5 = num_classes >= 5
+    per_k = {}
+    for k in ks:
+        top = ranked[used[int(k)]]
+        per_k[int(k)] = {"k_used": used[int(k)], "top1": pct(top[:, 0] == truth) if truth is not None else None,
+                         "top5": (pct((top[:, :5] == truth[:, None]).any(axis=1)) if want_top5 and truth is not None
+                                  else None)}
+    head = per_k.get(int(headline_k)) or {"top1": pct(predictions == truth), "top5": None}
+    return {"per_k": per_k, "headline_k": int(headline_k), "headline_k_used": headline_used,
+            "top1": head["top1"], "top5": head["top5"], "predictions": predictions, "num_train": n_train,
+            "num_val": n_val, "num_classes": num_classes, "temperature": float(temperature)}

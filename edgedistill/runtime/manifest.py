@@ -1,6 +1,5 @@
-"""Reading and checking a bundle's ``manifest.json`` (the contract with apps and ``bench``).
-
-The export stage writes the manifest; this module is the reader. The fields read here::
+"""The bundle manifest's schema: reading and checking ``manifest.json`` (the contract with apps
+and ``bench``), and the constants the writer (``export.manifest``) uses. The fields::
 
     {
       "format_version": 1,
@@ -38,19 +37,25 @@ from edgedistill.utils import read_json, sha256_file
 
 __all__ = [
     "MANIFEST_NAME",
+    "FORMAT_VERSION",
     "SUPPORTED_FORMAT_VERSIONS",
     "FORMATS",
+    "VARIANTS",
     "PRECISIONS",
     "read_manifest",
     "validate_manifest",
     "variant_path",
     "variant_files",
     "default_variant",
+    "pick_variant",
 ]
 
 MANIFEST_NAME = "manifest.json"
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 1  # what `edgedistill export` writes
+SUPPORTED_FORMAT_VERSIONS = (1,)  # what this reader accepts
 FORMATS = ("onnx", "openvino")
+# the variants `edgedistill export` writes, in manifest order (a reader accepts any name)
+VARIANTS = ("onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16", "openvino_int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -188,3 +193,22 @@ def variant_path(manifest: dict[str, Any], bundle_dir: Path | str, name: str | N
         raise EdgeDistillError(f"bundle {manifest.get('name', bundle_dir)!r} has no variant {name!r} "
                                f"(available: {', '.join(manifest['variants'])})")
     return Path(bundle_dir) / manifest["variants"][name]["file"]
+
+
+def pick_variant(manifest: dict[str, Any], fmt: str, wanted: str | None = None) -> str:
+    """The variant an app running ``fmt`` ("onnx", "openvino") uses: ``wanted`` (which must be
+    of that format), else the default variant when it is, else the first fp32 variant of that
+    format, else any of it."""
+    variants = manifest["variants"]
+    if wanted:
+        if wanted not in variants:
+            raise EdgeDistillError(f"the bundle has no variant {wanted!r} (it has {', '.join(variants)})")
+        if variants[wanted]["format"] != fmt:
+            raise EdgeDistillError(f"variant {wanted!r} is {variants[wanted]['format']}, this app runs {fmt}")
+        return wanted
+    ours = [v for v in variants if variants[v]["format"] == fmt]
+    if not ours:
+        raise EdgeDistillError(f"the bundle has no {fmt} variant (it has {', '.join(variants)})")
+    if manifest.get("default_variant") in ours:
+        return manifest["default_variant"]
+    return next((v for v in ours if variants[v]["precision"] == "fp32"), ours[0])

@@ -1,6 +1,6 @@
 """AttnDistill (Wang et al., BMVC 2022): a frozen self-supervised teacher, a ViT-Tiny student.
 
-Loss per batch (SPEC §4): ``w_cls * MSE(projector(student CLS), teacher CLS)
+Loss per batch (design.md §4): ``w_cls * MSE(projector(student CLS), teacher CLS)
 + w_attn * KL(teacher || student)`` over the last block's CLS-query attention, both
 networks seeing the same augmented view.
 
@@ -21,8 +21,9 @@ from torch import nn
 from edgedistill.config import Config
 from edgedistill.losses.attndistill import attndistill_loss
 from edgedistill.models.backbone_io import save_backbone
-from edgedistill.models.projector import Projector
+from edgedistill.models.projector import Projector, save_projector
 from edgedistill.models.vit import create_vit, forward_with_cls_attention
+from edgedistill.rundir import RunDir
 from edgedistill.train.loop import LoopSettings, Task
 
 
@@ -55,7 +56,7 @@ class DistillTask(Task):
         student_explicit = d.attention == "explicit" or (d.attention == "auto" and device.type != "cuda")
         projector = Projector(student.embed_dim, teacher.embed_dim, depth=d.projector_depth)
         self.trainable = StudentWithProjector(student, projector, student_explicit)
-        self.teacher_size = cfg.teacher.img_size or cfg.data.img_size
+        self.teacher_size = cfg.teacher_img_size
         # With w_cls = 0 the projector gets no gradient, which DDP must be told about.
         self.find_unused_parameters = d.w_cls == 0
 
@@ -83,17 +84,9 @@ class DistillTask(Task):
         s = self.cfg.student
         save_backbone(self.trainable.student, run_dir, "student", s.arch, self.student_kwargs, "student",
                       extra={"teacher": self.teacher_info, "run": self.cfg.run.name})
-        from safetensors.torch import save_file
-
-        from edgedistill.utils import atomic_path
-
         # The projector maps the student's CLS into the teacher's space: an app can then query
         # a gallery embedded by the teacher. Saved beside the student for `export --projection`.
-        with atomic_path(run_dir / "projector.safetensors") as tmp:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.trainable.projector.state_dict().items()}
-            save_file(state, str(tmp), metadata={"depth": str(self.cfg.distill.projector_depth),
-                                                   "student_dim": str(self.trainable.student.embed_dim),
-                                                   "teacher_dim": str(self.teacher.embed_dim)})
+        save_projector(self.trainable.projector, RunDir.of(run_dir).projector)
 
 
 def loop_settings(cfg: Config, section: str = "distill") -> LoopSettings:

@@ -9,7 +9,6 @@ checkpoints and resume, non-finite-loss stops, progress and metrics.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,12 +20,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from edgedistill import distributed as distmod
 from edgedistill.errors import EdgeDistillError
-from edgedistill.train import distributed as distmod
+from edgedistill.rundir import RunDir
 from edgedistill.train.schedule import cosine, param_groups, warmup_cosine
 from edgedistill.utils import append_jsonl, atomic_path
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -136,7 +134,7 @@ def train(
     task: Task,
     loader: DataLoader,
     settings: LoopSettings,
-    run_dir: Path,
+    run: RunDir,
     info: distmod.DistInfo,
     *,
     resume: bool = False,
@@ -158,55 +156,24 @@ def train(
     warmup_steps = int(round(settings.warmup_epochs * steps_per_epoch))
     base_lr = settings.blr * effective_batch / 256
 
-    # Model, optimizer. The frozen parts of a task (a distillation teacher) stay outside DDP.
     trainable = task.trainable.to(device)
     optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=base_lr, betas=settings.betas)
-    model: nn.Module = trainable
-    if info.distributed:
-        model = DistributedDataParallel(
-            trainable, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=getattr(task, "find_unused_parameters", False),
-        )
-    if settings.compile:
-        model = torch.compile(model)
-
-    step, start_epoch, start_batch = 0, 0, 0
-    checkpoint_path = run_dir / CHECKPOINT
-    if resume:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        trainable.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        task.load_extra_state(state.get("task", {}))
-        step = int(state["step"])
-        start_epoch, start_batch = divmod(step, steps_per_epoch)
-        start_batch *= accum  # in micro-batches
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        if info.is_main and console is not None:
-            console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
-
+    model = _wrap(trainable, task, settings, info)
+    checkpoint_path = run.checkpoint
+    step = _load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else 0
+    start_epoch, start_batch = divmod(step, steps_per_epoch)
+    start_batch *= accum  # in micro-batches
+    if resume and info.is_main and console is not None:
+        console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
     saved_step = step if resume else -1
 
     def save_checkpoint() -> None:
         nonlocal saved_step
         saved_step = step
-        if not info.is_main:
-            return
-        state = {
-            "model": trainable.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": {},  # bf16 autocast needs no loss scaler; kept for the format
-            "task": task.extra_state(),
-            "step": step,
-            "epoch": step // steps_per_epoch,
-            "total_steps": total_steps,
-            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        }
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        if info.is_main:
+            _save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device)
 
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run.metrics
     progress = _Progress(info.is_main, console, total_steps, step, task.name)
     last: dict[str, float] = {}
     stop_at = settings.max_steps if settings.max_steps else total_steps
@@ -226,13 +193,7 @@ def train(
                 images = _to_device(images, device)
                 is_last_micro = (micro + 1) % accum == 0
 
-                # Schedules are stepped per optimizer step.
-                lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, settings.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                if settings.weight_decay_end is not None:
-                    wd = cosine(step, total_steps, settings.weight_decay, settings.weight_decay_end)
-                    optimizer.param_groups[0]["weight_decay"] = wd
+                lr = _schedule(optimizer, settings, step, total_steps, warmup_steps, base_lr)
 
                 # DDP all-reduces gradients only on the micro-batch that completes a step.
                 sync = contextlib.nullcontext() if (is_last_micro or not info.distributed) else model.no_sync()
@@ -243,7 +204,7 @@ def train(
                     # Every rank must agree before anyone stops: a rank that skipped a batch
                     # alone would leave the others waiting in all-reduce forever.
                     if not distmod.all_true(bool(torch.isfinite(loss.detach()).item()), device):
-                        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
                         raise EdgeDistillError(
                             f"non-finite loss at step {step} (epoch {epoch}): {detail}; "
                             f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none yet'}"
@@ -293,8 +254,64 @@ def train(
         progress.close()
 
     if step >= total_steps and info.is_main:
-        task.save_outputs(run_dir)
+        task.save_outputs(run.path)
     return LoopResult(step, step // steps_per_epoch, step < total_steps, last)
+
+
+def _wrap(trainable: nn.Module, task: Task, settings: LoopSettings, info: distmod.DistInfo) -> nn.Module:
+    """DDP around the trainable part only (a distillation teacher stays outside), then compile."""
+    model: nn.Module = trainable
+    if info.distributed:
+        device = info.device
+        model = DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(task, "find_unused_parameters", False),
+        )
+    if settings.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, step: int, total_steps: int,
+              warmup_steps: int, base_lr: float) -> float:
+    """Set this optimizer step's learning rate (and DINO's weight decay); returns the lr."""
+    lr = warmup_cosine(step, total_steps, warmup_steps, base_lr, settings.min_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if settings.weight_decay_end is not None:
+        optimizer.param_groups[0]["weight_decay"] = cosine(step, total_steps, settings.weight_decay,
+                                                           settings.weight_decay_end)
+    return lr
+
+
+def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task, step: int,
+                     steps_per_epoch: int, total_steps: int, device: torch.device) -> None:
+    """Everything a resume needs, written atomically (a crash leaves the previous one)."""
+    state = {
+        "model": trainable.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": {},  # bf16 autocast needs no loss scaler; kept for the format
+        "task": task.extra_state(),
+        "step": step,
+        "epoch": step // steps_per_epoch,
+        "total_steps": total_steps,
+        "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+                     device: torch.device) -> int:
+    """Restore model, optimizer, task state and RNG; returns the optimizer step reached."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    trainable.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    task.load_extra_state(state.get("task", {}))
+    torch.set_rng_state(state["rng"]["cpu"])
+    if device.type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return int(state["step"])
 
 
 class _Progress:
@@ -350,10 +367,3 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

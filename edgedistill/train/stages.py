@@ -1,30 +1,21 @@
-"""Run-directory handling and the plain ``distill`` stage function the CLI calls."""
+"""The ``distill`` and ``pretrain`` stages: plain functions the CLI and the pipeline call.
+
+Each checks its run directory (``rundir.RunDir``), reads the data (bad input fails here,
+before any model is built), builds its task and hands it to the one training loop.
+"""
 
 from __future__ import annotations
 
 import random
-import warnings
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from edgedistill.config import Config, save_config
-from edgedistill.errors import EdgeDistillError
-from edgedistill.train_paths import default_run_dir
+from edgedistill.config import Config
+from edgedistill.rundir import RunDir
 
-def run_directory(cfg: Config, out: Path | None) -> Path:
-    return Path(out) if out is not None else default_run_dir(cfg)
-
-
-def check_run_directory(run_dir: Path, resume: bool, artifact: str) -> None:
-    """A new run never overwrites an old one; a resume needs a checkpoint to resume from."""
-    checkpoint = run_dir / "checkpoint.pt"
-    if resume:
-        if not checkpoint.is_file():
-            raise EdgeDistillError(f"nothing to resume: {checkpoint} does not exist")
-        return
-    if checkpoint.exists() or (run_dir / f"{artifact}.safetensors").exists():
-        raise EdgeDistillError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+__all__ = ["distill", "pretrain", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -49,12 +40,10 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
     from edgedistill.data.transforms import train_transform
 
     def build(info: Any) -> tuple[Any, dict[str, Any]]:
-        from edgedistill.models.teacher import load_teacher
+        from edgedistill.models.teacher import build_teacher
         from edgedistill.train.distill import DistillTask, build_student
 
-        t = cfg.teacher
-        teacher, teacher_info = load_teacher(t.source, t.arch, t.img_size or cfg.data.img_size, t.patch_size,
-                                             **({"depth": t.depth} if t.depth else {}))
+        teacher, teacher_info = build_teacher(cfg.teacher, cfg.teacher_img_size)
         student, student_kwargs = build_student(cfg)
         task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
         return task, {"teacher": teacher_info}
@@ -79,30 +68,28 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
     import torch.distributed as dist
 
     from edgedistill.data import build_train_loader
-    from edgedistill.train import distributed as distmod
+    from edgedistill import distributed as distmod
     from edgedistill.train.distill import loop_settings
     from edgedistill.train.loop import train, uses_bf16
-    from edgedistill.utils import atomic_write_json
 
-    run_dir = run_directory(cfg, out)
+    run = RunDir.for_config(cfg, out)
     info = distmod.setup(cfg.run.device)
     try:
-        check_run_directory(run_dir, resume, artifact)
+        run.check_writable(resume, artifact)
         configure_threads(cfg)
         if not info.is_main:
             warnings.simplefilter("ignore")  # one copy of each warning, from rank 0
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+            run.save_config(cfg)
         loader = build_train_loader(cfg, transform, distributed=info.distributed, seed=cfg.run.seed)
         seed_everything(cfg.run.seed)
         task, extra = build(info)
         knn_fn = _online_knn(cfg, info) if getattr(cfg, section).knn_every else None
         started = time.perf_counter()
         settings = loop_settings(cfg, section)
-        result = train(task, loader, settings, run_dir, info, resume=resume, knn_fn=knn_fn, console=console)
+        result = train(task, loader, settings, run, info, resume=resume, knn_fn=knn_fn, console=console)
         summary = {
-            "run_dir": str(run_dir), "steps": result.steps, "epochs": result.epochs_done,
+            "run_dir": str(run.path), "steps": result.steps, "epochs": result.epochs_done,
             "complete": not result.stopped_early, "seconds": time.perf_counter() - started,
             "metrics": result.last_metrics, "world_size": info.world_size, "is_main": info.is_main,
             # how it ran, for whoever compares two runs later
@@ -110,7 +97,7 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
             "process_group": dist.get_backend() if dist.is_initialized() else None, **extra,
         }
         if info.is_main:
-            atomic_write_json(run_dir / "summary.json", summary)
+            run.write_summary(summary)
         return summary
     finally:
         distmod.teardown()

@@ -1,0 +1,226 @@
+"""The runner's side of the worker processes: starting one per row, its JSON-lines protocol,
+loading every row of a thread count one after another, then interleaving their timed runs
+round by round (see ``bench.runner`` for why)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgedistill.bench.plan import Row
+from edgedistill.bench.stats import summarize_times
+
+__all__ = ["measure_group", "SETTLE_SECONDS"]
+
+SETTLE_SECONDS = 0.05
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+class _Worker:
+    """A worker process and a thread that reads its JSON replies into a queue."""
+
+    def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench.worker", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
+                                     text=True, bufsize=1)
+        self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.replies.put(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        self.replies.put(None)
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        self.stderr.seek(0)
+        text = self.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        try:
+            reply = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise _WorkerDied(f"no reply within {timeout:.0f} s") from None
+        if reply is None:
+            self.proc.wait(timeout=10)
+            raise _WorkerDied(f"the worker exited ({self.proc.returncode}): {self.stderr_tail() or 'no output'}")
+        return reply
+
+    def send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise _WorkerDied(f"the worker exited: {self.stderr_tail() or 'no output'}") from None
+
+    def close(self, timeout: float = 30) -> dict[str, Any] | None:
+        reply = None
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "exit"})
+                reply = self.receive(timeout)
+                self.proc.wait(timeout=timeout)
+            except (_WorkerDied, subprocess.TimeoutExpired):
+                self.kill()
+        self.stderr.close()
+        return reply
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    """The caller's environment (PYTHONPATH and all: a worker sees what the caller sees),
+    with OpenMP/MKL pools sized like the row, and this package importable."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(Path(__file__).resolve().parents[2])
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([*paths, root])
+    return env
+
+
+def _worker_spec(row: Row, manifest: dict[str, Any], opts: Any, sample: str | None) -> dict[str, Any]:
+    return {"backend": row.backend, "model": row.model, "weights": row.weights, "precision": row.precision,
+            "inference_precision": row.inference_precision, "threads": row.threads, "device": row.device,
+            "batches": opts.batches, "input": {"name": manifest["input"]["name"],
+                                               "shape": manifest["input"]["shape"][1:]},
+            "sample": sample, "preprocessing": manifest["preprocessing"], "static_shapes": opts.static_shapes,
+            "warmup": opts.warmup, "min_runs": 1, "mode": "rounds", **row.extra}
+
+
+def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
+    return {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
+            "reason": reason, "unavailable": unavailable}
+
+
+class _Group:
+    """The workers of one thread count: loaded one at a time, then measured in rounds."""
+
+    def __init__(self, group: list[Row], skipped: list[dict[str, Any]], bar: Any) -> None:
+        self.rows = {r.id: r for r in group}
+        self.threads = group[0].threads if group else 1
+        self.skipped, self.bar = skipped, bar
+        self.workers: dict[str, _Worker] = {}
+        self.ready: dict[str, dict[str, Any]] = {}
+        self.times: dict[str, dict[int, list[list[float]]]] = {}
+
+    def load(self, manifest: dict[str, Any], opts: Any, sample: str | None, timeout: float) -> None:
+        env = _worker_env(self.threads)
+        task = self.bar.add_task(f"loading ({self.threads} threads)", total=len(self.rows))
+        for row in self.rows.values():
+            self.bar.update(task, description=f"loading {row.label} {row.precision} ({self.threads} threads)")
+            worker = _Worker(_worker_spec(row, manifest, opts, sample), env)
+            try:
+                reply = worker.receive(timeout)
+            except _WorkerDied as exc:
+                reply = {"event": "error", "error": str(exc), "unavailable": False}
+            if reply.get("event") != "ready":
+                worker.close()
+                self.skipped.append(_skip(row, reply.get("error", "no reply"), bool(reply.get("unavailable"))))
+            else:
+                self.workers[row.id], self.ready[row.id] = worker, reply
+                self.times[row.id] = {b: [] for b in opts.batches}
+            self.bar.advance(task)
+        self.bar.update(task, description=f"loaded ({self.threads} threads)")
+
+    def _run(self, row_id: str, batch: int, per_round: dict[str, Any], timeout: float) -> bool:
+        """One slice of timed runs of one row; a failure drops the row (recorded)."""
+        worker = self.workers[row_id]
+        # let the previous row's spinning worker threads (OpenMP, TBB, ORT) go idle first
+        time.sleep(SETTLE_SECONDS)
+        try:
+            worker.send({"cmd": "run", "batch": batch, "rewarm": 1, **per_round})
+            reply = worker.receive(timeout)
+        except _WorkerDied as exc:
+            reply = {"event": "error", "error": str(exc)}
+        if reply.get("event") != "times":
+            self.skipped.append(_skip(self.rows[row_id], f"failed while measuring: {reply.get('error')}"))
+            self.workers.pop(row_id).kill()
+            return False
+        self.times[row_id][batch].append(reply["ms"])
+        return True
+
+    def measure(self, opts: Any, timeout: float, round_loads: list[float | None]) -> None:
+        """Rounds of every batch size of every live row, the row order rotated each round;
+        ``round_loads`` gets the 1-minute load average at the start of every round."""
+        from edgedistill.bench.machine import load_average
+
+        live = list(self.workers)
+        task = self.bar.add_task(f"measuring ({self.threads} threads)",
+                                 total=opts.rounds * len(opts.batches) * len(live))
+        for r in range(opts.rounds):
+            round_loads.append((load_average() or [None])[0])
+            order = live[r % len(live):] + live[:r % len(live)] if live else []
+            for batch in opts.batches:
+                for row_id in [i for i in order if i in self.workers]:
+                    self.bar.update(task, description=f"round {r + 1}/{opts.rounds}, batch {batch}: {row_id}")
+                    if self._run(row_id, batch, opts.per_round, timeout):
+                        self.bar.advance(task)
+        self.bar.update(task, description=f"measured ({self.threads} threads)")
+
+    def close(self) -> dict[str, dict[str, Any]]:
+        """Stop every worker; the figures of each row that lasted to the end."""
+        closing = {row_id: w.close() for row_id, w in self.workers.items()}
+        for w in self.workers.values():
+            w.kill()
+        return {row_id: _row_result(self.ready[row_id], closing.get(row_id) or {}, self.times[row_id])
+                for row_id in self.workers}
+
+
+def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, list[list[float]]]) -> dict[str, Any]:
+    return {
+        "import_seconds": _r(ready.get("import_seconds")),
+        "load_seconds": _r(ready.get("load_seconds")),
+        "load_seconds_per_batch": ready.get("load_seconds_per_batch"),
+        "first_run_ms": _r(ready.get("first_run_ms")),
+        "cold_start_seconds": _r((ready.get("import_seconds") or 0) + (ready.get("load_seconds") or 0)
+                                 + (ready.get("first_run_ms") or 0) / 1000),
+        "rss_after_import_mb": ready.get("rss_after_import_mb"),
+        "peak_rss_mb": ready.get("peak_rss_mb"),
+        "peak_rss_all_mb": final.get("peak_rss_all_mb", ready.get("peak_rss_all_mb")),
+        "output_shape": ready.get("output_shape"),
+        "settings": ready.get("settings"),
+        "batches": {str(b): summarize_times(t, b) for b, t in times.items() if t},
+    }
+
+
+def measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped: list[dict[str, Any]], *,
+                  manifest: dict[str, Any], opts: Any, sample: str | None, bar: Any, load_timeout: float,
+                  run_timeout: float, round_loads: list[float | None]) -> None:
+    """Load every row of one thread count (one at a time), then interleave their timed runs;
+    the figures go into ``results`` by row id, failures into ``skipped``."""
+    workers = _Group(group, skipped, bar)
+    try:
+        workers.load(manifest, opts, sample, load_timeout)
+        workers.measure(opts, run_timeout, round_loads)
+    finally:
+        results.update(workers.close())
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+

@@ -1,0 +1,135 @@
+"""Writing ``manifest.json``: files with sha256 and precision, the input/output contract,
+preprocessing, provenance and the gate figures. The schema (version, formats, variant names,
+validation) is ``runtime.manifest``'s, the reader apps and ``bench`` use: what is written here
+is read back through it before the bundle is moved into place."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import edgedistill
+from edgedistill.export.plan import ExportPlan
+from edgedistill.export.variants import Built
+from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS
+
+__all__ = ["build_manifest", "default_variant", "summary_rows"]
+
+_VERSIONED = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "pillow")
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version(), "edgedistill": edgedistill.__version__}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _file_entry(bundle: Path, path: Path) -> dict[str, Any]:
+    from edgedistill.utils import sha256_file
+
+    return {"file": path.relative_to(bundle).as_posix(), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
+def _variant_entries(built: Built) -> dict[str, dict[str, Any]]:
+    """Each built variant's files (sha256, sizes) beside what its builder recorded, in schema order."""
+    entries = {}
+    for name, path in built.files.items():
+        entry = _file_entry(built.work, path)
+        if built.entries[name]["format"] == "openvino":
+            weights = _file_entry(built.work, path.with_suffix(".bin"))
+            entry.update(weights_file=weights["file"], weights_sha256=weights["sha256"],
+                         weights_size_bytes=weights["size_bytes"])
+        entry["total_size_bytes"] = entry["size_bytes"] + entry.get("weights_size_bytes", 0)
+        entries[name] = {**entry, **built.entries[name]}
+    return {v: entries[v] for v in VARIANTS if v in entries}
+
+
+def default_variant(variants: dict[str, Any], knn: dict[str, Any]) -> str:
+    """The most accurate INT8 variant that passed its accuracy gate (ONNX on a tie: it runs
+    wherever ONNX Runtime does), else the FP32 ONNX model, else the first variant."""
+    passed = [v for v in ("onnx_int8", "openvino_int8") if v in variants and knn.get(v, {}).get("passed")]
+    if passed:
+        return max(passed, key=lambda v: (knn[v]["top1"], v == "onnx_int8"))
+    return "onnx_fp32" if "onnx_fp32" in variants else next(iter(variants))
+
+
+def _sample(plan: ExportPlan, built: Built, image: Any, outputs: dict[str, Any]) -> dict[str, Any]:
+    """One real image and its torch FP32 outputs: an app's self-test."""
+    path = built.work / "sample.png"
+    image.save(path, format="PNG")
+    return {**_file_entry(built.work, path), "source": plan.parity_source,
+            "outputs": {o: [float(v) for v in outputs[o][0]] for o in plan.output_names},
+            "note": "torch FP32 outputs for this image through the manifest's preprocessing: an app's "
+                    "self-test (expect cosine >= the parity threshold for fp32 variants)"}
+
+
+def _provenance(plan: ExportPlan, built: Built) -> dict[str, Any]:
+    from edgedistill.config import to_dict
+
+    o, meta, model = plan.options, plan.meta, plan.model
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "student": {"run_dir": str(plan.run.path.resolve()), "run_name": meta.get("run"), "arch": meta.get("arch"),
+                    "kwargs": meta.get("kwargs"), "embed_dim": int(model.embed_dim), "depth": len(model.blocks),
+                    "num_heads": meta.get("num_heads"), "patch_size": int(model.patch_embed.patch_size[0]),
+                    "trained_img_size": plan.trained_size, "img_size": plan.img_size,
+                    "feature": meta.get("feature"), "weights_sha256": meta.get("sha256")},
+        "teacher": meta.get("teacher"),
+        "projector": plan.projector_info,
+        "config": to_dict(plan.config) if plan.config is not None else None,
+        "export": {"formats": list(plan.formats), "int8": bool(o["int8"]), "fp16": bool(o["fp16"]),
+                   "opset": int(o["opset"]), "calib": plan.calib_source, "calib_size": int(o["calib_size"]),
+                   "calib_method": o["calib_method"], "data": plan.knn_source, "min_cosine": o["min_cosine"],
+                   "max_drop": o["max_drop"], "onnx_exporter": dict(built.onnx_export, api="torch.onnx.export")},
+        "versions": _versions(),
+    }
+
+
+def build_manifest(plan: ExportPlan, built: Built, report: dict[str, Any], sample_image: Any,
+                   sample_outputs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a bundle whose variants all passed their gates."""
+    from edgedistill.export.onnx import INPUT_NAME
+
+    variants = _variant_entries(built)
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": plan.name,
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "shape": [-1, 3, plan.img_size, plan.img_size],
+                  "dtype": "float32"},
+        "outputs": plan.outputs,
+        "preprocessing": plan.spec,
+        "variants": variants,
+        "default_variant": default_variant(variants, report["knn"]["variants"]),
+        "sample": _sample(plan, built, sample_image, sample_outputs),
+        "provenance": _provenance(plan, built),
+        "validation": report,
+    }
+
+
+def summary_rows(manifest_or_report: dict[str, Any], variants: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per variant: size, parity (cosine, max-abs), k-NN top-1 and drop, gate status.
+    Takes a manifest, or a validation report (then without sizes)."""
+    validation = manifest_or_report.get("validation", manifest_or_report)
+    variants = variants if variants is not None else manifest_or_report.get("variants", {})
+    parity = validation.get("parity", {}).get("variants", {})
+    knn = validation.get("knn", {}).get("variants", {})
+    rows = []
+    for v in [v for v in VARIANTS if v in variants or v in parity or v in knn]:
+        p, k = parity.get(v, {}), knn.get(v, {})
+        status = [s for s in (p.get("passed"), k.get("passed")) if s is not None]
+        rows.append({"variant": v, "precision": variants.get(v, {}).get("precision", v.rsplit("_", 1)[-1]),
+                     "size_bytes": variants.get(v, {}).get("total_size_bytes"), "cosine": p.get("min_cosine"),
+                     "max_abs": p.get("max_abs"), "parity_gated": bool(p.get("gated")), "top1": k.get("top1"),
+                     "drop": k.get("drop"), "passed": all(status) if status else None})
+    ref = validation.get("knn", {}).get("torch_fp32")
+    if ref:
+        rows.insert(0, {"variant": "torch_fp32", "precision": "fp32", "size_bytes": None, "cosine": None,
+                        "max_abs": None, "parity_gated": False, "top1": ref["top1"], "drop": 0.0, "passed": None})
+    return rows

@@ -1,0 +1,215 @@
+"""What an export will do, decided before any work: every input a user can get wrong fails
+here with a one-line error, and the rest of the export reads its choices off an
+:class:`ExportPlan` (the student, the images for each gate, the variants, the outputs)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.rundir import RunDir
+from edgedistill.runtime.manifest import FORMATS, VARIANTS
+
+__all__ = ["ExportPlan", "plan_export", "parse_formats", "OUTPUT_DESCRIPTIONS"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+OUTPUT_DESCRIPTIONS = {
+    "embedding": "student CLS token after the final norm (not L2-normalized)",
+    "projection": "the embedding mapped into the teacher's feature space by the distillation projector "
+                  "(not L2-normalized)",
+}
+
+
+@dataclass
+class ExportPlan:
+    """The resolved inputs of one export."""
+
+    run: RunDir
+    name: str
+    bundle_dir: Path
+    formats: tuple[str, ...]
+    variants: list[str]  # planned, in manifest order
+    model: Any  # the student (eval mode, at img_size)
+    meta: dict[str, Any]  # its backbone JSON
+    graph: Any  # export.onnx.EmbeddingModel: embedding (+ projection)
+    projector_info: dict[str, int] | None
+    img_size: int
+    trained_size: int
+    spec: dict[str, Any]  # the bundle's preprocessing
+    config: Any  # the run's typed config, or None
+    knn_source: str | None
+    knn_pair: tuple[Any, Any] | None  # labeled (train, val) splits for the accuracy gate
+    calib_source: str | None
+    calib_ds: Any
+    parity_source: str
+    parity_ds: Any
+    options: dict[str, Any] = field(default_factory=dict)  # opset, int8, fp16, thresholds, ...
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        dims = {"embedding": int(self.model.embed_dim)}
+        if self.projector_info is not None:
+            dims["projection"] = self.projector_info["teacher_dim"]
+        return [{"name": n, "dims": [-1, d], "description": OUTPUT_DESCRIPTIONS[n]} for n, d in dims.items()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.outputs]
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    from edgedistill.options import parse_list
+
+    items = parse_list(formats, "formats", choices=FORMATS, noun="export format")
+    return tuple(f for f in FORMATS if f in items)
+
+
+def _check_run(run: RunDir) -> None:
+    if not run.path.exists():
+        raise EdgeDistillError(f"model run directory not found: {run.path}")
+    if not run.path.is_dir():
+        raise EdgeDistillError(f"--model must be a run directory (with student.json), got the file {run.path}")
+    if not run.has_backbone("student"):
+        hint = " (it holds a teacher: export a distilled student)" if run.has_backbone("teacher") else ""
+        raise EdgeDistillError(f"{run.path} is not a distilled student run: it needs student.json and "
+                               f"student.safetensors{hint}")
+
+
+def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir) -> None:
+    from edgedistill.export.onnx import check_opset
+    from edgedistill.export.quantize import ORT_CALIB_METHODS
+
+    check_opset(o["opset"])
+    if o["int8"] and o["calib_method"] not in ORT_CALIB_METHODS:
+        raise EdgeDistillError(f"unknown calibration method {o['calib_method']!r}: choose "
+                               f"{', '.join(ORT_CALIB_METHODS)}")
+    if int(o["calib_size"]) < 1 or int(o["batch_size"]) < 1:
+        raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
+    if o["threads"] is not None and o["threads"] < 1:
+        raise EdgeDistillError(f"--threads must be >= 1, got {o['threads']}")
+    if o["fp16"] and "openvino" not in formats:
+        raise EdgeDistillError("--fp16 makes an OpenVINO FP16 variant: add openvino to --formats")
+    if o["projection"] and not run.projector.is_file():
+        raise EdgeDistillError(f"--projection needs {run.projector.name} in {run.path} (written by "
+                               "`edgedistill distill`); this run has none")
+
+
+def _bundle_dir(out_root: str | Path, name: str, force: bool) -> Path:
+    if not _NAME_RE.match(name):
+        raise EdgeDistillError(f"bundle name {name!r} must be a plain folder name (letters, digits, . _ -)")
+    bundle_dir = Path(out_root).expanduser() / name
+    if bundle_dir.exists() and not force:
+        raise EdgeDistillError(f"{bundle_dir} already exists: pass --force to replace it, or choose another --name")
+    if bundle_dir.exists() and not bundle_dir.is_dir():
+        raise EdgeDistillError(f"{bundle_dir} exists and is not a directory")
+    return bundle_dir
+
+
+def _student(run: RunDir, img_size: int | None, projection: bool) -> tuple[Any, dict[str, Any], Any, Any, int]:
+    """(model at the export size, its meta, the export graph, projector info, trained size)."""
+    from edgedistill.export.onnx import EmbeddingModel
+    from edgedistill.models.backbone_io import load_backbone
+    from edgedistill.models.projector import load_projector
+
+    model, meta = load_backbone(run.path, role="student")
+    trained = int(meta.get("img_size") or model.patch_embed.img_size[0])
+    patch = int(model.patch_embed.patch_size[0])
+    size = int(img_size or trained)
+    if size < patch or size % patch:
+        raise EdgeDistillError(f"--img-size {size} must be a multiple of the student's patch size {patch}")
+    if size != trained:
+        # resamples the position embedding (bicubic), as timm does for a new input size
+        model.set_input_size(img_size=(size, size))
+    projector, info = load_projector(run.projector, int(model.embed_dim)) if projection else (None, None)
+    return model, meta, EmbeddingModel(model, projector).eval(), info, trained
+
+
+def _config_data(cfg: Any) -> tuple[str | None, str | None]:
+    """(labeled k-NN data, any images) the run's own config points at, where they exist here:
+    the defaults for ``data`` and ``calib``."""
+    from edgedistill.data import has_split_layout
+
+    if cfg is None:
+        return None, None
+    path, val_path = cfg.data.path, cfg.data.val_path
+
+    def usable(p: str) -> bool:
+        return p == "digits" or (bool(p) and Path(p).expanduser().is_dir())
+
+    labeled = next((c for c in (val_path, path)
+                    if c == "digits" or (usable(c) and has_split_layout(Path(c).expanduser()))), None)
+    return labeled, (path if usable(path) else None)
+
+
+def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: dict[str, Any], console: Any,
+            int8: bool) -> dict[str, Any]:
+    """The images each gate reads: the accuracy gate's labeled pair, calibration, parity."""
+    from edgedistill.export.images import labeled_pair, open_split
+
+    config_labeled, config_images = _config_data(cfg)
+    knn_source = str(plan_data) if plan_data is not None else config_labeled
+    knn_pair = None
+    if plan_data is not None:
+        knn_pair = labeled_pair(knn_source, spec, "--data")
+    elif knn_source is not None:
+        try:  # the run's own data is only a default: unusable, it means "no accuracy gate"
+            knn_pair = labeled_pair(knn_source, spec, "the run's data.path")
+            console.print(f"accuracy gate on the run's data: {knn_source}")
+        except EdgeDistillError as exc:
+            console.print(f"[yellow]warning:[/] the run's data cannot serve the accuracy gate ({exc})")
+            knn_source = None
+    if calib is not None:
+        calib_source, calib_ds = str(calib), open_split(str(calib), "train", spec, scan=False)
+    elif knn_pair is not None:
+        calib_source, calib_ds = f"{knn_source} (train split)", knn_pair[0]
+    elif config_images is not None:
+        calib_source = f"{config_images} (the run's data.path)"
+        calib_ds = open_split(config_images, "train", spec, scan=False)
+    else:
+        calib_source, calib_ds = None, None
+    if int8 and calib_ds is None:
+        raise EdgeDistillError("INT8 needs calibration images: pass --calib DIR or --data DIR (or --no-int8)")
+    if knn_pair is not None:
+        parity_source, parity_ds = f"{knn_source} (val split)", knn_pair[1]
+    elif calib_ds is not None:
+        parity_source, parity_ds = calib_source, calib_ds
+    else:
+        raise EdgeDistillError("the parity gate needs real images: pass --data DIR (labeled train/val) or --calib DIR")
+    if knn_pair is None:
+        console.print("[yellow]warning:[/] no labeled --data: the accuracy gate is skipped"
+                      + (" and the INT8 variants are not verified" if int8 else ""))
+    return {"knn_source": knn_source, "knn_pair": knn_pair, "calib_source": calib_source, "calib_ds": calib_ds,
+            "parity_source": parity_source, "parity_ds": parity_ds}
+
+
+def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None, formats: str | Sequence[str],
+                data: str | Path | None, calib: str | Path | None, img_size: int | None, force: bool,
+                console: Any, **options: Any) -> ExportPlan:
+    """Check everything, load the student, pick the images; ``options``: int8, fp16, opset,
+    calib_size, calib_method, projection, min_cosine, max_drop, int8_hint, batch_size,
+    num_workers, threads."""
+    from edgedistill.data import eval_preprocessing
+
+    run = RunDir.of(model_dir)
+    _check_run(run)
+    fmts = parse_formats(formats)
+    name = name or run.path.resolve().name
+    bundle_dir = _bundle_dir(out_root, name, force)
+    _check_options(options, fmts, run)
+    options["min_cosine"], options["max_drop"] = float(options["min_cosine"]), float(options["max_drop"])
+
+    model, meta, graph, projector_info, trained = _student(run, img_size, options["projection"])
+    size = int(img_size or trained)
+    cfg = run.config_or_none()  # supplies mean/std and the default data; ImageNet's without one
+    spec = eval_preprocessing(size, *((cfg.data.mean, cfg.data.std) if cfg is not None else ()))
+    images = _images(str(data) if data is not None else None, str(calib) if calib is not None else None, cfg, spec,
+                     console, options["int8"])
+    variants = [v for v in VARIANTS if v.split("_")[0] in fmts and
+                (v.endswith("fp32") or (v.endswith("int8") and options["int8"])
+                 or (v.endswith("fp16") and options["fp16"]))]
+    return ExportPlan(run=run, name=name, bundle_dir=bundle_dir, formats=fmts, variants=variants, model=model,
+                      meta=meta, graph=graph, projector_info=projector_info, img_size=size, trained_size=trained,
+                      spec=spec, config=cfg, options=options, **images)

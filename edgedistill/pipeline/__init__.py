@@ -1,0 +1,157 @@
+"""``edgedistill pipeline CONFIG``: every stage from one YAML file, resumable stage by stage.
+
+  runs/<name>/teacher/   pretrain (DINO)         skipped when teacher.safetensors exists
+  runs/<name>/student/   distill (AttnDistill)   skipped when student.safetensors exists
+  runs/<name>/eval.json  k-NN: teacher, student, random-init student (and teacher, when pretrained)
+  export/<name>/         ONNX + OpenVINO (+ INT8) bundle with its gates
+  runs/<name>/bench.json latency per backend and precision
+  runs/<name>/report/    README.md + loss curves, attention maps, latency vs k-NN (PNG)
+
+A stage interrupted half-way resumes from its checkpoint on the next run; a stage already done
+is skipped. The summary table and the report (``pipeline.report``) are rebuilt every time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from edgedistill.config import Config
+from edgedistill.rundir import RUNS_ROOT, RunDir
+from edgedistill.utils import atomic_write_json
+
+__all__ = ["PipelinePaths", "run_pipeline", "pipeline_teacher"]
+
+EXPORT_ROOT = Path("export")
+
+
+@dataclass(frozen=True)
+class PipelinePaths:
+    """Where each stage of one pipeline run reads and writes."""
+
+    root: Path
+    teacher: RunDir
+    student: RunDir
+    eval: Path
+    export_root: Path
+    bundle: Path
+    bench: Path
+    report: Path
+
+    @classmethod
+    def for_config(cls, cfg: Config, runs_root: Path = RUNS_ROOT, export_root: Path = EXPORT_ROOT) -> "PipelinePaths":
+        root = Path(runs_root) / cfg.run.name
+        return cls(root=root, teacher=RunDir.of(root / "teacher"), student=RunDir.of(root / "student"),
+                   eval=root / "eval.json", export_root=Path(export_root), bundle=Path(export_root) / cfg.run.name,
+                   bench=root / "bench.json", report=root / "report")
+
+
+def pipeline_teacher(cfg: Config, paths: PipelinePaths) -> Config:
+    """The config the later stages see: with a ``pretrain`` stage, its run is the teacher."""
+    if "pretrain" not in cfg.pipeline.stages:
+        return cfg
+    return replace(cfg, teacher=replace(cfg.teacher, source=str(paths.teacher.path)))
+
+
+def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path = EXPORT_ROOT,
+                 console: Any = None) -> dict[str, Any]:
+    """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path}``."""
+    from edgedistill.pipeline.report import summarize, write_report
+    from edgedistill.train.stages import distill, pretrain
+
+    paths = PipelinePaths.for_config(cfg, runs_root, export_root)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    stages: list[dict[str, Any]] = []
+
+    def stage(name: str, done: bool, work: Callable[[], Any]) -> None:
+        if name not in cfg.pipeline.stages:
+            return
+        if done:
+            stages.append({"stage": name, "status": "skipped (already done)", "seconds": 0.0})
+            return
+        if console is not None:
+            console.rule(f"[bold]{name}")
+        started = time.perf_counter()
+        work()
+        stages.append({"stage": name, "status": "done", "seconds": time.perf_counter() - started})
+
+    taught = pipeline_teacher(cfg, paths)
+    stage("pretrain", paths.teacher.has_backbone("teacher"),
+          lambda: pretrain(cfg, paths.teacher.path, resume=paths.teacher.has_checkpoint(), console=console))
+    stage("distill", paths.student.has_backbone("student"),
+          lambda: distill(taught, paths.student.path, resume=paths.student.has_checkpoint(), console=console))
+    stage("eval", paths.eval.exists(), lambda: _evaluate(taught, paths, console))
+    stage("export", (paths.bundle / "manifest.json").exists(), lambda: _export(cfg, paths, console))
+    stage("bench", paths.bench.exists(), lambda: _bench(cfg, paths, console))
+
+    summary = summarize(paths)
+    report = write_report(taught, paths, summary, stages)
+    return {"stages": stages, "summary": summary, "report": str(report)}
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _evaluate(cfg: Config, paths: PipelinePaths, console: Any) -> None:
+    """k-NN of the teacher, the student and random-init twins of both, on the same splits."""
+    from edgedistill.eval.evaluate import evaluate_knn, load_splits
+    from edgedistill.eval.models import open_model, open_torch_module, standard_spec
+    from edgedistill.models.teacher import build_teacher
+
+    d = cfg.data
+    where = {"train": d.path, "val": d.val_path} if d.val_path else {"data": d.path}
+    splits = load_splits(**where, img_size=d.img_size, max_bad_images=d.max_bad_images)
+
+    def random_twin(meta: dict[str, Any]) -> Any:
+        """The same architecture as a saved backbone pair, at a reproducible random init."""
+        kw = meta["kwargs"]
+        return open_model("random", arch=meta["arch"], img_size=kw["img_size"], patch_size=kw.get("patch_size", 0),
+                          depth=kw.get("depth", 0), seed=cfg.run.seed)
+
+    def teacher() -> Any:
+        module, info = build_teacher(cfg.teacher, cfg.teacher_img_size)
+        spec = standard_spec(cfg.teacher_img_size, d.mean, d.std)  # what distillation fed it
+        return open_torch_module(module, cfg.teacher.source, spec, info=info)
+
+    models = {
+        "teacher": teacher,
+        "student": lambda: open_model(paths.student.path),
+        "random_student": lambda: random_twin(paths.student.backbone_meta("student")),
+    }
+    teacher_run = RunDir.of(cfg.teacher.source)
+    if teacher_run.has_backbone("teacher"):  # a pretrained teacher: what pretraining gained over its random init
+        models["random_teacher"] = lambda: random_twin(teacher_run.backbone_meta("teacher"))
+    results: dict[str, Any] = {}
+    for name, make in models.items():
+        results[name] = evaluate_knn(make(), splits, ks=cfg.eval.k, temperature=cfg.eval.temperature,
+                                     batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                                     progress=console is not None)
+        if console is not None:
+            console.print(f"k-NN {name}: top-1 {results[name]['top1']:.2f}%")
+    atomic_write_json(paths.eval, results)
+
+
+def _export(cfg: Config, paths: PipelinePaths, console: Any) -> None:
+    from edgedistill.export.bundle import export_bundle
+
+    # data=None: the accuracy gate takes the student run's own data when it is labeled (and
+    # is skipped with a warning, INT8 then never the default variant, when it is not).
+    e = cfg.export
+    export_bundle(paths.student.path, out_root=paths.export_root, name=cfg.run.name, formats=e.formats,
+                  int8=e.int8, data=None, calib_size=e.calib_size, opset=e.opset,
+                  min_cosine=e.parity_min_cosine, max_drop=e.max_knn_drop, int8_hint=e.int8_precision_hint,
+                  force=True, num_workers=cfg.data.num_workers, console=console)
+
+
+def _bench(cfg: Config, paths: PipelinePaths, console: Any) -> None:
+    from edgedistill.bench.report import render_table
+    from edgedistill.bench.runner import run_bench
+
+    b = cfg.bench
+    report = run_bench(paths.bundle, backends=b.backends, threads=b.threads, batches=b.batch,
+                       runs=b.runs, warmup=b.warmup, progress=console is not None, console=console)
+    if console is not None:
+        render_table(report, console)
+    atomic_write_json(paths.bench, report)

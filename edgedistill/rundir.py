@@ -1,0 +1,138 @@
+"""A training run's directory: every file name, the checks before writing, the typed config.
+
+``pretrain`` and ``distill`` write one directory each (``runs/<run.name>/`` unless ``--out``
+says otherwise)::
+
+    config.yaml                          the resolved config (typed: ``RunDir.config()``)
+    checkpoint.pt                        resumable training state, written atomically
+    metrics.jsonl                        one JSON line per logged step (and online k-NN)
+    summary.json                         steps, final metrics, device, bf16, process group
+    student.safetensors + student.json   distill's result (pretrain: teacher.*)
+    projector.safetensors                distill's projector into the teacher's feature space
+
+Everything that reads or writes one of these goes through :class:`RunDir`. It is a leaf: it
+imports only the config (lazily), so every package may use it; the teacher a config describes
+is built by ``models.teacher.build_teacher``. Torch-free: the CLI resolves paths before heavy
+imports.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgedistill.errors import EdgeDistillError
+
+if TYPE_CHECKING:
+    from edgedistill.config import Config
+
+__all__ = ["RunDir", "RUNS_ROOT", "ROLES"]
+
+RUNS_ROOT = Path("runs")
+ROLES = ("student", "teacher")  # distill writes student.*, pretrain teacher.*
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The directory of one training run (it need not exist yet)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, path: str | Path) -> "RunDir":
+        return cls(Path(path).expanduser())
+
+    @classmethod
+    def for_config(cls, cfg: "Config", out: str | Path | None = None, root: str | Path = RUNS_ROOT) -> "RunDir":
+        """``out`` when given, else ``<root>/<run.name>``."""
+        return cls.of(out) if out is not None else cls.of(Path(root) / cfg.run.name)
+
+    # ---- file names
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def projector(self) -> Path:
+        return self.path / "projector.safetensors"
+
+    def weights(self, role: str) -> Path:
+        return self.path / f"{role}.safetensors"
+
+    def meta(self, role: str) -> Path:
+        return self.path / f"{role}.json"
+
+    # ---- state
+    def has_backbone(self, role: str) -> bool:
+        return self.meta(role).is_file() and self.weights(role).is_file()
+
+    def backbone_role(self) -> str | None:
+        """Which saved pair the run holds: ``teacher`` (pretrain), ``student`` (distill) or None."""
+        return next((role for role in ("teacher", "student") if self.has_backbone(role)), None)
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def check_writable(self, resume: bool, role: str) -> None:
+        """A new run never overwrites an old one; a resume needs a checkpoint to resume from."""
+        if resume:
+            if not self.has_checkpoint():
+                raise EdgeDistillError(f"nothing to resume: {self.checkpoint} does not exist")
+            return
+        if self.checkpoint.exists() or self.weights(role).exists():
+            raise EdgeDistillError(f"{self.path} already holds a run: pass --resume to continue it, "
+                                   "or choose another --out")
+
+    # ---- reading
+    def config(self) -> "Config | None":
+        """The run's typed config, or None when it has no ``config.yaml``; a malformed one is an
+        EdgeDistillError naming the key."""
+        if not self.config_path.is_file():
+            return None
+        from edgedistill.config import build_config
+
+        return build_config(self.config_path)
+
+    def config_or_none(self) -> "Config | None":
+        """Like :meth:`config`, but a config this version cannot read counts as absent (an
+        export of an old run falls back to the defaults rather than failing)."""
+        try:
+            return self.config()
+        except EdgeDistillError:
+            return None
+
+    def backbone_meta(self, role: str) -> dict[str, Any]:
+        from edgedistill.utils import read_json
+
+        return read_json(self.meta(role))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    # ---- writing
+    def save_config(self, cfg: "Config") -> None:
+        from edgedistill.config import save_config
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        from edgedistill.utils import atomic_write_json
+
+        atomic_write_json(self.summary, summary)

@@ -1,0 +1,98 @@
+"""The package's shape: no import cycle between its parts, and the layering the design
+document describes (docs/design.md). Imports inside functions count: a lazy import is still
+a dependency."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edgedistill"
+
+
+def _part(module: str) -> str:
+    """``edgedistill.eval.knn`` -> ``eval``; ``edgedistill.rundir`` -> ``rundir``."""
+    return module.split(".")[1]
+
+
+def _imports(path: Path) -> set[str]:
+    module = "edgedistill." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:  # relative: resolve against this module's package
+                base = module.split(".")[:-node.level]
+                found.add(".".join(base + [node.module]))
+            else:
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names if node.module == "edgedistill"}
+    return {m for m in found if m.startswith("edgedistill.") and m != "edgedistill"}
+
+
+def dependency_graph() -> dict[str, set[str]]:
+    """part -> the parts it imports (top-level modules and subpackages of edgedistill)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent == PACKAGE and path.name in ("__init__.py", "__main__.py"):
+            continue
+        part = _part("edgedistill." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+        graph.setdefault(part, set()).update(_part(m) for m in _imports(path) if _part(m) != part)
+    parts = set(graph)  # names imported from the package itself (__version__) are not parts
+    return {part: deps & parts for part, deps in graph.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one part (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_walker_sees_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_between_packages():
+    graph = dependency_graph()
+    assert {"train", "eval", "export", "bench", "runtime", "models", "data", "cli"} <= set(graph)
+    assert cycles(graph) == []
+
+
+def test_layers():
+    """The runtime and the leaves import nothing above them; evaluation does not import
+    training (training's online k-NN uses evaluation); only the CLI imports the CLI."""
+    graph = dependency_graph()
+    assert graph["runtime"] <= {"errors", "utils"}, graph["runtime"]
+    for leaf in ("errors", "utils", "options", "progress"):
+        assert graph.get(leaf, set()) <= {"errors"}, (leaf, graph.get(leaf))
+    assert graph["rundir"] <= {"errors", "config", "utils"}, graph["rundir"]
+    assert "train" not in graph["eval"] and "train" not in graph["export"]
+    assert not [p for p, deps in graph.items() if "cli" in deps and p != "cli"]
