@@ -62,3 +62,51 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "edgedistill", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+TINY_ARCH = "vit_tiny_patch16_224"
+TINY_TEACHER_DIM = 384
+
+
+def tiny_student_run(root: Path, projector: bool = True) -> Path:
+    """A run directory as `distill` leaves it (student pair + projector): a random ViT-Tiny at
+    16 px, patch 4, 2 blocks."""
+    import torch
+
+    from edgedistill.models.backbone_io import save_backbone
+    from edgedistill.models.projector import Projector, save_projector
+    from edgedistill.models.vit import create_vit
+
+    torch.manual_seed(0)
+    model, kwargs = create_vit(TINY_ARCH, img_size=16, patch_size=4, depth=2)
+    root.mkdir(parents=True)
+    save_backbone(model, root, "student", TINY_ARCH, kwargs, "student")
+    if projector:
+        save_projector(Projector(model.embed_dim, TINY_TEACHER_DIM, depth=1), root / "projector.safetensors")
+    return root
+
+
+@pytest.fixture(scope="session")
+def student_run(tmp_path_factory) -> Path:
+    return tiny_student_run(tmp_path_factory.mktemp("runs") / "tiny_student")
+
+
+@pytest.fixture(scope="session")
+def labeled(tmp_path_factory) -> Path:
+    """train/ and val/ with 3 classes of 20 px images (resized to 18, cropped to 16)."""
+    root = tmp_path_factory.mktemp("labeled")
+    make_image_folder(root / "train", classes=3, per_class=10, size=20, seed=0)
+    make_image_folder(root / "val", classes=3, per_class=4, size=20, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(student_run, labeled, tmp_path_factory) -> dict:
+    """The one full export the export, bench and deploy-example tests share: every variant
+    (FP16 too), both gates, on the tiny data. ``export_bundle``'s result, plus ``run``/``data``."""
+    from edgedistill.export import export_bundle
+
+    out = tmp_path_factory.mktemp("export")
+    result = export_bundle(student_run, out_root=out, name="tiny", formats="onnx,openvino", int8=True, fp16=True,
+                           data=str(labeled), calib_size=12, threads=1, progress=False)
+    return {**result, "run": student_run, "data": labeled}

@@ -23,21 +23,9 @@ ARCH = "vit_tiny_patch16_224"
 
 
 @pytest.fixture(scope="session")
-def bench_bundle(tmp_path_factory) -> Path:
-    """A tiny student (16 px, patch 4, 2 blocks) exported with every variant and both gates."""
-    from edgedistill.export import export_bundle
-    from edgedistill.models.backbone_io import save_backbone
-    from edgedistill.models.vit import create_vit
-
-    root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    model, kwargs = create_vit(ARCH, img_size=16, patch_size=4, depth=2)
-    save_backbone(model, root / "run", "student", ARCH, kwargs, "student")
-    make_image_folder(root / "data" / "train", classes=3, per_class=6, size=20, seed=0)
-    make_image_folder(root / "data" / "val", classes=3, per_class=3, size=20, seed=1)
-    result = export_bundle(root / "run", out_root=root / "export", name="tiny", data=str(root / "data"),
-                           calib_size=6, threads=1, progress=False)
-    return Path(result["bundle"])
+def bench_bundle(tiny_bundle) -> Path:
+    """conftest's tiny bundle: a 16 px, patch 4, 2-block student with every variant and both gates."""
+    return Path(tiny_bundle["bundle"])
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +71,8 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
 
     rows = {r["id"]: r for r in report["rows"]}
     expected = {"onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
-                "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_int8:int8@f32:1t",
-                "openvino:onnx_int8:int8@f32:1t"}
+                "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_fp16:fp16@f32:1t",
+                "openvino:openvino_int8:int8@f32:1t", "openvino:onnx_int8:int8@f32:1t"}
     if cpu_has_native_bf16():
         expected |= {"openvino:openvino_fp32:bf16@bf16:1t", "openvino:openvino_int8:int8@bf16:1t"}
     assert set(rows) == expected

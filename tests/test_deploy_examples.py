@@ -49,26 +49,11 @@ def _colored(rng: np.random.Generator, width: int, height: int, channel: int) ->
 
 
 @pytest.fixture(scope="session")
-def deploy(tmp_path_factory) -> dict:
-    """A tiny random student exported with every variant, its labeled data, and query images
-    that exercise the preprocessing (sizes around the crop, grey, RGBA, JPEG, unique names)."""
-    import torch
-
-    from edgedistill.export.bundle import export_bundle
-    from edgedistill.models.backbone_io import save_backbone
-    from edgedistill.models.vit import create_vit
-
+def deploy(tiny_bundle, tmp_path_factory) -> dict:
+    """conftest's tiny bundle (every variant), its labeled data, and query images that exercise
+    the preprocessing (sizes around the crop, grey, RGBA, JPEG, unique names)."""
     root = tmp_path_factory.mktemp("deploy")
-    torch.manual_seed(0)
-    model, kwargs = create_vit(ARCH, img_size=16, patch_size=4, depth=2)
-    (root / "run").mkdir()
-    save_backbone(model, root / "run", "student", ARCH, kwargs, "student")
-    data = root / "data"
-    make_image_folder(data / "train", classes=3, per_class=8, size=20, seed=0)
-    make_image_folder(data / "val", classes=3, per_class=3, size=23, seed=1)
-    result = export_bundle(root / "run", out_root=root / "export", name="tiny", formats="onnx,openvino", int8=True,
-                           data=str(data), calib_size=8, threads=1, progress=False)
-
+    data, result = tiny_bundle["data"], tiny_bundle
     queries = root / "queries"
     queries.mkdir()
     for src in sorted((data / "val").glob("*/*.png")):

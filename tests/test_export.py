@@ -15,55 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_TEACHER_DIM as TEACHER_DIM
 from conftest import make_image_folder, run_cli
 from edgedistill.errors import EdgeDistillError
 from edgedistill.utils import cpu_has_native_bf16
 
-ARCH = "vit_tiny_patch16_224"
-TEACHER_DIM = 384
-
-
-def tiny_student_run(root: Path, projector: bool = True) -> Path:
-    """A run directory as `distill` leaves it (student pair + projector), random weights."""
-    from safetensors.torch import save_file
-
-    from edgedistill.models.backbone_io import save_backbone
-    from edgedistill.models.projector import Projector
-    from edgedistill.models.vit import create_vit
-
-    torch.manual_seed(0)
-    model, kwargs = create_vit(ARCH, img_size=16, patch_size=4, depth=2)
-    root.mkdir(parents=True)
-    save_backbone(model, root, "student", ARCH, kwargs, "student")
-    if projector:
-        proj = Projector(model.embed_dim, TEACHER_DIM, depth=1)
-        save_file({k: v.contiguous() for k, v in proj.state_dict().items()}, str(root / "projector.safetensors"),
-                  metadata={"depth": "1", "student_dim": str(model.embed_dim), "teacher_dim": str(TEACHER_DIM)})
-    return root
-
-
 @pytest.fixture(scope="session")
-def student_run(tmp_path_factory) -> Path:
-    return tiny_student_run(tmp_path_factory.mktemp("runs") / "tiny_student")
-
-
-@pytest.fixture(scope="session")
-def labeled(tmp_path_factory) -> Path:
-    """train/ and val/ with 3 classes of 20 px images (resized to 18, cropped to 16)."""
-    root = tmp_path_factory.mktemp("labeled")
-    make_image_folder(root / "train", classes=3, per_class=10, size=20, seed=0)
-    make_image_folder(root / "val", classes=3, per_class=4, size=20, seed=1)
-    return root
-
-
-@pytest.fixture(scope="session")
-def bundle(student_run, labeled, tmp_path_factory) -> dict:
-    """The full export, once: every variant (FP16 too), both gates, on the tiny data."""
-    from edgedistill.export import export_bundle
-
-    out = tmp_path_factory.mktemp("export")
-    return export_bundle(student_run, out_root=out, formats="onnx,openvino", int8=True, fp16=True,
-                         data=str(labeled), calib_size=12, threads=1, progress=False)
+def bundle(tiny_bundle) -> dict:
+    """The full export, once (conftest's, shared with the bench and deploy tests)."""
+    return tiny_bundle
 
 
 def leftovers(root: Path) -> list[str]:

@@ -20,30 +20,6 @@ _MODEL_HELP = ("Run directory, student/teacher .safetensors, .onnx file, OpenVIN
                "checkpoint file (with --arch), timm hub name, or 'random'.")
 
 
-def _parse_ks(text: str) -> list[int]:
-    from edgedistill.errors import EdgeDistillError
-
-    try:
-        ks = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise EdgeDistillError(f"--k takes comma-separated integers like 10,20,100,200, got {text!r}") from None
-    if not ks or min(ks) < 1:
-        raise EdgeDistillError(f"--k values must be >= 1, got {text!r}")
-    return list(dict.fromkeys(ks))
-
-
-def _parse_floats(text: str, flag: str) -> list[float]:
-    from edgedistill.errors import EdgeDistillError
-
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise EdgeDistillError(f"{flag} takes comma-separated numbers, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise EdgeDistillError(f"{flag} values must be > 0, got {text!r}")
-    return values
-
-
 def model_options(func):
     """--model and how to open it."""
     options = [
@@ -98,6 +74,17 @@ def _ranks(opts: dict[str, Any]) -> Iterator[bool]:
         yield info.is_main
     finally:
         distmod.teardown()
+
+
+def _evaluate(opts: dict[str, Any], evaluate: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """Open the model and the splits and run ``evaluate`` on them (on every rank under
+    torchrun); the result on the reporting process, None on the others."""
+    with _ranks(opts) as reports:
+        model = _open(opts)
+        splits = _splits(opts, model)
+        result = evaluate(model, splits, batch_size=opts["batch_size"], num_workers=opts["workers"],
+                          threads=opts["threads"], **kwargs)
+    return model, (result if reports else None)
 
 
 def _open(opts: dict[str, Any]):
@@ -163,17 +150,15 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
     from edgedistill.eval.evaluate import evaluate_knn
     from edgedistill.utils import atomic_write_json
 
-    ks = _parse_ks(k_text)
+    from edgedistill.options import parse_list
+
+    ks = parse_list(k_text, "k", kind=int)
     if temperature <= 0:
         raise EdgeDistillError(f"--temperature must be > 0, got {temperature}")
     _check_json_path(json_path)
-    with _ranks(opts) as reports:
-        model = _open(opts)
-        splits = _splits(opts, model)
-        result = evaluate_knn(model, splits, ks=ks, temperature=temperature, batch_size=opts["batch_size"],
-                              num_workers=opts["workers"], chunk_size=chunk_size, progress=not no_progress,
-                              with_predictions=with_predictions, threads=opts["threads"])
-    if not reports:
+    model, result = _evaluate(opts, evaluate_knn, ks=ks, temperature=temperature, chunk_size=chunk_size,
+                              progress=not no_progress, with_predictions=with_predictions)
+    if result is None:
         return
     con = console()
     _header(con, model, result)
@@ -211,16 +196,16 @@ def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool
     from edgedistill.eval.evaluate import evaluate_linear
     from edgedistill.utils import atomic_write_json
 
-    cs = _parse_floats(c_text, "--c")
+    from edgedistill.options import parse_list
+
+    cs = parse_list(c_text, "c", kind=float, minimum=None)
+    if min(cs) <= 0:
+        raise EdgeDistillError(f"--c values must be > 0, got {c_text!r}")
     if max_iter < 1:
         raise EdgeDistillError(f"--max-iter must be >= 1, got {max_iter}")
     _check_json_path(json_path)
-    with _ranks(opts) as reports:
-        model = _open(opts)
-        splits = _splits(opts, model)
-        result = evaluate_linear(model, splits, cs=cs, max_iter=max_iter, batch_size=opts["batch_size"],
-                                 num_workers=opts["workers"], progress=not no_progress, threads=opts["threads"])
-    if not reports:
+    model, result = _evaluate(opts, evaluate_linear, cs=cs, max_iter=max_iter, progress=not no_progress)
+    if result is None:
         return
     con = console()
     _header(con, model, result)

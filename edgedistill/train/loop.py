@@ -328,13 +328,9 @@ class _Progress:
         if not self.enabled:
             return
         if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from edgedistill.progress import progress_bar
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=console, transient=False,
-            )
+            self.bar = progress_bar(console, eta=True, info=True)
             self.bar.start()
             self.task_id = self.bar.add_task(name, total=total, completed=completed, info="")
 

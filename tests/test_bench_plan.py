@@ -1,0 +1,139 @@
+"""bench's planning and statistics as plain functions: which rows a bundle gives on which
+machine (and why others are left out), the baseline, ratios and the best rows. No processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgedistill.errors import EdgeDistillError
+
+KNN = {"torch_fp32": {"top1": 60.0}, "variants": {
+    "onnx_fp32": {"top1": 60.0, "drop": 0.0}, "onnx_int8": {"top1": 59.5, "drop": 0.5},
+    "openvino_fp32": {"top1": 60.0, "drop": 0.0},
+    "openvino_int8": {"top1": 59.0, "drop": 1.0, "f32_fallback": {"top1": 59.2, "drop": 0.8}}}}
+
+
+def manifest(int8_hint: str = "bf16") -> dict:
+    def var(fmt: str, precision: str, **extra) -> dict:
+        name = f"{fmt}_{precision}"
+        return {"file": f"{name}.{'onnx' if fmt == 'onnx' else 'xml'}", "format": fmt, "precision": precision,
+                "total_size_bytes": 1000, **extra}
+
+    return {"name": "t", "input": {"name": "pixel_values", "shape": [-1, 3, 16, 16]},
+            "variants": {"onnx_fp32": var("onnx", "fp32"), "onnx_int8": var("onnx", "int8"),
+                         "openvino_fp32": var("openvino", "fp32", inference_precision_hint="f32"),
+                         "openvino_int8": var("openvino", "int8", inference_precision_hint=int8_hint)},
+            "validation": {"knn": KNN}}
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    (tmp_path / "student.json").write_text("{}")
+    (tmp_path / "student.safetensors").write_bytes(b"\0" * 10)
+    return tmp_path
+
+
+def plan(bundle_dir, native_bf16: bool, int8_hint: str = "bf16", **kw):
+    from edgedistill.bench.plan import device_targets, plan_rows
+
+    targets, reasons = device_targets(kw.pop("device", "cpu"), {"onnxruntime": ["CPUExecutionProvider"],
+                                                                "openvino": ["CPU"]})
+    rows, skipped = plan_rows(manifest(int8_hint), bundle_dir, backends=kw.get("backends", ["torch", "onnxruntime",
+                                                                                          "openvino"]),
+                              precisions=kw.get("precisions", ["fp32", "bf16", "fp16", "int8"]), threads=[1, 2],
+                              targets=targets, reasons=reasons, native_bf16=native_bf16)
+    return {r.id: r for r in rows}, skipped
+
+
+def test_rows_on_a_cpu_with_native_bf16(bundle_dir):
+    rows, skipped = plan(bundle_dir, native_bf16=True)
+    one = {i for i in rows if i.endswith(":1t")}
+    assert one == {"torch:student:fp32:1t", "torch:student:bf16@bf16:1t",
+                   "onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
+                   "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_fp32:bf16@bf16:1t",
+                   "openvino:openvino_int8:int8@bf16:1t", "openvino:openvino_int8:int8@f32:1t",
+                   "openvino:onnx_int8:int8@f32:1t"}
+    assert len(rows) == 2 * len(one) and not skipped
+    # k-NN only where a row runs as the gate ran it: the bf16-hint INT8 at bf16, its f32 fallback
+    assert rows["openvino:openvino_int8:int8@bf16:1t"].knn_top1 == 59.0
+    assert rows["openvino:openvino_int8:int8@f32:1t"].knn_top1 == 59.2
+    assert rows["openvino:openvino_fp32:bf16@bf16:1t"].knn_top1 is None
+    assert rows["openvino:onnx_int8:int8@f32:1t"].knn_top1 is None
+    assert rows["torch:student:fp32:1t"].knn_top1 == 60.0 and rows["torch:student:fp32:1t"].knn_drop == 0.0
+
+
+def test_rows_without_native_bf16_and_with_a_precision_filter(bundle_dir):
+    rows, skipped = plan(bundle_dir, native_bf16=False, int8_hint="f32")
+    assert not [i for i in rows if "bf16" in i]
+    assert {(s["backend"], s["precision"], s["reason"]) for s in skipped} == {
+        ("torch", "bf16", "this CPU has no native bf16"), ("openvino", "bf16", "this CPU has no native bf16")}
+    rows, _ = plan(bundle_dir, native_bf16=True, int8_hint="f32", precisions=["int8"], backends=["openvino"])
+    # an f32-hint INT8 also runs with a bf16 hint where the CPU has it: faster, not gated
+    assert set(rows) == {f"openvino:{v}:int8@{h}:{t}t" for v, h in (("openvino_int8", "f32"),
+                                                                   ("openvino_int8", "bf16"),
+                                                                   ("onnx_int8", "f32")) for t in (1, 2)}
+
+
+def test_torch_baseline_needs_its_weights(tmp_path):
+    rows, skipped = plan(tmp_path, native_bf16=False, backends=["torch"])
+    assert rows == {} and "no student weights" in skipped[0]["reason"]
+
+
+def test_device_targets():
+    from edgedistill.bench.plan import device_targets
+
+    devices = {"onnxruntime": ["CUDAExecutionProvider", "CPUExecutionProvider"], "openvino": ["CPU", "GPU"]}
+    targets, reasons = device_targets("gpu", devices)
+    assert targets == {"onnxruntime": "CUDAExecutionProvider", "openvino": "GPU"} and "torch" in reasons
+    with pytest.raises(EdgeDistillError, match="OpenVINO devices: CPU; ONNX Runtime providers: CPUExecutionProvider"):
+        device_targets("npu", {"onnxruntime": ["CPUExecutionProvider"], "openvino": ["CPU"]})
+
+
+def test_options():
+    from edgedistill.bench.plan import BenchOptions
+
+    opts = BenchOptions.parse("torch,onnxruntime", None, "2,1,2", "8,1", 3, None, None, 4, True)
+    assert opts.threads == [2, 1] and opts.batches == [1, 8] and opts.seconds == 2.0
+    assert opts.per_round == {"seconds": 0.5, "min_runs": 1}
+    assert BenchOptions.parse(None, None, "1", "1", 0, 10, None, 4, True).per_round == {"runs": 3}
+    assert BenchOptions.parse(None, None, "1", "1", 0, 2, None, 5, True).rounds == 2  # never more rounds than runs
+    for args, message in [(("tflite", None, "1", "1", 0, None, None, 1, True), "unknown --backends value"),
+                          ((None, None, "0", "1", 0, None, None, 1, True), "--threads values must be >= 1"),
+                          ((None, None, "1", "1", 0, 5, 1.0, 1, True), "not both"),
+                          ((None, None, "1", "1", 0, None, None, 0, True), "--rounds")]:
+        with pytest.raises(EdgeDistillError, match=message):
+            BenchOptions.parse(*args)
+
+
+def row(rid: str, backend: str, precision: str, p50: list[float], threads: int = 1) -> dict:
+    from edgedistill.bench.stats import summarize_times
+
+    return {"id": rid, "label": rid, "backend": backend, "variant": rid, "precision": precision,
+            "threads": threads, "knn_top1": None, "knn_drop": None,
+            "batches": {"1": summarize_times([[v] for v in p50], 1)}}
+
+
+def test_baseline_ratios_and_best():
+    from edgedistill.bench.stats import add_ratios, baselines, best_rows
+
+    rows = [row("torch", "torch", "fp32", [10.0, 12.0]), row("ort", "onnxruntime", "fp32", [8.0, 6.0]),
+            row("int8", "onnxruntime", "int8", [2.5, 3.0])]
+    bases = baselines(rows, [1], [])
+    assert bases == [{"threads": 1, "row": "torch", "label": "torch eager fp32", "fallback_reason": None}]
+    add_ratios(rows, bases)
+    stats = {r["id"]: r["batches"]["1"] for r in rows}
+    assert rows[0]["baseline"] and stats["torch"]["latency_ratio"] == 1.0
+    assert stats["ort"]["latency_ratio"] == pytest.approx(7.0 / 11.0, rel=1e-3)
+    # paired round by round: 8/10 and 6/12
+    assert stats["ort"]["latency_ratio_by_round"] == {"median": 0.65, "min": 0.5, "max": 0.8}
+    assert stats["int8"]["speedup"] == pytest.approx(11.0 / 2.75, rel=1e-3)
+    best = best_rows(rows, 1)
+    assert best["fp32@1t"]["row"] == "ort" and best["int8@1t"]["row"] == "int8"
+
+
+def test_baseline_without_torch_says_why():
+    from edgedistill.bench.stats import baselines
+
+    rows = [row("ov", "openvino", "int8", [1.0]), row("ort", "onnxruntime", "fp32", [2.0])]
+    (base,) = baselines(rows, [1], [{"backend": "torch", "precision": "fp32", "reason": "torch is not installed"}])
+    assert base["row"] == "ort" and base["fallback_reason"] == "torch eager fp32 unavailable: torch is not installed"
