@@ -147,6 +147,7 @@ class ExportConfig:
     parity_min_cosine: float = 0.9999
     max_knn_drop: float = 1.0
     int8_precision_hint: str = "auto"  # OpenVINO INT8's non-quantized ops: auto (bf16 where native) | bf16 | f32
+    int8_recovery_attempts: int = 4  # requantize with sensitive layers in float when INT8 misses the gate
 
 
 @dataclass
@@ -395,6 +396,7 @@ def validate(cfg: Config) -> None:
     need(k.projector_depth >= 0, "distill.projector_depth must be >= 0")
     need(k.attention in ("auto", "fused", "explicit"), f"distill.attention must be auto, fused or explicit, got '{k.attention}'")
     need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
+    need(cfg.export.int8_recovery_attempts >= 0, "export.int8_recovery_attempts must be >= 0")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
     need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
     need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")

@@ -70,9 +70,10 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
     assert "torch eager fp32 unavailable" in run.stdout and "baseline" in run.stdout
 
     rows = {r["id"]: r for r in report["rows"]}
-    expected = {"onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
+    # onnx_fused_fp32 and the dynamic onnx_int8 need ONNX Runtime's contrib operators: no OpenVINO rows
+    expected = {"onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
                 "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_fp16:fp16@f32:1t",
-                "openvino:openvino_int8:int8@f32:1t", "openvino:onnx_int8:int8@f32:1t"}
+                "openvino:openvino_int8:int8@f32:1t"}
     if cpu_has_native_bf16():
         expected |= {"openvino:openvino_fp32:bf16@bf16:1t", "openvino:openvino_int8:int8@bf16:1t"}
     assert set(rows) == expected
@@ -102,7 +103,7 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
     # k-NN figures only where the export's accuracy gate measured exactly that path
     validation = json.loads((bench_bundle / "manifest.json").read_text())["validation"]["knn"]["variants"]
     assert rows["onnxruntime:onnx_int8:int8:1t"]["knn_top1"] == validation["onnx_int8"]["top1"]
-    assert rows["openvino:onnx_int8:int8@f32:1t"]["knn_top1"] is None
+    assert rows["openvino:openvino_fp32:fp32@f32:1t"]["knn_top1"] == validation["openvino_fp32"]["top1"]
     int8_bf16, int8_f32 = rows.get("openvino:openvino_int8:int8@bf16:1t"), rows["openvino:openvino_int8:int8@f32:1t"]
     if cpu_has_native_bf16():  # the export recorded a bf16 hint and gated it, and its f32 fallback too
         assert int8_bf16["knn_drop"] == validation["openvino_int8"]["drop"]
@@ -136,7 +137,8 @@ def test_bench_torch_baseline_from_the_run_directory(bench_bundle):
     report = run_bench(bench_bundle, backends="torch,onnxruntime", precisions="fp32,int8", threads=[1], batches=[1],
                        seconds=0.2, rounds=2, warmup=1, progress=False)
     rows = {r["id"]: r for r in report["rows"]}
-    assert set(rows) == {"torch:student:fp32:1t", "onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t"}
+    assert set(rows) == {"torch:student:fp32:1t", "onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t",
+                         "onnxruntime:onnx_int8:int8:1t"}
     torch_row = rows["torch:student:fp32:1t"]
     assert torch_row["baseline"] and report["baselines"][0]["fallback_reason"] is None
     assert torch_row["settings"]["torch.set_num_threads"] == 1 and torch_row["settings"]["num_threads_read_back"] == 1
@@ -161,7 +163,7 @@ def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
     rows, skipped = plan_rows(moved, bench_bundle, backends=["torch", "onnxruntime"], precisions=["fp32"],
                               threads=[2], targets={"torch": "cpu", "onnxruntime": "CPUExecutionProvider"},
                               reasons={}, native_bf16=False)
-    assert [r.id for r in rows] == ["onnxruntime:onnx_fp32:fp32:2t"]
+    assert [r.id for r in rows] == ["onnxruntime:onnx_fp32:fp32:2t", "onnxruntime:onnx_fused_fp32:fp32:2t"]
     assert skipped[0]["backend"] == "torch" and "gone" in skipped[0]["reason"]
 
     # a bundle that carries the student itself needs no run directory

@@ -40,14 +40,15 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     path = Path(bundle["bundle"])
     manifest = read_manifest(path, verify=True)
     assert manifest == json.loads((path / "manifest.json").read_text())
-    assert list(manifest["variants"]) == ["onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16", "openvino_int8"]
+    assert list(manifest["variants"]) == ["onnx_fp32", "onnx_fused_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16",
+                                          "openvino_int8"]
     assert manifest["default_variant"] in ("onnx_int8", "openvino_int8")
     assert manifest["input"] == {"name": "pixel_values", "layout": "NCHW", "shape": [-1, 3, 16, 16],
                                  "dtype": "float32"}
     assert [(o["name"], o["dims"]) for o in manifest["outputs"]] == [("embedding", [-1, 192])]
     assert manifest["preprocessing"] == eval_preprocessing(16)
     for name, var in manifest["variants"].items():
-        assert var["precision"] == name.split("_")[1] and var["size_bytes"] > 0 and len(var["sha256"]) == 64
+        assert var["precision"] == name.split("_")[-1] and var["size_bytes"] > 0 and len(var["sha256"]) == 64
         if var["format"] == "openvino":
             # INT8's non-quantized ops run in bf16 where this CPU has it natively; FP32/FP16 stay f32
             expected = "bf16" if name == "openvino_int8" and cpu_has_native_bf16() else "f32"
@@ -101,6 +102,31 @@ def test_parity_and_knn_figures(bundle):
     assert knn["variants"]["onnx_fp32"]["top1"] == reference
     rows = {row["variant"]: row for row in bundle["rows"]}
     assert set(rows) == {"torch_fp32", *bundle["manifest"]["variants"]}
+
+
+def test_onnx_runtime_graph_has_fused_attention(bundle):
+    """The ORT graphs carry one fused attention node per block (2 here), counted in the files;
+    the plain graph, for every other runtime and the browser, has none."""
+    import onnx
+
+    from edgedistill.export.quantize import ORT_INT8
+
+    path = Path(bundle["bundle"])
+    variants = bundle["manifest"]["variants"]
+
+    def ops(name: str) -> dict[str, int]:
+        graph = onnx.load(str(path / variants[name]["file"])).graph
+        counts: dict[str, int] = {}
+        for node in graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        return counts
+
+    assert ops("onnx_fused_fp32").get("Attention") == 2 and ops("onnx_fp32").get("Attention") is None
+    assert variants["onnx_fused_fp32"]["runtimes"] == ["onnxruntime"]
+    assert "onnxruntime-web" in variants["onnx_fp32"]["runtimes"]
+    if ORT_INT8["graph"] == "fused" and ORT_INT8["method"] == "dynamic":
+        assert ops("onnx_int8").get("QAttention") == 2
+        assert variants["onnx_int8"]["quantization"]["source_graph"] == "onnx_fused_fp32"
 
 
 PREPROCESS = """
@@ -160,7 +186,7 @@ print(json.dumps(result))
 
 
 @pytest.mark.parametrize("script, variants", [
-    (PLAIN_ORT, {"onnx_fp32": 0.9999, "onnx_int8": 0.99}),
+    (PLAIN_ORT, {"onnx_fp32": 0.9999, "onnx_fused_fp32": 0.9999, "onnx_int8": 0.99}),
     (PLAIN_OV, {"openvino_fp32": 0.9999, "openvino_fp16": 0.999, "openvino_int8": 0.99}),
 ], ids=["onnxruntime", "openvino"])
 def test_plain_runtime_reproduces_the_sample(bundle, tmp_path, script, variants):
@@ -290,7 +316,7 @@ def test_interrupted_export_leaves_nothing(student_run, labeled, tmp_path, monke
         calls.append(args[1])  # the INT8 file it was about to write, inside the temp dir
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(quantize, "quantize_onnx", interrupt)
+    monkeypatch.setattr(quantize, "quantize_ort_int8", interrupt)
     (tmp_path / "export").mkdir()
     with pytest.raises(KeyboardInterrupt):
         export_bundle(student_run, out_root=tmp_path / "export", formats="onnx", int8=True, calib=str(labeled),

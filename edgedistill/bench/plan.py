@@ -295,6 +295,8 @@ class _Planner:
         the FP32 graph is the one the FP32 IR came from)."""
         prec = var["precision"]
         twin = any(v["format"] == "openvino" and v["precision"] == prec for v in self.variants.values())
+        if "openvino" not in var.get("runtimes", ["openvino"]):
+            return  # contrib operators only ONNX Runtime has
         if prec == "int8" or not twin:
             self.add(t, backend="openvino", variant=name, precision=prec, device=self.targets["openvino"],
                      model=str(self.bundle_dir / var["file"]), inference_precision="f32", size_bytes=self.size(name))

@@ -41,6 +41,9 @@ _DEFAULTS = ExportConfig()
 @click.option("--int8-hint", type=click.Choice(INT8_HINTS), default=_DEFAULTS.int8_precision_hint,
               show_default=True, help="OpenVINO INT8: precision of the non-quantized ops (auto: bf16 where this "
               "CPU has native bf16). A bf16 variant is also gated in f32, the fallback on CPUs without bf16.")
+@click.option("--recovery-attempts", type=int, default=_DEFAULTS.int8_recovery_attempts, show_default=True,
+              help="An INT8 variant over --max-drop is requantized with its most sensitive layers kept in float "
+                   "and measured again, up to this many times (0: fail at once).")
 @click.option("--projection", is_flag=True, help="Add the teacher-space projection as a second output.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for k-NN features.")
@@ -51,7 +54,8 @@ _DEFAULTS = ExportConfig()
               help="Also write the validation figures to this JSON file (written on gate failure too).")
 def command(model_dir: Path, out_root: Path, name: str | None, formats: str, opset: int, img_size: int | None,
             int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
-            max_drop: float, min_cosine: float, int8_hint: str, projection: bool, force: bool, batch_size: int, num_workers: int,
+            max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
+            batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
     """Export a student to ONNX and OpenVINO (FP32, INT8), gate every variant, write a bundle.
 
@@ -68,7 +72,8 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
         result = export_bundle(
             model_dir, out_root=out_root, name=name, formats=formats, int8=int8, fp16=fp16, calib=calib,
             calib_size=calib_size, calib_method=calib_method, data=data, opset=opset, img_size=img_size,
-            projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint, force=force,
+            projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
+            recovery_attempts=recovery_attempts, force=force,
             batch_size=batch_size,
             num_workers=num_workers, threads=threads, console=con,
         )

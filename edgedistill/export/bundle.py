@@ -33,8 +33,9 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
                   calib: str | Path | None = None, calib_size: int = 64, calib_method: str = "minmax",
                   data: str | Path | None = None, opset: int = 18, img_size: int | None = None,
                   projection: bool = False, min_cosine: float = 0.9999, max_drop: float = 1.0,
-                  int8_hint: str = "auto", force: bool = False, batch_size: int = 64, num_workers: int = 0,
-                  threads: int | None = None, progress: bool = True, console: Any = None) -> dict[str, Any]:
+                  int8_hint: str = "auto", recovery_attempts: int = 4, force: bool = False, batch_size: int = 64,
+                  num_workers: int = 0, threads: int | None = None, progress: bool = True,
+                  console: Any = None) -> dict[str, Any]:
     """Export the student of ``model_dir`` into ``out_root/name`` and gate every variant.
 
     Args:
@@ -50,6 +51,8 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
             INT8 variants are exported unverified, never as the default variant).
         min_cosine: parity threshold for the FP32 variants (batch 1 and 8).
         max_drop: largest allowed k-NN top-1 drop, in points, against torch FP32.
+        recovery_attempts: an INT8 variant over ``max_drop`` is requantized with its most
+            sensitive layers in float, measured again up to this many times (0: no recovery).
 
     Returns:
         ``{"bundle", "name", "manifest", "validation", "rows", "default_variant"}``.
@@ -62,7 +65,7 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
                        img_size=img_size, force=force, console=con, int8=int8, fp16=fp16, opset=opset,
                        calib_size=calib_size, calib_method=calib_method, projection=projection,
                        min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint, batch_size=batch_size,
-                       num_workers=num_workers, threads=threads)
+                       num_workers=num_workers, threads=threads, recovery_attempts=recovery_attempts)
     con.print(f"exporting [bold]{plan.run.path}[/] -> [bold]{plan.bundle_dir}[/]: {', '.join(plan.variants)} "
               f"({plan.img_size}px, opset {opset}{', projection' if projection else ''})")
     manifest = _write_bundle(plan, con, progress)
@@ -101,7 +104,7 @@ def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> dict[str, Any]:
         report = gate_report(parity, accuracy, o["max_drop"], passed=True)
         if accuracy is not None and accuracy.failures():
             report["passed"] = False
-            raise GateFailed("accuracy gate failed: " + "; ".join(accuracy.failures()), report)
+            raise GateFailed("accuracy gate failed: " + "; ".join(accuracy.failures()) + _tried(built), report)
         if "onnx" not in plan.formats:
             built.onnx_fp32.unlink()  # only OpenVINO's source
         manifest = build_manifest(plan, built, report, parity_pil[0], parity.references[1])
@@ -122,10 +125,15 @@ def _build_int8(plan: ExportPlan, built: Built, bar: Any) -> None:
     built.calibration = {"source": plan.calib_source, "images": int(len(calib_x)),
                          "requested": int(plan.options["calib_size"]),
                          "preprocessing": "edgedistill.runtime.preprocess (the manifest's preprocessing)"}
+    built.calibration_images = calib_x
     build_variants(plan, built, INT8_VARIANTS, calib=calib_x, bar=bar)
 
 
 def _accuracy_gate(plan: ExportPlan, built: Built, progress: bool) -> AccuracyGate | None:
+    """Every variant's k-NN; an INT8 variant over the limit gets its layers restored to float
+    (``export.recovery``) before the verdict."""
+    from edgedistill.export.recovery import RECOVERABLE, recover
+
     if plan.knn_pair is None:
         return None
     o = plan.options
@@ -134,4 +142,17 @@ def _accuracy_gate(plan: ExportPlan, built: Built, progress: bool) -> AccuracyGa
                         source=plan.knn_source)
     for variant in built.files:
         gate.check(built, variant)
+        if variant in RECOVERABLE and not gate.figures[variant]["passed"] and o["recovery_attempts"] > 0:
+            recover(plan, built, gate, variant, built.calibration_images, o["recovery_attempts"])
     return gate
+
+
+def _tried(built: Built) -> str:
+    """What accuracy control tried, for the failure message."""
+    tried = []
+    for name, entry in built.entries.items():
+        control = entry.get("quantization", {}).get("accuracy_control")
+        if control and not control["passed"]:
+            counts = ", ".join(str(a["float_nodes"]) for a in control["attempts"]) or "none"
+            tried.append(f"{name}: kept {counts} layer(s) in float ({control['method']})")
+    return f" (accuracy control tried {'; '.join(tried)})" if tried else ""

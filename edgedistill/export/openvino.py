@@ -99,3 +99,49 @@ def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndar
     return {"tool": "nncf.quantize", "nncf_version": nncf.__version__, "model_type": "TRANSFORMER",
             "preset": "performance", "subset_size": len(items),
             "calibration_images": len(items)}
+
+
+def _float_layers(model: Any) -> list[str]:
+    """MatMul/Convolution operations whose activation input is not quantized (no FakeQuantize
+    feeding it): the layers accuracy control left in floating point."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        if any(op.input_value(i).get_node().get_type_name() == "Constant" for i in range(op.get_input_size())) and \
+                op.input_value(0).get_node().get_type_name() != "FakeQuantize":
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, images: np.ndarray,
+                                 validation: tuple[list[Any], Callable[[Any, Any], tuple[float, None]]], *,
+                                 max_drop: float, max_layers: int) -> dict[str, Any]:
+    """NNCF INT8 with accuracy control: ``validation`` is (items, metric(compiled model, items));
+    at most ``max_layers`` operations are reverted to float to keep the metric within
+    ``max_drop`` (absolute, the metric's units) of FP32."""
+    ov = _openvino()
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    from edgedistill.export.quantize import quiet_stdout
+
+    items, metric = validation
+    calibration = [np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))]
+    model = ov.Core().read_model(str(fp32_xml))
+    previous = nncf.common.logging.nncf_logger.level
+    nncf.set_log_level(logging.ERROR)
+    try:
+        with quiet_stdout(False):
+            quantized = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[0][None]), metric,
+                max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE,
+                model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=max_layers))
+    finally:
+        nncf.set_log_level(previous)
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+    return {"tool": "nncf.quantize_with_accuracy_control", "nncf_version": nncf.__version__,
+            "model_type": "TRANSFORMER", "preset": "performance", "max_drop": max_drop,
+            "float_layers": _float_layers(quantized)}

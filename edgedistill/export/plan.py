@@ -88,6 +88,8 @@ def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir) -> 
                                f"{', '.join(ORT_CALIB_METHODS)}")
     if int(o["calib_size"]) < 1 or int(o["batch_size"]) < 1:
         raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
+    if int(o["recovery_attempts"]) < 0:
+        raise EdgeDistillError(f"--recovery-attempts must be >= 0, got {o['recovery_attempts']}")
     if o["threads"] is not None and o["threads"] < 1:
         raise EdgeDistillError(f"--threads must be >= 1, got {o['threads']}")
     if o["fp16"] and "openvino" not in formats:
@@ -125,6 +127,12 @@ def _student(run: RunDir, img_size: int | None, projection: bool) -> tuple[Any, 
         model.set_input_size(img_size=(size, size))
     projector, info = load_projector(run.projector, int(model.embed_dim)) if projection else (None, None)
     return model, meta, EmbeddingModel(model, projector).eval(), info, trained
+
+
+def _unfusable(model: Any) -> str | None:
+    from edgedistill.export.ort_fused import fusable
+
+    return fusable(model)
 
 
 def _config_data(cfg: Any) -> tuple[str | None, str | None]:
@@ -210,6 +218,10 @@ def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None
     variants = [v for v in VARIANTS if v.split("_")[0] in fmts and
                 (v.endswith("fp32") or (v.endswith("int8") and options["int8"])
                  or (v.endswith("fp16") and options["fp16"]))]
+    unfusable = _unfusable(model)
+    if unfusable and "onnx_fused_fp32" in variants:
+        variants.remove("onnx_fused_fp32")
+        console.print(f"[yellow]note:[/] no fused-attention ONNX graph: {unfusable}")
     return ExportPlan(run=run, name=name, bundle_dir=bundle_dir, formats=fmts, variants=variants, model=model,
                       meta=meta, graph=graph, projector_info=projector_info, img_size=size, trained_size=trained,
                       spec=spec, config=cfg, options=options, **images)

@@ -28,7 +28,8 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["ORT_CALIB_METHODS", "ORT_OP_TYPES", "ArrayCalibrationReader", "quantize_onnx", "quiet_stdout"]
+__all__ = ["ORT_CALIB_METHODS", "ORT_OP_TYPES", "ORT_INT8", "ArrayCalibrationReader", "quantize_onnx",
+           "quantize_onnx_dynamic", "quantize_ort_int8", "quiet_stdout"]
 
 ORT_CALIB_METHODS = ("minmax", "entropy", "percentile")
 ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -94,7 +95,7 @@ class ArrayCalibrationReader:
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, images: np.ndarray, *, method: str = "minmax",
                   input_name: str = "pixel_values", on_batch: Callable[[int], None] | None = None,
-                  show_library_output: bool = False) -> dict[str, Any]:
+                  show_library_output: bool = False, nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
     """Static QDQ INT8 of ``fp32_path`` into ``out_path``, calibrated on ``images``
     (N, 3, H, W) float32. Returns the settings (for the manifest)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -126,6 +127,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, images: np.ndarra
             calibrate_method=calibrate,
             use_external_data_format=False,
             extra_options=extra,
+            nodes_to_exclude=list(nodes_to_exclude or []),
         )
     settings: dict[str, Any] = {
         "tool": "onnxruntime.quantization.quantize_static",
@@ -137,7 +139,39 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, images: np.ndarra
         "weight_type": "int8",
         "calibration_method": method,
         "calibration_images": int(len(images)),
+        "nodes_excluded": list(nodes_to_exclude or []),
     }
     if method == "percentile":
         settings["percentile"] = PERCENTILE
     return settings
+
+
+def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, per_channel: bool = False,
+                          nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
+    """Dynamic INT8 of ``fp32_path`` into ``out_path``: weights quantized once (int8), each
+    activation at run time from its own range, so no calibration set can be unrepresentative.
+    On the fused graph the attention nodes become ``QAttention``. ``nodes_to_exclude`` stay in
+    float (accuracy control). Returns the settings (for the manifest)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         nodes_to_exclude=list(nodes_to_exclude or []), use_external_data_format=False)
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "format": "QOperator (dynamic)",
+            "per_channel": per_channel, "weight_type": "int8", "activation_type": "uint8, ranges at run time",
+            "nodes_excluded": list(nodes_to_exclude or [])}
+
+
+# What ships as ``onnx_int8``, chosen by benchmarks/ort_int8_options.py (figures in export/README.md).
+ORT_INT8 = {"method": "dynamic", "graph": "fused", "per_channel": False}
+
+
+def quantize_ort_int8(source: str | Path, out_path: str | Path, images: np.ndarray, *, calib_method: str = "minmax",
+                      exclude: list[str] | None = None, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The ONNX Runtime INT8 the bundle ships (:data:`ORT_INT8`), with ``exclude`` nodes in float."""
+    if ORT_INT8["method"] == "dynamic":
+        if on_batch is not None:
+            on_batch(len(images))  # nothing to calibrate: activation ranges are taken at run time
+        return quantize_onnx_dynamic(source, out_path, per_channel=bool(ORT_INT8["per_channel"]),
+                                     nodes_to_exclude=exclude)
+    return quantize_onnx(source, out_path, images, method=calib_method, on_batch=on_batch, nodes_to_exclude=exclude)

@@ -19,9 +19,11 @@ from edgedistill.export.plan import ExportPlan
 
 __all__ = ["Built", "BUILDERS", "FP_VARIANTS", "INT8_VARIANTS", "build_variants", "embedders_for"]
 
-FP_VARIANTS = ("onnx_fp32", "openvino_fp32", "openvino_fp16")
+FP_VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "openvino_fp32", "openvino_fp16")
 INT8_VARIANTS = ("onnx_int8", "openvino_int8")
 INTERMEDIATE_ONNX = ".intermediate_fp32.onnx"  # the FP32 graph OpenVINO converts, when ONNX is not shipped
+ANY_ONNX = ("onnxruntime", "onnxruntime-web", "openvino")  # who loads a graph of standard operators
+ORT_ONLY = ("onnxruntime",)  # contrib operators (com.microsoft): ONNX Runtime's CPU/mobile builds
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Built:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     onnx_export: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    calibration_images: np.ndarray | None = None
 
     @property
     def onnx_fp32(self) -> Path:
@@ -61,7 +64,19 @@ def _onnx_graph(plan: ExportPlan, built: Built, ship: bool) -> Path:
 
 
 def build_onnx_fp32(plan: ExportPlan, built: Built, **_: Any) -> None:
-    built.add("onnx_fp32", _onnx_graph(plan, built, ship=True), {"format": "onnx", "precision": "fp32"})
+    """The plain graph: standard ONNX operators every runtime loads (onnxruntime-web included)."""
+    built.add("onnx_fp32", _onnx_graph(plan, built, ship=True), {"format": "onnx", "precision": "fp32",
+                                                                  "graph": "plain", "runtimes": list(ANY_ONNX)})
+
+
+def build_onnx_fused_fp32(plan: ExportPlan, built: Built, **_: Any) -> None:
+    """The fused-attention graph ONNX Runtime runs fastest (``export.ort_fused``)."""
+    from edgedistill.export.ort_fused import export_fused_onnx
+
+    path = built.work / "onnx_fused_fp32.onnx"
+    settings = export_fused_onnx(plan.graph, path, plan.img_size, plan.options["opset"])
+    built.add("onnx_fused_fp32", path, {"format": "onnx", "precision": "fp32", "graph": "fused attention",
+                                        "runtimes": list(ORT_ONLY), "exporter": settings})
 
 
 def _build_openvino(plan: ExportPlan, built: Built, name: str, fp16: bool) -> None:
@@ -85,16 +100,27 @@ def build_openvino_fp16(plan: ExportPlan, built: Built, **_: Any) -> None:
 # ----------------------------------------------------------------------------- INT8
 
 
-def build_onnx_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
-    from edgedistill.export.onnx import INPUT_NAME
-    from edgedistill.export.quantize import quantize_onnx
+def ort_int8_source(built: Built) -> str:
+    """The FP32 variant the ONNX Runtime INT8 is quantized from."""
+    from edgedistill.export.quantize import ORT_INT8
 
-    task = bar.add_task("calibrating onnx_int8", total=len(calib))
+    return "onnx_fused_fp32" if ORT_INT8["graph"] == "fused" and "onnx_fused_fp32" in built.files else "onnx_fp32"
+
+
+def build_onnx_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
+    from edgedistill.export.quantize import quantize_ort_int8
+
+    task = bar.add_task("quantizing onnx_int8", total=len(calib))
+    source = ort_int8_source(built)
     path = built.work / "onnx_int8.onnx"
-    settings = quantize_onnx(built.onnx_fp32, path, calib, method=plan.options["calib_method"],
-                             input_name=INPUT_NAME, on_batch=lambda n: bar.advance(task, n))
+    settings = quantize_ort_int8(built.files[source] if source in built.files else built.onnx_fp32, path, calib,
+                                 calib_method=plan.options["calib_method"], on_batch=lambda n: bar.advance(task, n))
+    fused = built.entries.get(source, {}).get("graph") == "fused attention"
+    portable = not fused and settings["format"] == "QDQ"  # standard QuantizeLinear/DequantizeLinear pairs
     built.add("onnx_int8", path, {"format": "onnx", "precision": "int8",
-                                  "quantization": dict(settings, calibration=built.calibration)})
+                                  "graph": "fused attention" if fused else "plain",
+                                  "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
+                                  "quantization": dict(settings, source_graph=source, calibration=built.calibration)})
 
 
 def build_openvino_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
@@ -111,6 +137,7 @@ def build_openvino_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, ba
 
 BUILDERS: dict[str, Callable[..., None]] = {
     "onnx_fp32": build_onnx_fp32,
+    "onnx_fused_fp32": build_onnx_fused_fp32,
     "openvino_fp32": build_openvino_fp32,
     "openvino_fp16": build_openvino_fp16,
     "onnx_int8": build_onnx_int8,

@@ -142,7 +142,7 @@ def _export(cfg: Config, paths: PipelinePaths, console: Any) -> None:
     export_bundle(paths.student.path, out_root=paths.export_root, name=cfg.run.name, formats=e.formats,
                   int8=e.int8, data=None, calib_size=e.calib_size, opset=e.opset,
                   min_cosine=e.parity_min_cosine, max_drop=e.max_knn_drop, int8_hint=e.int8_precision_hint,
-                  force=True, num_workers=cfg.data.num_workers, console=console)
+                  recovery_attempts=e.int8_recovery_attempts, force=True, num_workers=cfg.data.num_workers, console=console)
 
 
 def _bench(cfg: Config, paths: PipelinePaths, console: Any) -> None:

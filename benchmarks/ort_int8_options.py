@@ -1,0 +1,179 @@
+"""Which ONNX Runtime INT8 to ship: every option side by side, in one process, interleaved.
+
+    python benchmarks/ort_int8_options.py [--run runs/NAME] [--data ../shared/data/cifar10-subset]
+                                          [--threads 2] [--rounds 5] [--knn 1000]
+
+A ViT-T/16 at 224 px (random init, or the student of ``--run``) is exported twice, the plain
+graph and the fused-attention one (``export.ort_fused``), then quantized every way ONNX Runtime
+offers: static or dynamic; QDQ or QOperator; S8S8 or U8S8; with or without ``quant_pre_process``;
+per-channel or not. Each candidate's p50 at batch 1 is measured in rounds that alternate the
+candidates (machine noise hits them alike), its cosine against torch FP32 on real images, and,
+with ``--data``, its k-NN top-1 through ``eval.features`` (the export gate's own pipeline).
+The winner goes into ``export/quantize.py``; the table goes into ``export/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_graphs(run: str | None, work: Path) -> tuple[object, Path, Path]:
+    import timm
+    import torch
+
+    from edgedistill.export.onnx import EmbeddingModel, export_onnx
+    from edgedistill.export.ort_fused import export_fused_onnx
+
+    if run:
+        from edgedistill.models.backbone_io import load_backbone
+
+        model, _ = load_backbone(run, role="student")
+    else:
+        torch.manual_seed(0)
+        model = timm.create_model("vit_tiny_patch16_224", num_classes=0).eval()
+    graph = EmbeddingModel(model).eval()
+    size = int(model.patch_embed.img_size[0])
+    plain, fused = work / "plain.onnx", work / "fused.onnx"
+    export_onnx(graph, plain, size, 18)
+    export_fused_onnx(graph, fused, size, 18)
+    return graph, plain, fused
+
+
+def candidates(plain: Path, fused: Path, calib: np.ndarray, work: Path) -> dict[str, Path]:
+    """Every ONNX Runtime quantization worth trying, by name."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgedistill.export.quantize import ArrayCalibrationReader
+
+    out: dict[str, Path] = {"fp32 plain": plain, "fp32 fused": fused}
+    pre = work / "plain_pre.onnx"
+    quant_pre_process(str(plain), str(pre), skip_symbolic_shape=True)
+
+    def static(name: str, source: Path, fmt: object, act: object, ops: list[str] | None, per_channel: bool = True):
+        path = work / (name.replace(" ", "_").replace(",", "") + ".onnx")
+        quantize_static(str(source), str(path), ArrayCalibrationReader(calib, "pixel_values"), quant_format=fmt,
+                        op_types_to_quantize=ops, per_channel=per_channel, activation_type=act,
+                        weight_type=QuantType.QInt8)
+        out[name] = path
+
+    def dynamic(name: str, source: Path, per_channel: bool, ops: list[str] | None = None):
+        path = work / (name.replace(" ", "_").replace(",", "") + ".onnx")
+        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         op_types_to_quantize=ops)
+        out[name] = path
+
+    mm = ["MatMul", "Gemm", "Conv"]
+    static("static QDQ S8S8 plain (previous)", plain, QuantFormat.QDQ, QuantType.QInt8, mm)
+    static("static QDQ U8S8 preprocessed", pre, QuantFormat.QDQ, QuantType.QUInt8, mm)
+    static("static QOperator U8S8 plain", plain, QuantFormat.QOperator, QuantType.QUInt8, mm)
+    dynamic("dynamic plain", plain, per_channel=False)
+    dynamic("dynamic plain per-channel", plain, per_channel=True)
+    dynamic("dynamic fused", fused, per_channel=False)
+    dynamic("dynamic fused per-channel", fused, per_channel=True)
+    dynamic("dynamic fused, MatMul only", fused, per_channel=False, ops=["MatMul"])
+    static("static QDQ S8S8 fused", fused, QuantFormat.QDQ, QuantType.QInt8, mm)
+    return out
+
+
+def measure(paths: dict[str, Path], image: np.ndarray, threads: int, rounds: int, seconds: float) -> dict[str, float]:
+    """p50 ms at batch 1 per candidate, rounds interleaved with the order rotated."""
+    from edgedistill.runtime.sessions import onnxruntime_session
+
+    sessions = {name: onnxruntime_session(path, threads=threads)[0] for name, path in paths.items()}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            session = sessions[name]
+            session.run(None, {"pixel_values": image})
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                session.run(None, {"pixel_values": image})
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def fidelity(paths: dict[str, Path], graph: object, images: np.ndarray) -> dict[str, float]:
+    """Smallest cosine against torch FP32 over ``images``."""
+    import torch
+
+    from edgedistill.export.gates import compare
+    from edgedistill.runtime.embedders import OnnxEmbedder
+
+    with torch.inference_mode():
+        ref = graph(torch.from_numpy(images)).numpy()
+    return {name: compare(ref, OnnxEmbedder(path, threads=2).embed(images))["min_cosine"]
+            for name, path in paths.items()}
+
+
+def knn(paths: dict[str, Path], data: str, count: int, size: int) -> dict[str, float]:
+    from edgedistill.data import eval_preprocessing
+    from edgedistill.eval.features import InMemorySplit, knn_of
+    from edgedistill.export.images import labeled_pair
+    from edgedistill.runtime.embedders import OnnxEmbedder
+
+    bank, queries = labeled_pair(data, eval_preprocessing(size))
+    pick = np.random.default_rng(0)
+    bank.paths, bank.labels = _subset(bank, pick, count)
+    queries.paths, queries.labels = _subset(queries, pick, count)
+    bank, queries = InMemorySplit(bank), InMemorySplit(queries)
+    return {name: knn_of(OnnxEmbedder(path, threads=2), bank, queries, num_classes=len(bank.classes),
+                         progress=False)["top1"] for name, path in paths.items()}
+
+
+def _subset(dataset: object, rng: np.random.Generator, count: int) -> tuple[list, list]:
+    idx = np.sort(rng.choice(len(dataset), size=min(count, len(dataset)), replace=False))
+    return [dataset.paths[i] for i in idx], [dataset.labels[i] for i in idx]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default=None, help="a distill run directory (default: random-init ViT-T/16)")
+    parser.add_argument("--data", default=None, help="labeled train/val folder for calibration and k-NN")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per candidate per round")
+    parser.add_argument("--knn", type=int, default=1000, help="bank and query images for the k-NN (with --data)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        graph, plain, fused = build_graphs(args.run, work)
+        size = int(graph.backbone.patch_embed.img_size[0])
+        images = _images(args.data, size)
+        paths = candidates(plain, fused, images[:32], work)
+        p50 = measure(paths, images[:1], args.threads, args.rounds, args.seconds)
+        cosine = fidelity(paths, graph, images[32:48])
+        top1 = knn(paths, args.data, args.knn, size) if args.data else {}
+    base = p50["fp32 plain"]
+    print(f"\n| option | p50 ms | vs fp32 plain | cosine | k-NN top-1 |\n| --- | --- | --- | --- | --- |")
+    for name in sorted(paths, key=p50.get):
+        k = f"{top1[name]:.2f}" if name in top1 else "-"
+        print(f"| {name} | {p50[name]:.2f} | {p50[name] / base:.3f} | {cosine[name]:.5f} | {k} |")
+
+
+def _images(data: str | None, size: int) -> np.ndarray:
+    """48 preprocessed real images (calibration 32, fidelity 16), or seeded noise without data."""
+    if data is None:
+        return np.random.default_rng(0).standard_normal((48, 3, size, size)).astype(np.float32)
+    from edgedistill.data import eval_preprocessing
+    from edgedistill.export.images import load_arrays, open_split, pick_indices
+
+    spec = eval_preprocessing(size)
+    split = open_split(data, "train", spec)
+    return load_arrays(split, pick_indices(len(split), 48, seed=0), spec)[0]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Accuracy-controlled INT8: a gate that INT8 misses is met by keeping the most sensitive
+layers in float, or the export fails naming what it tried.
+
+The student is made hard to quantize on purpose: one weight per qkv and fc1 matrix is set
+far outside the others, which per-tensor weight scales cannot hold together with the rest
+(ONNX Runtime's dynamic INT8 then loses most of those layers); the data are six classes of
+noise told apart by a weak colour shift, so the k-NN depends on fine feature detail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_ARCH
+from edgedistill.errors import EdgeDistillError
+
+
+def weak_classes(root: Path, per_class: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for c in range(6):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 200, size=(20, 20, 3)).astype(np.int16)
+            pixels[..., c % 3] += 30 if c < 3 else -30
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory) -> dict[str, Path]:
+    from edgedistill.models.backbone_io import save_backbone
+    from edgedistill.models.vit import create_vit
+
+    root = tmp_path_factory.mktemp("hard")
+    weak_classes(root / "data" / "train", 10, seed=0)
+    weak_classes(root / "data" / "val", 6, seed=1)
+    torch.manual_seed(0)
+    model, kwargs = create_vit(TINY_ARCH, img_size=16, patch_size=4, depth=2)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mlp.fc1.weight[0, 0] = block.attn.qkv.weight[0, 0] = 300.0
+    (root / "run").mkdir()
+    save_backbone(model, root / "run", "student", TINY_ARCH, kwargs, "student")
+    return {"run": root / "run", "data": root / "data"}
+
+
+def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
+    from edgedistill.export import export_bundle
+
+    common = dict(out_root=tmp_path, formats="onnx", int8=True, data=str(hard["data"]), calib_size=12, threads=1,
+                  progress=False, max_drop=0.0)
+    with pytest.raises(EdgeDistillError, match="onnx_int8 lost") as without:
+        export_bundle(hard["run"], name="plain", recovery_attempts=0, **common)
+    assert "accuracy control tried" not in str(without.value) and not (tmp_path / "plain").exists()
+
+    try:
+        result = export_bundle(hard["run"], name="controlled", recovery_attempts=4, **common)
+    except EdgeDistillError as exc:  # still failing: the message names what was tried
+        assert "accuracy control tried" in str(exc) and "onnx_int8: kept" in str(exc), str(exc)
+        assert not (tmp_path / "controlled").exists()
+        return
+    entry = result["manifest"]["variants"]["onnx_int8"]
+    control = entry["quantization"]["accuracy_control"]
+    assert control["passed"] and control["float_layers"] and control["first_drop"] > 0.0
+    assert entry["quantization"]["nodes_excluded"] == control["float_layers"]
+    assert "dropped" in control["reason"] and control["attempts"][-1]["drop"] <= 0.0
+    assert result["validation"]["knn"]["variants"]["onnx_int8"]["passed"]
+
+
+def test_openvino_accuracy_control_keeps_layers_in_float(tiny_bundle, tmp_path):
+    """NNCF's accuracy control with our metric plugged in: a metric that punishes any output
+    change makes it revert layers, and the reverted ones are recorded."""
+    from edgedistill.export.openvino import quantize_openvino_controlled
+    from edgedistill.runtime.embedders import OpenVinoEmbedder
+
+    bundle = Path(tiny_bundle["bundle"])
+    fp32 = bundle / "openvino_fp32.xml"
+    images = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    reference = OpenVinoEmbedder(fp32, threads=1).embed(images)
+    items = [(image, 0) for image in images]
+
+    def metric(compiled, data):
+        out = np.concatenate([compiled(x[None])[compiled.outputs[0]] for x, _ in data])
+        return 100.0 - 1e4 * float(np.abs(out - reference[:len(out)]).mean()), None
+
+    settings = quantize_openvino_controlled(fp32, tmp_path / "controlled.xml", images, (items, metric),
+                                            max_drop=0.5, max_layers=6)
+    assert settings["tool"] == "nncf.quantize_with_accuracy_control" and settings["float_layers"]
+    assert (tmp_path / "controlled.bin").is_file()
