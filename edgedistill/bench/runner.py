@@ -60,6 +60,7 @@ def run_bench(
     seconds: float | None = None,
     rounds: int = 5,
     static_shapes: bool = True,
+    verify: bool = True,
     progress: bool = True,
     console: Any = None,
     load_timeout: float = 900.0,
@@ -78,6 +79,7 @@ def run_bench(
         runs / seconds: timed runs per row and batch size, or seconds per row and batch size
             (default: 2 s), split over ``rounds`` interleaved rounds.
         static_shapes: OpenVINO compiles a static-shape model per batch size.
+        verify: check every measured variant's files against the manifest's sha256 first.
 
     Returns:
         The report (see ``edgedistill.bench.report``): machine, settings, baselines, rows with
@@ -94,7 +96,13 @@ def run_bench(
     opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes)
     devices = available_devices()
     rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
+    if verify:  # a flipped byte in a model gives finite, wrong figures: check before measuring
+        from edgedistill.runtime.manifest import verify_variant
+
+        for name in sorted({r.variant for r in rows if r.backend != "torch"}):
+            verify_variant(manifest, bundle_dir, name)
     settings = _settings(manifest, bundle_dir, opts, device)
+    settings["verified_sha256"] = bool(verify)
     con.print(f"benchmarking [bold]{manifest['name']}[/] ({bundle_dir}): {len(rows)} rows x "
               f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
 

@@ -7,12 +7,20 @@ so ``edgedistill --help`` and ``--version`` stay instant.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
 from edgedistill import __version__
-from edgedistill.errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError, Interrupted
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a container stopping) unwinds like Ctrl-C: atomic writers remove
+    their temporary files and folders, and the user gets a line saying what happened."""
+    raise Interrupted("terminated (SIGTERM)", exit_code=128 + signal.SIGTERM)
 
 
 class _Group(click.Group):
@@ -21,16 +29,30 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         import warnings
 
+        from edgedistill.utils import DISK_ERRNOS, describe_os_error, quiet_third_party_counters
+
         # Library warnings reach users as one line, not as a source excerpt.
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+        quiet_third_party_counters()
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except EdgeDistillError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            interrupted = Interrupted.of(exc)
+            click.echo(f"error: {interrupted}", err=True)
+            sys.exit(interrupted.exit_code)
+        except OSError as exc:  # a write the command did not expect to fail: say why and where
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            click.echo(f"error: {describe_os_error(exc)}", err=True)
+            sys.exit(2)
+        finally:
+            if main_thread:  # an in-process caller (tests, a notebook) gets its own handler back
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
