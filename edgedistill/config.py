@@ -354,7 +354,7 @@ def validate(cfg: Config) -> None:
     """Reject impossible values with a message naming the key. Machine-independent: a run's
     config must stay readable elsewhere; what this machine can hold (threads, workers) is
     checked where it is used."""
-    from edgedistill.utils import MAX_IMAGE_SIDE, check_device
+    from edgedistill.limits import MAX_IMAGE_SIDE, check_device
 
     def need(ok: bool, message: str) -> None:
         if not ok:

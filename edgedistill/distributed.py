@@ -33,7 +33,7 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    from edgedistill.utils import check_device
+    from edgedistill.limits import check_device
     from edgedistill.errors import EdgeDistillError
 
     name = check_device(name, "device")

@@ -351,6 +351,10 @@ def test_read_only_outputs_fail_before_the_work(student_run, tiny_bundle, tmp_pa
     error = one_line_error(run)
     assert error.startswith("error: --out:") and ("read-only" in error or "permission denied" in error), error
 
+    run = run_cli("distill", "--out", str(locked / "run"), "--data", "digits", "--set", "data.num_workers=0")
+    error = one_line_error(run)
+    assert str(locked / "run") in error and ("read-only" in error or "permission denied" in error), error
+
     run = run_cli("bench", "--bundle", tiny_bundle["bundle"], "--backends", "onnxruntime", "--threads", "1",
                   "--batch", "1", "--runs", "1", "--csv", str(locked / "b.csv"), "--no-progress")
     assert "--csv" in one_line_error(run)

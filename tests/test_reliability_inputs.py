@@ -109,7 +109,7 @@ def test_manifest_numbers_are_checked(tiny_bundle, tmp_path):
 
 
 def test_command_line_numbers_are_checked_before_work(tiny_bundle, student_run, labeled, tmp_path):
-    from edgedistill.utils import max_threads
+    from edgedistill.limits import max_threads
 
     bundle, data = tiny_bundle["bundle"], str(labeled)
     eval_knn = ["eval", "knn", "--data", data, "--workers", "0", "--no-progress"]
@@ -146,7 +146,7 @@ def test_configured_threads_are_bounded_where_they_are_used(tiny_folder, tmp_pat
     """A config stays valid on any machine; a thread count this one cannot run fails at start."""
     from edgedistill.config import build_config
     from edgedistill.train.stages import distill
-    from edgedistill.utils import max_threads
+    from edgedistill.limits import max_threads
 
     cfg = build_config(None, tiny_overrides(tiny_folder, **{"run.threads": max_threads() + 1}))
     with pytest.raises(EdgeDistillError, match="run.threads .* is more than this machine can use"):

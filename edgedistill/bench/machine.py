@@ -10,7 +10,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from edgedistill.utils import usable_cpus  # noqa: F401  (re-exported: part of this module's API)
+from edgedistill.limits import usable_cpus  # noqa: F401  (re-exported: part of this module's API)
 
 __all__ = ["describe_machine", "library_versions", "available_devices", "SIMD_FLAGS", "cpu_model",
            "physical_cores", "usable_cpus"]

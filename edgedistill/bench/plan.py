@@ -162,7 +162,7 @@ class BenchOptions:
               seconds: float | None, rounds: int, static_shapes: bool) -> "BenchOptions":
         from edgedistill.bench.machine import usable_cpus
         from edgedistill.options import parse_list
-        from edgedistill.utils import check_count
+        from edgedistill.limits import check_count
 
         if runs is not None and seconds is not None:
             raise EdgeDistillError("give --runs or --seconds, not both")
@@ -211,7 +211,7 @@ def plan_bench(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, d
 def _check_memory(shape: list[Any], opts: BenchOptions, rows: list["Row"]) -> None:
     """The rows of one thread count stay loaded together, each holding every batch size it
     measures: refuse batch sizes whose inputs and activations cannot fit in memory."""
-    from edgedistill.utils import check_batch_memory, image_memory
+    from edgedistill.limits import check_batch_memory, image_memory
 
     loaded = max(sum(1 for r in rows if r.threads == t) for t in opts.threads)
     check_batch_memory(max(opts.batches), image_memory(shape[2], shape[3]), "--batch", copies=loaded)

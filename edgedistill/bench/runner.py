@@ -96,13 +96,7 @@ def run_bench(
     opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes)
     devices = available_devices()
     rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
-    if verify:  # a flipped byte in a model gives finite, wrong figures: check before measuring
-        from edgedistill.runtime.manifest import verify_variant
-
-        for name in sorted({r.variant for r in rows if r.backend != "torch"}):
-            verify_variant(manifest, bundle_dir, name)
-    settings = _settings(manifest, bundle_dir, opts, device)
-    settings["verified_sha256"] = bool(verify)
+    settings = _settings(manifest, bundle_dir, opts, device, _verify(manifest, bundle_dir, rows) if verify else False)
     con.print(f"benchmarking [bold]{manifest['name']}[/] ({bundle_dir}): {len(rows)} rows x "
               f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
 
@@ -134,7 +128,18 @@ def run_bench(
     }
 
 
-def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str) -> dict[str, Any]:
+def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool:
+    """Every measured variant against its sha256: a flipped byte in a model gives finite, wrong
+    figures, so it is caught before any measuring (the torch row checks its own weights)."""
+    from edgedistill.runtime.manifest import verify_variant
+
+    for name in sorted({r.variant for r in rows if r.backend != "torch"}):
+        verify_variant(manifest, bundle_dir, name)
+    return True
+
+
+def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
+              verified: bool) -> dict[str, Any]:
     """How the run measures, recorded in the report."""
     sample = manifest.get("sample") or {}
     sample_path = str(bundle_dir / sample["file"]) if sample.get("file") else None
@@ -147,7 +152,7 @@ def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, de
                   "with the row order rotated each round; percentiles over all timed runs",
         "input": "the bundle's sample image through its preprocessing, repeated to the batch size"
                  if sample_path else "seeded noise",
-        "sample": sample_path,
+        "sample": sample_path, "verified_sha256": verified,
     }
 
 

@@ -81,7 +81,7 @@ def _ranks(opts: dict[str, Any]) -> Iterator[bool]:
 def _evaluate(opts: dict[str, Any], evaluate: Any, **kwargs: Any) -> tuple[Any, Any]:
     """Open the model and the splits and run ``evaluate`` on them (on every rank under
     torchrun); the result on the reporting process, None on the others."""
-    from edgedistill.utils import check_batch_memory, image_memory
+    from edgedistill.limits import check_batch_memory, image_memory
 
     with _ranks(opts) as reports:
         model = _open(opts)
@@ -96,7 +96,7 @@ def _check_numbers(opts: dict[str, Any]) -> None:
     """The counts a user can get wrong, before anything is opened (the batch's memory is
     checked once the model's input size is known)."""
     from edgedistill.errors import EdgeDistillError
-    from edgedistill.utils import check_count, check_device
+    from edgedistill.limits import check_count, check_device
 
     check_device(opts["device"], "--device")
     if opts["threads"] is not None:

@@ -212,7 +212,7 @@ def open_model(
         verify: check a bundle variant's files against the manifest's sha256 before loading.
     """
     from edgedistill.runtime.manifest import MANIFEST_NAME
-    from edgedistill.utils import check_device
+    from edgedistill.limits import check_device
 
     device = check_device(device, "--device")
 

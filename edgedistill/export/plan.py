@@ -84,7 +84,7 @@ def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir, img
 
     from edgedistill.export.onnx import check_opset
     from edgedistill.export.quantize import ORT_CALIB_METHODS
-    from edgedistill.utils import MAX_IMAGE_SIDE, check_count
+    from edgedistill.limits import MAX_IMAGE_SIDE, check_count
 
     check_opset(o["opset"])
     if o["int8"] and o["calib_method"] not in ORT_CALIB_METHODS:
@@ -234,7 +234,7 @@ def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None
     num_workers, threads."""
     from edgedistill.data import eval_preprocessing
 
-    from edgedistill.utils import check_batch_memory, image_memory
+    from edgedistill.limits import check_batch_memory, image_memory
 
     run = RunDir.of(model_dir)
     _check_run(run)

@@ -38,7 +38,8 @@ from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.preprocess import validate_spec
-from edgedistill.utils import MAX_IMAGE_SIDE, read_json, sha256_file
+from edgedistill.limits import MAX_IMAGE_SIDE
+from edgedistill.utils import read_json, sha256_file
 
 __all__ = [
     "MANIFEST_NAME",

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.utils import MAX_IMAGE_SIDE
+from edgedistill.limits import MAX_IMAGE_SIDE
 
 __all__ = ["preprocess", "preprocess_batch", "load_rgb", "resized_size", "center_crop_box",
            "validate_spec", "check_image_size", "INTERPOLATIONS", "MAX_PIXELS", "MAX_ASPECT"]

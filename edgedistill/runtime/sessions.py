@@ -44,9 +44,9 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def check_threads(threads: int | None) -> int | None:
-    """None (the runtime's default) or 1 .. ``utils.max_threads()``: thousands of threads
+    """None (the runtime's default) or 1 .. ``limits.max_threads()``: thousands of threads
     oversubscribe the machine for everyone on it."""
-    from edgedistill.utils import check_count
+    from edgedistill.limits import check_count
 
     return None if threads is None else check_count(threads, "threads")
 

@@ -164,16 +164,7 @@ def train(
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     start_batch *= accum  # in micro-batches
     stop_at = settings.max_steps if settings.max_steps else total_steps
-    if resume and step >= min(stop_at, total_steps):
-        # nothing left to train: say so rather than rewrite the run's summary with no metrics
-        limit = (f"max_steps={settings.max_steps}" if settings.max_steps and stop_at < total_steps
-                 else f"all {settings.epochs} epochs")
-        raise EdgeDistillError(f"nothing to resume: {run.path} already reached step {step} ({limit}); "
-                               "raise the epochs or max_steps with --set to train further")
-    if info.is_main:
-        _check_disk(run, trainable, optimizer)
-        if resume:
-            _truncate_metrics(run.metrics, step)  # steps logged after the checkpoint are redone
+    _before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
     if resume and info.is_main and console is not None:
         console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
     saved_step = step if resume else -1
@@ -292,6 +283,22 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, step: in
         optimizer.param_groups[0]["weight_decay"] = cosine(step, total_steps, settings.weight_decay,
                                                            settings.weight_decay_end)
     return lr
+
+
+def _before_first_step(run: RunDir, settings: LoopSettings, info: distmod.DistInfo, trainable: nn.Module,
+                       optimizer: torch.optim.Optimizer, resumed_at: int | None, stop_at: int, total_steps: int) -> None:
+    """What must hold before any work: something left to train (a resume), room on the disk;
+    the metrics a resumed run will log again dropped."""
+    if resumed_at is not None and resumed_at >= min(stop_at, total_steps):
+        # nothing left to train: say so rather than rewrite the run's summary with no metrics
+        limit = (f"max_steps={settings.max_steps}" if settings.max_steps and stop_at < total_steps
+                 else f"all {settings.epochs} epochs")
+        raise EdgeDistillError(f"nothing to resume: {run.path} already reached step {resumed_at} ({limit}); "
+                               "raise the epochs or max_steps with --set to train further")
+    if info.is_main:
+        _check_disk(run, trainable, optimizer)
+        if resumed_at is not None:
+            _truncate_metrics(run.metrics, resumed_at)
 
 
 def _check_disk(run: RunDir, trainable: nn.Module, optimizer: torch.optim.Optimizer) -> None:

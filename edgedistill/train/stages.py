@@ -32,7 +32,7 @@ def configure_threads(cfg: Config) -> None:
     itself is machine-independent, so the bound is checked here)."""
     import torch
 
-    from edgedistill.utils import check_count
+    from edgedistill.limits import check_count
 
     check_count(cfg.data.num_workers, "data.num_workers", minimum=0)
     if cfg.run.threads > 0:
