@@ -9,20 +9,23 @@ class EdgeDistillError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) or SIGTERM, with what the user can do next in the message.
+    """Ctrl-C, with what the user can do next in the message.
 
-    A KeyboardInterrupt, so every ``finally`` and every atomic writer cleans up as for Ctrl-C;
-    the CLI prints ``error: <message>`` and exits with ``128 + signal``."""
+    A KeyboardInterrupt, so every ``finally`` and every atomic writer cleans up as for a plain
+    Ctrl-C; the CLI prints ``error: <message>`` and exits with status 130 (SIGTERM has its own
+    handler in the CLI, which exits with 143 after the same cleanup and message)."""
 
-    def __init__(self, message: str = "interrupted", exit_code: int = 130) -> None:
+    exit_code = 130
+
+    def __init__(self, message: str = "interrupted") -> None:
         super().__init__(message)
-        self.message, self.exit_code = message, exit_code
+        self.message = message
 
     def __str__(self) -> str:
         return self.message
 
     def with_hint(self, hint: str) -> "Interrupted":
-        return Interrupted(f"{self.message}; {hint}", self.exit_code)
+        return Interrupted(f"{self.message}; {hint}")
 
     @classmethod
     def of(cls, exc: BaseException) -> "Interrupted":

@@ -127,6 +127,29 @@ def check_writable(path: str | Path, what: str) -> None:
 
 # ----------------------------------------------------------------------------- writing
 
+_TEMPORARIES: set[str] = set()  # what this process's atomic writers hold right now
+
+
+@contextlib.contextmanager
+def _registered(path: str | Path) -> Iterator[None]:
+    _TEMPORARIES.add(str(path))
+    try:
+        yield
+    finally:
+        _TEMPORARIES.discard(str(path))
+
+
+def remove_temporaries() -> None:
+    """Remove the temporary files, work folders and locks the atomic writers of this process
+    hold now: the CLI's SIGTERM handler calls it, then exits without unwinding (an exception
+    raised into an extension module's import or a C++ callback can crash the process)."""
+    for path in list(_TEMPORARIES):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
 
 def _temp_sibling(path: Path) -> tuple[int, Path]:
     """A new file beside ``path`` created with the mode a plain ``open`` would give it
@@ -153,12 +176,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _keep_mode(tmp, path)
-        os.replace(tmp, path)
+        with _registered(tmp):
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _keep_mode(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -212,9 +236,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = _temp_sibling(path)
     os.close(fd)
     try:
-        yield tmp
-        _keep_mode(tmp, path)
-        os.replace(tmp, path)
+        with _registered(tmp):
+            yield tmp
+            _keep_mode(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -282,8 +307,9 @@ def directory_lock(path: Path) -> Iterator[list[str]]:
             break
         os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield _clean_leftovers(path)
+        with _registered(lock):
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield _clean_leftovers(path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)
@@ -293,7 +319,8 @@ def directory_lock(path: Path) -> Iterator[list[str]]:
 @contextlib.contextmanager
 def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = "") -> Iterator[Path]:
     """Build a directory under a temporary sibling name and move it into place only on success:
-    a failure (or Ctrl-C, or SIGTERM through the CLI) leaves nothing at ``path``.
+    a failure or Ctrl-C leaves nothing at ``path`` (SIGTERM through the CLI neither:
+    :func:`remove_temporaries`).
 
     ``replace``: an existing ``path`` is swapped out and removed. Without it, a ``path`` that
     appeared meanwhile (another process, a user) is left untouched and the new directory is
@@ -303,18 +330,19 @@ def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = ""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
-        yield tmp
-        if os.path.lexists(path):
-            if not replace:
-                raise _error(f"{path} appeared while it was being written: it was left untouched and "
-                             f"nothing was written{exists_hint}")
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
+        with _registered(tmp):
+            yield tmp
+            if os.path.lexists(path):
+                if not replace:
+                    raise _error(f"{path} appeared while it was being written: it was left untouched and "
+                                 f"nothing was written{exists_hint}")
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

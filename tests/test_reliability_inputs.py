@@ -251,7 +251,9 @@ def test_resume_logs_each_step_once_and_a_finished_run_stays_finished(tiny_folde
     assert (run / "summary.json").read_text() == written  # before: rewritten with empty metrics
 
 
-def test_ctrl_c_says_how_to_continue(tiny_folder, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_says_how_to_continue(tiny_folder, tmp_path, sig, code, said):
     out = tmp_path / "run"
     sets = sum((["--set", o] for o in tiny_overrides(tiny_folder, **{"distill.epochs": 50})), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -261,15 +263,16 @@ def test_ctrl_c_says_how_to_continue(tiny_folder, tmp_path):
         deadline = time.monotonic() + 300
         while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr[-3000:]
+    assert proc.returncode == code, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
-    assert errors[0].startswith("error: interrupted; the last checkpoint is")
+    assert errors[0].startswith(f"error: {said}; the last checkpoint is")
     assert f"edgedistill distill --out {out} --resume` continues from it" in errors[0]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written checkpoint
 
 
 # ----------------------------------------------------------------------------- plot labels

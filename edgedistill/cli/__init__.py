@@ -7,6 +7,7 @@ so ``edgedistill --help`` and ``--version`` stay instant.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,10 +18,33 @@ from edgedistill import __version__
 from edgedistill.errors import EdgeDistillError, Interrupted
 
 
+_HANDLER_PID = 0  # the process that installed the SIGTERM handler
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (``kill``, a container stopping) unwinds like Ctrl-C: atomic writers remove
-    their temporary files and folders, and the user gets a line saying what happened."""
-    raise Interrupted("terminated (SIGTERM)", exit_code=128 + signal.SIGTERM)
+    """SIGTERM (``kill``, a container stopping) ends the command as Ctrl-C does: the atomic
+    writers' temporary files, work folders and locks are removed, and one line says what
+    happened and how to continue. It exits from here rather than raising into whatever runs:
+    an exception raised into an extension module's import (onnx's, mid-export) crashed the
+    process with SIGSEGV and left the work folder behind."""
+    import contextlib
+
+    if os.getpid() != _HANDLER_PID:  # a forked child (a DataLoader worker): the parent reports
+        os._exit(128 + signal.SIGTERM)
+    from edgedistill.cli.common import interrupt_hint
+    from edgedistill.utils import remove_temporaries
+
+    remove_temporaries()
+    hint = None
+    with contextlib.suppress(Exception):
+        hint = interrupt_hint()
+    message = "terminated (SIGTERM)" + (f"; {hint}" if hint else "")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()  # results already printed stay printed
+    terminal = os.isatty(2)
+    # raw writes: the main thread may be inside a print to stderr right now
+    os.write(2, ((b"\x1b[?25h\n" if terminal else b"") + f"error: {message}\n".encode()))
+    os._exit(128 + signal.SIGTERM)
 
 
 class _Group(click.Group):
@@ -34,7 +58,9 @@ class _Group(click.Group):
         # Library warnings reach users as one line, not as a source excerpt.
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
         quiet_third_party_counters()
+        global _HANDLER_PID
         main_thread = threading.current_thread() is threading.main_thread()
+        _HANDLER_PID = os.getpid()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -87,6 +88,28 @@ def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...]
     else:
         cfg = build_config(config_path, overrides, extra)
     return cfg, RunDir.for_config(cfg, out).path
+
+
+_HINTS: list[Callable[[], str]] = []
+
+
+@contextlib.contextmanager
+def interruptible(hint: Callable[[], str]) -> Iterator[None]:
+    """While the block runs, an interrupt (Ctrl-C here, SIGTERM in the CLI's handler) tells the
+    user ``hint()``: what to run to continue."""
+    from edgedistill.errors import Interrupted
+
+    _HINTS.append(hint)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise Interrupted.of(exc).with_hint(hint()) from None
+    finally:
+        _HINTS.pop()
+
+
+def interrupt_hint() -> str | None:
+    return _HINTS[-1]() if _HINTS else None
 
 
 def resume_hint(command: str, run_dir: Path) -> str:

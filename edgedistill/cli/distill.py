@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import config_options, console, render_run_summary, resolve_training_config, resume_hint
+from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
+                                    resolve_training_config, resume_hint)
 
 
 @click.command("distill")
@@ -22,12 +23,8 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
                                        out, resume)
     from edgedistill.train.stages import distill
 
-    from edgedistill.errors import Interrupted
-
     con = console()
-    try:
+    with interruptible(lambda: resume_hint("distill", out)):
         summary = distill(cfg, out, resume=resume, console=con)
-    except KeyboardInterrupt as exc:
-        raise Interrupted.of(exc).with_hint(resume_hint("distill", out)) from None
     if summary["is_main"]:
         render_run_summary(con, "distill", summary)

@@ -23,18 +23,15 @@ def command(config_path: Path, overrides: tuple[str, ...], runs_root: Path, expo
 
     cfg = build_config(config_path, overrides)
     from edgedistill.bench.report import render_table
-    from edgedistill.cli.common import results_console
-    from edgedistill.errors import Interrupted
+    from edgedistill.cli.common import interruptible, results_console
     from edgedistill.pipeline import run_pipeline
     from edgedistill.pipeline.report import render_summary
 
     con = console()
-    try:
+    hint = (f"`edgedistill pipeline {config_path}` continues where it stopped (finished stages are skipped, "
+            "a training stage resumes from its last checkpoint)")
+    with interruptible(lambda: hint):
         result = run_pipeline(cfg, runs_root=runs_root, export_root=export_root, console=con)
-    except KeyboardInterrupt as exc:
-        hint = (f"`edgedistill pipeline {config_path}` continues where it stopped (finished stages are "
-                "skipped, a training stage resumes from its last checkpoint)")
-        raise Interrupted.of(exc).with_hint(hint) from None
     # the results on stdout, full width when it is a log file (`make demo > log.txt`)
     out = results_console()
     if result["bench"] is not None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import config_options, console, render_run_summary, resolve_training_config, resume_hint
+from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
+                                    resolve_training_config, resume_hint)
 
 
 @click.command("pretrain")
@@ -18,12 +19,8 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}}, out, resume)
     from edgedistill.train.stages import pretrain
 
-    from edgedistill.errors import Interrupted
-
     con = console()
-    try:
+    with interruptible(lambda: resume_hint("pretrain", out)):
         summary = pretrain(cfg, out, resume=resume, console=con)
-    except KeyboardInterrupt as exc:
-        raise Interrupted.of(exc).with_hint(resume_hint("pretrain", out)) from None
     if summary["is_main"]:
         render_run_summary(con, "pretrain", summary)
