@@ -233,7 +233,6 @@ def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None
     calib_size, calib_method, projection, min_cosine, max_drop, int8_hint, batch_size,
     num_workers, threads."""
     from edgedistill.data import eval_preprocessing
-
     from edgedistill.limits import check_batch_memory, image_memory
 
     run = RunDir.of(model_dir)
