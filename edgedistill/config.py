@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -228,9 +229,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise EdgeDistillError(f"config key '{key}' must be a number, got '{value}'")
         try:
             number = float(value) if tp is float else _to_int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             kind = "an integer" if tp is int else "a number"
             raise EdgeDistillError(f"config key '{key}' must be {kind}, got '{value}'") from None
+        if tp is float and not math.isfinite(number):  # nan/inf pass every "> 0" check
+            raise EdgeDistillError(f"config key '{key}' must be a finite number, got '{value}'")
         return number
     if tp is str:
         if isinstance(value, bool):  # YAML 1.1 reads a bare `off` / `on` as a boolean
@@ -349,14 +352,18 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Reject impossible values with a message naming the key."""
+    """Reject impossible values with a message naming the key. Machine-independent: a run's
+    config must stay readable elsewhere; what this machine can hold (threads, workers) is
+    checked where it is used."""
+    from edgedistill.limits import MAX_IMAGE_SIDE, check_device
 
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise EdgeDistillError(message)
 
     d = cfg.data
-    need(d.img_size >= 8, f"data.img_size must be at least 8, got {d.img_size}")
+    need(cfg.run.threads >= 0, f"run.threads must be >= 0 (0 = torch's default), got {cfg.run.threads}")
+    need(8 <= d.img_size <= MAX_IMAGE_SIDE, f"data.img_size must be at least 8 and at most {MAX_IMAGE_SIDE}, got {d.img_size}")
     need(d.batch_size >= 1, f"data.batch_size must be positive, got {d.batch_size}")
     need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {d.crop_scale}")
@@ -364,7 +371,8 @@ def validate(cfg: Config) -> None:
     need(all(s > 0 for s in d.std), "data.std must be positive")
     for section in ("teacher", "student"):
         sub = getattr(cfg, section)
-        need(sub.img_size >= 0, f"{section}.img_size must be >= 0")
+        need(0 <= sub.img_size <= MAX_IMAGE_SIDE, f"{section}.img_size must be between 0 and {MAX_IMAGE_SIDE}, "
+                                                  f"got {sub.img_size}")
         need(sub.patch_size >= 0, f"{section}.patch_size must be >= 0")
         need(sub.depth >= 0, f"{section}.depth must be >= 0")
         size = sub.img_size or d.img_size
@@ -375,6 +383,8 @@ def validate(cfg: Config) -> None:
         need(sec.epochs >= 1, f"{name}.epochs must be >= 1, got {sec.epochs}")
         need(sec.effective_batch >= 0, f"{name}.effective_batch must be >= 0")
         need(sec.blr > 0, f"{name}.blr must be positive")
+        need(sec.min_lr >= 0 and sec.weight_decay >= 0 and sec.clip_grad >= 0,
+             f"{name}.min_lr, weight_decay and clip_grad must be >= 0")
         need(sec.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
         need(sec.amp in ("auto", "bf16", "off"), f"{name}.amp must be auto, bf16 or off, got '{sec.amp}'")
         need(sec.max_steps >= 0, f"{name}.max_steps must be >= 0")
@@ -389,7 +399,9 @@ def validate(cfg: Config) -> None:
     need(0 <= p.momentum_teacher <= 1, f"pretrain.momentum_teacher must be in [0, 1], got {p.momentum_teacher}")
     need(0 <= p.center_momentum < 1, f"pretrain.center_momentum must be in [0, 1), got {p.center_momentum}")
     need(p.freeze_last_layer >= 0, f"pretrain.freeze_last_layer must be >= 0, got {p.freeze_last_layer}")
+    need(0 <= cfg.student.drop_path_rate < 1 and 0 <= p.drop_path_rate < 1, "drop_path_rate must be in [0, 1)")
     k = cfg.distill
+    need(all(0 <= b < 1 for b in k.betas), f"distill.betas must be in [0, 1), got {k.betas}")
     need(k.w_cls >= 0 and k.w_attn >= 0 and k.w_cls + k.w_attn > 0, "distill.w_cls and distill.w_attn must be >= 0 and not both 0")
     need(k.temperature > 0, "distill.temperature must be positive")
     need(k.aggregate_heads in ("auto", "always", "never"), f"distill.aggregate_heads must be auto, always or never, got '{k.aggregate_heads}'")
@@ -397,6 +409,12 @@ def validate(cfg: Config) -> None:
     need(k.attention in ("auto", "fused", "explicit"), f"distill.attention must be auto, fused or explicit, got '{k.attention}'")
     need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
     need(cfg.export.int8_recovery_attempts >= 0, "export.int8_recovery_attempts must be >= 0")
+    need(cfg.eval.temperature > 0, f"eval.temperature must be > 0, got {cfg.eval.temperature}")
+    need(cfg.eval.batch_size >= 1 and cfg.eval.chunk_size >= 1, "eval.batch_size and eval.chunk_size must be >= 1")
+    e = cfg.export
+    need(e.calib_size >= 1, f"export.calib_size must be >= 1, got {e.calib_size}")
+    need(0 < e.parity_min_cosine <= 1, f"export.parity_min_cosine must be in (0, 1], got {e.parity_min_cosine}")
+    need(e.max_knn_drop >= 0, f"export.max_knn_drop must be >= 0 (points), got {e.max_knn_drop}")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
     need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
     need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
@@ -405,4 +423,4 @@ def validate(cfg: Config) -> None:
     need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")
     need(all(t >= 1 for t in cfg.bench.threads) and all(b >= 1 for b in cfg.bench.batch), "bench.threads and bench.batch must be >= 1")
     need(cfg.bench.runs >= 1 and cfg.bench.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
-    need(cfg.run.device == "auto" or cfg.run.device == "cpu" or cfg.run.device.startswith("cuda"), f"run.device must be auto, cpu or cuda[:N], got '{cfg.run.device}'")
+    check_device(cfg.run.device, "run.device")

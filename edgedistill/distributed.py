@@ -33,8 +33,10 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    from edgedistill.limits import check_device
     from edgedistill.errors import EdgeDistillError
 
+    name = check_device(name, "device")
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 from edgedistill.errors import EdgeDistillError
@@ -18,6 +19,8 @@ def _parse_one(text: str, name: str, kind: type, choices: Sequence[str] | None, 
         except ValueError:
             noun = "integers" if kind is int else "numbers"
             raise EdgeDistillError(f"--{name} takes comma-separated {noun}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise EdgeDistillError(f"--{name} takes finite numbers, got {text!r}")
         if minimum is not None and value < minimum:
             raise EdgeDistillError(f"--{name} values must be >= {minimum:g}, got {value:g}")
         return value

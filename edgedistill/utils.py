@@ -1,28 +1,188 @@
-"""Small shared helpers with no heavy imports: atomic writes, hashing, JSON."""
+"""Small shared helpers with no heavy imports: atomic and user-named writes, disk checks and
+errors, the lock of a directory being written, hashing, JSON. What the machine can hold is in
+``limits``."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+STDOUT = "-"  # an output path that means standard output
+# errno values that mean "the disk, not the program": full, over quota, read-only, not allowed
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _error(message: str) -> Exception:
+    from edgedistill.errors import EdgeDistillError
+
+    return EdgeDistillError(message)
+
+
+# ----------------------------------------------------------------------------- disk
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def existing_folder(path: str | Path) -> Path:
+    """The nearest folder at or above ``path`` that exists (where a new file would land)."""
+    folder = Path(os.path.abspath(Path(path).expanduser()))
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
+    """A one-line reason for a failed write that names the path."""
+    where = str(path if path is not None else (exc.filename or "the output"))
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(existing_folder(where)).free if where else 0
+        return f"no space left on the device holding {where} ({human_bytes(free)} free)"
+    if exc.errno == errno.EROFS:
+        return f"cannot write {where}: read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot write {where}: permission denied"
+    if exc.errno == errno.EISDIR:
+        return f"cannot write {where}: it is a directory"
+    return f"cannot write {where}: {exc.strerror or exc}"
+
+
+def check_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Fail before long work when the file system that will hold ``path`` has less than
+    ``needed`` bytes free."""
+    folder = existing_folder(path)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise _error(f"not enough disk space for {what} in {folder}: it needs about {human_bytes(needed)}, "
+                     f"{human_bytes(free)} free")
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Turn a write that failed for want of disk (full, read-only, not allowed) into a one-line
+    EdgeDistillError naming ``path``. Libraries report a full disk in their own words
+    (torch: "unexpected pos", safetensors: "IoError"), so any error counts when the file
+    system holding ``path`` is (nearly) full. Use it inside the atomic helper, so the check
+    runs before the temporary file is removed."""
+    from edgedistill.errors import EdgeDistillError
+
+    try:
+        yield
+    except EdgeDistillError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise _error(f"{what}: {describe_os_error(exc, path)}") from None
+        if _nearly_full(path):
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:120] if text else type(exc).__name__
+            raise _error(f"{what}: no space left on the device holding {path} ({reason})") from None
+        raise
+
+
+def _nearly_full(path: str | Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(existing_folder(path)).free < margin
+    except OSError:
+        return False
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Fail at once, before any work, when ``path`` (a file to write; ``-`` is stdout) cannot be
+    written: an existing device or pipe needs write permission, anything else a folder that
+    takes a new file (probed for real: read-only mounts and quotas answer only to a write)."""
+    if str(path) == STDOUT:
+        return
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise _error(f"{what} {path} is a directory")
+    if path.exists() and not path.is_file():
+        if not os.access(path, os.W_OK):
+            raise _error(f"{what} {path}: permission denied")
+        return
+    folder = existing_folder(path.parent)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgedistill-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _error(f"{what}: {describe_os_error(exc, path)}") from None
+
+
+# ----------------------------------------------------------------------------- writing
+
+_TEMPORARIES: set[str] = set()  # what this process's atomic writers hold right now
+
+
+@contextlib.contextmanager
+def _registered(path: str | Path) -> Iterator[None]:
+    _TEMPORARIES.add(str(path))
+    try:
+        yield
+    finally:
+        _TEMPORARIES.discard(str(path))
+
+
+def remove_temporaries() -> None:
+    """Remove the temporary files, work folders and locks the atomic writers of this process
+    hold now: the CLI's SIGTERM handler calls it, then exits without unwinding (an exception
+    raised into an extension module's import or a C++ callback can crash the process)."""
+    for path in list(_TEMPORARIES):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _temp_sibling(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` created with the mode a plain ``open`` would give it
+    (0666 less the umask; ``mkstemp``'s 0600 would leak into the renamed result)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _keep_mode(tmp: Path, path: Path) -> None:
+    """An existing file keeps its permissions when it is replaced."""
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
+    """Write to a temporary file beside ``path`` and rename it into place (for files this
+    tool owns; a path the user named goes through :func:`write_output`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_sibling(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with _registered(tmp):
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _keep_mode(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -37,43 +197,176 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_output(path: str | Path, data: bytes | str) -> None:
+    """Write a file the user named (``--json``, ``--csv``, ``--plot``, ``--out``).
+
+    ``-`` is standard output. What already exists at ``path`` keeps what it is: a device
+    (``/dev/stdout``, ``/dev/null``) or a named pipe is opened and written in place, a symlink
+    keeps pointing where it did (its target is replaced), a regular file is replaced
+    atomically and keeps its permissions. A failed write is a one-line EdgeDistillError."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if str(path) == STDOUT:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(path).expanduser()
+    try:
+        try:
+            mode = os.stat(path).st_mode  # follows a symlink to what it points at
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise _error(f"cannot write {path}: it is a directory")
+        if mode is not None and not stat.S_ISREG(mode):
+            with open(path, "wb") as handle:  # a device, a pipe, a socket: written, never replaced
+                handle.write(raw)
+            return
+        atomic_write_bytes(Path(os.path.realpath(path)) if path.is_symlink() else path, raw)
+    except OSError as exc:
+        raise _error(describe_os_error(exc, path)) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling path for a writer that wants a filename (torch.save,
     safetensors); rename it over ``path`` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_sibling(path)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        with _registered(tmp):
+            yield tmp
+            _keep_mode(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
+# ----------------------------------------------------------------------------- directories
+
+
+def _partial_name(name: str) -> re.Pattern[str]:
+    """What ``atomic_directory`` names its work folders (``mkdtemp``'s 8 random characters)."""
+    return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.partial$")
+
+
+def _clean_leftovers(path: Path) -> list[str]:
+    """Remove the work folders a killed writer of ``path`` left behind (the caller holds the
+    lock, so no live writer owns one). A swap cut short between its two renames left the old
+    ``path`` as ``.<name>.old``: it is put back. Returns what was removed."""
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+    removed = []
+    pattern = _partial_name(path.name)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if pattern.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old.name)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Build a directory under a temporary name and move it into place only on success:
-    a failure (or Ctrl-C) leaves nothing at ``path``. An existing ``path`` is replaced."""
+def directory_lock(path: Path) -> Iterator[list[str]]:
+    """Hold ``<parent>/.<name>.lock`` while ``path`` is written: a second writer fails at
+    once instead of racing this one. On entry the leftovers of killed writers are cleaned
+    (yielded: the names removed). The lock is an ``flock``: the kernel drops it when its
+    holder dies, even by SIGKILL. Platforms without ``fcntl`` write unlocked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield _clean_leftovers(path)
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise _error(describe_os_error(exc, lock)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _error(f"another process is writing {path} (it holds {lock}): wait for it to finish, "
+                         "or choose another name") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
+    try:
+        with _registered(lock):
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield _clean_leftovers(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = "") -> Iterator[Path]:
+    """Build a directory under a temporary sibling name and move it into place only on success:
+    a failure or Ctrl-C leaves nothing at ``path`` (SIGTERM through the CLI neither:
+    :func:`remove_temporaries`).
+
+    ``replace``: an existing ``path`` is swapped out and removed. Without it, a ``path`` that
+    appeared meanwhile (another process, a user) is left untouched and the new directory is
+    dropped with an EdgeDistillError (``exists_hint`` appended). Hold :func:`directory_lock`
+    around it so that two writers never race."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with _registered(tmp):
+            yield tmp
+            if os.path.lexists(path):
+                if not replace:
+                    raise _error(f"{path} appeared while it was being written: it was left untouched and "
+                                 f"nothing was written{exists_hint}")
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ----------------------------------------------------------------------------- third parties
+
+TELEMETRY_OPT_IN = "EDGEDISTILL_THIRD_PARTY_TELEMETRY"  # "1": leave the libraries' counters alone
+
+
+def quiet_third_party_counters() -> None:
+    """Stop OpenVINO and ONNX Runtime writing usage counters into ``$HOME`` (OpenVINO's
+    ``~/intel/stats`` and client id on import; ONNX Runtime's
+    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime``). Must run before either is imported;
+    the CLI and the bench workers call it. OpenVINO and NNCF fall back to their own stub when
+    ``openvino_telemetry`` cannot be imported; ONNX Runtime reads ``ORT_DISABLE_TELEMETRY``."""
+    if os.environ.get(TELEMETRY_OPT_IN) == "1":
+        return
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # "0" or "" would leave it on
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
+
+
+# ----------------------------------------------------------------------------- reading
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -31,8 +31,9 @@ def pipeline_run(tmp_path_factory):
     }
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
+    # stdout is a pipe here, as in `make demo > log.txt` (COLUMNS unset, as in most logs)
     first = run_cli("pipeline", str(path), "--runs", str(root / "runs"), "--export-root", str(root / "export"),
-                    cwd=root)
+                    cwd=root, env={"COLUMNS": ""})
     return root, first, path
 
 
@@ -53,6 +54,16 @@ def test_pipeline_runs_every_stage(pipeline_run):
     assert bench["rows"]
 
 
+def test_pipeline_results_are_readable_in_a_log(pipeline_run):
+    """The bench table and the summary go to stdout at full width: before, they went to stderr
+    cut to 80 columns (`tor… │ stu… │ fp…`)."""
+    _, first, _ = pipeline_run
+    lines = first.stdout.splitlines()
+    table = [line for line in lines if "│" in line]
+    assert any("onnxruntime" in line and "onnx_fp32" in line and "fp32" in line for line in table), first.stdout
+    assert any("k-NN top-1 student" in line for line in lines) and not any("…" in line for line in lines)
+
+
 def test_pipeline_writes_a_report(pipeline_run):
     root, first, _ = pipeline_run
     report = root / "runs" / "tiny" / "report"
@@ -61,7 +72,7 @@ def test_pipeline_writes_a_report(pipeline_run):
     for png in ("loss_curves.png", "attention.png"):
         assert (report / png).stat().st_size > 1000, png
         assert f"({png})" in text
-    assert "k-NN top-1 student" in first.stderr  # the closing summary table
+    assert "k-NN top-1 student" in first.stdout  # the closing summary table
 
 
 def test_rerun_skips_finished_stages(pipeline_run):

@@ -10,6 +10,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from edgedistill.limits import usable_cpus  # noqa: F401  (re-exported: part of this module's API)
+
 __all__ = ["describe_machine", "library_versions", "available_devices", "SIMD_FLAGS", "cpu_model",
            "physical_cores", "usable_cpus"]
 
@@ -31,14 +33,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cpus() -> int:
-    """Logical CPUs this process may run on (affinity / cgroup cpusets respected)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def physical_cores() -> int | None:

@@ -162,20 +162,22 @@ class BenchOptions:
               seconds: float | None, rounds: int, static_shapes: bool) -> "BenchOptions":
         from edgedistill.bench.machine import usable_cpus
         from edgedistill.options import parse_list
+        from edgedistill.limits import check_count
 
         if runs is not None and seconds is not None:
             raise EdgeDistillError("give --runs or --seconds, not both")
         if runs is not None and int(runs) < 1:
             raise EdgeDistillError(f"--runs must be >= 1, got {runs}")
-        if seconds is not None and not float(seconds) > 0:
-            raise EdgeDistillError(f"--seconds must be > 0, got {seconds}")
+        if seconds is not None and not 0 < float(seconds) < float("inf"):
+            raise EdgeDistillError(f"--seconds must be a number > 0, got {seconds}")
         if int(warmup) < 0 or int(rounds) < 1:
             raise EdgeDistillError("--warmup must be >= 0 and --rounds >= 1")
         if runs is None and seconds is None:
             seconds = 2.0
         return cls(backends=parse_list(backends, "backends", choices=BACKENDS) or list(BACKENDS),
                    precisions=parse_list(precisions, "precision", choices=PRECISIONS) or list(PRECISIONS),
-                   threads=parse_list(threads, "threads", kind=int) or [usable_cpus()],
+                   threads=[check_count(t, "--threads") for t in parse_list(threads, "threads", kind=int) or
+                            [usable_cpus()]],
                    batches=sorted(parse_list(batches, "batch", kind=int) or [1]), warmup=int(warmup),
                    runs=None if runs is None else int(runs), seconds=seconds,
                    rounds=int(min(rounds, runs)) if runs is not None else int(rounds),
@@ -202,7 +204,17 @@ def plan_bench(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, d
     if not rows:
         why = "; ".join(sorted({s["reason"] for s in skipped})) or "nothing matches the options"
         raise EdgeDistillError(f"nothing to benchmark in {bundle_dir} with these options ({why})")
+    _check_memory(shape, opts, rows)
     return rows, skipped
+
+
+def _check_memory(shape: list[Any], opts: BenchOptions, rows: list["Row"]) -> None:
+    """The rows of one thread count stay loaded together, each holding every batch size it
+    measures: refuse batch sizes whose inputs and activations cannot fit in memory."""
+    from edgedistill.limits import check_batch_memory, image_memory
+
+    loaded = max(sum(1 for r in rows if r.threads == t) for t in opts.threads)
+    check_batch_memory(max(opts.batches), image_memory(shape[2], shape[3]), "--batch", copies=loaded)
 
 
 class _Planner:

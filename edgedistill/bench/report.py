@@ -11,7 +11,8 @@ from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["render_table", "write_json", "write_csv", "write_plot", "csv_lines", "CSV_COLUMNS", "check_plot_support"]
+__all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "csv_lines", "CSV_COLUMNS",
+           "check_plot_support"]
 
 CSV_COLUMNS = (
     "backend", "variant", "precision", "inference_precision", "device", "threads", "batch", "baseline",
@@ -39,20 +40,22 @@ def csv_lines(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_csv(report: dict[str, Any], path: str | Path) -> None:
-    from edgedistill.utils import atomic_write_text
+    """The CSV lines into ``path`` (``utils.write_output``: ``-`` is stdout, a device or pipe is
+    written in place)."""
+    from edgedistill.utils import write_output
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for line in csv_lines(report):
         writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
-    atomic_write_text(Path(path), buffer.getvalue())
+    write_output(path, buffer.getvalue())
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> None:
-    from edgedistill.utils import atomic_write_text
+    from edgedistill.utils import write_output
 
-    atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
+    write_output(path, json.dumps(report, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- table
@@ -140,6 +143,26 @@ def check_plot_support() -> None:
         raise EdgeDistillError("--plot needs matplotlib: pip install matplotlib (or 'edgedistill[plot]')") from None
 
 
+def plot_labels(points: list[tuple[float, float, str]], near: float = 0.04) -> list[tuple[float, float, str]]:
+    """One label per group of points that would print on top of each other (within ``near``
+    of the plot's width and height): ``(x, y, "tag1, tag2")`` at the group's first point.
+    Rows often coincide: the same model at two thread counts, fp32 and its f32 fallback."""
+    if not points:
+        return []
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or abs(xs[0]) or 1.0, (max(ys) - min(ys)) or abs(ys[0]) or 1.0
+    groups: list[tuple[float, float, list[str]]] = []
+    for x, y, tag in points:
+        for gx, gy, tags in groups:
+            if abs(x - gx) <= near * span_x and abs(y - gy) <= near * span_y:
+                if tag not in tags:
+                    tags.append(tag)
+                break
+        else:
+            groups.append((x, y, [tag]))
+    return [(x, y, ", ".join(tags)) for x, y, tags in groups]
+
+
 def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     """Latency (p50 at the smallest batch) against k-NN top-1 of every row whose accuracy the
     export measured. Returns False (nothing written) when the manifest has no k-NN figures."""
@@ -149,7 +172,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgedistill.utils import atomic_path
+    from edgedistill.utils import write_output
 
     lat = str(report["settings"]["batches"][0])
     points = [r for r in report["rows"] if r["knn_top1"] is not None and lat in r["batches"]]
@@ -160,6 +183,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     threads = sorted({r["threads"] for r in points})
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     seen: set[tuple[str, str]] = set()
+    tagged: list[tuple[float, float, str]] = []
     for row in points:
         x, y = row["batches"][lat]["p50_ms"], row["knn_top1"]
         key = (row["backend"], row["precision"])
@@ -168,9 +192,13 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
                    label=f"{row['backend']} {row['precision']}" if key not in seen else None, zorder=3)
         seen.add(key)
         tag = row["variant"] if row["backend"] != "torch" else "torch"
+        if row.get("inference_precision") and row["backend"] == "openvino":
+            tag += f"@{row['inference_precision']}"
         if len(threads) > 1:
             tag += f" {row['threads']}t"
-        ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        tagged.append((x, y, tag))
+    for x, y, text in plot_labels(tagged):
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     knn = report["bundle"].get("knn") or {}
     if knn.get("torch_fp32_top1") is not None and knn.get("max_drop") is not None:
         ax.axhline(knn["torch_fp32_top1"] - knn["max_drop"], color="gray", linestyle="--", linewidth=1,
@@ -182,8 +210,8 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    write_output(path, buffer.getvalue())
     return True

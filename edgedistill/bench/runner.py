@@ -60,6 +60,7 @@ def run_bench(
     seconds: float | None = None,
     rounds: int = 5,
     static_shapes: bool = True,
+    verify: bool = True,
     progress: bool = True,
     console: Any = None,
     load_timeout: float = 900.0,
@@ -78,6 +79,7 @@ def run_bench(
         runs / seconds: timed runs per row and batch size, or seconds per row and batch size
             (default: 2 s), split over ``rounds`` interleaved rounds.
         static_shapes: OpenVINO compiles a static-shape model per batch size.
+        verify: check every measured variant's files against the manifest's sha256 first.
 
     Returns:
         The report (see ``edgedistill.bench.report``): machine, settings, baselines, rows with
@@ -94,7 +96,7 @@ def run_bench(
     opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes)
     devices = available_devices()
     rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
-    settings = _settings(manifest, bundle_dir, opts, device)
+    settings = _settings(manifest, bundle_dir, opts, device, _verify(manifest, bundle_dir, rows) if verify else False)
     con.print(f"benchmarking [bold]{manifest['name']}[/] ({bundle_dir}): {len(rows)} rows x "
               f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
 
@@ -126,7 +128,18 @@ def run_bench(
     }
 
 
-def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str) -> dict[str, Any]:
+def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool:
+    """Every measured variant against its sha256: a flipped byte in a model gives finite, wrong
+    figures, so it is caught before any measuring (the torch row checks its own weights)."""
+    from edgedistill.runtime.manifest import verify_variant
+
+    for name in sorted({r.variant for r in rows if r.backend != "torch"}):
+        verify_variant(manifest, bundle_dir, name)
+    return True
+
+
+def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
+              verified: bool) -> dict[str, Any]:
     """How the run measures, recorded in the report."""
     sample = manifest.get("sample") or {}
     sample_path = str(bundle_dir / sample["file"]) if sample.get("file") else None
@@ -139,7 +152,7 @@ def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, de
                   "with the row order rotated each round; percentiles over all timed runs",
         "input": "the bundle's sample image through its preprocessing, repeated to the batch size"
                  if sample_path else "seeded noise",
-        "sample": sample_path,
+        "sample": sample_path, "verified_sha256": verified,
     }
 
 

@@ -335,6 +335,9 @@ def _run_command(runners: dict[int, Callable[[], Any]], command: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgedistill.utils import quiet_third_party_counters
+
+    quiet_third_party_counters()  # before any runtime is imported (see the CLI)
     argv = sys.argv[1:] if argv is None else argv
     channel = _Channel()
     try:

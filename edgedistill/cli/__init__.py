@@ -7,12 +7,44 @@ so ``edgedistill --help`` and ``--version`` stay instant.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 import click
 
 from edgedistill import __version__
-from edgedistill.errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError, Interrupted
+
+
+_HANDLER_PID = 0  # the process that installed the SIGTERM handler
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a container stopping) ends the command as Ctrl-C does: the atomic
+    writers' temporary files, work folders and locks are removed, and one line says what
+    happened and how to continue. It exits from here rather than raising into whatever runs:
+    an exception raised into an extension module's import (onnx's, mid-export) crashed the
+    process with SIGSEGV and left the work folder behind."""
+    import contextlib
+
+    if os.getpid() != _HANDLER_PID:  # a forked child (a DataLoader worker): the parent reports
+        os._exit(128 + signal.SIGTERM)
+    from edgedistill.cli.common import interrupt_hint
+    from edgedistill.utils import remove_temporaries
+
+    remove_temporaries()
+    hint = None
+    with contextlib.suppress(Exception):
+        hint = interrupt_hint()
+    message = "terminated (SIGTERM)" + (f"; {hint}" if hint else "")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()  # results already printed stay printed
+    terminal = os.isatty(2)
+    # raw writes: the main thread may be inside a print to stderr right now
+    os.write(2, ((b"\x1b[?25h\n" if terminal else b"") + f"error: {message}\n".encode()))
+    os._exit(128 + signal.SIGTERM)
 
 
 class _Group(click.Group):
@@ -21,16 +53,32 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         import warnings
 
+        from edgedistill.utils import DISK_ERRNOS, describe_os_error, quiet_third_party_counters
+
         # Library warnings reach users as one line, not as a source excerpt.
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+        quiet_third_party_counters()
+        global _HANDLER_PID
+        main_thread = threading.current_thread() is threading.main_thread()
+        _HANDLER_PID = os.getpid()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except EdgeDistillError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            interrupted = Interrupted.of(exc)
+            click.echo(f"error: {interrupted}", err=True)
+            sys.exit(interrupted.exit_code)
+        except OSError as exc:  # a write the command did not expect to fail: say why and where
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            click.echo(f"error: {describe_os_error(exc)}", err=True)
+            sys.exit(2)
+        finally:
+            if main_thread:  # an in-process caller (tests, a notebook) gets its own handler back
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

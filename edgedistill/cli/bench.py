@@ -31,15 +31,18 @@ from edgedistill.cli.common import console
 @click.option("--shapes", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
               help="OpenVINO: compile a static-shape model per batch size, or keep the dynamic batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the full report (machine, settings, every row and batch) as JSON.")
+              help="Write the full report (machine, settings, every row and batch) as JSON (- for stdout).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write one CSV line per row and batch size.")
+              help="Write one CSV line per row and batch size (- for stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a latency-vs-k-NN PNG (needs matplotlib and k-NN figures in the manifest).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress while measuring.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check every measured file against the manifest's sha256 first.")
 def command(bundle: Path, device: str, backends: str | None, precisions: str | None, threads: str | None,
             batches: str, warmup: int, runs: int | None, seconds: float | None, rounds: int, shapes: str,
-            json_path: Path | None, csv_path: Path | None, plot_path: Path | None, progress: bool) -> None:
+            json_path: Path | None, csv_path: Path | None, plot_path: Path | None, progress: bool,
+            verify: bool) -> None:
     """Benchmark every variant of a bundle on every available backend.
 
     \b
@@ -50,28 +53,27 @@ def command(bundle: Path, device: str, backends: str | None, precisions: str | N
     """
     from edgedistill.bench.report import check_plot_support, render_table, write_csv, write_json, write_plot
     from edgedistill.bench.runner import run_bench
+    from edgedistill.cli.common import check_outputs, results_console
 
+    outputs = check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
     if plot_path is not None:
         check_plot_support()  # fail before minutes of measuring, not after
     con = console()
     report = run_bench(bundle, device=device, backends=backends, precisions=precisions, threads=threads,
                        batches=batches, warmup=warmup, runs=runs, seconds=seconds, rounds=rounds,
-                       static_shapes=shapes == "static", progress=progress, console=con)
-    import sys
-
-    from rich.console import Console
-
-    # the results on stdout (wide enough for the table when piped to a file), progress on stderr
-    render_table(report, Console(width=None if sys.stdout.isatty() else 220))
+                       static_shapes=shapes == "static", verify=verify, progress=progress, console=con)
+    # the results on stdout, progress on stderr; an output written to stdout ("-") moves the
+    # table to stderr so that what is piped stays parseable
+    render_table(report, con if outputs.to_stdout else results_console())
     if json_path is not None:
         write_json(report, json_path)
-        con.print(f"report written: {json_path}")
+        outputs.written(con, "report", json_path)
     if csv_path is not None:
         write_csv(report, csv_path)
-        con.print(f"CSV written: {csv_path}")
+        outputs.written(con, "CSV", csv_path)
     if plot_path is not None:
         if write_plot(report, plot_path):
-            con.print(f"plot written: {plot_path}")
+            outputs.written(con, "plot", plot_path)
         else:
             con.print("[yellow]warning:[/] the bundle's manifest has no k-NN figures (exported without labeled "
                       "--data): no latency-vs-accuracy plot written")

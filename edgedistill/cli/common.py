@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -22,9 +23,47 @@ def config_options(func):
 
 
 def console():
-    from rich.console import Console
+    """Progress and messages: stderr."""
+    from edgedistill.progress import make_console
 
-    return Console(stderr=True)
+    return make_console(stderr=True)
+
+
+def results_console():
+    """Result tables: stdout, full width in a log or a pipe."""
+    from edgedistill.progress import make_console
+
+    return make_console(stderr=False)
+
+
+class Outputs:
+    """The files a command was asked to write, checked before any work (``check_outputs``)."""
+
+    def __init__(self, paths: dict[str, Path | None]) -> None:
+        from edgedistill.utils import STDOUT
+
+        self.paths = {option: path for option, path in paths.items() if path is not None}
+        self.to_stdout = [option for option, path in self.paths.items() if str(path) == STDOUT]
+
+    def written(self, con: Any, what: str, path: Path) -> None:
+        from edgedistill.utils import STDOUT
+
+        if str(path) != STDOUT:
+            con.print(f"{what} written: {path}", highlight=False, soft_wrap=True)
+
+
+def check_outputs(paths: dict[str, Path | None]) -> Outputs:
+    """Fail before the work when an output cannot be written (read-only, missing permission, a
+    directory), or when more than one of them asks for stdout (``-``)."""
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.utils import check_writable
+
+    outputs = Outputs(paths)
+    if len(outputs.to_stdout) > 1:
+        raise EdgeDistillError(f"only one output can go to stdout (-), got {' and '.join(outputs.to_stdout)}")
+    for option, path in outputs.paths.items():
+        check_writable(path, option)
+    return outputs
 
 
 def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...], extra: dict[str, Any],
@@ -49,6 +88,39 @@ def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...]
     else:
         cfg = build_config(config_path, overrides, extra)
     return cfg, RunDir.for_config(cfg, out).path
+
+
+_HINTS: list[Callable[[], str]] = []
+
+
+@contextlib.contextmanager
+def interruptible(hint: Callable[[], str]) -> Iterator[None]:
+    """While the block runs, an interrupt (Ctrl-C here, SIGTERM in the CLI's handler) tells the
+    user ``hint()``: what to run to continue."""
+    from edgedistill.errors import Interrupted
+
+    _HINTS.append(hint)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise Interrupted.of(exc).with_hint(hint()) from None
+    finally:
+        _HINTS.pop()
+
+
+def interrupt_hint() -> str | None:
+    return _HINTS[-1]() if _HINTS else None
+
+
+def resume_hint(command: str, run_dir: Path) -> str:
+    """What an interrupted training command says about continuing."""
+    from edgedistill.rundir import RunDir
+
+    run = RunDir.of(run_dir)
+    if not run.has_checkpoint():
+        return f"no checkpoint was written yet in {run.path}: run the same command again to start over"
+    return (f"the last checkpoint is {run.checkpoint}: `edgedistill {command} --out {run.path} --resume` "
+            "continues from it")
 
 
 def render_run_summary(con, stage: str, summary: dict) -> None:

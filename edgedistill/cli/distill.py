@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import config_options, console, render_run_summary, resolve_training_config
+from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
+                                    resolve_training_config, resume_hint)
 
 
 @click.command("distill")
@@ -23,6 +24,7 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     from edgedistill.train.stages import distill
 
     con = console()
-    summary = distill(cfg, out, resume=resume, console=con)
+    with interruptible(lambda: resume_hint("distill", out)):
+        summary = distill(cfg, out, resume=resume, console=con)
     if summary["is_main"]:
         render_run_summary(con, "distill", summary)

@@ -35,6 +35,8 @@ def model_options(func):
         click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's own)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Initialization seed of a 'random' model (the random-init baseline)."),
+        click.option("--verify/--no-verify", default=True, show_default=True,
+                     help="Check a bundle model against the manifest's sha256 before loading it."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -51,7 +53,7 @@ def data_options(func):
         click.option("--max-bad-images", type=int, default=10, show_default=True,
                      help="Corrupt images skipped before failing."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Write the figures to this JSON file."),
+                     help="Write the figures to this JSON file (- for stdout: the table then goes to stderr)."),
         click.option("--no-progress", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -79,24 +81,42 @@ def _ranks(opts: dict[str, Any]) -> Iterator[bool]:
 def _evaluate(opts: dict[str, Any], evaluate: Any, **kwargs: Any) -> tuple[Any, Any]:
     """Open the model and the splits and run ``evaluate`` on them (on every rank under
     torchrun); the result on the reporting process, None on the others."""
+    from edgedistill.limits import check_batch_memory, image_memory
+
     with _ranks(opts) as reports:
         model = _open(opts)
+        check_batch_memory(opts["batch_size"], image_memory(model.img_size, model.img_size), "--batch-size")
         splits = _splits(opts, model)
         result = evaluate(model, splits, batch_size=opts["batch_size"], num_workers=opts["workers"],
                           threads=opts["threads"], **kwargs)
     return model, (result if reports else None)
 
 
+def _check_numbers(opts: dict[str, Any]) -> None:
+    """The counts a user can get wrong, before anything is opened (the batch's memory is
+    checked once the model's input size is known)."""
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.limits import check_count, check_device
+
+    check_device(opts["device"], "--device")
+    if opts["threads"] is not None:
+        check_count(opts["threads"], "--threads")
+    for key in ("workers", "batch_size", "max_bad_images"):
+        if key in opts:
+            option = "--" + key.replace("_", "-")
+            if key == "workers":
+                check_count(opts[key], option, minimum=0)
+            elif opts[key] < (1 if key == "batch_size" else 0):
+                raise EdgeDistillError(f"{option} must be >= {1 if key == 'batch_size' else 0}, got {opts[key]}")
+
+
 def _open(opts: dict[str, Any]):
     from edgedistill.eval.models import open_model
 
-    if opts["threads"] is not None and opts["threads"] < 1:
-        from edgedistill.errors import EdgeDistillError
-
-        raise EdgeDistillError(f"--threads must be >= 1, got {opts['threads']}")
+    _check_numbers(opts)
     return open_model(opts["model"], variant=opts["variant"], device=opts["device"], threads=opts["threads"],
                       arch=opts["arch"], img_size=opts["img_size"], patch_size=opts["patch_size"],
-                      depth=opts["depth"], seed=opts["seed"])
+                      depth=opts["depth"], seed=opts["seed"], verify=opts.get("verify", True))
 
 
 def _splits(opts: dict[str, Any], model: Any):
@@ -107,16 +127,40 @@ def _splits(opts: dict[str, Any], model: Any):
 
 
 def _check_json_path(path: Path | None) -> None:
+    """Before any work: the folder exists and takes a new file (or ``-``: stdout)."""
     from edgedistill.errors import EdgeDistillError
+    from edgedistill.cli.common import check_outputs
+    from edgedistill.utils import STDOUT
 
-    if path is not None and path.parent and not path.parent.exists():
+    if path is not None and str(path) != STDOUT and path.parent and not path.parent.exists():
         raise EdgeDistillError(f"--json: folder {path.parent} does not exist")
+    check_outputs({"--json": path})
+
+
+def _write_json(con: Any, path: Path, result: dict[str, Any]) -> None:
+    import json
+
+    from edgedistill.utils import STDOUT, write_output
+
+    write_output(path, json.dumps(result, indent=2) + "\n")
+    if str(path) != STDOUT:
+        con.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _results(json_path: Path | None, con: Any) -> Any:
+    """Where the tables go: stdout, or stderr when the JSON goes to stdout (``--json -``)."""
+    from edgedistill.cli.common import results_console
+    from edgedistill.utils import STDOUT
+
+    return con if json_path is not None and str(json_path) == STDOUT else results_console()
 
 
 def _header(con: Any, model: Any, result: dict[str, Any]) -> None:
     d = result["data"]
+    skipped = sum((d.get("skipped_images") or {}).values())
     con.print(f"[bold]{model.name}[/] ({model.backend}, {model.img_size} px, dim {model.dim})  "
-              f"train {d['num_train']} images, val {d['num_val']}, {d['num_classes']} classes", highlight=False,
+              f"train {d['num_train']} images, val {d['num_val']}, {d['num_classes']} classes"
+              + (f"; {skipped} unreadable or oversized image(s) skipped" if skipped else ""), highlight=False,
               soft_wrap=True)
 
 
@@ -143,18 +187,17 @@ def command() -> None:
 def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool, json_path: Path | None,
         no_progress: bool, **opts: Any) -> None:
     """Weighted k-NN top-1/top-5 of a model's CLS features on a labeled train/val pair."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.evaluate import evaluate_knn
-    from edgedistill.utils import atomic_write_json
-
     from edgedistill.options import parse_list
 
     ks = parse_list(k_text, "k", kind=int)
-    if temperature <= 0:
-        raise EdgeDistillError(f"--temperature must be > 0, got {temperature}")
+    if not 0 < temperature < float("inf"):
+        raise EdgeDistillError(f"--temperature must be a number > 0, got {temperature}")
+    if chunk_size < 1:
+        raise EdgeDistillError(f"--chunk-size must be >= 1, got {chunk_size}")
     _check_json_path(json_path)
     model, result = _evaluate(opts, evaluate_knn, ks=ks, temperature=temperature, chunk_size=chunk_size,
                               progress=not no_progress, with_predictions=with_predictions)
@@ -173,12 +216,11 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
             label = f"[bold]{label}*[/]"
         top5 = f"{entry['top5']:.2f}" if entry["top5"] is not None else "-"
         table.add_row(label, f"{entry['top1']:.2f}", top5)
-    out = Console()
+    out = _results(json_path, con)
     out.print(table)
     out.print(_extraction_line(result), highlight=False, soft_wrap=True)
     if json_path is not None:
-        atomic_write_json(json_path, result)
-        con.print(f"wrote {json_path}")
+        _write_json(con, json_path, result)
 
 
 @command.command("linear")
@@ -189,13 +231,10 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
 @click.option("--max-iter", type=int, default=1000, show_default=True)
 def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool, **opts: Any) -> None:
     """Linear probe: logistic regression on frozen L2-normalized features."""
-    from rich.console import Console
     from rich.table import Table
 
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.evaluate import evaluate_linear
-    from edgedistill.utils import atomic_write_json
-
     from edgedistill.options import parse_list
 
     cs = parse_list(c_text, "c", kind=float, minimum=None)
@@ -215,15 +254,14 @@ def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool
     table.add_column("top-5 %", justify="right")
     table.add_row(f"{result['C']:g}", f"{result['top1']:.2f}",
                   f"{result['top5']:.2f}" if result["top5"] is not None else "-")
-    out = Console()
+    out = _results(json_path, con)
     out.print(table)
     if result["c_search"]:
         search = ", ".join(f"C={c}: {acc:.1f}%" for c, acc in result["c_search"].items())
         out.print(f"C chosen on 20% of train held out: {search}", highlight=False, soft_wrap=True)
     out.print(_extraction_line(result), highlight=False, soft_wrap=True)
     if json_path is not None:
-        atomic_write_json(json_path, result)
-        con.print(f"wrote {json_path}")
+        _write_json(con, json_path, result)
 
 
 @command.command("attention")
@@ -246,8 +284,11 @@ def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size:
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.attention import attention_figure
 
-    if out.parent and not out.parent.exists():
+    if str(out) != "-" and out.parent and not out.parent.exists():
         raise EdgeDistillError(f"--out: folder {out.parent} does not exist")
+    from edgedistill.cli.common import check_outputs
+
+    check_outputs({"--out": out})
     model = _open(opts)
     run_cfg = _run_config(opts["model"])
     teacher_cfg = _teacher_config(run_cfg, teacher, teacher_arch, teacher_patch_size, teacher_depth)

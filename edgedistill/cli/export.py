@@ -51,7 +51,7 @@ _DEFAULTS = ExportConfig()
               help="Image-decoding worker processes for k-NN.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO threads (default: theirs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the validation figures to this JSON file (written on gate failure too).")
+              help="Also write the validation figures to this JSON file (written on gate failure too; - for stdout).")
 def command(model_dir: Path, out_root: Path, name: str | None, formats: str, opset: int, img_size: int | None,
             int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
             max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
@@ -64,9 +64,13 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
     Accuracy gate: k-NN top-1 of every variant vs torch FP32 on --data (drop <= --max-drop).
     A failed gate exits non-zero and leaves no bundle.
     """
-    from edgedistill.export.bundle import GateFailed, export_bundle, summary_rows
-    from edgedistill.utils import atomic_write_json
+    import json
 
+    from edgedistill.cli.common import check_outputs
+    from edgedistill.export.bundle import GateFailed, export_bundle, summary_rows
+    from edgedistill.utils import write_output
+
+    check_outputs({"--json": json_path})
     con = console()
     try:
         result = export_bundle(
@@ -80,11 +84,11 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
     except GateFailed as exc:
         render_summary(con, summary_rows(exc.report, {}), title="export FAILED (no bundle written)")
         if json_path is not None:
-            atomic_write_json(json_path, exc.report)
+            write_output(json_path, json.dumps(exc.report, indent=2) + "\n")
         raise
     render_summary(con, result["rows"], title=f"export: {result['bundle']}", default=result["default_variant"])
     if json_path is not None:
-        atomic_write_json(json_path, result["validation"])
+        write_output(json_path, json.dumps(result["validation"], indent=2) + "\n")
 
 
 def _size(n: Any) -> str:

@@ -22,9 +22,18 @@ def command(config_path: Path, overrides: tuple[str, ...], runs_root: Path, expo
     from edgedistill.config import build_config
 
     cfg = build_config(config_path, overrides)
+    from edgedistill.bench.report import render_table
+    from edgedistill.cli.common import interruptible, results_console
     from edgedistill.pipeline import run_pipeline
     from edgedistill.pipeline.report import render_summary
 
     con = console()
-    result = run_pipeline(cfg, runs_root=runs_root, export_root=export_root, console=con)
-    render_summary(con, result)
+    hint = (f"`edgedistill pipeline {config_path}` continues where it stopped (finished stages are skipped, "
+            "a training stage resumes from its last checkpoint)")
+    with interruptible(lambda: hint):
+        result = run_pipeline(cfg, runs_root=runs_root, export_root=export_root, console=con)
+    # the results on stdout, full width when it is a log file (`make demo > log.txt`)
+    out = results_console()
+    if result["bench"] is not None:
+        render_table(result["bench"], out)
+    render_summary(out, result)

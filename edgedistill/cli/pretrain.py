@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import config_options, console, render_run_summary, resolve_training_config
+from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
+                                    resolve_training_config, resume_hint)
 
 
 @click.command("pretrain")
@@ -19,6 +20,7 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     from edgedistill.train.stages import pretrain
 
     con = console()
-    summary = pretrain(cfg, out, resume=resume, console=con)
+    with interruptible(lambda: resume_hint("pretrain", out)):
+        summary = pretrain(cfg, out, resume=resume, console=con)
     if summary["is_main"]:
         render_run_summary(con, "pretrain", summary)

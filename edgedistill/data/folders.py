@@ -20,7 +20,9 @@ Layout rules (for the user docs):
   (each real folder once). Order is deterministic: classes by name, then relative paths.
 
 Bad images (design.md §10): construction opens and ``verify()``s every file (cheap: headers and,
-for PNG, chunk checksums; no full decode). Files that fail are dropped and counted. A file
+for PNG, chunk checksums; no full decode). Files that fail are dropped and counted, and so are
+images too large to decode safely (more than 120 megapixels, or an aspect ratio above 50:1:
+a 321-byte 1 x 2,000,000 PNG would otherwise cost gigabytes once resized). A file
 that passes but fails to decode later (a truncated JPEG) is caught in ``__getitem__``, which
 substitutes the next readable index (deterministic) and counts it. More than
 ``max_bad_images`` in total raises :class:`BadImagesError`. The runtime count lives in each
@@ -48,7 +50,7 @@ from edgedistill.data.transforms import seeded_call, split_item
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.folders import (IMG_EXTENSIONS, SPLIT_DIRS, check_folder, has_split_layout,  # noqa: F401
                                          is_image_file, list_images, scan_folder)
-from edgedistill.runtime.preprocess import load_rgb
+from edgedistill.runtime.preprocess import check_image_size, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +102,13 @@ def resolve_split(path: str, split: str, val_path: str = "") -> str:
 
 
 def verify_image(path: str) -> str | None:
-    """Cheap check: ``None`` when the header (and PNG checksums) look sound, else the reason."""
+    """Cheap check: ``None`` when the header (and PNG checksums) look sound and the size is
+    within bounds (``runtime.preprocess.check_image_size``), else the reason."""
     try:
         with Image.open(path) as img:
+            refused = check_image_size(*img.size)
+            if refused:
+                return f"too large to decode: {refused}"
             img.verify()
         return None
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)

@@ -9,6 +9,8 @@ renormalized), each scaled to its own min..max for display.
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -88,13 +90,13 @@ def _scaled(m: np.ndarray) -> np.ndarray:
 def plot_attention(rows: Sequence[dict[str, Any]], out: str | Path, dpi: int = 100,
                    cell: float = 1.6) -> tuple[int, int]:
     """Draw rows ``{"label", "image" (H, W, 3), "fused" (gh, gw), "heads" (H, gh, gw)}`` into a
-    PNG at ``out`` (atomically). Returns its (width, height) in pixels."""
+    PNG at ``out`` (``utils.write_output``: ``-`` is stdout). Returns its (width, height) in pixels."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display needed, and never a GUI backend
     import matplotlib.pyplot as plt
 
-    from edgedistill.utils import atomic_path
+    from edgedistill.utils import write_output
 
     cols = 2 + max(r["heads"].shape[0] for r in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * cell, len(rows) * cell), dpi=dpi, squeeze=False)
@@ -124,9 +126,9 @@ def plot_attention(rows: Sequence[dict[str, Any]], out: str | Path, dpi: int = 1
                 ax.set_xticks([])
                 ax.set_yticks([])
         fig.tight_layout(pad=0.3)
-        out = Path(out)
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        write_output(out, buffer.getvalue())
         width, height = fig.canvas.get_width_height()
     finally:
         plt.close(fig)

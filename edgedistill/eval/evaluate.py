@@ -37,7 +37,10 @@ class Splits:
 
     def describe(self) -> dict[str, Any]:
         return {"train": str(self.bank.root), "val": str(self.query.root), "num_train": len(self.bank),
-                "num_val": len(self.query), "num_classes": len(self.bank.classes), "classes": self.classes}
+                "num_val": len(self.query), "num_classes": len(self.bank.classes), "classes": self.classes,
+                # unreadable or oversized images left out when the folders were scanned
+                "skipped_images": {"train": len(getattr(self.bank, "bad_images", [])),
+                                   "val": len(getattr(self.query, "bad_images", []))}}
 
 
 def resolve_data(train: str | None, val: str | None, data: str | None) -> tuple[str, str]:

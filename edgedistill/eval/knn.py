@@ -77,10 +77,14 @@ def _vote_weights(sims: torch.Tensor, temperature: float) -> torch.Tensor:
     return (sims.double() / temperature).exp().float().double()
 
 
+NONFINITE_CAUSES = ("a damaged model file, which a bundle's sha256 check catches unless --no-verify was given, "
+                    "or a training run that diverged")
+
+
 def _check_finite(norms: torch.Tensor, what: str) -> None:
     # a NaN row has a NaN norm and an inf row an inf norm: checking norms covers both
     if not bool(torch.isfinite(norms).all()):
-        raise EdgeDistillError(f"k-NN: {what} features contain NaN or inf (a diverged model?)")
+        raise EdgeDistillError(f"k-NN: {what} features contain NaN or inf: the model is broken ({NONFINITE_CAUSES})")
 
 
 def _nearest_neighbours(

@@ -19,7 +19,9 @@ __all__ = ["linear_probe"]
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if not np.isfinite(x).all():
-        raise EdgeDistillError("linear probe: features contain NaN or inf (a diverged model?)")
+        from edgedistill.eval.knn import NONFINITE_CAUSES
+
+        raise EdgeDistillError(f"linear probe: features contain NaN or inf: the model is broken ({NONFINITE_CAUSES})")
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

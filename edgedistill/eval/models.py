@@ -196,6 +196,7 @@ def open_model(
     depth: int = 0,
     precision: str | None = "f32",
     seed: int = 0,
+    verify: bool = True,
 ) -> EvalModel:
     """Open ``--model`` (see the module docstring) as an :class:`EvalModel`.
 
@@ -208,8 +209,12 @@ def open_model(
             ONNX/OpenVINO model whose input size is dynamic.
         precision: OpenVINO inference precision (``f32`` = true fp32, ``bf16``, ``f16``, None).
         seed: initialization seed of ``random`` (a reproducible random-init baseline).
+        verify: check a bundle variant's files against the manifest's sha256 before loading.
     """
     from edgedistill.runtime.manifest import MANIFEST_NAME
+    from edgedistill.limits import check_device
+
+    device = check_device(device, "--device")
 
     text = str(source).strip()
     if not text:
@@ -220,7 +225,10 @@ def open_model(
         raise EdgeDistillError(f"--variant {variant} needs a bundle directory (with {MANIFEST_NAME}), got {text}")
 
     if is_bundle or (path.is_file() and path.suffix.lower() in (".onnx", ".xml")):
-        return _open_exported(path, text, is_bundle, variant, threads, img_size, precision)
+        if device not in ("auto", "cpu"):
+            raise EdgeDistillError(f"--device {device}: ONNX Runtime and OpenVINO models are evaluated on the CPU "
+                                   "(`edgedistill bench --device` measures them on accelerators)")
+        return _open_exported(path, text, is_bundle, variant, threads, img_size, precision, verify)
     if path.is_dir() or (path.is_file() and (path.suffix == ".json" or (
             path.suffix == ".safetensors" and path.with_suffix(".json").is_file()))):
         return _open_saved(path, text, device, threads, img_size)
@@ -228,13 +236,13 @@ def open_model(
 
 
 def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, threads: int | None,
-                   img_size: int, precision: str | None) -> EvalModel:
+                   img_size: int, precision: str | None, verify: bool) -> EvalModel:
     """A bundle variant, or an .onnx / .xml file (the bundle it sits in supplies the
     preprocessing)."""
     from edgedistill.runtime.embedders import open_embedder
     from edgedistill.runtime.manifest import default_variant, read_manifest
 
-    kwargs: dict[str, Any] = {"threads": threads}
+    kwargs: dict[str, Any] = {"threads": threads, "verify": verify}
     info: dict[str, Any] = {}
     if is_bundle:
         manifest = read_manifest(path)
@@ -245,6 +253,11 @@ def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, 
         bundle: tuple[dict[str, Any], str] | None = (manifest, variant)
     else:
         bundle = _bundle_of(path)
+        if bundle is not None and verify:  # a model file of a bundle: checked like the bundle
+            from edgedistill.runtime.manifest import verify_variant
+
+            verify_variant(bundle[0], path.parent, bundle[1])
+        kwargs.pop("verify")
     fmt = (bundle[0]["variants"][bundle[1]]["format"] if bundle
            else ("onnx" if path.suffix.lower() == ".onnx" else "openvino"))
     if fmt == "openvino":

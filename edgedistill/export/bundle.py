@@ -10,8 +10,11 @@ The steps, in order (the cheap gate first, so an impossible threshold fails fast
 6. manifest.json, validation.json, sample.png (``export.manifest``), read back verified.
 
 All of it happens in a temporary sibling directory renamed into place at the end
-(``utils.atomic_directory``): a failed gate, an error or Ctrl-C leaves no bundle behind, and
-``force`` replaces an old bundle only once the new one is complete.
+(``utils.atomic_directory``): a failed gate, an error, Ctrl-C or SIGTERM leaves no bundle
+behind, and ``force`` replaces an old bundle only once the new one is complete. An export
+holds ``<out>/.<name>.lock`` throughout (``utils.directory_lock``): a second export of the same
+name fails at once, and the work folders of a killed export are removed by the next one. A
+folder that appears at the destination while an export runs is never replaced.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Sequence
 
 from edgedistill.export.gates import PARITY_IMAGES, AccuracyGate, GateFailed, ParityGate, gate_report
 from edgedistill.export.manifest import build_manifest, summary_rows
-from edgedistill.export.plan import ExportPlan, plan_export
+from edgedistill.export.plan import ExportPlan, bundle_target, check_out_root, plan_export
 from edgedistill.export.variants import FP_VARIANTS, INT8_VARIANTS, Built, build_variants
 from edgedistill.runtime.manifest import FORMATS, VARIANTS
 
@@ -59,16 +62,22 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
         Raises :class:`GateFailed` (an EdgeDistillError, carrying the report) when a gate fails.
     """
     from edgedistill.progress import stderr_console
+    from edgedistill.utils import directory_lock
 
     con = console if console is not None else stderr_console(quiet=not progress)
-    plan = plan_export(model_dir, out_root=out_root, name=name, formats=formats, data=data, calib=calib,
-                       img_size=img_size, force=force, console=con, int8=int8, fp16=fp16, opset=opset,
-                       calib_size=calib_size, calib_method=calib_method, projection=projection,
-                       min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint, batch_size=batch_size,
-                       num_workers=num_workers, threads=threads, recovery_attempts=recovery_attempts)
-    con.print(f"exporting [bold]{plan.run.path}[/] -> [bold]{plan.bundle_dir}[/]: {', '.join(plan.variants)} "
-              f"({plan.img_size}px, opset {opset}{', projection' if projection else ''})")
-    manifest = _write_bundle(plan, con, progress)
+    target = bundle_target(model_dir, out_root, name)
+    check_out_root(target)
+    with directory_lock(target) as leftovers:
+        if leftovers:
+            con.print(f"removed what an interrupted export left: {', '.join(leftovers)}", highlight=False)
+        plan = plan_export(model_dir, out_root=out_root, name=name, formats=formats, data=data, calib=calib,
+                           img_size=img_size, force=force, console=con, int8=int8, fp16=fp16, opset=opset,
+                           calib_size=calib_size, calib_method=calib_method, projection=projection,
+                           min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint, batch_size=batch_size,
+                           num_workers=num_workers, threads=threads, recovery_attempts=recovery_attempts)
+        con.print(f"exporting [bold]{plan.run.path}[/] -> [bold]{plan.bundle_dir}[/]: {', '.join(plan.variants)} "
+                  f"({plan.img_size}px, opset {opset}{', projection' if projection else ''})")
+        manifest = _write_bundle(plan, con, progress)
     con.print(f"bundle written: [bold]{plan.bundle_dir}[/] (default variant {manifest['default_variant']})")
     return {"bundle": str(plan.bundle_dir), "name": plan.name, "manifest": manifest,
             "validation": manifest["validation"], "rows": summary_rows(manifest),
@@ -80,10 +89,12 @@ def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> dict[str, Any]:
     from edgedistill.export.images import load_arrays, pick_indices
     from edgedistill.progress import progress_bar
     from edgedistill.runtime.manifest import read_manifest
-    from edgedistill.utils import atomic_directory, atomic_write_json
+    from edgedistill.utils import atomic_directory, atomic_write_json, disk_errors
 
     o = plan.options
-    with atomic_directory(plan.bundle_dir) as work:
+    with atomic_directory(plan.bundle_dir, replace=o["replace"],
+                          exists_hint=" (rerun with --force to replace it)") as work, \
+            disk_errors(plan.bundle_dir, "export"):
         built = Built(work)
         with progress_bar(con, enabled=progress) as bar:
             build_variants(plan, built, FP_VARIANTS)

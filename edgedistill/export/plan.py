@@ -4,6 +4,7 @@ here with a one-line error, and the rest of the export reads its choices off an
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
 from edgedistill.runtime.manifest import FORMATS, VARIANTS
 
-__all__ = ["ExportPlan", "plan_export", "parse_formats", "OUTPUT_DESCRIPTIONS"]
+__all__ = ["ExportPlan", "plan_export", "parse_formats", "bundle_target", "check_out_root", "OUTPUT_DESCRIPTIONS"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 OUTPUT_DESCRIPTIONS = {
@@ -78,9 +79,12 @@ def _check_run(run: RunDir) -> None:
                                f"student.safetensors{hint}")
 
 
-def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir) -> None:
+def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir, img_size: int | None) -> None:
+    import math
+
     from edgedistill.export.onnx import check_opset
     from edgedistill.export.quantize import ORT_CALIB_METHODS
+    from edgedistill.limits import MAX_IMAGE_SIDE, check_count
 
     check_opset(o["opset"])
     if o["int8"] and o["calib_method"] not in ORT_CALIB_METHODS:
@@ -90,8 +94,16 @@ def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir) -> 
         raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
     if int(o["recovery_attempts"]) < 0:
         raise EdgeDistillError(f"--recovery-attempts must be >= 0, got {o['recovery_attempts']}")
-    if o["threads"] is not None and o["threads"] < 1:
-        raise EdgeDistillError(f"--threads must be >= 1, got {o['threads']}")
+    # gates that cannot pass (or always pass) fail here, not after the whole export
+    if not 0 < float(o["min_cosine"]) <= 1:
+        raise EdgeDistillError(f"--min-cosine must be in (0, 1] (a cosine similarity), got {o['min_cosine']}")
+    if not (math.isfinite(float(o["max_drop"])) and float(o["max_drop"]) >= 0):
+        raise EdgeDistillError(f"--max-drop must be a number >= 0 (k-NN points), got {o['max_drop']}")
+    if img_size is not None and not 1 <= int(img_size) <= MAX_IMAGE_SIDE:
+        raise EdgeDistillError(f"--img-size must be between 1 and {MAX_IMAGE_SIDE}, got {img_size}")
+    if o["threads"] is not None:
+        check_count(o["threads"], "--threads")
+    check_count(o["num_workers"], "--workers", minimum=0)
     if o["fp16"] and "openvino" not in formats:
         raise EdgeDistillError("--fp16 makes an OpenVINO FP16 variant: add openvino to --formats")
     if o["projection"] and not run.projector.is_file():
@@ -99,15 +111,45 @@ def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir) -> 
                                "`edgedistill distill`); this run has none")
 
 
-def _bundle_dir(out_root: str | Path, name: str, force: bool) -> Path:
+def bundle_target(model_dir: str | Path, out_root: str | Path, name: str | None) -> Path:
+    """``<out_root>/<name>`` (default name: the run directory's), the name checked."""
+    name = name or RunDir.of(model_dir).path.resolve().name
     if not _NAME_RE.match(name):
         raise EdgeDistillError(f"bundle name {name!r} must be a plain folder name (letters, digits, . _ -)")
-    bundle_dir = Path(out_root).expanduser() / name
-    if bundle_dir.exists() and not force:
-        raise EdgeDistillError(f"{bundle_dir} already exists: pass --force to replace it, or choose another --name")
-    if bundle_dir.exists() and not bundle_dir.is_dir():
-        raise EdgeDistillError(f"{bundle_dir} exists and is not a directory")
-    return bundle_dir
+    return Path(out_root).expanduser() / name
+
+
+def check_out_root(bundle_dir: Path) -> None:
+    """``--out`` takes new files (probed for real: a read-only mount answers only to a write)."""
+    from edgedistill.utils import check_writable
+
+    check_writable(bundle_dir.parent / f".{bundle_dir.name}.probe", "--out")
+
+
+def _check_target(bundle_dir: Path, force: bool) -> None:
+    """An existing bundle is replaced only with ``force``, and only when it is a bundle (or an
+    empty folder): a folder of other files is never deleted."""
+    if os.path.lexists(bundle_dir):
+        if not force:
+            raise EdgeDistillError(f"{bundle_dir} already exists: pass --force to replace it, or choose another --name")
+        if bundle_dir.is_symlink() or not bundle_dir.is_dir():
+            raise EdgeDistillError(f"{bundle_dir} exists and is not a directory: not replacing it")
+        if not (bundle_dir / "manifest.json").is_file() and any(bundle_dir.iterdir()):
+            raise EdgeDistillError(f"{bundle_dir} is not a bundle (no manifest.json) and not empty: not replacing "
+                                   "it, even with --force")
+
+
+def _check_space(bundle_dir: Path, graph: Any, fmts: tuple[str, ...], o: dict[str, Any]) -> None:
+    """The bundle's size, known from the parameter count: fail now rather than on a full disk
+    minutes later. FP32 ONNX is built even for an OpenVINO-only bundle (OpenVINO converts it)."""
+    from edgedistill.utils import check_free_space
+
+    params = sum(p.numel() for p in graph.parameters())
+    # FP32 ONNX (+ its fused-attention twin), FP32 IR, FP16 IR
+    per_param = 4.0 + (4.0 if "onnx" in fmts else 0.0) + (4.0 if "openvino" in fmts else 0.0) + (2.0 if o["fp16"] else 0.0)
+    if o["int8"]:
+        per_param += 1.3 * len(fmts)  # int8 weights plus the float tensors left around them
+    check_free_space(bundle_dir.parent, int(params * per_param * 1.1) + (1 << 20), f"the bundle {bundle_dir}")
 
 
 def _student(run: RunDir, img_size: int | None, projection: bool) -> tuple[Any, dict[str, Any], Any, Any, int]:
@@ -200,17 +242,23 @@ def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None
     calib_size, calib_method, projection, min_cosine, max_drop, int8_hint, batch_size,
     num_workers, threads."""
     from edgedistill.data import eval_preprocessing
+    from edgedistill.limits import check_batch_memory, image_memory
 
     run = RunDir.of(model_dir)
     _check_run(run)
     fmts = parse_formats(formats)
-    name = name or run.path.resolve().name
-    bundle_dir = _bundle_dir(out_root, name, force)
-    _check_options(options, fmts, run)
+    bundle_dir = bundle_target(run.path, out_root, name)
+    name = bundle_dir.name
+    _check_target(bundle_dir, force)
+    _check_options(options, fmts, run, img_size)
     options["min_cosine"], options["max_drop"] = float(options["min_cosine"]), float(options["max_drop"])
+    # replace only what was there when the export started: a folder that appears meanwhile is kept
+    options["replace"] = bool(force and bundle_dir.exists())
 
     model, meta, graph, projector_info, trained = _student(run, img_size, options["projection"])
     size = int(img_size or trained)
+    _check_space(bundle_dir, graph, fmts, options)
+    check_batch_memory(options["batch_size"], image_memory(size, size), "--batch-size")
     cfg = run.config_or_none()  # supplies mean/std and the default data; ImageNet's without one
     spec = eval_preprocessing(size, *((cfg.data.mean, cfg.data.std) if cfg is not None else ()))
     images = _images(str(data) if data is not None else None, str(calib) if calib is not None else None, cfg, spec,

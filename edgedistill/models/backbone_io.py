@@ -43,7 +43,7 @@ def save_backbone(model: nn.Module, out_dir: str | Path, name: str, arch: str, k
     from safetensors.torch import save_file
 
     import edgedistill
-    from edgedistill.utils import atomic_path, atomic_write_json, sha256_file
+    from edgedistill.utils import atomic_path, atomic_write_json, disk_errors, sha256_file
 
     model = _unwrap(model)
     if getattr(model, "num_classes", 0) != 0:
@@ -51,7 +51,7 @@ def save_backbone(model: nn.Module, out_dir: str | Path, name: str, arch: str, k
     out_dir = Path(out_dir)
     weights = out_dir / f"{name}.safetensors"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights) as tmp:
+    with atomic_path(weights) as tmp, disk_errors(weights, "cannot save the weights"):
         save_file(state, str(tmp), metadata={"format": "pt", "arch": arch, "kwargs": json.dumps(kwargs)})
     patch = model.patch_embed.patch_size
     img = model.patch_embed.img_size

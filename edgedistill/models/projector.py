@@ -140,9 +140,9 @@ def save_projector(projector: Projector, path: str | Path) -> None:
     rebuilds it: ``depth``, ``student_dim``, ``teacher_dim``."""
     from safetensors.torch import save_file
 
-    from edgedistill.utils import atomic_path
+    from edgedistill.utils import atomic_path, disk_errors
 
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path)) as tmp, disk_errors(path, "cannot save the projector"):
         state = {k: v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}
         save_file(state, str(tmp), metadata={"depth": str(projector.depth), "student_dim": str(projector.student_dim),
                                              "teacher_dim": str(projector.teacher_dim)})

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from edgedistill.config import Config
 from edgedistill.rundir import RUNS_ROOT, RunDir
-from edgedistill.utils import atomic_write_json
+from edgedistill.utils import atomic_write_json, read_json
 
 __all__ = ["PipelinePaths", "run_pipeline", "pipeline_teacher"]
 
@@ -57,7 +57,8 @@ def pipeline_teacher(cfg: Config, paths: PipelinePaths) -> Config:
 
 def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path = EXPORT_ROOT,
                  console: Any = None) -> dict[str, Any]:
-    """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path}``."""
+    """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path,
+    "bench": the bench report or None}``."""
     from edgedistill.pipeline.report import summarize, write_report
     from edgedistill.train.stages import distill, pretrain
 
@@ -88,7 +89,8 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
 
     summary = summarize(paths)
     report = write_report(taught, paths, summary, stages)
-    return {"stages": stages, "summary": summary, "report": str(report)}
+    bench = read_json(paths.bench) if paths.bench.exists() else None
+    return {"stages": stages, "summary": summary, "report": str(report), "bench": bench}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -146,12 +148,11 @@ def _export(cfg: Config, paths: PipelinePaths, console: Any) -> None:
 
 
 def _bench(cfg: Config, paths: PipelinePaths, console: Any) -> None:
-    from edgedistill.bench.report import render_table
+    """Measure the bundle; the table is the caller's to render (``result["bench"]``), on
+    stdout where a log keeps it."""
     from edgedistill.bench.runner import run_bench
 
     b = cfg.bench
     report = run_bench(paths.bundle, backends=b.backends, threads=b.threads, batches=b.batch,
                        runs=b.runs, warmup=b.warmup, progress=console is not None, console=console)
-    if console is not None:
-        render_table(report, console)
     atomic_write_json(paths.bench, report)

@@ -52,17 +52,15 @@ def _arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
 def _classify(args: argparse.Namespace, runtime: str) -> dict[str, Any] | None:
     from edgedistill.runtime.embedders import open_embedder
     from edgedistill.runtime.gallery import Gallery, embed_paths, expand_images
-    from edgedistill.runtime.manifest import pick_variant, read_manifest, variant_files
-
-    from edgedistill.utils import sha256_file
+    from edgedistill.runtime.manifest import pick_variant, read_manifest, verify_variant
 
     manifest = read_manifest(args.bundle)
     variant = pick_variant(manifest, RUNTIME_FORMATS[runtime], args.variant)
-    hashes = [sha256_file(path) for path, _ in variant_files(manifest, args.bundle, variant)]
+    hashes = verify_variant(manifest, args.bundle, variant)  # checked against the manifest
     spec = manifest["preprocessing"]
     shape = manifest["input"].get("shape", [-1])
     batch_size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else args.batch_size  # a static batch
-    model = open_embedder(args.bundle, variant, threads=args.threads)
+    model = open_embedder(args.bundle, variant, threads=args.threads, verify=False)  # verified above
     queries = expand_images(args.images)
     started = time.perf_counter()
     gallery = Gallery.embed(model, args.gallery, spec, batch_size=batch_size,

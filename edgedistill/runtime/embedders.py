@@ -133,17 +133,24 @@ class OpenVinoEmbedder:
         return np.array(result[self._output], dtype=np.float32, copy=True)
 
 
-def open_embedder(path_or_bundle: str | Path, variant: str | None = None, **kwargs: Any) -> Any:
+def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, verify: bool = True,
+                  **kwargs: Any) -> Any:
     """An embedder for an .onnx file, an OpenVINO .xml, or a bundle directory (``variant``
     picks the model; default: the manifest's default variant). ``kwargs`` go to the embedder
-    (threads, providers, precision, device...)."""
-    from edgedistill.runtime.manifest import default_variant, read_manifest, variant_path
+    (threads, providers, precision, device...).
+
+    ``verify``: a bundle variant's files are checked against the manifest's sha256 first
+    (hashing costs a fraction of loading the model); pass False in an app that verified the
+    bundle when it installed it."""
+    from edgedistill.runtime.manifest import default_variant, read_manifest, variant_path, verify_variant
 
     path = Path(path_or_bundle)
     if path.is_dir():
         manifest = read_manifest(path)
         variant = variant or default_variant(manifest)
         model = variant_path(manifest, path, variant)
+        if verify:
+            verify_variant(manifest, path, variant)
         fmt = manifest["variants"][variant]["format"]
         kwargs.setdefault("output", manifest["outputs"][0]["name"])
         kwargs.setdefault("name", f"{manifest['name']}:{variant}")

@@ -116,7 +116,7 @@ class Gallery:
     def write_json(self, path: str | Path, manifest: dict[str, Any], variant: str, model_sha256: str) -> None:
         """The gallery for the C++ and browser examples: L2-normalized embeddings (9 significant
         digits: float32 round-trips), labels, classes and what model made them."""
-        from edgedistill.utils import atomic_write_text
+        from edgedistill.utils import write_output
 
         head = {"format": GALLERY_FORMAT, "version": 1, "bundle": manifest.get("name"), "variant": variant,
                 "model_file": manifest["variants"][variant]["file"], "model_sha256": model_sha256,
@@ -124,7 +124,7 @@ class Gallery:
                 "classes": self.classes, "labels": [int(v) for v in self.labels],
                 "paths": [p.relative_to(self.root).as_posix() for p in self.paths]}
         rows = ",\n".join("[" + ",".join(f"{v:.9g}" for v in row) + "]" for row in l2_normalize(self.embeddings))
-        atomic_write_text(Path(path), json.dumps(head)[:-1] + ',\n"embeddings": [\n' + rows + "\n]}\n")
+        write_output(path, json.dumps(head)[:-1] + ',\n"embeddings": [\n' + rows + "\n]}\n")
 
 
 def _cache_path(root: Path, paths: list[Path], spec: dict[str, Any], model_key: str) -> Path:

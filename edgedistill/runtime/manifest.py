@@ -22,17 +22,23 @@ and ``bench``), and the constants the writer (``export.manifest``) uses. The fie
       "validation": {...}                  # free-form, not checked here
     }
 
-Files are relative to the bundle directory and may not leave it. A ``-1`` (or a string) in
-a shape is a dynamic axis.
+Files are relative to the bundle directory and may not leave it, not even through a
+symlink. A ``-1`` (or a string) in a shape is a dynamic axis.
+
+Integrity: :func:`verify_variant` compares a variant's files with their recorded sha256;
+``open_embedder`` and ``bench`` call it by default before loading (``verify=False`` /
+``--no-verify`` for apps that verified the bundle when they installed it).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.preprocess import validate_spec
+from edgedistill.limits import MAX_IMAGE_SIDE
 from edgedistill.utils import read_json, sha256_file
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "PRECISIONS",
     "read_manifest",
     "validate_manifest",
+    "verify_variant",
     "variant_path",
     "variant_files",
     "default_variant",
@@ -95,6 +102,8 @@ def validate_manifest(manifest: Any, where: Path = Path(MANIFEST_NAME)) -> dict[
         raise _fail(where, "input must be an object with a name")
     if not _dims(inp.get("shape")) or len(inp["shape"]) != 4:
         raise _fail(where, f"input.shape must be 4 dims like [-1, 3, H, W], got {inp.get('shape')!r}")
+    if any(isinstance(v, int) and (v == 0 or v < -1 or v > MAX_IMAGE_SIDE) for v in inp["shape"]):
+        raise _fail(where, f"input.shape {inp['shape']} has a dimension outside 1..{MAX_IMAGE_SIDE} (-1: dynamic)")
     if inp.get("dtype", "float32") not in ("float32", "float16"):
         raise _fail(where, f"input.dtype {inp.get('dtype')!r} is not float32 or float16")
     layout = inp.get("layout", "NCHW")
@@ -135,6 +144,9 @@ def validate_manifest(manifest: Any, where: Path = Path(MANIFEST_NAME)) -> dict[
                                f"{', '.join(PRECISIONS)}")
         if "weights_file" in var:
             _relative_file(var["weights_file"], where, f"variants.{name}.weights_file")
+    sample = manifest.get("sample")
+    if isinstance(sample, dict) and sample.get("file") is not None:
+        _relative_file(sample["file"], where, "sample.file")
     default = manifest.get("default_variant")
     if default is not None and default not in variants:
         raise _fail(where, f"default_variant {default!r} is not among the variants ({', '.join(variants)})")
@@ -152,11 +164,38 @@ def variant_files(manifest: dict[str, Any], bundle_dir: Path | str, name: str) -
     return files
 
 
-def read_manifest(bundle_dir: Path | str, verify: bool = False) -> dict[str, Any]:
-    """Read ``<bundle_dir>/manifest.json``, validate it and check its files exist.
+def _check_file(path: Path, bundle_dir: Path, where: Path, name: str) -> None:
+    """The file exists and is inside the bundle once symlinks are followed."""
+    if not path.is_file():
+        raise _fail(where, f"variant {name!r} needs {path.name}, which is missing")
+    real, root = os.path.realpath(path), os.path.realpath(bundle_dir)
+    if os.path.commonpath([real, root]) != root:
+        raise _fail(where, f"{path.name} of variant {name!r} is a link to {real}, outside the bundle")
 
-    With ``verify=True`` also compare every file's sha256 with the recorded one (slow on big
-    models; ``bench`` and apps may skip it). Raises EdgeDistillError naming the problem.
+
+def verify_variant(manifest: dict[str, Any], bundle_dir: Path | str, name: str) -> list[str]:
+    """Compare the files of variant ``name`` with their recorded sha256 (a flipped byte in a
+    model otherwise yields finite but wrong embeddings). Returns the digests computed."""
+    bundle_dir = Path(bundle_dir)
+    where = bundle_dir / MANIFEST_NAME
+    digests = []
+    for path, digest in variant_files(manifest, bundle_dir, name):
+        _check_file(path, bundle_dir, where, name)
+        actual = sha256_file(path)
+        if digest is not None and actual != str(digest).lower():
+            raise _fail(where, f"{path.name} of variant {name!r} does not match its sha256 "
+                               "(corrupted or modified; export the bundle again)")
+        digests.append(actual)
+    return digests
+
+
+def read_manifest(bundle_dir: Path | str, verify: bool = False) -> dict[str, Any]:
+    """Read ``<bundle_dir>/manifest.json``, validate it and check that its files exist inside
+    the bundle.
+
+    With ``verify=True`` also compare every file's sha256 with the recorded one; readers that
+    load one variant verify just that one (:func:`verify_variant`, which ``open_embedder``
+    calls). Raises EdgeDistillError naming the problem.
     """
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
@@ -166,12 +205,14 @@ def read_manifest(bundle_dir: Path | str, verify: bool = False) -> dict[str, Any
         raise EdgeDistillError(f"{bundle_dir} is not a bundle: it has no {MANIFEST_NAME}")
     manifest = validate_manifest(read_json(where), where)
     for name in manifest["variants"]:
-        for path, digest in variant_files(manifest, bundle_dir, name):
-            if not path.is_file():
-                raise _fail(where, f"variant {name!r} needs {path.name}, which is missing")
-            if verify and digest is not None and sha256_file(path) != str(digest).lower():
-                raise _fail(where, f"{path.name} of variant {name!r} does not match its sha256 "
-                                   "(corrupted or modified)")
+        if verify:
+            verify_variant(manifest, bundle_dir, name)
+            continue
+        for path, _ in variant_files(manifest, bundle_dir, name):
+            _check_file(path, bundle_dir, where, name)
+    sample = (manifest.get("sample") or {}).get("file")
+    if sample and (bundle_dir / sample).exists():
+        _check_file(bundle_dir / sample, bundle_dir, where, "sample")
     return manifest
 
 

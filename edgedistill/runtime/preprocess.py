@@ -21,6 +21,7 @@ Spec keys (``resize``, ``crop``, ``mean``, ``std`` required)::
 
 from __future__ import annotations
 
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -30,9 +31,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.limits import MAX_IMAGE_SIDE
 
 __all__ = ["preprocess", "preprocess_batch", "load_rgb", "resized_size", "center_crop_box",
-           "validate_spec", "INTERPOLATIONS"]
+           "validate_spec", "check_image_size", "INTERPOLATIONS", "MAX_PIXELS", "MAX_ASPECT"]
+
+# Decoded-size bounds, checked on the header before decoding. Pillow's own bomb check counts
+# pixels only: a 1 x 2,000,000 1-bit PNG (321 bytes) passes it, and resizing its short side to
+# 37 px then asks for 37 x 74M pixels. Bounding the aspect ratio bounds every resize.
+MAX_PIXELS = 120_000_000  # above a 100-megapixel camera's frames
+MAX_ASPECT = 50  # wider than any panorama worth embedding; a 1 x N strip is not a picture
 
 ImageLike = Union[Image.Image, str, os.PathLike]
 
@@ -46,8 +54,8 @@ INTERPOLATIONS = {
 }
 
 
-def _pair(value: Any, key: str) -> tuple[int, int]:
-    """An int or a [h, w] pair -> (h, w)."""
+def _pair(value: Any, key: str, limit: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
+    """An int or a [h, w] pair -> (h, w), each side in 1..limit."""
     if isinstance(value, bool):
         raise EdgeDistillError(f"preprocessing.{key} must be an int or [height, width], got {value!r}")
     if isinstance(value, (int, np.integer)):
@@ -59,16 +67,20 @@ def _pair(value: Any, key: str) -> tuple[int, int]:
         raise EdgeDistillError(f"preprocessing.{key} must be an int or [height, width], got {value!r}")
     if h < 1 or w < 1:
         raise EdgeDistillError(f"preprocessing.{key} must be positive, got {value!r}")
+    if h > limit or w > limit:
+        raise EdgeDistillError(f"preprocessing.{key} {value!r} is larger than {limit} px")
     return h, w
 
 
 def _scale(value: Any) -> float:
     if isinstance(value, str):
         try:
-            return float(Fraction(value.replace(" ", "")))
+            scale = float(Fraction(value.replace(" ", "")))
         except (ValueError, ZeroDivisionError):
             raise EdgeDistillError(f"preprocessing.scale must be a number like 1/255, got {value!r}") from None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        if scale > 0:
+            return scale
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
         return float(value)
     raise EdgeDistillError(f"preprocessing.scale must be a positive number, got {value!r}")
 
@@ -85,9 +97,9 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     if resize is None or resize == 0:
         out["resize"] = None
     elif isinstance(resize, (list, tuple)) and len(resize) == 2:
-        out["resize"] = list(_pair(resize, "resize"))
+        out["resize"] = list(_pair(resize, "resize", 2 * MAX_IMAGE_SIDE))
     else:
-        out["resize"] = _pair(resize, "resize")[0]
+        out["resize"] = _pair(resize, "resize", 2 * MAX_IMAGE_SIDE)[0]
     out["crop"] = list(_pair(spec["crop"], "crop"))
     interp = str(spec.get("interpolation", "bicubic")).lower()
     if interp not in INTERPOLATIONS:
@@ -99,7 +111,10 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             raise EdgeDistillError(f"preprocessing.{key} must be 3 numbers, got {values!r}")
         out[key] = [float(v) for v in values]
-    if min(out["std"]) <= 0:
+        # JSON's NaN and Infinity parse in Python: the model would get finite but wrong pixels
+        if not all(math.isfinite(v) for v in out[key]):
+            raise EdgeDistillError(f"preprocessing.{key} must be finite numbers, got {out[key]}")
+    if not min(out["std"]) > 0:
         raise EdgeDistillError(f"preprocessing.std must be positive, got {out['std']}")
     order = str(spec.get("channel_order", "RGB")).upper()
     if order not in ("RGB", "BGR"):
@@ -134,18 +149,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_image_size(width: int, height: int) -> str | None:
+    """Why an image of this size is refused (None: accepted): more than ``MAX_PIXELS``, or an
+    aspect ratio above ``MAX_ASPECT``, which no resize could keep within memory."""
+    if width < 1 or height < 1:
+        return f"{width}x{height} pixels is empty"
+    if width * height > MAX_PIXELS:
+        return f"{width}x{height} pixels is more than {MAX_PIXELS:,}"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"{width}x{height} pixels has an aspect ratio above {MAX_ASPECT}:1"
+    return None
+
+
 def load_rgb(image: ImageLike) -> Image.Image:
-    """A PIL image from a path or an image: EXIF orientation applied (phone photos), then RGB."""
+    """A PIL image from a path or an image: EXIF orientation applied (phone photos), then RGB.
+    An image past the size bounds (``check_image_size``) is refused before it is decoded."""
     if isinstance(image, Image.Image):
         return to_rgb(image)
     path = Path(image)
     try:
         with Image.open(path) as handle:
+            refused = check_image_size(*handle.size)
+            if refused:
+                raise EdgeDistillError(f"image {path} is too large to decode: {refused}")
             handle.load()
             return to_rgb(ImageOps.exif_transpose(handle))
     except FileNotFoundError:
         raise EdgeDistillError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise EdgeDistillError(f"cannot read image {path}: {exc}") from None
 
 

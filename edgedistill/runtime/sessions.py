@@ -44,9 +44,11 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def check_threads(threads: int | None) -> int | None:
-    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
-        raise EdgeDistillError(f"threads must be >= 1, got {threads}")
-    return None if threads is None else int(threads)
+    """None (the runtime's default) or 1 .. ``limits.max_threads()``: thousands of threads
+    oversubscribe the machine for everyone on it."""
+    from edgedistill.limits import check_count
+
+    return None if threads is None else check_count(threads, "threads")
 
 
 def onnxruntime_session(path: str | Path, *, threads: int | None = None,

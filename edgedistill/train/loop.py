@@ -163,6 +163,8 @@ def train(
     step = _load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else 0
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     start_batch *= accum  # in micro-batches
+    stop_at = settings.max_steps if settings.max_steps else total_steps
+    _before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
     if resume and info.is_main and console is not None:
         console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
     saved_step = step if resume else -1
@@ -176,7 +178,6 @@ def train(
     metrics_path = run.metrics
     progress = _Progress(info.is_main, console, total_steps, step, task.name)
     last: dict[str, float] = {}
-    stop_at = settings.max_steps if settings.max_steps else total_steps
     window_images, window_start = 0, time.perf_counter()
 
     try:
@@ -284,9 +285,58 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, step: in
     return lr
 
 
+def _before_first_step(run: RunDir, settings: LoopSettings, info: distmod.DistInfo, trainable: nn.Module,
+                       optimizer: torch.optim.Optimizer, resumed_at: int | None, stop_at: int, total_steps: int) -> None:
+    """What must hold before any work: something left to train (a resume), room on the disk;
+    the metrics a resumed run will log again dropped."""
+    if resumed_at is not None and resumed_at >= min(stop_at, total_steps):
+        # nothing left to train: say so rather than rewrite the run's summary with no metrics
+        limit = (f"max_steps={settings.max_steps}" if settings.max_steps and stop_at < total_steps
+                 else f"all {settings.epochs} epochs")
+        raise EdgeDistillError(f"nothing to resume: {run.path} already reached step {resumed_at} ({limit}); "
+                               "raise the epochs or max_steps with --set to train further")
+    if info.is_main:
+        _check_disk(run, trainable, optimizer)
+        if resumed_at is not None:
+            _truncate_metrics(run.metrics, resumed_at)
+
+
+def _check_disk(run: RunDir, trainable: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Room for two checkpoints (the atomic write keeps the old one until the new one is
+    complete) and the saved weights, before the first step rather than after an epoch."""
+    from edgedistill.utils import check_free_space
+
+    weights = sum(p.numel() * p.element_size() for p in trainable.parameters())
+    checkpoint = weights * (1 + len(optimizer.param_groups[0]["betas"]))  # AdamW: two moments
+    check_free_space(run.path, 2 * checkpoint + weights + (1 << 20), f"the checkpoints of {run.path}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (the checkpoint resumed from): the steps logged after it
+    are trained again and logged again. A half-written last line (a kill) is dropped too."""
+    if not path.exists():
+        return
+    import json
+
+    from edgedistill.utils import atomic_write_text
+
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
 def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task, step: int,
                      steps_per_epoch: int, total_steps: int, device: torch.device) -> None:
-    """Everything a resume needs, written atomically (a crash leaves the previous one)."""
+    """Everything a resume needs, written atomically (a crash leaves the previous one). Saved
+    through a file object: on a full disk torch then raises ENOSPC, not "unexpected pos"."""
+    from edgedistill.utils import disk_errors
+
     state = {
         "model": trainable.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -297,8 +347,9 @@ def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Op
         "total_steps": total_steps,
         "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, disk_errors(path, "cannot save the checkpoint"):
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
 
 
 def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task,

@@ -28,10 +28,15 @@ def seed_everything(seed: int) -> None:
 
 
 def configure_threads(cfg: Config) -> None:
+    """run.threads and data.num_workers, bounded by what this machine can run (the config
+    itself is machine-independent, so the bound is checked here)."""
     import torch
 
+    from edgedistill.limits import check_count
+
+    check_count(cfg.data.num_workers, "data.num_workers", minimum=0)
     if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+        torch.set_num_threads(check_count(cfg.run.threads, "run.threads"))
 
 
 def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None) -> dict[str, Any]:
