@@ -396,7 +396,8 @@ def validate(cfg: Config) -> None:
     need(k.attention in ("auto", "fused", "explicit"), f"distill.attention must be auto, fused or explicit, got '{k.attention}'")
     need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
-    need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
+    need(set(cfg.export.formats) <= {"onnx", "openvino", "executorch"},
+         f"export.formats must be a subset of onnx,openvino,executorch, got {cfg.export.formats}")
     need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
     known_stages = ("pretrain", "distill", "eval", "export", "bench")
     unknown = [x for x in cfg.pipeline.stages if x not in known_stages]

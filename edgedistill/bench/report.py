@@ -97,7 +97,7 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                 ratio = "-"
             knn = "-" if row["knn_top1"] is None else (
                 f"{row['knn_top1']:.1f}" + (f" ({-row['knn_drop']:+.1f})" if row["knn_drop"] else ""))
-            cells = [row["backend"], row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
+            cells = [row.get("engine", row["backend"]), row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
                      _f(stats.get("p99_ms")), ratio]
             for b in others:
                 s = row["batches"].get(b, {})
@@ -155,7 +155,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     points = [r for r in report["rows"] if r["knn_top1"] is not None and lat in r["batches"]]
     if not points:
         return False
-    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D"}
+    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D", "executorch": "P", "onnxruntime-web": "^"}
     colors = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:green", "int8": "tab:orange"}
     threads = sorted({r["threads"] for r in points})
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
@@ -168,6 +168,8 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
                    label=f"{row['backend']} {row['precision']}" if key not in seen else None, zorder=3)
         seen.add(key)
         tag = row["variant"] if row["backend"] != "torch" else "torch"
+        if row["backend"] == "onnxruntime-web":
+            tag += f" ({row['device']})"
         if len(threads) > 1:
             tag += f" {row['threads']}t"
         ax.annotate(tag, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)

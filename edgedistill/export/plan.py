@@ -90,6 +90,10 @@ def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir) -> 
         raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
     if o["threads"] is not None and o["threads"] < 1:
         raise EdgeDistillError(f"--threads must be >= 1, got {o['threads']}")
+    if "executorch" in formats:
+        from edgedistill.export.executorch import require_executorch
+
+        require_executorch()
     if o["fp16"] and "openvino" not in formats:
         raise EdgeDistillError("--fp16 makes an OpenVINO FP16 variant: add openvino to --formats")
     if o["projection"] and not run.projector.is_file():
