@@ -163,6 +163,10 @@ class PipelineConfig:
     # Stages of `edgedistill pipeline`, in order. Without `pretrain`, distill uses teacher.source.
     stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
     attention_images: int = 4  # val images drawn in the report's attention-map figure
+    # Edge targets: the ExecuTorch variants (export) and the browser rows (bench). auto: each
+    # where it can run here (edgedistill[executorch] installed; Chromium + the web example's
+    # npm packages present); on: required (an error otherwise); off: neither.
+    edge: str = "auto"
 
 
 @dataclass
@@ -399,6 +403,7 @@ def validate(cfg: Config) -> None:
     need(set(cfg.export.formats) <= {"onnx", "openvino", "executorch"},
          f"export.formats must be a subset of onnx,openvino,executorch, got {cfg.export.formats}")
     need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
+    need(cfg.pipeline.edge in ("auto", "on", "off"), f"pipeline.edge must be auto, on or off, got '{cfg.pipeline.edge}'")
     known_stages = ("pretrain", "distill", "eval", "export", "bench")
     unknown = [x for x in cfg.pipeline.stages if x not in known_stages]
     need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")
