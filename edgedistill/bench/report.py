@@ -110,6 +110,8 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
                    f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
+        if any(r["backend"] == "onnxruntime-web" for r in rows):
+            caption.append("onnxruntime-web: timed inside the page; peak MB: the browser's processes, summed")
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
         console.print(table)

@@ -7,7 +7,7 @@ How a measurement is made, and why:
   another so that imports and session creation (the cold start) are timed alone. Each row's
   peak memory is its own process's (``VmHWM``: Linux carries ``ru_maxrss`` over from the
   parent across fork/exec), and no runtime shares thread pools or allocators with another.
-  Only the torch row imports torch.
+  Only the torch and ExecuTorch rows import torch (ExecuTorch's Python runtime loads libtorch).
 * **Interleaved rounds.** All rows stay loaded (idle, blocked on a pipe) while the runner asks
   them in turn for a slice of timed runs, rotating the order every round; each slice starts
   with one untimed run. Noise from a shared machine (other processes, frequency changes)

@@ -1,4 +1,4 @@
-"""``edgedistill export``: a distilled student -> a gated ONNX/OpenVINO bundle in ``export/<name>/``."""
+"""``edgedistill export``: a distilled student -> a gated ONNX/OpenVINO (/ExecuTorch) bundle in ``export/<name>/``."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
             int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
             max_drop: float, min_cosine: float, int8_hint: str, projection: bool, force: bool, batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
-    """Export a student to ONNX and OpenVINO (FP32, INT8), gate every variant, write a bundle.
+    """Export a student to ONNX and OpenVINO (and ExecuTorch: --formats), FP32 and INT8, gate every variant.
 
     \b
     Parity gate: FP32 outputs vs torch on real images at batch 1 and 8 (cosine >= --min-cosine).
