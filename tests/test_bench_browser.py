@@ -57,7 +57,7 @@ def test_browser_bench_rows_join_the_report(tiny_bundle, tmp_path):
     # WebGPU: tried once, unavailable without an adapter (headless, --disable-gpu), and said so
     webgpu = [s for s in report["skipped"] if s["backend"] == "onnxruntime-web"]
     assert {s["variant"] for s in webgpu} == {"onnx_fp32", "onnx_int8"}
-    assert all(s["unavailable"] and "WebGPU" in s["reason"] for s in webgpu)
+    assert all(s["unavailable"] and s["device"] == "webgpu" and "WebGPU" in s["reason"] for s in webgpu)
     assert [b["row"] for b in report["baselines"]] == ["onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fp32:fp32:2t"]
     assert report["settings"]["device"] == "browser" and report["settings"]["threads"] == [1, 2]
     assert "onnxruntime-web wasm" in run.stdout and "WebGPU" in run.stdout

@@ -118,7 +118,7 @@ def _worker_spec(row: Row, manifest: dict[str, Any], opts: Any, sample: str | No
 
 def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
     return {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
-            "reason": reason, "unavailable": unavailable}
+            "device": row.device, "reason": reason, "unavailable": unavailable}
 
 
 class _Group:
