@@ -93,7 +93,7 @@ def main() -> int:
                       data=str(work / "data"), calib_size=64, threads=2, force=True)
     wait_for_quiet(args.quiet, args.max_wait)
     report = run_bench(bundle, device="browser", backends="torch,onnxruntime,executorch,onnxruntime-web",
-                       threads=[1, 2], batches=[1], seconds=args.seconds, rounds=args.rounds,
+                       precisions="fp32,int8", threads=[1, 2], batches=[1], seconds=args.seconds, rounds=args.rounds,
                        console=Console(stderr=True))
     render_table(report, Console(width=200))
     write_json(report, work / "bench_edge.json")
