@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the deploy examples' tests need beyond the Python venv (tests/test_deploy_examples.py):
-#   apt:  chromium (web example), cmake + g++ (C++ example), libstb-dev (its PNG/JPEG decoder),
+#   apt:  chromium (web example, bench --device browser), cmake + g++ (C++ example), libstb-dev (its PNG/JPEG decoder),
 #         fonts-dejavu-core (readable screenshots), nodejs + npm (when node is missing)
 #   npm:  deploy_examples/web/package-lock.json (onnxruntime-web, playwright-core)
 # Idempotent and quick when everything is present (no apt-get update then). It never fails

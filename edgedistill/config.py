@@ -165,6 +165,10 @@ class PipelineConfig:
     # Stages of `edgedistill pipeline`, in order. Without `pretrain`, distill uses teacher.source.
     stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
     attention_images: int = 4  # val images drawn in the report's attention-map figure
+    # Edge targets: the ExecuTorch variants (export) and the browser rows (bench). auto: each
+    # where it can run here (edgedistill[executorch] installed; Chromium + the web example's
+    # npm packages present); on: required (an error otherwise); off: neither.
+    edge: str = "auto"
 
 
 @dataclass
@@ -416,8 +420,10 @@ def validate(cfg: Config) -> None:
     need(0 < e.parity_min_cosine <= 1, f"export.parity_min_cosine must be in (0, 1], got {e.parity_min_cosine}")
     need(e.max_knn_drop >= 0, f"export.max_knn_drop must be >= 0 (points), got {e.max_knn_drop}")
     need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
-    need(set(cfg.export.formats) <= {"onnx", "openvino"}, f"export.formats must be a subset of onnx,openvino, got {cfg.export.formats}")
+    need(set(cfg.export.formats) <= {"onnx", "openvino", "executorch"},
+         f"export.formats must be a subset of onnx,openvino,executorch, got {cfg.export.formats}")
     need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
+    need(cfg.pipeline.edge in ("auto", "on", "off"), f"pipeline.edge must be auto, on or off, got '{cfg.pipeline.edge}'")
     known_stages = ("pretrain", "distill", "eval", "export", "bench")
     unknown = [x for x in cfg.pipeline.stages if x not in known_stages]
     need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")

@@ -137,3 +137,52 @@ def test_baseline_without_torch_says_why():
     rows = [row("ov", "openvino", "int8", [1.0]), row("ort", "onnxruntime", "fp32", [2.0])]
     (base,) = baselines(rows, [1], [{"backend": "torch", "precision": "fp32", "reason": "torch is not installed"}])
     assert base["row"] == "ort" and base["fallback_reason"] == "torch eager fp32 unavailable: torch is not installed"
+
+
+# ----------------------------------------------------------------------------- edge targets
+
+
+def edge_manifest() -> dict:
+    m = manifest()
+    for precision in ("fp32", "int8"):
+        m["variants"][f"executorch_{precision}"] = {"file": f"executorch_{precision}.pte", "format": "executorch",
+                                                    "precision": precision, "total_size_bytes": 1000}
+    m["validation"]["knn"]["variants"]["executorch_int8"] = {"top1": 59.6, "drop": 0.4}
+    return m
+
+
+def test_browser_and_executorch_rows(bundle_dir):
+    from edgedistill.bench.plan import BenchOptions, device_targets, plan_rows
+
+    devices = {"onnxruntime": ["CPUExecutionProvider"], "openvino": ["CPU"], "executorch": ["XNNPACK"]}
+    targets, reasons = device_targets("browser", devices)
+    assert targets == {"torch": "cpu", "onnxruntime": "CPUExecutionProvider", "openvino": "CPU",
+                       "executorch": "XNNPACK", "onnxruntime-web": "browser"}
+    rows, skipped = plan_rows(edge_manifest(), bundle_dir, backends=["onnxruntime-web", "executorch"],
+                              precisions=["fp32", "int8"], threads=[1, 2], targets=targets, reasons=reasons,
+                              native_bf16=False)
+    rows = {r.id: r for r in rows}
+    # WASM at each thread count, WebGPU once (in the first group); ExecuTorch's programs natively
+    assert set(rows) == {f"onnxruntime-web/wasm:onnx_{p}:{p}:{t}t" for p in ("fp32", "int8") for t in (1, 2)} | \
+        {f"onnxruntime-web/webgpu:onnx_{p}:{p}:1t" for p in ("fp32", "int8")} | \
+        {f"executorch:executorch_{p}:{p}:{t}t" for p in ("fp32", "int8") for t in (1, 2)}
+    assert not skipped
+    web = rows["onnxruntime-web/wasm:onnx_int8:int8:2t"]
+    assert web.label == "onnxruntime-web wasm onnx_int8" and web.extra == {"engine": "wasm", "model_url": "onnx_int8.onnx"}
+    assert web.knn_top1 == 59.5 and rows["executorch:executorch_int8:int8:1t"].knn_drop == 0.4
+
+    # --device cpu: ExecuTorch rows, no browser rows; without ExecuTorch they are skipped, saying why
+    targets, reasons = device_targets("cpu", {k: v for k, v in devices.items() if k != "executorch"})
+    rows, skipped = plan_rows(edge_manifest(), bundle_dir, backends=["onnxruntime-web", "executorch"],
+                              precisions=["fp32"], threads=[1], targets=targets, reasons=reasons, native_bf16=False)
+    assert rows == [] and {s["reason"] for s in skipped} == {"executorch is not installed"}
+    # a device other than cpu/browser has neither
+    _, reasons = device_targets("gpu", {"onnxruntime": ["CUDAExecutionProvider"], "openvino": ["CPU"]})
+    assert "XNNPACK" in reasons["executorch"] and "--device browser" in reasons["onnxruntime-web"]
+
+    # the browser measures 1 thread as well by default (several only on an isolated page)
+    from edgedistill.bench.machine import usable_cpus
+
+    assert BenchOptions.parse(None, None, None, "1", 0, 2, None, 1, True, device="browser").threads == \
+        sorted({1, usable_cpus()})
+    assert BenchOptions.parse(None, None, None, "1", 0, 2, None, 1, True).threads == [usable_cpus()]

@@ -27,7 +27,7 @@ def pipeline_run(tmp_path_factory):
         "distill": {"epochs": 2, "warmup_epochs": 1, "log_every": 1, "blr": 0.001},
         "export": {"calib_size": 8},
         "bench": {"backends": ["onnxruntime", "openvino"], "threads": [1], "batch": [1], "runs": 3, "warmup": 1},
-        "pipeline": {"attention_images": 2},
+        "pipeline": {"attention_images": 2, "edge": "off"},  # edge rows: test_report_shows_edge_rows
     }
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -95,3 +95,51 @@ def test_pipeline_bad_config_is_one_line(tmp_path):
     assert result.returncode == 2 and "unknown stage" in result.stderr and "Traceback" not in result.stderr
     missing = run_cli("pipeline", str(tmp_path / "none.yaml"), cwd=tmp_path)
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_report_shows_edge_rows(tmp_path):
+    """Where the edge targets ran, the report's latency table and plot carry their rows."""
+    from edgedistill.bench.stats import summarize_times
+    from edgedistill.config import Config
+    from edgedistill.pipeline import PipelinePaths
+    from edgedistill.pipeline.report import summarize, write_report
+
+    cfg = Config()
+    paths = PipelinePaths.for_config(cfg, runs_root=tmp_path / "runs", export_root=tmp_path / "export")
+    paths.root.mkdir(parents=True)
+
+    def row(backend, device, variant, precision, p50, knn):
+        stats = dict(summarize_times([[p50]], 1), speedup=10 / p50)
+        return {"id": f"{backend}/{device}:{variant}", "label": variant, "backend": backend, "device": device,
+                "variant": variant, "precision": precision, "inference_precision": None, "threads": 2,
+                "baseline": backend == "torch", "knn_top1": knn, "knn_drop": 0.1, "batches": {"1": stats}}
+
+    bench = {"settings": {"batches": [1]}, "machine": {"cpu": "test cpu"},
+             "bundle": {"name": "tiny", "knn": {"torch_fp32_top1": 60.0, "max_drop": 1.0, "k": 20}},
+             "rows": [row("torch", "cpu", "student", "fp32", 10.0, 60.0),
+                      row("executorch", "XNNPACK", "executorch_int8", "int8", 4.0, 59.9),
+                      row("onnxruntime-web", "wasm", "onnx_int8", "int8", 7.0, 59.8)]}
+    paths.bench.write_text(json.dumps(bench))
+    summary = summarize(paths)
+    assert [line["backend"] for line in summary["latency"]] == ["torch", "executorch", "onnxruntime-web (wasm)"]
+    report = write_report(cfg, paths, summary, [])
+    text = (report / "README.md").read_text()
+    assert "| executorch | executorch_int8 | int8 | 2 | 4.00 |" in text
+    assert "| onnxruntime-web (wasm) | onnx_int8 | int8 | 2 | 7.00 |" in text
+    assert (report / "latency_vs_knn.png").stat().st_size > 1000 and "(latency_vs_knn.png)" in text
+
+
+def test_edge_targets_follow_the_config(monkeypatch):
+    from dataclasses import replace
+
+    from edgedistill.config import Config
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.pipeline import edge_targets
+
+    cfg = Config()
+    assert edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="off"))) == {"executorch": False,
+                                                                                       "browser": False}
+    monkeypatch.setenv("CHROMIUM", "/nonexistent/chromium")
+    assert edge_targets(cfg)["browser"] is False  # auto: only where it can run
+    with pytest.raises(EdgeDistillError, match="install"):
+        edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="on")))

@@ -4,12 +4,12 @@
 //   node e2e.mjs --url http://127.0.0.1:8000/ --out result.json --screenshot page.png [--mode pil|canvas] IMAGE...
 //
 // Writes {labels: [{file, label}], results: [{file, label, embedding, input, ms}], status, console}
-// to --out. Chromium: $CHROMIUM, else /usr/bin/chromium (playwright-core does not download one).
+// to --out. Chromium: browser.mjs's ($CHROMIUM, else /usr/bin/chromium).
 import { writeFileSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { CHROMIUM, launch } from "./browser.mjs";
 
 function parse(argv) {
-  const opts = { images: [], mode: "pil", timeout: 60000, chromium: process.env.CHROMIUM || "/usr/bin/chromium" };
+  const opts = { images: [], mode: "pil", timeout: 60000, chromium: CHROMIUM };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => argv[++i];
@@ -26,16 +26,11 @@ function parse(argv) {
 }
 
 const opts = parse(process.argv.slice(2));
-const browser = await chromium.launch({
-  executablePath: opts.chromium,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run"],
-});
+const browser = await launch({ executablePath: opts.chromium });
 const consoleLines = [];
 let exitCode = 0;
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 760 }, deviceScaleFactor: 1 });
+  const page = await browser.context.newPage();
   page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => consoleLines.push(`pageerror: ${e.message}`));
   await page.goto(opts.url);

@@ -2,6 +2,7 @@
 """Serve the browser example on http://127.0.0.1 (standard library only).
 
     python deploy_examples/web/serve.py --bundle export/my_student [--gallery-json gallery.json] [--port 8000]
+    python deploy_examples/web/serve.py --bundle export/my_student --bench --port 0   # for bench --device browser
 
 URL layout the page expects:
 
@@ -12,6 +13,12 @@ URL layout the page expects:
 
 The page must come over http(s), not file://: browsers refuse to fetch the .wasm and the model
 from file URLs. ``--port 0`` takes a free port; the first line printed is the URL.
+
+``--bench`` serves for ``edgedistill bench --device browser`` (bench.html, no gallery needed)
+and makes every page cross-origin isolated (``Cross-Origin-Opener-Policy: same-origin`` and
+``Cross-Origin-Embedder-Policy: require-corp``): SharedArrayBuffer, and with it
+onnxruntime-web's WebAssembly threads, exist only on such pages. ``--isolate`` adds those
+headers alone.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")  # a re-exported bundle shows at once
+        if self.server.isolate:  # type: ignore[attr-defined]
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         super().end_headers()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
@@ -69,12 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--isolate", action="store_true",
+                        help="send COOP/COEP headers (cross-origin isolation: multi-threaded WebAssembly)")
+    parser.add_argument("--bench", action="store_true",
+                        help="serve for `edgedistill bench --device browser`: no gallery needed, isolated")
     args = parser.parse_args(argv)
 
     problems = []
     if not (args.bundle / "manifest.json").is_file():
         problems.append(f"{args.bundle} is not a bundle (no manifest.json)")
-    if not args.gallery_json.is_file():
+    if not args.bench and not args.gallery_json.is_file():
         problems.append(f"no gallery at {args.gallery_json}: run classify.py --gallery-json {args.gallery_json} first")
     if not (args.ort / "ort.wasm.min.mjs").is_file():
         problems.append(f"onnxruntime-web not found in {args.ort}: run `npm ci` in {HERE}")
@@ -88,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = functools.partial(Handler, directory=str(HERE))
     server = http.server.ThreadingHTTPServer((args.host, args.port), handler)
     server.verbose = args.verbose  # type: ignore[attr-defined]
+    server.isolate = args.isolate or args.bench  # type: ignore[attr-defined]
     host, port = server.server_address[:2]
     print(f"serving http://{host}:{port}/  (Ctrl-C stops)", flush=True)
     try:

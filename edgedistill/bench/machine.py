@@ -19,8 +19,8 @@ __all__ = ["describe_machine", "library_versions", "available_devices", "SIMD_FL
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
               "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
               "neon", "asimd", "asimddp", "sve", "i8mm", "bf16")
-LIBRARIES = ("edgedistill", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "timm", "pillow",
-             "psutil", "nncf", "onnx")
+LIBRARIES = ("edgedistill", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "executorch", "torch", "timm",
+             "pillow", "psutil", "nncf", "onnx")
 
 
 def cpu_model() -> str:
@@ -57,8 +57,9 @@ def library_versions() -> dict[str, str | None]:
 
 
 def available_devices() -> dict[str, Any]:
-    """``{"onnxruntime": [providers] | None, "openvino": [devices] | None}`` (None: not
-    installed or not importable, with the reason under ``*_error``)."""
+    """``{"onnxruntime": [providers] | None, "openvino": [devices] | None, "executorch":
+    ["XNNPACK"] | None}`` (None: not installed or not importable, with the reason under
+    ``*_error``). ExecuTorch is only looked up, not imported: its runtime loads torch."""
     out: dict[str, Any] = {}
     try:
         import onnxruntime as ort
@@ -72,6 +73,12 @@ def available_devices() -> dict[str, Any]:
         out["openvino"] = list(ov.Core().available_devices)
     except Exception as exc:
         out["openvino"], out["openvino_error"] = None, f"{type(exc).__name__}: {exc}"
+    import importlib.util
+
+    if importlib.util.find_spec("executorch") is not None:
+        out["executorch"] = ["XNNPACK"]
+    else:
+        out["executorch"], out["executorch_error"] = None, "ModuleNotFoundError: no module named 'executorch'"
     return out
 
 

@@ -1,6 +1,7 @@
 """What a benchmark measures: ``--device`` mapped onto each backend, the torch baseline's
 weights, and the rows (backend x variant x precision x threads) with the reasons for those
-left out."""
+left out. ``--device browser`` adds onnxruntime-web rows (``bench.browser``) to the native CPU
+rows they are compared with."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from edgedistill.errors import EdgeDistillError
 
 __all__ = ["BACKENDS", "PRECISIONS", "Row", "device_targets", "student_source", "plan_rows"]
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
+BACKENDS = ("torch", "onnxruntime", "openvino", "executorch", "onnxruntime-web")
+BROWSER = "browser"  # the --device that adds the onnxruntime-web rows
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 _ORT_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
@@ -42,15 +44,23 @@ def device_targets(device: str, devices: dict[str, Any]) -> tuple[dict[str, str]
     reasons: dict[str, str] = {}
     ort_providers = devices.get("onnxruntime")
     ov_devices = devices.get("openvino")
-    if key == "cpu":
+    if key in ("cpu", BROWSER):  # the browser's rows come with the native ones they are compared with
         targets["torch"] = "cpu"
         if ort_providers is not None:
             targets["onnxruntime"] = "CPUExecutionProvider"
         if ov_devices is not None:
             targets["openvino"] = "CPU"
+        if devices.get("executorch") is not None:
+            targets["executorch"] = "XNNPACK"
+        if key == BROWSER:
+            targets["onnxruntime-web"] = BROWSER
+        else:
+            reasons["onnxruntime-web"] = "onnxruntime-web rows run with --device browser"
         return targets, reasons
 
     reasons["torch"] = "torch rows run on --device cpu only"
+    reasons["executorch"] = "ExecuTorch rows run on --device cpu (XNNPACK) only"
+    reasons["onnxruntime-web"] = "onnxruntime-web rows run with --device browser"
     if ort_providers is not None:
         candidates = _ORT_ALIASES.get(key, []) + [p for p in ort_providers if p.lower() == key]
         match = next((p for p in candidates if p in ort_providers), None)
@@ -112,15 +122,20 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def engine(self) -> str:
+        """The backend, with the browser's engine (wasm, webgpu) for onnxruntime-web rows."""
+        return f"{self.backend} {self.device}" if self.backend == "onnxruntime-web" else self.backend
+
+    @property
     def id(self) -> str:
         hint = f"@{self.inference_precision}" if self.inference_precision else ""
-        return f"{self.backend}:{self.variant}:{self.precision}{hint}:{self.threads}t"
+        return f"{self.engine.replace(' ', '/')}:{self.variant}:{self.precision}{hint}:{self.threads}t"
 
     @property
     def label(self) -> str:
         if self.backend == "torch":
             return f"torch eager {self.precision}"
-        return f"{self.backend} {self.variant}"
+        return f"{self.engine} {self.variant}"
 
 
 def _knn(manifest: dict[str, Any], variant: str | None, fallback: bool = False) -> tuple[float | None, float | None]:
@@ -159,7 +174,9 @@ class BenchOptions:
 
     @classmethod
     def parse(cls, backends: Any, precisions: Any, threads: Any, batches: Any, warmup: int, runs: int | None,
-              seconds: float | None, rounds: int, static_shapes: bool) -> "BenchOptions":
+              seconds: float | None, rounds: int, static_shapes: bool, device: str = "cpu") -> "BenchOptions":
+        """The options, checked; the default threads are the usable CPUs (and 1 as well for
+        ``--device browser``: a page gets several only when it is cross-origin isolated)."""
         from edgedistill.bench.machine import usable_cpus
         from edgedistill.options import parse_list
         from edgedistill.limits import check_count
@@ -174,10 +191,11 @@ class BenchOptions:
             raise EdgeDistillError("--warmup must be >= 0 and --rounds >= 1")
         if runs is None and seconds is None:
             seconds = 2.0
+        default_threads = sorted({1, usable_cpus()}) if device.strip().lower() == BROWSER else [usable_cpus()]
         return cls(backends=parse_list(backends, "backends", choices=BACKENDS) or list(BACKENDS),
                    precisions=parse_list(precisions, "precision", choices=PRECISIONS) or list(PRECISIONS),
                    threads=[check_count(t, "--threads") for t in parse_list(threads, "threads", kind=int) or
-                            [usable_cpus()]],
+                            default_threads],
                    batches=sorted(parse_list(batches, "batch", kind=int) or [1]), warmup=int(warmup),
                    runs=None if runs is None else int(runs), seconds=seconds,
                    rounds=int(min(rounds, runs)) if runs is not None else int(rounds),
@@ -193,12 +211,17 @@ def plan_bench(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, d
     shape = manifest["input"]["shape"]
     if manifest["input"].get("layout", "NCHW") != "NCHW" or not all(isinstance(v, int) and v > 0 for v in shape[1:]):
         raise EdgeDistillError(f"bench needs a static NCHW image input, the bundle has {shape}")
+    if device.strip().lower() == BROWSER and "onnxruntime-web" in opts.backends:
+        from edgedistill.bench.browser import require_browser
+
+        require_browser()
     targets, reasons = device_targets(device, devices)
-    for library in ("onnxruntime", "openvino"):
+    for library in ("onnxruntime", "openvino", "executorch"):
         if devices.get(library) is None:
             error = str(devices.get(library + "_error") or "")
             reasons.setdefault(library, f"{library} is not installed (pip install {library})"
-                               if error.startswith("ModuleNotFoundError") else f"{library} cannot be loaded: {error}")
+                               if error.startswith("ModuleNotFoundError") or not error
+                               else f"{library} cannot be loaded: {error}")
     rows, skipped = plan_rows(manifest, bundle_dir, backends=opts.backends, precisions=opts.precisions,
                               threads=opts.threads, targets=targets, reasons=reasons, native_bf16=cpu_has_native_bf16())
     if not rows:
@@ -302,6 +325,29 @@ class _Planner:
             # in bf16: faster here, but not what the accuracy gate validated (no k-NN)
             self.add(t, precision="int8", inference_precision="bf16", **common)
 
+    def executorch(self, t: int, name: str, var: dict[str, Any]) -> None:
+        """An ExecuTorch program through ExecuTorch's Python runtime (XNNPACK's kernels)."""
+        if "executorch" not in self.targets:
+            return self.skip("executorch", name, var["precision"],
+                             self.reasons.get("executorch", "executorch is not installed"))
+        top1, drop = _knn(self.manifest, name)
+        self.add(t, backend="executorch", variant=name, precision=var["precision"], device="XNNPACK",
+                 model=str(self.bundle_dir / var["file"]), size_bytes=self.size(name), knn_top1=top1, knn_drop=drop)
+
+    def browser(self, t: int, first_threads: bool, name: str, var: dict[str, Any]) -> None:
+        """An ONNX variant in onnxruntime-web: WASM (SIMD) at ``t`` threads; WebGPU once, in the
+        first thread count's group (the page reports it unavailable where there is no adapter)."""
+        if "onnxruntime-web" not in self.targets:
+            return self.skip("onnxruntime-web", name, var["precision"], self.reasons["onnxruntime-web"])
+        if "onnxruntime-web" not in var.get("runtimes", ["onnxruntime-web"]):
+            return self.skip("onnxruntime-web", name, var["precision"],
+                             "ONNX Runtime's contrib operators, which onnxruntime-web does not load")
+        top1, drop = _knn(self.manifest, name)  # the export gated these kernels' native twins
+        for engine in ("wasm", "webgpu") if first_threads else ("wasm",):
+            self.add(t, backend="onnxruntime-web", variant=name, precision=var["precision"],
+                     device=engine, model=str(self.bundle_dir / var["file"]), size_bytes=self.size(name),
+                     knn_top1=top1, knn_drop=drop, extra={"engine": engine, "model_url": var["file"]})
+
     def onnx_on_openvino(self, t: int, name: str, var: dict[str, Any]) -> None:
         """ONNX variants OpenVINO has no counterpart of (ORT's QDQ INT8 differs from NNCF's;
         the FP32 graph is the one the FP32 IR came from)."""
@@ -332,7 +378,11 @@ def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[
         for name, var in planner.variants.items():
             if var["format"] == "onnx" and "onnxruntime" in backends:
                 planner.onnxruntime(t, name, var)
-            if "openvino" not in backends:
+            if var["format"] == "onnx" and "onnxruntime-web" in backends and "onnxruntime-web" in targets:
+                planner.browser(t, t == threads[0], name, var)
+            if var["format"] == "executorch" and "executorch" in backends:
+                planner.executorch(t, name, var)
+            if "openvino" not in backends or var["format"] == "executorch":
                 continue
             if "openvino" not in targets:
                 planner.skip("openvino", name, var["precision"], reasons.get("openvino", "openvino is not installed"))

@@ -31,8 +31,13 @@ class _Worker:
     """A worker process and a thread that reads its JSON replies into a queue."""
 
     def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
+        from edgedistill.bench.browser import BACKEND as BROWSER_BACKEND, worker_command
+
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgedistill.bench.worker", json.dumps(spec)],
+        # a browser row's worker is the page driver (node), speaking the same protocol
+        command = (worker_command(spec) if spec["backend"] == BROWSER_BACKEND
+                   else [sys.executable, "-m", "edgedistill.bench.worker", json.dumps(spec)])
+        self.proc = subprocess.Popen(command,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
                                      text=True, bufsize=1)
         self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -113,7 +118,7 @@ def _worker_spec(row: Row, manifest: dict[str, Any], opts: Any, sample: str | No
 
 def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
     return {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
-            "reason": reason, "unavailable": unavailable}
+            "device": row.device, "reason": reason, "unavailable": unavailable}
 
 
 class _Group:
@@ -202,6 +207,7 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
         "peak_rss_mb": ready.get("peak_rss_mb"),
         "peak_rss_all_mb": final.get("peak_rss_all_mb", ready.get("peak_rss_all_mb")),
         "output_shape": ready.get("output_shape"),
+        "cold_start": ready.get("cold_start"),  # the browser's parts: fetch, wasm compile, session, first run
         "settings": ready.get("settings"),
         "batches": {str(b): summarize_times(t, b) for b, t in times.items() if t},
     }

@@ -100,7 +100,7 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                 ratio = "-"
             knn = "-" if row["knn_top1"] is None else (
                 f"{row['knn_top1']:.1f}" + (f" ({-row['knn_drop']:+.1f})" if row["knn_drop"] else ""))
-            cells = [row["backend"], row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
+            cells = [row.get("engine", row["backend"]), row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
                      _f(stats.get("p99_ms")), ratio]
             for b in others:
                 s = row["batches"].get(b, {})
@@ -113,6 +113,8 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
                    f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
+        if any(r["backend"] == "onnxruntime-web" for r in rows):
+            caption.append("onnxruntime-web: timed inside the page; peak MB: the browser's processes, summed")
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
         console.print(table)
@@ -178,7 +180,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     points = [r for r in report["rows"] if r["knn_top1"] is not None and lat in r["batches"]]
     if not points:
         return False
-    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D"}
+    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D", "executorch": "P", "onnxruntime-web": "^"}
     colors = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:green", "int8": "tab:orange"}
     threads = sorted({r["threads"] for r in points})
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
@@ -194,6 +196,8 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
         tag = row["variant"] if row["backend"] != "torch" else "torch"
         if row.get("inference_precision") and row["backend"] == "openvino":
             tag += f"@{row['inference_precision']}"
+        if row["backend"] == "onnxruntime-web":
+            tag += f" ({row['device']})"
         if len(threads) > 1:
             tag += f" {row['threads']}t"
         tagged.append((x, y, tag))

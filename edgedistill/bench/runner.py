@@ -7,7 +7,7 @@ How a measurement is made, and why:
   another so that imports and session creation (the cold start) are timed alone. Each row's
   peak memory is its own process's (``VmHWM``: Linux carries ``ru_maxrss`` over from the
   parent across fork/exec), and no runtime shares thread pools or allocators with another.
-  Only the torch row imports torch.
+  Only the torch and ExecuTorch rows import torch (ExecuTorch's Python runtime loads libtorch).
 * **Interleaved rounds.** All rows stay loaded (idle, blocked on a pipe) while the runner asks
   them in turn for a slice of timed runs, rotating the order every round; each slice starts
   with one untimed run. Noise from a shared machine (other processes, frequency changes)
@@ -69,11 +69,14 @@ def run_bench(
     """Benchmark every variant of ``bundle`` (a directory with ``manifest.json``).
 
     Args:
-        device: "cpu", an OpenVINO device ("GPU", "NPU", "GPU.1") or an ONNX Runtime execution
+        device: "cpu", "browser" (onnxruntime-web in headless Chromium, beside the native CPU
+            rows), an OpenVINO device ("GPU", "NPU", "GPU.1") or an ONNX Runtime execution
             provider ("cuda", "CUDAExecutionProvider", "tensorrt", "coreml", ...).
-        backends: subset of torch, onnxruntime, openvino (default: all that are installed).
+        backends: subset of torch, onnxruntime, openvino, executorch, onnxruntime-web (default:
+            all that are installed).
         precisions: subset of fp32, bf16, fp16, int8 (default: all the bundle and CPU allow).
-        threads: thread counts, each measured separately (default: the usable CPUs).
+        threads: thread counts, each measured separately (default: the usable CPUs; with
+            ``device="browser"`` 1 as well).
         batches: batch sizes; the smallest gives the latency percentiles, the others throughput.
         warmup: untimed runs per batch size after loading.
         runs / seconds: timed runs per row and batch size, or seconds per row and batch size
@@ -93,7 +96,8 @@ def run_bench(
     con = console if console is not None else stderr_console(quiet=not progress)
     bundle_dir = Path(bundle).expanduser()
     manifest = read_manifest(bundle_dir)
-    opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes)
+    opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes,
+                              device=device)
     devices = available_devices()
     rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
     settings = _settings(manifest, bundle_dir, opts, device, _verify(manifest, bundle_dir, rows) if verify else False)
@@ -103,7 +107,10 @@ def run_bench(
     results: dict[str, dict[str, Any]] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = load_average()
-    with progress_bar(con, enabled=progress) as bar:
+    with progress_bar(con, enabled=progress) as bar, _browser_server(rows, bundle_dir) as url:
+        for row in rows:
+            if row.backend == "onnxruntime-web":
+                row.extra["url"] = url
         for t in opts.threads:
             measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
                           sample=settings["sample"], bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
@@ -136,6 +143,15 @@ def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool
     for name in sorted({r.variant for r in rows if r.backend != "torch"}):
         verify_variant(manifest, bundle_dir, name)
     return True
+
+
+def _browser_server(rows: list[Row], bundle_dir: Path) -> Any:
+    """The bench page's server while browser rows are measured (nothing otherwise)."""
+    import contextlib
+
+    from edgedistill.bench.browser import serve
+
+    return serve(bundle_dir) if any(r.backend == "onnxruntime-web" for r in rows) else contextlib.nullcontext()
 
 
 def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
@@ -185,7 +201,7 @@ def _notes(rows: list[dict[str, Any]], loads: list[Any], round_loads: dict[str, 
 
 
 def _row_fields(row: Row) -> dict[str, Any]:
-    return {"id": row.id, "label": row.label, "backend": row.backend, "variant": row.variant,
+    return {"id": row.id, "label": row.label, "backend": row.backend, "engine": row.engine, "variant": row.variant,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "file": os.path.basename(row.model), "size_bytes": row.size_bytes,
             "knn_top1": row.knn_top1, "knn_drop": row.knn_drop}

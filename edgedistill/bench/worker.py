@@ -275,7 +275,33 @@ def _openvino(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], 
     return prepare, info
 
 
-BACKENDS = {"torch": _torch, "onnxruntime": _onnxruntime, "openvino": _openvino}
+def _executorch(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[int], Callable[[], Any]], dict[str, Any]]:
+    """A ``.pte`` through ExecuTorch's Python runtime; its import loads torch (timed here)."""
+    from edgedistill.runtime.sessions import executorch_method
+
+    started = time.perf_counter()
+    try:
+        import executorch.runtime  # noqa: F401  (timed apart from loading the program)
+        import torch
+    except ImportError as exc:
+        raise Unavailable(f"ExecuTorch cannot be imported ({exc})") from None
+    info: dict[str, Any] = {"import_seconds": time.perf_counter() - started, "rss_after_import_mb": current_rss_mb()}
+    method, settings = _session_or_unavailable(executorch_method, spec["model"], threads=int(spec["threads"]))
+    info["load_seconds"] = settings.pop("load_seconds")
+    info["settings"] = {**settings, "delegate": "XNNPACK", "shapes": "dynamic batch (one program)"}
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        x = (torch.from_numpy(batch_of(image, batch)),)
+
+        def run() -> np.ndarray:
+            return method.execute(x)[0].numpy()
+
+        return run
+
+    return prepare, info
+
+
+BACKENDS = {"torch": _torch, "onnxruntime": _onnxruntime, "openvino": _openvino, "executorch": _executorch}
 
 
 # ----------------------------------------------------------------------------- protocol

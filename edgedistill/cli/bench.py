@@ -14,12 +14,16 @@ from edgedistill.cli.common import console
 @click.option("--bundle", "bundle", required=True, type=click.Path(path_type=Path),
               help="Bundle directory (export/<name>/ with manifest.json).")
 @click.option("--device", default="cpu", show_default=True,
-              help="cpu, an OpenVINO device (GPU, NPU) or an ONNX Runtime provider (cuda, tensorrt, coreml, ...).")
-@click.option("--backends", default=None, help="Comma-separated: torch, onnxruntime, openvino (default: all installed).")
+              help="cpu; browser (onnxruntime-web in headless Chromium, beside the native CPU rows); an OpenVINO "
+                   "device (GPU, NPU) or an ONNX Runtime provider (cuda, tensorrt, coreml, ...).")
+@click.option("--backends", default=None,
+              help="Comma-separated: torch, onnxruntime, openvino, executorch, onnxruntime-web (default: all "
+                   "installed).")
 @click.option("--precision", "precisions", default=None,
               help="Comma-separated: fp32, bf16, fp16, int8 (default: all the bundle and CPU have; bf16 only "
                    "with native bf16).")
-@click.option("--threads", default=None, help="Comma-separated thread counts, each measured (default: usable CPUs).")
+@click.option("--threads", default=None,
+              help="Comma-separated thread counts, each measured (default: usable CPUs; --device browser: 1 too).")
 @click.option("--batch", "batches", default="1,8,32", show_default=True,
               help="Comma-separated batch sizes: the smallest gives p50/p90/p99 latency, the others throughput.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per batch size after loading.")

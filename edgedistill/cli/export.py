@@ -1,4 +1,4 @@
-"""``edgedistill export``: a distilled student -> a gated ONNX/OpenVINO bundle in ``export/<name>/``."""
+"""``edgedistill export``: a distilled student -> a gated ONNX/OpenVINO (/ExecuTorch) bundle in ``export/<name>/``."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ _DEFAULTS = ExportConfig()
               show_default=True, help="Bundle root; the bundle is <out>/<name>/.")
 @click.option("--name", default=None, help="Bundle name (default: the run directory's name).")
 @click.option("--formats", default=",".join(_DEFAULTS.formats), show_default=True,
-              help="Comma-separated: onnx, openvino.")
+              help="Comma-separated: onnx, openvino, executorch (XNNPACK .pte; pip install 'edgedistill[executorch]').")
 @click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True, help="ONNX opset (17-20).")
 @click.option("--img-size", type=int, default=None, help="Input size (default: the student's).")
 @click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True,
-              help="Add INT8 variants (ONNX Runtime static QDQ, NNCF for OpenVINO).")
+              help="Add INT8 variants (ONNX Runtime static QDQ, NNCF for OpenVINO, PT2E for ExecuTorch).")
 @click.option("--fp16", is_flag=True, help="Add an OpenVINO variant with FP16 weights.")
 @click.option("--calib", default=None, help="Calibration image folder (default: the train split of --data).")
 @click.option("--calib-size", type=int, default=_DEFAULTS.calib_size, show_default=True,
@@ -57,7 +57,7 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
             max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
             batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
-    """Export a student to ONNX and OpenVINO (FP32, INT8), gate every variant, write a bundle.
+    """Export a student to ONNX and OpenVINO (and ExecuTorch: --formats), FP32 and INT8, gate every variant.
 
     \b
     Parity gate: FP32 outputs vs torch on real images at batch 1 and 8 (cosine >= --min-cosine).

@@ -28,11 +28,13 @@ from edgedistill.export.plan import ExportPlan, bundle_target, check_out_root, p
 from edgedistill.export.variants import FP_VARIANTS, INT8_VARIANTS, Built, build_variants
 from edgedistill.runtime.manifest import FORMATS, VARIANTS
 
-__all__ = ["export_bundle", "GateFailed", "FORMATS", "VARIANTS", "summary_rows"]
+__all__ = ["export_bundle", "GateFailed", "FORMATS", "DEFAULT_FORMATS", "VARIANTS", "summary_rows"]
+
+DEFAULT_FORMATS = ("onnx", "openvino")  # executorch is opt-in (its own extra)
 
 
 def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", name: str | None = None,
-                  formats: str | Sequence[str] = FORMATS, int8: bool = True, fp16: bool = False,
+                  formats: str | Sequence[str] = DEFAULT_FORMATS, int8: bool = True, fp16: bool = False,
                   calib: str | Path | None = None, calib_size: int = 64, calib_method: str = "minmax",
                   data: str | Path | None = None, opset: int = 18, img_size: int | None = None,
                   projection: bool = False, min_cosine: float = 0.9999, max_drop: float = 1.0,
@@ -45,8 +47,9 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
         model_dir: a distill run directory (``student.json`` + ``student.safetensors``;
             ``projector.safetensors`` for ``projection``; ``config.yaml`` supplies mean/std
             and the default ``data``/``calib`` when its folders exist here).
-        formats: "onnx", "openvino" (a comma-separated string or a sequence).
-        int8: add ``onnx_int8`` / ``openvino_int8`` (static PTQ on ``calib`` images).
+        formats: "onnx", "openvino", "executorch" (a comma-separated string or a sequence).
+        int8: add ``onnx_int8`` / ``openvino_int8`` / ``executorch_int8`` (static PTQ on
+            ``calib`` images).
         fp16: add ``openvino_fp16`` (FP16 weights, f32 inference).
         calib: image folder for calibration (default: the train split of ``data``).
         data: labeled split folder or "digits" for the accuracy gate (default: the run's
@@ -117,7 +120,7 @@ def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> dict[str, Any]:
             report["passed"] = False
             raise GateFailed("accuracy gate failed: " + "; ".join(accuracy.failures()) + _tried(built), report)
         if "onnx" not in plan.formats:
-            built.onnx_fp32.unlink()  # only OpenVINO's source
+            built.onnx_fp32.unlink(missing_ok=True)  # only OpenVINO's source
         manifest = build_manifest(plan, built, report, parity_pil[0], parity.references[1])
         atomic_write_json(work / "manifest.json", manifest)
         atomic_write_json(work / "validation.json", report)

@@ -18,7 +18,8 @@ from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS
 
 __all__ = ["build_manifest", "default_variant", "summary_rows"]
 
-_VERSIONED = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "pillow")
+_VERSIONED = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torchao", "numpy",
+              "pillow")
 
 
 def _versions() -> dict[str, str | None]:

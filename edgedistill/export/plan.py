@@ -104,6 +104,10 @@ def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir, img
     if o["threads"] is not None:
         check_count(o["threads"], "--threads")
     check_count(o["num_workers"], "--workers", minimum=0)
+    if "executorch" in formats:
+        from edgedistill.export.executorch import require_executorch
+
+        require_executorch()
     if o["fp16"] and "openvino" not in formats:
         raise EdgeDistillError("--fp16 makes an OpenVINO FP16 variant: add openvino to --formats")
     if o["projection"] and not run.projector.is_file():

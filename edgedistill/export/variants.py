@@ -19,8 +19,8 @@ from edgedistill.export.plan import ExportPlan
 
 __all__ = ["Built", "BUILDERS", "FP_VARIANTS", "INT8_VARIANTS", "build_variants", "embedders_for"]
 
-FP_VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "openvino_fp32", "openvino_fp16")
-INT8_VARIANTS = ("onnx_int8", "openvino_int8")
+FP_VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "openvino_fp32", "openvino_fp16", "executorch_fp32")
+INT8_VARIANTS = ("onnx_int8", "openvino_int8", "executorch_int8")
 INTERMEDIATE_ONNX = ".intermediate_fp32.onnx"  # the FP32 graph OpenVINO converts, when ONNX is not shipped
 ANY_ONNX = ("onnxruntime", "onnxruntime-web", "openvino")  # who loads a graph of standard operators
 ORT_ONLY = ("onnxruntime",)  # contrib operators (com.microsoft): ONNX Runtime's CPU/mobile builds
@@ -135,6 +135,33 @@ def build_openvino_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, ba
                                       "quantization": dict(settings, calibration=built.calibration)})
 
 
+def _executorch_entry(precision: str, settings: dict[str, Any]) -> dict[str, Any]:
+    from edgedistill.export.executorch import executorch_version
+
+    runtime = {"library": "executorch", "version": executorch_version(), "delegate": "XNNPACK",
+               "python": "executorch.runtime.Runtime (loads libtorch)",
+               "android": "org.pytorch.executorch.Module", "ios": "ExecuTorch.framework Module"}
+    return {"format": "executorch", "precision": precision, "runtime": runtime, **settings}
+
+
+def build_executorch_fp32(plan: ExportPlan, built: Built, **_: Any) -> None:
+    from edgedistill.export.executorch import export_executorch_fp32
+
+    path = built.work / "executorch_fp32.pte"
+    settings = export_executorch_fp32(plan.graph, path, plan.img_size)
+    built.add("executorch_fp32", path, _executorch_entry("fp32", {"lowering": settings}))
+
+
+def build_executorch_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
+    from edgedistill.export.executorch import export_executorch_int8
+
+    task = bar.add_task("calibrating executorch_int8 (PT2E)", total=len(calib))
+    path = built.work / "executorch_int8.pte"
+    settings = export_executorch_int8(plan.graph, path, plan.img_size, calib, on_batch=lambda n: bar.advance(task, n))
+    built.add("executorch_int8", path, _executorch_entry("int8", {"quantization": dict(settings,
+                                                                                     calibration=built.calibration)}))
+
+
 BUILDERS: dict[str, Callable[..., None]] = {
     "onnx_fp32": build_onnx_fp32,
     "onnx_fused_fp32": build_onnx_fused_fp32,
@@ -142,6 +169,8 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "openvino_fp16": build_openvino_fp16,
     "onnx_int8": build_onnx_int8,
     "openvino_int8": build_openvino_int8,
+    "executorch_fp32": build_executorch_fp32,
+    "executorch_int8": build_executorch_int8,
 }
 
 
@@ -159,10 +188,12 @@ def embedders_for(built: Built, name: str, outputs: Sequence[str], threads: int 
                   hint: str | None = None) -> dict[str, Any]:
     """The app's path to a variant: one runtime embedder per output; OpenVINO with the
     variant's recorded precision hint unless ``hint`` overrides it."""
-    from edgedistill.runtime.embedders import OnnxEmbedder, OpenVinoEmbedder
+    from edgedistill.runtime.embedders import ExecuTorchEmbedder, OnnxEmbedder, OpenVinoEmbedder
 
     path = built.files[name]
     if built.entries[name]["format"] == "onnx":
         return {o: OnnxEmbedder(path, threads=threads, output=o, name=name) for o in outputs}
+    if built.entries[name]["format"] == "executorch":
+        return {o: ExecuTorchEmbedder(path, threads=threads, output=o, outputs=outputs, name=name) for o in outputs}
     precision = hint or built.hint(name)
     return {o: OpenVinoEmbedder(path, threads=threads, precision=precision, output=o, name=name) for o in outputs}

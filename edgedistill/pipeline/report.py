@@ -40,6 +40,8 @@ def summarize(paths: "PipelinePaths") -> dict[str, Any]:
         for line in summary["latency"]:  # OpenVINO rows differ by precision hint: say which
             if line.get("backend") == "openvino" and line.get("inference_precision"):
                 line["precision"] = f"{line['precision']}@{line['inference_precision']}"
+            if line.get("backend") == "onnxruntime-web":  # the browser's engine: wasm, webgpu
+                line["backend"] = f"onnxruntime-web ({line['device']})"
     return summary
 
 

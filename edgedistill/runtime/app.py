@@ -22,7 +22,7 @@ from edgedistill.errors import EdgeDistillError
 
 __all__ = ["classify_main", "RUNTIME_FORMATS"]
 
-RUNTIME_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
+RUNTIME_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
 
 
 def _arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -83,7 +83,7 @@ def _classify(args: argparse.Namespace, runtime: str) -> dict[str, Any] | None:
 
 
 def classify_main(argv: list[str] | None, runtime: str, description: str | None = None) -> int:
-    """The whole of a ``classify.py``; ``runtime`` is "onnxruntime" or "openvino"."""
+    """The whole of a ``classify.py``; ``runtime`` is "onnxruntime", "openvino" or "executorch"."""
     args = _arguments(argv, description or f"Classify images by k-NN with an edgedistill bundle on {runtime}.")
     try:
         result = _classify(args, runtime)

@@ -1,4 +1,5 @@
-"""Embedders without torch: ONNX Runtime and OpenVINO, behind one small interface.
+"""Embedders without torch: ONNX Runtime and OpenVINO, behind one small interface (and
+ExecuTorch, whose Python runtime loads torch when a program is opened).
 
 An embedder maps a float32 NCHW batch (already preprocessed, see ``runtime.preprocess``) to
 (B, D) float32 embeddings, for any batch size. ``eval.features.TorchEmbedder`` is the torch
@@ -15,7 +16,7 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "open_embedder"]
+__all__ = ["Embedder", "OnnxEmbedder", "OpenVinoEmbedder", "ExecuTorchEmbedder", "open_embedder"]
 
 
 @runtime_checkable
@@ -133,6 +134,39 @@ class OpenVinoEmbedder:
         return np.array(result[self._output], dtype=np.float32, copy=True)
 
 
+class ExecuTorchEmbedder:
+    """An ExecuTorch program (``.pte``, XNNPACK delegate) through ExecuTorch's Python runtime.
+
+    A ``.pte`` does not name its outputs: ``outputs`` lists them in order (the manifest's), and
+    ``output`` picks one. ``threads`` sizes ExecuTorch's thread pool, which is per process.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, output: str = "embedding",
+                 outputs: Sequence[str] = ("embedding",), name: str | None = None) -> None:
+        from edgedistill.runtime.sessions import executorch_method
+
+        self.path = Path(path)
+        if output not in outputs:
+            raise EdgeDistillError(f"{self.path} has no output {output!r} (outputs: {', '.join(outputs)})")
+        self.method, self.settings = executorch_method(self.path, threads=threads)
+        self.threads, self.load_seconds = threads, self.settings["load_seconds"]
+        self._index = list(outputs).index(output)
+        meta = self.method.metadata
+        # a dynamic batch axis is planned up to a bound: larger batches go in chunks
+        self.max_batch = int(meta.input_tensor_meta(0).sizes()[0])
+        self.dim = _static(meta.output_tensor_meta(self._index).sizes()[-1])
+        self.name = name or f"executorch:{self.path.name}"
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) float32 -> (B, D) float32."""
+        import torch  # the runtime takes and returns torch tensors
+
+        x = torch.from_numpy(_as_batch(batch))
+        parts = [self.method.execute((x[i:i + self.max_batch],))[self._index] for i in range(0, len(x), self.max_batch)]
+        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts]) if parts else \
+            np.zeros((0, self.dim or 0), np.float32)
+
+
 def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, verify: bool = True,
                   **kwargs: Any) -> Any:
     """An embedder for an .onnx file, an OpenVINO .xml, or a bundle directory (``variant``
@@ -156,6 +190,9 @@ def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, ver
         kwargs.setdefault("name", f"{manifest['name']}:{variant}")
         if fmt == "onnx":
             return OnnxEmbedder(model, **kwargs)
+        if fmt == "executorch":
+            kwargs.setdefault("outputs", [o["name"] for o in manifest["outputs"]])
+            return ExecuTorchEmbedder(model, **kwargs)
         from edgedistill.runtime.manifest import variant_files
 
         kwargs.setdefault("weights", variant_files(manifest, path, variant)[1][0])
@@ -172,5 +209,7 @@ def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, ver
         return OnnxEmbedder(path, **kwargs)
     if suffix == ".xml":
         return OpenVinoEmbedder(path, **kwargs)
+    if suffix == ".pte":
+        return ExecuTorchEmbedder(path, **kwargs)
     raise EdgeDistillError(f"cannot tell the model format of {path}: expected a .onnx file, "
-                           "an OpenVINO .xml or a bundle directory with a manifest.json")
+                           "an OpenVINO .xml, an ExecuTorch .pte or a bundle directory with a manifest.json")

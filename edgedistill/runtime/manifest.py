@@ -10,12 +10,14 @@ and ``bench``), and the constants the writer (``export.manifest``) uses. The fie
                         "mean": [3 floats], "std": [3 floats], "channel_order": "RGB",
                         "layout": "NCHW", "dtype": "float32", "scale": 1/255},
       "variants": {
-        "<name>": {"file": "model.onnx", "format": "onnx" | "openvino",
+        "<name>": {"file": "model.onnx", "format": "onnx" | "openvino" | "executorch",
                    "precision": "fp32" | "fp16" | "bf16" | "int8",
                    "sha256": hex, "size_bytes": int,
                    # openvino only, optional: the weights beside the .xml
                    "weights_file": "model.bin" (default: the .xml's stem + .bin),
-                   "weights_sha256": hex}
+                   "weights_sha256": hex,
+                   # executorch only: what loads it
+                   "runtime": {"library": "executorch", "version": str, "delegate": "XNNPACK", ...}}
       },
       "default_variant": "<name>",        # optional; else the first fp32 ONNX variant
       "provenance": {...},                 # free-form, not checked here
@@ -60,9 +62,10 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1  # what `edgedistill export` writes
 SUPPORTED_FORMAT_VERSIONS = (1,)  # what this reader accepts
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "executorch")
 # the variants `edgedistill export` writes, in manifest order (a reader accepts any name)
-VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16", "openvino_int8")
+VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16", "openvino_int8",
+            "executorch_fp32", "executorch_int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 

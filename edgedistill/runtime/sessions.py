@@ -6,6 +6,9 @@ providers and devices are set the same way everywhere and recorded the same way:
 
 * **ONNX Runtime**: ``intra_op_num_threads`` = ``threads`` (inter-op 1, sequential execution),
   graph optimization ``ORT_ENABLE_ALL``, execution providers explicit (CPU unless asked).
+* **ExecuTorch**: a ``.pte`` program's ``forward`` method through ExecuTorch's Python runtime
+  (the XNNPACK delegate's kernels, as on Android and iOS), its thread pool set to ``threads``.
+  That runtime loads libtorch: opening a ``.pte`` needs torch (importing this module does not).
 * **OpenVINO**: ``INFERENCE_PRECISION_HINT`` explicit (``f32`` by default: on CPUs with bf16
   OpenVINO otherwise runs an "FP32" model in bf16), ``INFERENCE_NUM_THREADS`` = ``threads``,
   ``PERFORMANCE_HINT=LATENCY`` with one stream, and optionally a static batch
@@ -24,8 +27,8 @@ from typing import Any, Sequence
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["BackendUnavailable", "onnxruntime_session", "openvino_compiled", "OV_PRECISIONS", "one_line",
-           "check_threads"]
+__all__ = ["BackendUnavailable", "onnxruntime_session", "openvino_compiled", "executorch_method", "OV_PRECISIONS",
+           "one_line", "check_threads"]
 
 OV_PRECISIONS = ("f32", "bf16", "f16")
 
@@ -180,3 +183,29 @@ def openvino_compiled(xml: str | Path, weights: str | Path | None = None, *, thr
                 "shapes": f"static batch {batch} (model.reshape)" if batch is not None else "dynamic batch",
                 "load_seconds": time.perf_counter() - started, "compiled_properties": compiled_properties(compiled)}
     return compiled, settings
+
+
+def executorch_method(path: str | Path, *, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The ``forward`` method of the ExecuTorch program ``path`` (``.pte``), ready to execute;
+    ``threads`` sizes the process-wide XNNPACK thread pool (None: ExecuTorch's default)."""
+    threads = check_threads(threads)
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeDistillError(f"ExecuTorch program not found: {path}")
+    try:
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise BackendUnavailable(f"ExecuTorch's runtime cannot be imported ({exc}): "
+                                 "pip install 'edgedistill[executorch]'") from None
+    if threads is not None:
+        portable_lib._unsafe_reset_threadpool(threads)  # the one knob the Python runtime exposes
+    started = time.perf_counter()
+    try:
+        method = Runtime.get().load_program(path).load_method("forward")
+    except Exception as exc:  # RuntimeError with the runtime's status code
+        raise EdgeDistillError(f"ExecuTorch cannot load {path}: {one_line(exc)}") from None
+    settings = {"runtime": "executorch.runtime (Python)", "method": "forward",
+                "threads": threads, "threads_read_back": int(portable_lib._threadpool_get_thread_count()),
+                "load_seconds": time.perf_counter() - started}
+    return method, settings
