@@ -1,4 +1,4 @@
-"""Losses as pure functions on tensors: AttnDistill (SPEC §4) and DINO (SPEC §5)."""
+"""Losses as pure functions on tensors: AttnDistill and DINO."""
 
 from edgedistill.losses.attndistill import (
     aggregate_heads,

@@ -1,4 +1,4 @@
-"""DINO self-distillation loss, centering and teacher-temperature schedule (SPEC §5).
+"""DINO self-distillation loss, centering and teacher-temperature schedule.
 
 Pure functions that reproduce the DINO repository's ``DINOLoss`` (Caron et al., 2021): the
 center is state the caller keeps (e.g. a buffer of the training module) and passes in.

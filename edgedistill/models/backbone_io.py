@@ -1,4 +1,4 @@
-"""Saved backbones: ``<name>.safetensors`` + ``<name>.json`` (SPEC §3).
+"""Saved backbones: ``<name>.safetensors`` + ``<name>.json``.
 
 The JSON names the timm architecture and the kwargs that rebuild it, so plain timm loads the
 pair without edgedistill installed::

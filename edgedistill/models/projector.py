@@ -1,4 +1,4 @@
-"""Projection heads: the AttnDistill student projector (SPEC §4) and the DINO head (SPEC §5)."""
+"""Projection heads: the AttnDistill student projector and the DINO head."""
 
 from __future__ import annotations
 
