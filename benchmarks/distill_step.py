@@ -15,8 +15,14 @@ so that machine noise hits both alike; the ratio is what to read, not the absolu
 ``--recipe imagenet`` measures the ImageNet shapes instead (224 px, ViT-S/16 -> ViT-T/16);
 ``--device cuda`` measures on a GPU (the product then uses fused attention for the student).
 
+``--teachers`` adds, in the same run and rounds, the product step with other teacher families
+(random weights; only their shapes and kernels matter here): ``dinov2_s14_reg4`` (DINOv2
+ViT-S/14 with 4 registers: at 224 px a 16x16 grid + 5 prefix tokens, attention resized to the
+student's 14x14) and ``dinov3_s16`` (DINOv3 ViT-S/16: RoPE in every block, 4 registers,
+LayerScale). In the CIFAR recipe every teacher uses patch 4 at 32 px (same grid as DINO there).
+
 Usage: python benchmarks/distill_step.py [--batch 64] [--rounds 5] [--steps 3] [--amp bf16|off]
-       [--device cpu|cuda] [--recipe cifar|imagenet]
+       [--device cpu|cuda] [--recipe cifar|imagenet] [--teachers dinov2_s14_reg4,dinov3_s16]
 """
 
 from __future__ import annotations
@@ -37,18 +43,23 @@ from edgedistill.train.schedule import param_groups
 
 
 RECIPES = {"cifar": (32, 4), "imagenet": (224, 16)}  # image size, patch size
+# teacher family -> (timm architecture, native patch size)
+TEACHERS = {"dino_s16": ("vit_small_patch16_224", 16), "dinov2_s14_reg4": ("vit_small_patch14_reg4_dinov2", 14),
+            "dinov3_s16": ("vit_small_patch16_dinov3", 16)}
 
 
-def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar"):
+def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar", teacher_family: str = "dino_s16"):
     size, patch = RECIPES[recipe]
+    teacher_arch, native_patch = TEACHERS[teacher_family]
+    teacher_patch = native_patch if recipe == "imagenet" else patch
     overrides = [
-        f"data.img_size={size}", "teacher.arch=vit_small_patch16_224", f"teacher.patch_size={patch}",
+        f"data.img_size={size}", f"teacher.arch={teacher_arch}", f"teacher.patch_size={teacher_patch}",
         "student.arch=vit_tiny_patch16_224", f"student.patch_size={patch}", f"distill.amp={amp}",
         f"distill.attention={'explicit' if naive else 'auto'}",
     ]
     cfg = build_config(None, overrides)
     torch.manual_seed(0)
-    teacher, _ = create_vit("vit_small_patch16_224", img_size=size, patch_size=patch)
+    teacher, _ = create_vit(teacher_arch, img_size=size, patch_size=teacher_patch)
     student, kwargs = create_vit("vit_tiny_patch16_224", img_size=size, patch_size=patch)
     task = DistillTask(cfg, teacher, student, kwargs, {"kind": "random"}, device, teacher_explicit=naive)
     task.trainable.to(device)
@@ -84,6 +95,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cifar")
+    parser.add_argument("--teachers", default="", help="other teacher families for the product step, comma-separated: "
+                        + ", ".join(t for t in TEACHERS if t != "dino_s16"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -93,9 +106,15 @@ def main() -> None:
     amp = args.amp if args.amp != "auto" else ("bf16" if native_bf16 else "off")
 
     size, patch = RECIPES[args.recipe]
+    others = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    unknown = [t for t in others if t not in TEACHERS]
+    if unknown:
+        parser.error(f"unknown teacher families {unknown}; known: {', '.join(TEACHERS)}")
     images = torch.randn(args.batch, 3, size, size, device=device)
     variants = {"naive": (make_task(True, "off", device, args.recipe), "off"),
                 "product": (make_task(False, amp, device, args.recipe), amp)}
+    for family in others:
+        variants[f"product_{family}"] = (make_task(False, amp, device, args.recipe, family), amp)
     for (task, optimizer), precision in variants.values():  # warm-up (allocator, oneDNN kernels)
         run_steps(task, optimizer, images, 1, precision)
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -108,6 +127,7 @@ def main() -> None:
         "batch": args.batch, "threads": torch.get_num_threads(), "product_amp": amp, "device": str(device),
         "recipe": args.recipe, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "naive_img_s": naive, "product_img_s": product, "speedup": product / naive,
+        "teachers": {"dino_s16": product, **{f: statistics.median(rates[f"product_{f}"]) for f in others}},
         "rounds": rates,
     }
     where = result["gpu"] or f"{result['threads']} CPU threads"
@@ -115,6 +135,10 @@ def main() -> None:
     print(f"  naive   (explicit attention everywhere, fp32): {naive:8.1f} img/s")
     print(f"  product (distill defaults, amp={amp}):             {product:8.1f} img/s")
     print(f"  speed-up: {product / naive:.2f}x")
+    for family in others:
+        arch, native = TEACHERS[family]
+        shape = f"{arch}, patch {native if args.recipe == 'imagenet' else patch}"
+        print(f"  product with {family} teacher ({shape}): {result['teachers'][family]:8.1f} img/s")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

@@ -63,6 +63,9 @@ class StudentConfig:
     patch_size: int = 0  # 0 = the architecture's own
     depth: int = 0  # 0 = the architecture's own (12 for ViT-Tiny)
     drop_path_rate: float = 0.0
+    # Register tokens after CLS for a VisionTransformer student (e.g. 4, DINOv2-style); 0 = none.
+    # Eva students (vit_tiny_patch16_dinov3_qkvb) bring their own and take no value here.
+    reg_tokens: int = 0
 
 
 @dataclass
@@ -80,6 +83,9 @@ class DistillConfig:
     temperature: float = 10.0  # head aggregation softmax(sum_h log A_h / T)
     aggregate_heads: str = "auto"  # auto (when head counts differ) | always | never
     projector_depth: int = 3  # hidden layers; 0 = one linear map (identity when dims match)
+    # Attention target over CLS + patches (register columns dropped, row renormalized), or with
+    # the registers kept: needs a student with as many registers as the teacher.
+    keep_registers: bool = False
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16) | bf16 | off
     # The student's training pass: fused SDPA or explicit softmax(QK^T)V in the blocks before
     # the last. auto = fused on CUDA, explicit on CPU, where SDPA's backward is slower at ViT
@@ -382,6 +388,7 @@ def validate(cfg: Config) -> None:
         size = sub.img_size or d.img_size
         if sub.patch_size:
             need(size % sub.patch_size == 0, f"{section}.patch_size {sub.patch_size} does not divide the image size {size}")
+    need(cfg.student.reg_tokens >= 0, f"student.reg_tokens must be >= 0, got {cfg.student.reg_tokens}")
     for name in ("distill", "pretrain"):
         sec = getattr(cfg, name)
         need(sec.epochs >= 1, f"{name}.epochs must be >= 1, got {sec.epochs}")

@@ -255,6 +255,30 @@ def test_kl_resized_teacher_matches_loop():
     assert attention_kl(t, s).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_resize_keeps_register_columns_with_the_cls_column():
+    """With registers kept (prefix = CLS + 4 registers), the 5 prefix weights are copied and the
+    patches resized and rescaled to what they leave; the patch part equals the prefix-1 resize
+    of a row whose single prefix column holds the same total weight."""
+    a = rand_attn(2, 3, 5 + 64, scale=2.0, seed=18)  # CLS, 4 registers, 8x8 patches
+    got = resize_attention(a, (4, 4), prefix=5)
+    assert got.shape == (2, 3, 5 + 16)
+    torch.testing.assert_close(got[..., :5], a[..., :5].float(), atol=0, rtol=0)
+    torch.testing.assert_close(got.sum(-1), torch.ones(2, 3), atol=1e-6, rtol=0)
+    merged = torch.cat([a[..., :5].sum(-1, keepdim=True), a[..., 5:]], dim=-1)
+    torch.testing.assert_close(got[..., 5:], resize_attention(merged, (4, 4))[..., 1:], atol=1e-7, rtol=1e-6)
+
+
+def test_kl_with_register_prefix_resizes_patches_only():
+    t = rand_attn(2, 3, 5 + 64, scale=2.0, seed=19)
+    s = rand_attn(2, 3, 5 + 16, scale=2.0, seed=20)
+    expected = ref_kl(resize_attention(t, (4, 4), prefix=5).double().numpy(), s.numpy())
+    assert attention_kl(t, s, prefix_tokens=5).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="square"):  # 21 - 1 = 20 patches: not a grid with one prefix column
+        attention_kl(t, s)
+    loss = attndistill_loss(torch.zeros(2, 4), torch.zeros(2, 4), s, t, prefix_tokens=5)
+    assert loss["attn"].item() == pytest.approx(attention_kl(t, s, prefix_tokens=5).item())
+
+
 def test_non_square_grid_raises():
     with pytest.raises(ValueError, match="square"):
         attention_kl(rand_attn(1, 3, 1 + 64), rand_attn(1, 3, 1 + 15))

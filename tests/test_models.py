@@ -68,7 +68,9 @@ def test_create_vit_records_kwargs_that_rebuild_the_model():
     [
         ("vit_tiny_patch16_22", {}, "did you mean vit_tiny_patch16_224"),
         ("resnet18", {}, "not a timm VisionTransformer"),
-        ("vit_small_patch14_reg4_dinov2", {"patch_size": 8, "depth": 1}, "register tokens"),
+        ("vit_medium_patch16_reg4_gap_256", {"patch_size": 8, "depth": 1}, "has no class token"),
+        ("vit_small_patch16_rope_mixed_224", {"patch_size": 8, "depth": 1}, "mixed .*RoPE"),
+        ("vit_base_patch16_rope_reg1_gap_256", {"patch_size": 8, "depth": 1}, "has no class token"),
         ("vit_small_patch16_224.dino", {}, "names pretrained weights"),
         (ARCH, {"patch_size": 5}, "patch size 5 does not divide the image size 32"),
         (ARCH, {"patch_size": 8, "no_such_option": 1}, "invalid model option"),

@@ -52,6 +52,25 @@ def dino_head(prefix):
             f"{prefix}last_layer.weight_g": torch.randn(100, 1), f"{prefix}last_layer.weight_v": torch.randn(100, 64)}
 
 
+def relation_block(prefix):
+    """Mugs's relation block (``num_relation_blocks=1``): one pre-norm block, used in training only."""
+    shapes = {"norm1.weight": (192,), "norm1.bias": (192,), "attn.qkv.weight": (576, 192), "attn.qkv.bias": (576,),
+              "attn.proj.weight": (192, 192), "attn.proj.bias": (192,), "norm2.weight": (192,), "norm2.bias": (192,),
+              "mlp.fc1.weight": (768, 192), "mlp.fc1.bias": (768,), "mlp.fc2.weight": (192, 768), "mlp.fc2.bias": (192,)}
+    return {f"{prefix}relation_blocks.0.{k}": torch.randn(v) for k, v in shapes.items()}
+
+
+def mugs_heads(prefix):
+    return {f"{prefix}instance_head.projector.0.weight": torch.randn(32, 192),
+            f"{prefix}local_group_head.projector.0.weight": torch.randn(32, 192),
+            f"{prefix}group_head.projector.0.weight": torch.randn(32, 192),
+            f"{prefix}group_head.last_layer.weight_g": torch.randn(100, 1)}
+
+
+def mugs_memory():
+    return {f"block.queue_{n}": torch.randn(8, 192) for n in "qkv"} | {"block.queue_ptr": torch.zeros(1, dtype=torch.long)}
+
+
 def layouts(src, other):
     """Checkpoint objects as the projects publish them, keyed by a readable name."""
     args = argparse.Namespace(arch="vit_small", patch_size=16, output_dir=pathlib.PosixPath("/ckpt"))
@@ -78,8 +97,31 @@ def layouts(src, other):
                       "decoder_blocks.0.norm1.weight": torch.ones(128), "decoder_pred.weight": torch.randn(192, 128)},
             "optimizer": {}, "epoch": 799, "scaler": {"scale": 65536.0}, "args": args,
         },
-        # Mugs-style: a "state_dict" entry with backbone. prefixes
-        "mugs.pth": {"state_dict": {**sd(src, "backbone."), **dino_head("head.")}, "epoch": 3},
+        # Mugs's main.py: DDP student and bare teacher, each a backbone with its training-only
+        # relation block, instance/local-group/group heads; memory queues, loss buffers, args
+        "mugs_full.pth": {
+            "student": {**sd(other, "module.backbone."), **relation_block("module.backbone."),
+                        **mugs_heads("module.")},
+            "teacher": {**sd(src, "backbone."), **relation_block("backbone."), **mugs_heads("")},
+            "student_mem": mugs_memory(), "teacher_mem": mugs_memory(),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}, "epoch": 3, "args": args,
+            "instance-sup.": {"queue": torch.randn(16, 32), "queue_ptr": torch.zeros(1, dtype=torch.long)},
+            "local-group-sup.": {"queue": torch.randn(16, 32), "queue_ptr": torch.zeros(1, dtype=torch.long)},
+            "group-sup.": {"center": torch.zeros(1, 100)},
+            "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                            "_growth_tracker": 0},
+        },
+        # Mugs's extraction script: the teacher's backbone keys, relation block included
+        "mugs_backbone.pth": {**sd(src), **relation_block("")},
+        # iBOT's main_ibot.py: the student backbone has masked_embed (masked image modeling)
+        "ibot_full.pth": {
+            "student": {**sd(other, "module.backbone."), "module.backbone.masked_embed": torch.zeros(1, 192),
+                        **dino_head("module.head.")},
+            "teacher": {**sd(src, "backbone."), **dino_head("head.")},
+            "optimizer": {}, "epoch": 3, "args": args, "ibot_loss": {"center": torch.zeros(1, 100)},
+        },
+        # iBOT's extract_backbone_weights.py --checkpoint_key student: {"state_dict": backbone}
+        "ibot_student_backbone.pth": {"state_dict": {**sd(src), "masked_embed": torch.zeros(1, 192)}},
         # MSN: online encoder and EMA target encoder, both DDP, with fc head and prototypes
         "msn.pth": {
             "encoder": {**sd(other, "module."), "module.fc.fc1.weight": torch.randn(8, 192)},
@@ -108,6 +150,15 @@ def test_every_layout_loads_and_reproduces_the_source(tmp_path, source, other, x
         assert not teacher.training and not any(p.requires_grad for p in teacher.parameters()), name
         with torch.no_grad():
             assert torch.equal(teacher.forward_features(x), expected), f"{name} did not load the teacher/EMA weights"
+
+
+def test_mugs_and_ibot_training_parts_are_reported_as_ignored(tmp_path, source, other):
+    mugs = write(tmp_path / "mugs_full.pth", layouts(source, other)["mugs_full.pth"])
+    info = load_checkpoint_into(make(seed=5), mugs)
+    assert info["prefix"] == "teacher.backbone." and len(info["ignored"]) == 12
+    assert all(k.startswith("relation_blocks.0.") for k in info["ignored"])
+    ibot = write(tmp_path / "ibot_student.pth", layouts(source, other)["ibot_student_backbone.pth"])
+    assert load_checkpoint_into(make(seed=5), ibot)["ignored"] == ["masked_embed"]
 
 
 def test_extraction_reports_prefix_and_ignored_heads(tmp_path, source, other):

@@ -2,7 +2,8 @@
 
 Shapes: ``B`` batch, ``H`` heads, ``N`` tokens including CLS (``N = 1 + grid_h * grid_w``),
 ``D`` embedding width. Attention maps are the CLS-query rows of the last block's post-softmax
-attention, ``(B, H, 1 + N_patches)``, keys in timm order (CLS first).
+attention, ``(B, H, P + N_patches)``, keys in timm order: ``P`` prefix columns first (the CLS
+key, then any register keys kept with ``keep_registers``; ``P = 1`` by default), then patches.
 
 Unlike the released AttnDistill code, the bicubically resized teacher map is clamped to
 ``>= eps`` before anything takes its log: bicubic resizing of a peaky map overshoots below
@@ -58,32 +59,34 @@ def cls_loss(student_cls: Tensor, teacher_cls: Tensor) -> Tensor:
     return F.mse_loss(student_cls.float(), teacher_cls.detach().float())
 
 
-def resize_attention(attn: Tensor, grid: tuple[int, int], eps: float = 1e-5) -> Tensor:
+def resize_attention(attn: Tensor, grid: tuple[int, int], eps: float = 1e-5, prefix: int = 1) -> Tensor:
     """Bicubically resize the patch part of CLS-query attention rows to another grid.
 
     The patch part is reshaped to the (square) source grid, resized with
     ``F.interpolate(mode="bicubic", align_corners=False)``, clamped to ``>= eps`` (bicubic
-    overshoots below zero near peaks), then rescaled to sum to ``1 - attn[..., 0]`` so the
-    CLS->CLS weight is kept and each row still sums to 1. The rescaling can push clamped
-    entries slightly below ``eps`` when the map is upsampled; ``attention_kl`` clamps again.
+    overshoots below zero near peaks), then rescaled to sum to ``1 - sum(prefix columns)`` so
+    the CLS (and kept register) weights are kept and each row still sums to 1. The rescaling
+    can push clamped entries slightly below ``eps`` when the map is upsampled;
+    ``attention_kl`` clamps again.
 
     Args:
-        attn: ``(B, H, 1 + Nt)`` with ``Nt`` a perfect square.
+        attn: ``(B, H, prefix + Nt)`` with ``Nt`` a perfect square.
         grid: target patch grid ``(gh, gw)``.
+        prefix: leading non-patch columns (CLS, then kept registers).
     Returns:
-        ``(B, H, 1 + gh * gw)`` in float32.
+        ``(B, H, prefix + gh * gw)`` in float32.
     """
     if attn.dim() != 3:
-        raise ValueError(f"resize_attention expects (B, H, 1+N), got {tuple(attn.shape)}")
+        raise ValueError(f"resize_attention expects (B, H, prefix+N), got {tuple(attn.shape)}")
     b, h, n = attn.shape
-    side = _square_side(n - 1, "attention map")
+    side = _square_side(n - prefix, "attention map")
     attn = attn.float()
-    cls_w = attn[..., :1]  # (B, H, 1)
-    patch = attn[..., 1:].reshape(b, h, side, side)
+    head = attn[..., :prefix]  # (B, H, prefix)
+    patch = attn[..., prefix:].reshape(b, h, side, side)
     patch = F.interpolate(patch, size=tuple(grid), mode="bicubic", align_corners=False)
     patch = patch.reshape(b, h, -1).clamp(min=eps)
-    patch = patch * ((1.0 - cls_w) / patch.sum(dim=-1, keepdim=True))
-    return torch.cat([cls_w, patch], dim=-1)
+    patch = patch * ((1.0 - head.sum(dim=-1, keepdim=True)) / patch.sum(dim=-1, keepdim=True))
+    return torch.cat([head, patch], dim=-1)
 
 
 def aggregate_heads(attn: Tensor, temperature: float = 10.0, eps: float = 1e-5) -> Tensor:
@@ -106,6 +109,7 @@ def attention_kl(
     temperature: float = 10.0,
     eps: float = 1e-5,
     max_p: float = 0.996,
+    prefix_tokens: int = 1,
 ) -> Tensor:
     """KL(teacher || student) between last-block CLS-query attention rows.
 
@@ -116,9 +120,10 @@ def attention_kl(
     The teacher side is detached.
 
     Args:
-        teacher_attn: ``(B, Ht, 1 + Nt)``.
-        student_attn: ``(B, Hs, 1 + Ns)``; ``Ns`` must be a perfect square when ``Nt != Ns``.
+        teacher_attn: ``(B, Ht, P + Nt)``.
+        student_attn: ``(B, Hs, P + Ns)``; ``Ns`` must be a perfect square when ``Nt != Ns``.
         aggregate: ``"auto"``, ``"always"`` or ``"never"``.
+        prefix_tokens: ``P``, the leading non-patch columns of both maps (1: CLS only).
     Returns:
         Scalar tensor (float32).
     """
@@ -139,8 +144,8 @@ def attention_kl(
     s_heads, s_tokens = s.shape[1], s.shape[2]
 
     if t_tokens != s_tokens:
-        side = _square_side(s_tokens - 1, "student attention map")
-        t = resize_attention(t, (side, side), eps=eps)
+        side = _square_side(s_tokens - prefix_tokens, "student attention map")
+        t = resize_attention(t, (side, side), eps=eps, prefix=prefix_tokens)
 
     heads_differ = t_heads != s_heads
     if aggregate == "never" and heads_differ:
@@ -169,6 +174,7 @@ def attndistill_loss(
     w_attn: float = 0.1,
     aggregate: str = "auto",
     temperature: float = 10.0,
+    prefix_tokens: int = 1,
 ) -> dict[str, Tensor]:
     """``w_cls * cls_loss + w_attn * attention_kl``.
 
@@ -177,6 +183,7 @@ def attndistill_loss(
         teacher_cls: ``(B, Dt)``.
         student_attn: ``(B, Hs, 1 + Ns)``.
         teacher_attn: ``(B, Ht, 1 + Nt)``.
+        prefix_tokens: leading non-patch columns of both maps (``1 + registers`` when kept).
     Returns:
         ``{"loss", "cls", "attn"}``, scalar tensors; ``"cls"`` and ``"attn"`` unweighted.
         With ``w_attn == 0`` the attention term is not computed and ``"attn"`` is 0.
@@ -186,7 +193,8 @@ def attndistill_loss(
         l_attn = torch.zeros((), device=l_cls.device, dtype=l_cls.dtype)
     else:
         l_attn = attention_kl(
-            teacher_attn, student_attn, aggregate=aggregate, temperature=temperature
+            teacher_attn, student_attn, aggregate=aggregate, temperature=temperature,
+            prefix_tokens=prefix_tokens,
         )
     loss = w_cls * l_cls + w_attn * l_attn
     return {"loss": loss, "cls": l_cls, "attn": l_attn}

@@ -1,8 +1,10 @@
 """Models: timm ViT backbones, attention capture, teacher sources and checkpoint formats (design.md §3).
 
-- ``vit``: ``create_vit``, ``forward_with_cls_attention`` (last-block CLS attention, no hooks),
-  ``forward_cls``.
-- ``checkpoints``: safe reading (no pickle code) and strict loading of DINO/MAE/Mugs/MSN/timm layouts.
+- ``vit``: ``create_vit``, ``forward_with_cls_attention`` (last-block CLS attention, no hooks;
+  ``VisionTransformer`` and RoPE ``Eva``/DINOv3 models), ``forward_cls``.
+- ``cls_attention``: one block re-run from its submodules with the CLS query's attention row.
+- ``checkpoints``: safe reading (no pickle code) and strict loading of DINO/MAE/Mugs/MSN/iBOT/timm
+  layouts; ``release_layouts``: the DINOv2/DINOv3 release names mapped to timm's.
 - ``teacher``: ``load_teacher`` for ``--teacher`` (random, run dir, file, hub name).
 - ``backbone_io``: ``save_backbone``/``load_backbone`` (``<name>.safetensors`` + ``<name>.json``).
 - ``projector``: the AttnDistill projector and the DINO head.

@@ -3,10 +3,14 @@
 - Files are read with safetensors or ``torch.load(weights_only=True)``: no code in a pickle
   from outside ever runs. Plain data that training scripts store beside the weights
   (``argparse.Namespace`` args, paths, numpy scalars) is allowed; anything else is refused.
-- ``extract_backbone`` finds the ViT inside DINO (backbone-only and full ``teacher``/``student``
-  training checkpoints with ``module.``/``backbone.`` prefixes), MAE/Mugs (``model``,
-  ``state_dict``), MSN/I-JEPA (``target_encoder``/``encoder``) and plain timm state dicts, by
-  choosing the sub-dict and key prefix that best match the target model's keys.
+- ``extract_backbone`` finds the ViT inside DINO, iBOT and Mugs (backbone-only and full
+  ``teacher``/``student`` training checkpoints with ``module.``/``backbone.`` prefixes), MAE
+  (``model``), iBOT's extracted backbones (``state_dict``), MSN/I-JEPA (``target_encoder``/
+  ``encoder``), DINOv2 (released backbones, ``{"teacher": ...}`` evaluation checkpoints),
+  DINOv3 released backbones and plain timm state dicts, by choosing the sub-dict and key prefix
+  that best match the target model's keys.
+- ``adapt_to_model`` maps the DINOv2/DINOv3 release names to timm's (``release_layouts``) and
+  resamples position embeddings to the model's grid with timm's own interpolation.
 - ``load_backbone_strict`` refuses missing, misshapen or unexpected backbone weights: a wrong
   checkpoint or architecture is an error, never a silently random teacher.
 """
@@ -14,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import pickle
 import re
@@ -39,10 +44,14 @@ __all__ = [
 
 # Keys of heads and training-only parts that a backbone may leave behind in a checkpoint:
 # classifier heads, DINO/iBOT heads (head.mlp.*, head.last_layer.*), projectors, MSN's
-# fc head and prototypes, MAE decoders and mask tokens. Anything else unexpected means a wrong architecture.
+# fc head and prototypes, MAE decoders and mask tokens (DINOv2/DINOv3 mask_token, iBOT's
+# student masked_embed), Mugs's relation_blocks (its local-group branch: Mugs's own k-NN skips
+# them) and DINOv3's local_cls_norm (local crops in training). Anything else unexpected means
+# a wrong architecture.
 _IGNORABLE_PREFIXES = (
     "head.", "head_dist.", "heads.", "fc.", "fc_norm.", "last_layer.", "projector.", "projection_head.",
-    "prototypes", "predictor", "decoder", "mask_token", "pre_logits.",
+    "prototypes", "predictor", "decoder", "mask_token", "pre_logits.", "masked_embed", "relation_blocks.",
+    "local_cls_norm.",
 )
 
 # Sub-dict preference when two candidates match the model equally well (e.g. DINO's
@@ -178,14 +187,7 @@ def extract_backbone(obj: Any, model_keys: Iterable[str], info: dict[str, Any] |
     return state
 
 
-def adapt_to_model(state: dict[str, Tensor], model: nn.Module, info: dict[str, Any] | None = None,
-                   source: str = "checkpoint") -> dict[str, Tensor]:
-    """timm's ``checkpoint_filter_fn`` for ViTs: old linear patch embeddings to conv, DINOv2
-    and layer-scale (``gamma_1``) naming, and the position embedding resampled to the model's
-    grid (a 224-px checkpoint used at another resolution). A different patch size is refused:
-    it would be a different model, not a conversion."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
+def _check_patch_size(state: dict[str, Tensor], model: nn.Module, source: str) -> None:
     proj = state.get("patch_embed.proj.weight")
     want = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "weight", None)
     if proj is not None and want is not None and proj.ndim == 4 and tuple(proj.shape[-2:]) != tuple(want.shape[-2:]):
@@ -193,11 +195,47 @@ def adapt_to_model(state: dict[str, Tensor], model: nn.Module, info: dict[str, A
             f"{source} has patch size {proj.shape[-1]} but the model patch size {want.shape[-1]}: "
             f"set patch_size={proj.shape[-1]} (or the matching architecture)"
         )
-    before = state.get("pos_embed")
-    out = checkpoint_filter_fn(dict(state), model, adapt_layer_scale=True)
-    after = out.get("pos_embed")
-    if info is not None and before is not None and after is not None and before.shape != after.shape:
-        info["pos_embed_resampled"] = [list(before.shape), list(after.shape)]
+
+
+def _resample_pos_embed(state: dict[str, Tensor], model: nn.Module, info: dict[str, Any] | None) -> None:
+    """A square-grid ``pos_embed`` of another size resampled to the model's grid, as timm does
+    (``resample_abs_pos_embed``, bicubic, antialiased; prefix-token rows kept)."""
+    from timm.layers import resample_abs_pos_embed
+
+    pos, target = state.get("pos_embed"), getattr(model, "pos_embed", None)
+    if pos is None or target is None or pos.ndim != 3 or pos.shape == target.shape:
+        return
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+    side = math.isqrt(max(pos.shape[1] - prefix, 0))
+    if side * side != pos.shape[1] - prefix or pos.shape[-1] != target.shape[-1]:
+        return  # not a square grid of this width: the strict loader reports the shape
+    state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(model.patch_embed.grid_size), old_size=[side, side],
+                                                num_prefix_tokens=prefix, interpolation="bicubic", antialias=True)
+    if info is not None:
+        info["pos_embed_resampled"] = [list(pos.shape), list(state["pos_embed"].shape)]
+
+
+def adapt_to_model(state: dict[str, Tensor], model: nn.Module, info: dict[str, Any] | None = None,
+                   source: str = "checkpoint") -> dict[str, Tensor]:
+    """``state`` in the model's names and shapes: DINOv2/DINOv3 release names mapped to timm's
+    (``release_layouts``), older ViT conventions (a linear patch embedding, DeiT/iBOT
+    ``gamma_1`` LayerScale naming) converted, and the position embedding resampled to the
+    model's grid (a 224-px checkpoint used at another resolution). A different patch size is
+    refused: it would be a different model, not a conversion."""
+    from edgedistill.models.release_layouts import convert_release_layout
+    from edgedistill.models.vit import is_rope_model
+
+    _check_patch_size(state, model, source)
+    state = convert_release_layout(state, model, source, info)
+    want = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "weight", None)
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key == "patch_embed.proj.weight" and value.ndim == 2 and want is not None and value.numel() == want.numel():
+            value = value.reshape(want.shape)  # patchify + linear projection, as a convolution
+        elif not is_rope_model(model) and re.fullmatch(r"blocks\.\d+\.gamma_[12]", key):
+            key = re.sub(r"gamma_([12])$", r"ls\1.gamma", key)
+        out[key] = value
+    _resample_pos_embed(out, model, info)
     return out
 
 
@@ -210,18 +248,26 @@ def _listing(keys: list[str], limit: int = 5) -> str:
     return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
-def load_backbone_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str) -> dict[str, Any]:
+def load_backbone_strict(model: nn.Module, state_dict: dict[str, Tensor], source: str,
+                         file_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Copy ``state_dict`` into ``model``; every model weight must be set with its exact shape.
 
     Missing, misshapen and unexpected (non-head) keys raise EdgeDistillError naming them and
-    ``source``. Returns ``{"loaded": n, "ignored": [...]}`` (heads that were skipped).
+    ``source``; ``file_names`` (model key -> the file's name for it, where a release layout
+    names it differently) adds the file's name. Returns ``{"loaded": n, "ignored": [...]}``
+    (heads that were skipped).
     """
+    names = file_names or {}
+
+    def named(key: str) -> str:
+        return f"{key} ({names[key]} in the file)" if key in names else key
+
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    missing = [named(k) for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected and not _ignorable(k)]
     ignored = [k for k in state_dict if k not in expected and _ignorable(k)]
     shapes = [
-        f"{k} expected {tuple(v.shape)} found {tuple(state_dict[k].shape)}"
+        f"{named(k)} expected {tuple(v.shape)} found {tuple(state_dict[k].shape)}"
         for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     problems = []
@@ -248,5 +294,8 @@ def load_checkpoint_into(model: nn.Module, path: str | Path, source: str | None 
     obj = read_checkpoint(path)
     state = extract_backbone(obj, model.state_dict().keys(), info, source)
     state = adapt_to_model(state, model, info, source)
-    info.update(load_backbone_strict(model, state, source))
+    from edgedistill.models.release_layouts import release_names
+
+    names = release_names(model, info.get("layout", "timm"))
+    info.update(load_backbone_strict(model, state, source, names))
     return info

@@ -1,6 +1,11 @@
-"""The frozen teacher behind ``--teacher`` (design.md §3): "random", a run directory, a checkpoint
-file plus architecture, or a timm hub name. Always loaded strictly; a teacher never silently
-stays random (only ``random`` is random, and it says so)."""
+"""The frozen teacher behind ``--teacher`` (design.md §3): "random", a run directory, a checkpoint file plus
+architecture, or a timm hub name. Always loaded strictly; a teacher never silently stays random
+(only ``random`` is random, and it says so).
+
+Teacher families: timm ``VisionTransformer``s (DINO, MAE, MSN, iBOT, Mugs, DINOv2 with or
+without registers) and ``Eva`` DINOv3 models, by hub name (``vit_small_patch14_reg4_dinov2.lvd142m``,
+``vit_small_patch16_dinov3.lvd1689m``) or as a release file plus the timm architecture
+(``checkpoints`` and ``release_layouts`` map the original layouts)."""
 
 from __future__ import annotations
 
@@ -162,7 +167,7 @@ def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str,
             f"unknown teacher source {name!r}: not a file or directory, and not a timm model name{close}"
         )
     if base not in vit_archs():
-        raise EdgeDistillError(f"{name!r} is not a timm VisionTransformer; edgedistill needs a ViT teacher")
+        raise EdgeDistillError(f"{name!r} is not a timm VisionTransformer or Eva (DINOv3); edgedistill needs a ViT teacher")
     available = [a for a in timm.list_pretrained(f"{base}*") if a.split(".")[0] == base]
     if ("." in name and name not in available) or not available:
         listed = ", ".join(available[:8]) if available else "none"

@@ -1,10 +1,18 @@
 """timm ViT construction and the AttnDistill forward pass (design.md §3).
 
-``forward_with_cls_attention`` runs a timm ``VisionTransformer`` stage by stage and returns,
-beside the final tokens, the post-softmax attention of the last block for the CLS query.
-It neither registers hooks nor changes any module: every block but the last runs as timm
-built it (fused ``scaled_dot_product_attention``), and the last block is re-run from its own
-submodules with fused attention for its output plus an explicit O(N) softmax row for CLS.
+Two timm model classes are supported, as teacher or student:
+
+- ``VisionTransformer`` (ViT, DeiT, DINO, MAE, iBOT, DINOv2 with or without registers): a CLS
+  token, optional register tokens after it, pre-norm ``Block``s with standard ``Attention``.
+- ``Eva`` with pre-norm ``EvaBlock``s (DINOv3 and other RoPE ViTs): a CLS token, optional
+  registers, rotary position embeddings applied inside attention, LayerScale ``gamma_1/2``.
+
+``forward_with_cls_attention`` runs such a model stage by stage and returns, beside the final
+tokens, the post-softmax attention of the last block for the CLS query. It neither registers
+hooks nor changes any module: every block but the last runs as timm built it (fused
+``scaled_dot_product_attention``), and the last block is re-run from its own submodules with
+fused attention for its output plus an explicit O(N) softmax row for CLS (``cls_attention``).
+By default the row covers CLS + patches: register columns are removed and the row renormalized.
 """
 
 from __future__ import annotations
@@ -15,10 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.models.cls_attention import drop_register_columns, eva_block, vit_block
 
 __all__ = [
     "create_vit",
@@ -27,18 +35,28 @@ __all__ = [
     "check_supported",
     "forward_with_cls_attention",
     "forward_cls",
+    "register_count",
+    "is_rope_model",
     "vit_archs",
 ]
 
-# timm entrypoint modules whose models are plain ``VisionTransformer``s (DeiT lives in `deit`).
+# timm entrypoint modules whose models are ``VisionTransformer``s (DeiT lives in `deit`) or
+# ``Eva``s (DINOv3 and the other RoPE ViTs).
 _VIT_MODULES = ("vision_transformer", "deit")
+_EVA_MODULES = ("eva",)
 
 
 def vit_archs() -> list[str]:
-    """timm architecture names built on ``VisionTransformer`` (without pretrained tags)."""
+    """timm architecture names this package can build (``VisionTransformer`` and ``Eva``)."""
     import timm
 
-    return sorted(set(timm.list_models(module=list(_VIT_MODULES))))
+    return sorted(set(timm.list_models(module=list(_VIT_MODULES + _EVA_MODULES))))
+
+
+def _is_eva_arch(arch: str) -> bool:
+    import timm
+
+    return arch in set(timm.list_models(module=list(_EVA_MODULES)))
 
 
 def _suggest(name: str, choices: list[str], n: int = 3) -> str:
@@ -61,7 +79,11 @@ def default_patch_size(arch: str) -> int:
 
 def vit_kwargs(arch: str, img_size: int, patch_size: int = 0, **kwargs: Any) -> dict[str, Any]:
     """The keyword arguments ``create_vit`` passes to ``timm.create_model`` (besides
-    ``pretrained`` and ``num_classes=0``); what a backbone's JSON records as ``kwargs``."""
+    ``pretrained`` and ``num_classes=0``); what a backbone's JSON records as ``kwargs``.
+
+    ``Eva`` architectures get ``global_pool="token"`` unless given another: timm's default for
+    DINOv3 is average pooling, while the feature here (and upstream DINOv3's) is the CLS token,
+    so ``model(x)`` in plain timm then returns the same feature."""
     import timm
 
     if "." in arch and timm.is_model(arch):
@@ -71,10 +93,10 @@ def vit_kwargs(arch: str, img_size: int, patch_size: int = 0, **kwargs: Any) -> 
         )
     if not timm.is_model(arch):
         raise EdgeDistillError(f"unknown timm architecture {arch!r}{_suggest(arch, timm.list_models('vit_*'))}")
-    if arch not in set(timm.list_models(module=list(_VIT_MODULES))):
+    if arch not in set(vit_archs()):
         raise EdgeDistillError(
-            f"{arch!r} is not a timm VisionTransformer; edgedistill needs a ViT teacher/student "
-            f"(e.g. vit_small_patch16_224, vit_tiny_patch16_224)"
+            f"{arch!r} is not a timm VisionTransformer or Eva (DINOv3-style) ViT; edgedistill needs a ViT "
+            f"teacher/student (e.g. vit_small_patch16_224, vit_small_patch14_reg4_dinov2, vit_small_patch16_dinov3)"
         )
     img_size = int(img_size)
     if img_size <= 0:
@@ -87,36 +109,74 @@ def vit_kwargs(arch: str, img_size: int, patch_size: int = 0, **kwargs: Any) -> 
             f"patch size {patch} does not divide the image size {img_size} for {arch} "
             f"(choose an image size that is a multiple of {patch}, or set patch_size)"
         )
-    return {"img_size": img_size, "patch_size": patch, **kwargs}
+    used = {"img_size": img_size, "patch_size": patch, **kwargs}
+    if _is_eva_arch(arch):
+        used.setdefault("global_pool", "token")
+    return used
 
 
-def check_supported(model: nn.Module, arch: str = "") -> None:
-    """Raise EdgeDistillError unless ``model`` is a ViT this package can run: a
-    ``VisionTransformer`` with exactly one prefix (CLS) token, pre-norm ``Block``s with
-    standard ``Attention``, and a final norm on the tokens."""
+def register_count(model: nn.Module) -> int:
+    """Register (storage) tokens between the CLS token and the patches: 4 for DINOv2-reg4 and DINOv3."""
+    return int(model.num_prefix_tokens) - 1
+
+
+def is_rope_model(model: nn.Module) -> bool:
+    """True for timm ``Eva`` models (rotary position embeddings inside attention)."""
+    from timm.models.eva import Eva
+
+    return isinstance(model, Eva)
+
+
+def _check_vit(model: nn.Module, name: str) -> None:
     from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.models.vision_transformer import Block
 
-    name = arch or type(model).__name__
-    if not isinstance(model, VisionTransformer):
-        raise EdgeDistillError(f"{name} is not a timm VisionTransformer ({type(model).__name__})")
-    if not model.has_class_token or model.num_prefix_tokens != 1:
-        raise EdgeDistillError(
-            f"{name} has {model.num_prefix_tokens} prefix tokens (class token: {model.has_class_token}); "
-            "edgedistill needs exactly one CLS token and no register tokens"
-        )
-    if isinstance(model.norm, nn.Identity) and not isinstance(model.fc_norm, nn.Identity):
-        raise EdgeDistillError(
-            f"{name} normalizes after average pooling (fc_norm); edgedistill's feature is the CLS token "
-            "after the final norm: pass global_pool='token'"
-        )
+    if not model.has_class_token:
+        raise EdgeDistillError(f"{name} has no class token; edgedistill's feature is the CLS token after the final norm")
     last = model.blocks[-1]
-    # Only Block.forward/Attention.forward are re-implemented below; a subclass that
+    # Only Block.forward/Attention.forward are re-implemented; a subclass that
     # overrides either would be silently mis-computed, so refuse it.
     if not isinstance(last, Block) or type(last).forward is not Block.forward:
         raise EdgeDistillError(f"{name}: unsupported block type {type(last).__name__} (need timm's pre-norm Block)")
     if not isinstance(last.attn, Attention) or type(last.attn).forward is not Attention.forward:
         raise EdgeDistillError(f"{name}: unsupported attention type {type(last.attn).__name__} (need timm's Attention)")
+
+
+def _check_eva(model: nn.Module, name: str) -> None:
+    from timm.models.eva import EvaAttention, EvaBlock
+
+    if model.cls_token is None:
+        raise EdgeDistillError(f"{name} has no class token; edgedistill's feature is the CLS token after the final norm")
+    if getattr(model, "rope_mixed", False):
+        raise EdgeDistillError(f"{name} uses mixed (per-block, learned) RoPE, which edgedistill does not support; "
+                               "use a DINOv3-style model (rope_type='dinov3' or 'cat')")
+    last = model.blocks[-1]
+    if not isinstance(last, EvaBlock) or type(last).forward is not EvaBlock.forward:
+        raise EdgeDistillError(f"{name}: unsupported block type {type(last).__name__} (need timm's pre-norm EvaBlock)")
+    if not isinstance(last.attn, EvaAttention) or type(last.attn).forward is not EvaAttention.forward:
+        raise EdgeDistillError(f"{name}: unsupported attention type {type(last.attn).__name__} (need timm's EvaAttention)")
+
+
+def check_supported(model: nn.Module, arch: str = "") -> None:
+    """Raise EdgeDistillError unless ``model`` is a ViT this package can run: a timm
+    ``VisionTransformer`` (pre-norm ``Block``s, ``Attention``) or ``Eva`` (pre-norm ``EvaBlock``s,
+    ``EvaAttention``, RoPE other than 'mixed'), with one CLS token first (register tokens may
+    follow it) and a final norm on the tokens."""
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = arch or type(model).__name__
+    if isinstance(model, VisionTransformer):
+        _check_vit(model, name)
+    elif isinstance(model, Eva):
+        _check_eva(model, name)
+    else:
+        raise EdgeDistillError(f"{name} is not a timm VisionTransformer or Eva ({type(model).__name__})")
+    if isinstance(model.norm, nn.Identity) and not isinstance(model.fc_norm, nn.Identity):
+        raise EdgeDistillError(
+            f"{name} normalizes after average pooling (fc_norm); edgedistill's feature is the CLS token "
+            "after the final norm: pass global_pool='token'"
+        )
 
 
 def create_vit(arch: str, img_size: int, patch_size: int = 0, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -130,75 +190,72 @@ def create_vit(arch: str, img_size: int, patch_size: int = 0, **kwargs: Any) -> 
     used = vit_kwargs(arch, img_size, patch_size, **kwargs)
     try:
         model = timm.create_model(arch, pretrained=False, num_classes=0, **used)
-    except TypeError as exc:  # an option timm's VisionTransformer does not take
-        raise EdgeDistillError(f"invalid model option for {arch}: {exc}") from None
+    except (TypeError, AssertionError) as exc:  # an option the model class does not take or allow
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "class token" in reason.lower():  # Eva refuses token pooling without one
+            raise EdgeDistillError(f"{arch} has no class token; edgedistill's feature is the CLS token "
+                                   "after the final norm") from None
+        raise EdgeDistillError(f"invalid model option for {arch}: {reason}") from None
     check_supported(model, arch)
     return model, used
 
 
-def _attention_block(blk: nn.Module, x: Tensor, explicit: bool) -> tuple[Tensor, Tensor]:
-    """One timm pre-norm ``Block`` computed from its submodules.
-
-    Returns the block output ``(B, N, D)`` and the CLS-query attention row ``(B, H, N)``.
-    ``explicit=False``: output through fused SDPA, CLS row as softmax(q_cls k^T * scale), O(N).
-    ``explicit=True``: the full ``(B, H, N, N)`` attention matrix is materialized (naive baseline).
-    """
-    attn = blk.attn
-    h = blk.norm1(x)
-    B, N, _ = h.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-    attn_dim = getattr(attn, "attn_dim", heads * head_dim)
-    gate = getattr(attn, "gate", None)
-    gate = gate(h).sigmoid() if gate is not None else None
-    q, k, v = attn.qkv(h).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    scale = attn.scale
-    if explicit:
-        full = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-        row = full[:, :, 0]
-        out = attn.attn_drop(full) @ v
-    else:
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0, scale=scale
-        )
-        # Only the CLS query's row: (B, H, 1, hd) @ (B, H, hd, N) -> (B, H, N).
-        row = ((q[:, :, :1] * scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
-    out = out.transpose(1, 2).reshape(B, N, attn_dim)
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    out = attn.proj_drop(attn.proj(out))
-    x = x + blk.drop_path1(blk.ls1(out))
-    x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    return x, row
-
-
-def forward_with_cls_attention(model: nn.Module, x: Tensor, *, explicit_all_blocks: bool = False) -> tuple[Tensor, Tensor]:
-    """Tokens after the final norm ``(B, 1+N, D)`` and the last block's post-softmax attention
-    for the CLS query ``(B, H, 1+N)`` (keys include CLS). Gradients flow through both.
-
-    ``explicit_all_blocks=True`` computes every block with a full explicit attention matrix
-    (the naive baseline the benchmark compares against); the results are the same.
-    """
-    x = model.patch_embed(x)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    x = model.norm_pre(x)
+def _run_blocks(model: nn.Module, x: Tensor, rope: Tensor | None, explicit: bool) -> Tensor:
+    """Every block but the last, as timm runs them (fused attention, gradient checkpointing
+    when the model has it on); ``explicit`` re-runs them with full attention matrices instead."""
     blocks = model.blocks
     last = len(blocks) - 1
+    eva = is_rope_model(model)
     # index the blocks rather than slice: slicing an nn.Sequential builds a new module each call
-    if explicit_all_blocks:
+    if explicit:
         for i in range(last):
-            x, _ = _attention_block(blocks[i], x, explicit=True)
-    elif getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            x = (eva_block(blocks[i], x, rope, True) if eva else vit_block(blocks[i], x, True))[0]
+        return x
+    checkpointing = getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled() \
+        and not torch.jit.is_scripting()
+    if checkpointing and eva:
+        from timm.models._manipulate import checkpoint
+
+        for i in range(last):
+            x = checkpoint(blocks[i], x, rope=rope)
+    elif checkpointing:
         from timm.models._manipulate import checkpoint_seq
 
         if last:
             x = checkpoint_seq([blocks[i] for i in range(last)], x)
     else:
         for i in range(last):
-            x = blocks[i](x)
-    x, row = _attention_block(blocks[-1], x, explicit=explicit_all_blocks)
+            x = blocks[i](x, rope=rope) if eva else blocks[i](x)
+    return x
+
+
+def forward_with_cls_attention(model: nn.Module, x: Tensor, *, explicit_all_blocks: bool = False,
+                               keep_registers: bool = False) -> tuple[Tensor, Tensor]:
+    """Tokens after the final norm, as timm's ``forward_features`` returns them ``(B, 1+R+N, D)``
+    (CLS, R register tokens, N patches), and the last block's post-softmax attention for the
+    CLS query. Gradients flow through both.
+
+    The row is ``(B, H, 1+N)`` over CLS + patches, register columns removed and the row
+    renormalized; ``keep_registers=True`` returns the full row ``(B, H, 1+R+N)``. Without
+    registers both are the same. ``explicit_all_blocks=True`` computes every block with a full
+    explicit attention matrix (the naive baseline the benchmark compares against).
+    """
+    rope = None
+    x = model.patch_embed(x)
+    if is_rope_model(model):
+        x, rope = model._pos_embed(x)
+    else:
+        x = model._pos_embed(x)
+        x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    x = _run_blocks(model, x, rope, explicit_all_blocks)
+    last = model.blocks[-1]
+    if is_rope_model(model):
+        x, row = eva_block(last, x, rope, explicit_all_blocks)
+    else:
+        x, row = vit_block(last, x, explicit_all_blocks)
+    if not keep_registers:
+        row = drop_register_columns(row, register_count(model))
     return model.norm(x), row
 
 

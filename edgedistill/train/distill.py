@@ -7,6 +7,10 @@ networks seeing the same augmented view.
 Design choice on the final norm: the projector reads the student's tokens *after* its final
 LayerNorm, so the feature we evaluate and export (CLS after the final norm) is exactly the
 one the loss trained. The released code fed pre-norm tokens, which left that norm untrained.
+
+Registers (DINOv2-reg, DINOv3): the attention target is the CLS row over CLS + patches, the
+register columns removed and the row renormalized, for teacher and student alike;
+``distill.keep_registers`` keeps them when the student has as many registers as the teacher.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgedistill.config import Config
+from edgedistill.errors import EdgeDistillError
 from edgedistill.losses.attndistill import attndistill_loss
 from edgedistill.models.backbone_io import save_backbone
 from edgedistill.models.projector import Projector, save_projector
-from edgedistill.models.vit import create_vit, forward_with_cls_attention
+from edgedistill.models.vit import create_vit, forward_with_cls_attention, register_count
 from edgedistill.rundir import RunDir
 from edgedistill.train.loop import LoopSettings, Task
 
@@ -30,15 +35,18 @@ from edgedistill.train.loop import LoopSettings, Task
 class StudentWithProjector(nn.Module):
     """The trainable part: student backbone + projector into the teacher's feature space."""
 
-    def __init__(self, student: nn.Module, projector: nn.Module, explicit: bool = False):
+    def __init__(self, student: nn.Module, projector: nn.Module, explicit: bool = False,
+                 keep_registers: bool = False):
         super().__init__()
         self.student = student
         self.projector = projector
         self.explicit = explicit
+        self.keep_registers = keep_registers
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B,3,H,W) -> (projected CLS (B,Dt), last-block CLS attention (B,Hs,1+Ns))."""
-        tokens, attention = forward_with_cls_attention(self.student, images, explicit_all_blocks=self.explicit)
+        """images (B,3,H,W) -> (projected CLS (B,Dt), last-block CLS attention (B,Hs,P+Ns))."""
+        tokens, attention = forward_with_cls_attention(self.student, images, explicit_all_blocks=self.explicit,
+                                                       keep_registers=self.keep_registers)
         return self.projector(tokens[:, :1])[:, 0], attention
 
 
@@ -54,8 +62,17 @@ class DistillTask(Task):
         self.teacher_info = teacher_info
         self.teacher_explicit = teacher_explicit  # only the naive benchmark baseline sets it
         student_explicit = d.attention == "explicit" or (d.attention == "auto" and device.type != "cuda")
+        self.keep_registers = d.keep_registers
+        registers = register_count(teacher)
+        if d.keep_registers and register_count(student) != registers:
+            raise EdgeDistillError(
+                f"distill.keep_registers needs a student with as many register tokens as the teacher "
+                f"(teacher {registers}, student {register_count(student)}): set student.reg_tokens={registers} "
+                "or leave distill.keep_registers off"
+            )
+        self.prefix_tokens = 1 + registers if d.keep_registers else 1
         projector = Projector(student.embed_dim, teacher.embed_dim, depth=d.projector_depth)
-        self.trainable = StudentWithProjector(student, projector, student_explicit)
+        self.trainable = StudentWithProjector(student, projector, student_explicit, d.keep_registers)
         self.teacher_size = cfg.teacher_img_size
         # With w_cls = 0 the projector gets no gradient, which DDP must be told about.
         self.find_unused_parameters = d.w_cls == 0
@@ -67,7 +84,8 @@ class DistillTask(Task):
             if teacher_in.shape[-1] != self.teacher_size:
                 teacher_in = F.interpolate(images, size=self.teacher_size, mode="bicubic", align_corners=False)
             teacher_tokens, teacher_attention = forward_with_cls_attention(
-                self.teacher, teacher_in, explicit_all_blocks=self.teacher_explicit
+                self.teacher, teacher_in, explicit_all_blocks=self.teacher_explicit,
+                keep_registers=self.keep_registers,
             )
         # Inference tensors cannot enter autograd; a clone makes them ordinary constants.
         teacher_tokens, teacher_attention = teacher_tokens.clone(), teacher_attention.clone()
@@ -75,6 +93,7 @@ class DistillTask(Task):
         return attndistill_loss(
             student_cls.float(), teacher_tokens[:, 0].float(), student_attention.float(), teacher_attention.float(),
             w_cls=d.w_cls, w_attn=d.w_attn, aggregate=d.aggregate_heads, temperature=d.temperature,
+            prefix_tokens=self.prefix_tokens,
         )
 
     def backbone(self) -> nn.Module:
@@ -110,4 +129,6 @@ def build_student(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
         kwargs["depth"] = s.depth
     if s.drop_path_rate:
         kwargs["drop_path_rate"] = s.drop_path_rate
+    if s.reg_tokens:
+        kwargs["reg_tokens"] = s.reg_tokens
     return create_vit(s.arch, **kwargs)
