@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from edgedistill.export.gates import PARITY_IMAGES, AccuracyGate, GateFailed, ParityGate, gate_report
 from edgedistill.export.manifest import build_manifest, summary_rows
-from edgedistill.export.plan import ExportPlan, bundle_target, check_out_root, plan_export
+from edgedistill.export.plan import ExportPlan, bundle_target, check_out_root, parse_formats, plan_export
 from edgedistill.export.variants import FP_VARIANTS, INT8_VARIANTS, Built, build_variants
 from edgedistill.runtime.manifest import FORMATS, VARIANTS
 
@@ -68,6 +68,10 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
     from edgedistill.utils import directory_lock
 
     con = console if console is not None else stderr_console(quiet=not progress)
+    if "executorch" in parse_formats(formats):  # before anything is created at --out
+        from edgedistill.export.executorch import require_executorch
+
+        require_executorch()
     target = bundle_target(model_dir, out_root, name)
     check_out_root(target)
     with directory_lock(target) as leftovers:
