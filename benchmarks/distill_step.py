@@ -14,9 +14,11 @@ so that machine noise hits both alike; the ratio is what to read, not the absolu
 
 ``--recipe imagenet`` measures the ImageNet shapes instead (224 px, ViT-S/16 -> ViT-T/16);
 ``--device cuda`` measures on a GPU (the product then uses fused attention for the student).
+``--dense`` adds a third row, the product with the dense term on (``distill.w_patch=1``,
+``--patch-loss``), in the same rounds: the product row is the step with it off.
 
 Usage: python benchmarks/distill_step.py [--batch 64] [--rounds 5] [--steps 3] [--amp bf16|off]
-       [--device cpu|cuda] [--recipe cifar|imagenet]
+       [--device cpu|cuda] [--recipe cifar|imagenet] [--dense [--patch-loss cosine|smooth_l1]]
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ from edgedistill.train.schedule import param_groups
 RECIPES = {"cifar": (32, 4), "imagenet": (224, 16)}  # image size, patch size
 
 
-def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar"):
+def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar", extra: tuple[str, ...] = ()):
     size, patch = RECIPES[recipe]
     overrides = [
         f"data.img_size={size}", "teacher.arch=vit_small_patch16_224", f"teacher.patch_size={patch}",
         "student.arch=vit_tiny_patch16_224", f"student.patch_size={patch}", f"distill.amp={amp}",
-        f"distill.attention={'explicit' if naive else 'auto'}",
+        f"distill.attention={'explicit' if naive else 'auto'}", *extra,
     ]
     cfg = build_config(None, overrides)
     torch.manual_seed(0)
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cifar")
+    parser.add_argument("--dense", action="store_true", help="also time the product with distill.w_patch=1")
+    parser.add_argument("--patch-loss", choices=["cosine", "smooth_l1"], default="cosine")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -96,6 +100,9 @@ def main() -> None:
     images = torch.randn(args.batch, 3, size, size, device=device)
     variants = {"naive": (make_task(True, "off", device, args.recipe), "off"),
                 "product": (make_task(False, amp, device, args.recipe), amp)}
+    if args.dense:
+        dense = ("distill.w_patch=1", f"distill.patch_loss={args.patch_loss}")
+        variants["dense"] = (make_task(False, amp, device, args.recipe, dense), amp)
     for (task, optimizer), precision in variants.values():  # warm-up (allocator, oneDNN kernels)
         run_steps(task, optimizer, images, 1, precision)
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -110,11 +117,16 @@ def main() -> None:
         "naive_img_s": naive, "product_img_s": product, "speedup": product / naive,
         "rounds": rates,
     }
+    if args.dense:
+        result.update(dense_img_s=statistics.median(rates["dense"]), patch_loss=args.patch_loss)
     where = result["gpu"] or f"{result['threads']} CPU threads"
     print(f"distill step, {args.recipe} recipe (ViT-S/{patch} -> ViT-T/{patch}, {size} px), batch {args.batch}, {where}")
     print(f"  naive   (explicit attention everywhere, fp32): {naive:8.1f} img/s")
     print(f"  product (distill defaults, amp={amp}):             {product:8.1f} img/s")
     print(f"  speed-up: {product / naive:.2f}x")
+    if args.dense:
+        dense = result["dense_img_s"]
+        print(f"  product + dense term (w_patch=1, {args.patch_loss}): {dense:8.1f} img/s ({dense / product:.2f}x the product)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

@@ -145,22 +145,27 @@ def test_task_without_the_dense_term_projects_the_cls_token_only():
     assert seen == [(2, 17, 192)]  # one pass over CLS + 16 patches: the two terms share it
 
 
-@pytest.mark.parametrize("teacher_patch", [8, 2])  # teacher grid 2x2 (upsampled), 8x8 (averaged) -> student 4x4
-def test_task_with_the_dense_term_matches_the_loss_by_hand(teacher_patch):
+# teacher grid 2x2 (upsampled), 8x8 (averaged), 4x4 (as is) -> student 4x4
+@pytest.mark.parametrize("teacher_patch,kind", [(8, "cosine"), (2, "cosine"), (4, "smooth_l1")])
+def test_task_with_the_dense_term_matches_the_loss_by_hand(teacher_patch, kind):
     from edgedistill.models.vit import forward_with_cls_attention
 
-    task = _task("distill.w_patch=2.0", teacher_patch=teacher_patch)
+    task = _task("distill.w_patch=2.0", f"distill.patch_loss={kind}", teacher_patch=teacher_patch)
     images = torch.randn(2, 3, 16, 16)
     parts = task.loss(task.trainable, images, 0)
     with torch.no_grad():
         t_tokens, _ = forward_with_cls_attention(task.teacher, images)
         side = 16 // teacher_patch
         t_grid = t_tokens[:, 1:].transpose(1, 2).reshape(2, 384, side, side)
-        mode = dict(mode="area") if side > 4 else dict(mode="bilinear", align_corners=False)
+        mode = dict(mode="area") if side >= 4 else dict(mode="bilinear", align_corners=False)
         t_patches = torch.nn.functional.interpolate(t_grid, size=(4, 4), **mode).flatten(2).transpose(1, 2)
         s_tokens, _ = forward_with_cls_attention(task.trainable.student, images, explicit_all_blocks=True)
         s_patches = task.trainable.projector(s_tokens[:, 1:])
-        expected = (1 - torch.nn.functional.cosine_similarity(s_patches, t_patches, dim=-1)).mean()
+        if kind == "cosine":
+            expected = (1 - torch.nn.functional.cosine_similarity(s_patches, t_patches, dim=-1)).mean()
+        else:
+            diff = (s_patches - t_patches).abs()
+            expected = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5).mean()
     assert parts["patch"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert parts["loss"].item() == pytest.approx(parts["cls"].item() + 0.1 * parts["attn"].item() + 2.0 * parts["patch"].item(), rel=1e-5)
     parts["loss"].backward()

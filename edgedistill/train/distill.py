@@ -89,9 +89,12 @@ class DistillTask(Task):
             if d.w_patch:
                 # The last grid_h * grid_w tokens: register tokens (if any) sit before them.
                 teacher_patches = resize_patch_tokens(patch_tokens(teacher_tokens, self.teacher_grid),
-                                                      self.teacher_grid, self.student_grid).clone()
-        # Inference tensors cannot enter autograd; a clone makes them ordinary constants.
+                                                      self.teacher_grid, self.student_grid)
+        # Inference tensors cannot enter autograd; a clone (outside inference mode) makes them
+        # ordinary constants.
         teacher_tokens, teacher_attention = teacher_tokens.clone(), teacher_attention.clone()
+        if teacher_patches is not None:
+            teacher_patches = teacher_patches.clone()
         student_cls, student_attention, student_patches = model(images)
         return attndistill_loss(
             student_cls.float(), teacher_tokens[:, 0].float(), student_attention.float(), teacher_attention.float(),
