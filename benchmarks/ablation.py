@@ -32,6 +32,7 @@ import json
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 SAFETY = 0.9  # plan the schedule for 90% of the budget: the hard stop then rarely cuts its tail
 CALIBRATION_STEPS = 4  # optimizer steps timed per variant (the first one is warm-up, not counted)
-QUICK = {  # --quick: the embedded digits, 4-block students, a 2-block teacher pretrained for 5 steps,
+QUICK = {  # --quick: the embedded digits, 2-block students, a 2-block teacher pretrained for 5 steps,
     # 3 s per cell: the machinery end to end in about a minute of CPU, not a measurement
     "config": "configs/quickstart.yaml", "teacher_config": "configs/quickstart.yaml", "data": "digits",
     "budget_minutes": 0.05, "seeds": "0,1", "calibration_steps": 2,
-    "set": ["data.num_workers=0", "student.depth=4", "teacher.depth=2", "pretrain.depth=2"],
+    "set": ["data.num_workers=0", "student.depth=2", "teacher.depth=2", "pretrain.depth=2"],
     "teacher_set": ["pretrain.total_steps=5", "pretrain.warmup_epochs=0.1"],
 }
 
@@ -182,7 +183,6 @@ class Ablation:
                 refs[key] = self.knn("random", arch=s.arch, img_size=s.img_size or self.student.data.img_size,
                                      patch_size=s.patch_size, depth=s.depth, seed=seed)["top1"]
             atomic_json(path, refs)
-        atomic_json(path, refs)
         return refs
 
 
@@ -293,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             for seed in seeds:
                 print(f"== {name} seed {seed}", flush=True)
+                started = time.perf_counter()
                 cell = ablation.cell(ablation.variants[name], seed)
-                print(f"   k-NN {cell['top1']:.2f} after {cell['steps']} steps in {cell['train_seconds']:.0f} s",
+                print(f"   k-NN {cell['top1']:.2f} after {cell['steps']}/{cell['total_steps']} steps, "
+                      f"{cell['train_seconds']:.0f} s of training, {time.perf_counter() - started:.0f} s in all",
                       flush=True)
                 write_report(out, ablation, refs)
     except EdgeDistillError as exc:
@@ -326,7 +328,8 @@ def describe_device(device: str) -> str:
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.get_device_name()
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 if __name__ == "__main__":

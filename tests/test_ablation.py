@@ -21,7 +21,7 @@ VARIANTS = ("attndistill", "cls_only", "attn_0.03", "attn_0.3", "dense", "dino_s
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1200)  # a hang guard: about a minute on an idle 2-core machine
 
 
 @pytest.fixture(scope="module")
