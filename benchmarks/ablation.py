@@ -157,13 +157,21 @@ class Ablation:
         atomic_json(done, result)
         return result
 
+    def check_inputs(self, teacher_ready: bool) -> None:
+        """Bad data or a missing teacher fail here, before anything is written."""
+        from edgedistill.eval.evaluate import load_splits
+
+        d = self.student.data
+        self.splits = load_splits(data=d.path, img_size=d.img_size, max_bad_images=d.max_bad_images)
+        if teacher_ready:
+            from edgedistill.models.teacher import build_teacher
+
+            build_teacher(self.student.teacher, self.student.teacher_img_size)
+
     def knn(self, source: str, **model: Any) -> dict[str, Any]:
-        from edgedistill.eval.evaluate import evaluate_knn, load_splits
+        from edgedistill.eval.evaluate import evaluate_knn
         from edgedistill.eval.models import open_model
 
-        if not hasattr(self, "splits"):
-            d = self.student.data
-            self.splits = load_splits(data=d.path, img_size=d.img_size, max_bad_images=d.max_bad_images)
         e = self.student.eval
         return evaluate_knn(open_model(source, device=self.student.run.device, **model), self.splits, ks=e.k,
                             temperature=e.temperature, batch_size=e.batch_size,
@@ -283,12 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_minutes <= 0 or args.calibration_steps < 2:
             raise EdgeDistillError("--budget-minutes must be positive and --calibration-steps at least 2")
         out = Path(args.out)
-        check_settings(out, {k: v for k, v in vars(args).items() if k not in ("out", "quick", "pretrain_teacher")})
-        if args.pretrain_teacher:
-            pretrain_teacher(args)
         ablation = Ablation(args)
         names = parse_list(args.variants, "variants", str, choices=list(ablation.variants), noun="variant") \
             or list(ablation.variants)
+        ablation.check_inputs(teacher_ready=not args.pretrain_teacher)
+        check_settings(out, {k: v for k, v in vars(args).items() if k not in ("out", "quick", "pretrain_teacher")})
+        if args.pretrain_teacher:
+            pretrain_teacher(args)
         refs = ablation.references(seeds)
         for name in names:
             for seed in seeds:

@@ -63,3 +63,12 @@ def test_a_rerun_skips_finished_cells_and_other_settings_are_refused(quick_run):
     other = _run("--quick", "--seeds", "0", "--budget-minutes", "1", "--out", str(quick_run), cwd=quick_run.parent)
     assert other.returncode == 2 and "other settings (budget_minutes)" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "ablation"
+    missing = _run("--teacher", "random", "--data", str(tmp_path / "nope"), "--out", str(out), cwd=tmp_path)
+    assert missing.returncode == 2 and "data folder not found" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not out.exists()
+    unknown = _run("--quick", "--variants", "attndistill,nope", "--out", str(out), cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown variant nope" in unknown.stderr and not out.exists()
