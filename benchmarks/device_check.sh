@@ -2,6 +2,10 @@
 # One prepared call on a CUDA machine (the project never depends on one): the CUDA tests,
 # GPU distill-step timings, and the quickstart settings sweep. Results land in $OUT.
 # Usage (repo root, any python3 with torch+timm): OUT=/tmp/out bash benchmarks/device_check.sh
+# ABLATION=1 runs benchmarks/ablation.py instead, with a longer schedule than the CPU's quick one:
+# every variant x 3 seeds, ABLATION_MINUTES (0.25) of GPU wall-clock per cell, on ABLATION_DATA
+# (digits with the quickstart recipe, or an ImageFolder with the CIFAR recipes); the table names
+# the GPU. About 8 minutes on digits.
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -14,6 +18,19 @@ PY=${PY:-python3}
   $PY -m pip list 2>/dev/null | grep -iE "^(pillow|onnxruntime|scikit-learn|safetensors|rich|click) "
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+
+if [ -n "${ABLATION:-}" ]; then
+  echo "== ablation"
+  DATA=${ABLATION_DATA:-digits}
+  if [ "$DATA" = digits ]; then CFG=configs/quickstart.yaml; TCFG=configs/quickstart.yaml
+  else CFG=configs/cifar10_vit_t.yaml; TCFG=configs/cifar10_teacher.yaml; fi
+  timeout "${ABLATION_SECONDS:-560}" $PY benchmarks/ablation.py --pretrain-teacher --teacher /tmp/ablation/teacher \
+    --data "$DATA" --config $CFG --teacher-config $TCFG --budget-minutes "${ABLATION_MINUTES:-0.25}" \
+    --seeds 0,1,2 --set run.device=cuda --set data.num_workers=4 --out /tmp/ablation > "$OUT/ablation.log" 2>&1
+  echo "ablation rc=$?"; tail -30 "$OUT/ablation.log"
+  cp /tmp/ablation/table.md /tmp/ablation/knn_vs_wallclock.png /tmp/ablation/results.json "$OUT/" 2>/dev/null
+  exit 0
+fi
 
 if [ -z "${SWEEP_ONLY:-}" ]; then
 echo "== CUDA tests"

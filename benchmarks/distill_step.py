@@ -14,6 +14,8 @@ so that machine noise hits both alike; the ratio is what to read, not the absolu
 
 ``--recipe imagenet`` measures the ImageNet shapes instead (224 px, ViT-S/16 -> ViT-T/16);
 ``--device cuda`` measures on a GPU (the product then uses fused attention for the student).
+``--dense`` adds a third row, the product with the dense term on (``distill.w_patch=1``,
+``--patch-loss``), in the same rounds: the product row is the step with it off.
 
 ``--teachers`` adds, in the same run and rounds, the product step with other teacher families
 (random weights; only their shapes and kernels matter here): ``dinov2_s14_reg4`` (DINOv2
@@ -23,6 +25,7 @@ LayerScale). In the CIFAR recipe every teacher uses patch 4 at 32 px (same grid 
 
 Usage: python benchmarks/distill_step.py [--batch 64] [--rounds 5] [--steps 3] [--amp bf16|off]
        [--device cpu|cuda] [--recipe cifar|imagenet] [--teachers dinov2_s14_reg4,dinov3_s16]
+       [--dense [--patch-loss cosine|smooth_l1]]
 """
 
 from __future__ import annotations
@@ -48,14 +51,15 @@ TEACHERS = {"dino_s16": ("vit_small_patch16_224", 16), "dinov2_s14_reg4": ("vit_
             "dinov3_s16": ("vit_small_patch16_dinov3", 16)}
 
 
-def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar", teacher_family: str = "dino_s16"):
+def make_task(naive: bool, amp: str, device: torch.device, recipe: str = "cifar", teacher_family: str = "dino_s16",
+              extra: tuple[str, ...] = ()):
     size, patch = RECIPES[recipe]
     teacher_arch, native_patch = TEACHERS[teacher_family]
     teacher_patch = native_patch if recipe == "imagenet" else patch
     overrides = [
         f"data.img_size={size}", f"teacher.arch={teacher_arch}", f"teacher.patch_size={teacher_patch}",
         "student.arch=vit_tiny_patch16_224", f"student.patch_size={patch}", f"distill.amp={amp}",
-        f"distill.attention={'explicit' if naive else 'auto'}",
+        f"distill.attention={'explicit' if naive else 'auto'}", *extra,
     ]
     cfg = build_config(None, overrides)
     torch.manual_seed(0)
@@ -97,6 +101,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cifar")
     parser.add_argument("--teachers", default="", help="other teacher families for the product step, comma-separated: "
                         + ", ".join(t for t in TEACHERS if t != "dino_s16"))
+    parser.add_argument("--dense", action="store_true", help="also time the product with distill.w_patch=1")
+    parser.add_argument("--patch-loss", choices=["cosine", "smooth_l1"], default="cosine")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -115,6 +121,9 @@ def main() -> None:
                 "product": (make_task(False, amp, device, args.recipe), amp)}
     for family in others:
         variants[f"product_{family}"] = (make_task(False, amp, device, args.recipe, family), amp)
+    if args.dense:
+        dense = ("distill.w_patch=1", f"distill.patch_loss={args.patch_loss}")
+        variants["dense"] = (make_task(False, amp, device, args.recipe, extra=dense), amp)
     for (task, optimizer), precision in variants.values():  # warm-up (allocator, oneDNN kernels)
         run_steps(task, optimizer, images, 1, precision)
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -130,6 +139,8 @@ def main() -> None:
         "teachers": {"dino_s16": product, **{f: statistics.median(rates[f"product_{f}"]) for f in others}},
         "rounds": rates,
     }
+    if args.dense:
+        result.update(dense_img_s=statistics.median(rates["dense"]), patch_loss=args.patch_loss)
     where = result["gpu"] or f"{result['threads']} CPU threads"
     print(f"distill step, {args.recipe} recipe (ViT-S/{patch} -> ViT-T/{patch}, {size} px), batch {args.batch}, {where}")
     print(f"  naive   (explicit attention everywhere, fp32): {naive:8.1f} img/s")
@@ -139,6 +150,9 @@ def main() -> None:
         arch, native = TEACHERS[family]
         shape = f"{arch}, patch {native if args.recipe == 'imagenet' else patch}"
         print(f"  product with {family} teacher ({shape}): {result['teachers'][family]:8.1f} img/s")
+    if args.dense:
+        dense = result["dense_img_s"]
+        print(f"  product + dense term (w_patch=1, {args.patch_loss}): {dense:8.1f} img/s ({dense / product:.2f}x the product)")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

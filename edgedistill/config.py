@@ -80,6 +80,10 @@ class DistillConfig:
     clip_grad: float = 0.0  # 0 = off
     w_cls: float = 1.0
     w_attn: float = 0.1
+    # The dense term: projected student patch tokens regress onto the teacher's (resized to the
+    # student's grid). 0 = off, and then nothing of it is computed.
+    w_patch: float = 0.0
+    patch_loss: str = "cosine"  # cosine | smooth_l1
     temperature: float = 10.0  # head aggregation softmax(sum_h log A_h / T)
     aggregate_heads: str = "auto"  # auto (when head counts differ) | always | never
     projector_depth: int = 3  # hidden layers; 0 = one linear map (identity when dims match)
@@ -97,6 +101,10 @@ class DistillConfig:
     knn_every: int = 0  # epochs; 0 = off
     log_every: int = 10  # optimizer steps
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    # The schedule's length in optimizer steps (warmup + cosine end there, and so does the run);
+    # 0 = epochs x steps per epoch. Lets a wall-clock budget fit whole schedules (benchmarks/ablation.py).
+    total_steps: int = 0
+    max_seconds: float = 0.0  # wall-clock budget of the training loop; the run ends there (0 = none)
 
 
 @dataclass
@@ -132,6 +140,8 @@ class PretrainConfig:
     knn_every: int = 0
     log_every: int = 10
     max_steps: int = 0
+    total_steps: int = 0  # as distill.total_steps
+    max_seconds: float = 0.0  # as distill.max_seconds
 
 
 @dataclass
@@ -402,6 +412,8 @@ def validate(cfg: Config) -> None:
         need(sec.checkpoint_every >= 1, f"{name}.checkpoint_every must be >= 1")
         need(sec.log_every >= 1, f"{name}.log_every must be >= 1 (optimizer steps), got {sec.log_every}")
         need(sec.knn_every >= 0, f"{name}.knn_every must be >= 0 (epochs; 0 = off), got {sec.knn_every}")
+        need(sec.total_steps >= 0, f"{name}.total_steps must be >= 0 (0 = epochs x steps per epoch), got {sec.total_steps}")
+        need(sec.max_seconds >= 0, f"{name}.max_seconds must be >= 0 (0 = no budget), got {sec.max_seconds}")
     p = cfg.pretrain
     need(p.out_dim >= 1, f"pretrain.out_dim must be >= 1, got {p.out_dim}")
     need(p.local_crops >= 0, f"pretrain.local_crops must be >= 0, got {p.local_crops}")
@@ -413,7 +425,9 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.student.drop_path_rate < 1 and 0 <= p.drop_path_rate < 1, "drop_path_rate must be in [0, 1)")
     k = cfg.distill
     need(all(0 <= b < 1 for b in k.betas), f"distill.betas must be in [0, 1), got {k.betas}")
-    need(k.w_cls >= 0 and k.w_attn >= 0 and k.w_cls + k.w_attn > 0, "distill.w_cls and distill.w_attn must be >= 0 and not both 0")
+    need(k.w_cls >= 0 and k.w_attn >= 0 and k.w_patch >= 0 and k.w_cls + k.w_attn + k.w_patch > 0,
+         "distill.w_cls, distill.w_attn and distill.w_patch must be >= 0 and not all 0")
+    need(k.patch_loss in ("cosine", "smooth_l1"), f"distill.patch_loss must be cosine or smooth_l1, got '{k.patch_loss}'")
     need(k.temperature > 0, "distill.temperature must be positive")
     need(k.aggregate_heads in ("auto", "always", "never"), f"distill.aggregate_heads must be auto, always or never, got '{k.aggregate_heads}'")
     need(k.projector_depth >= 0, "distill.projector_depth must be >= 0")

@@ -151,3 +151,31 @@ print(model(torch.randn(2, 3, 16, 16)).sum().item())
     torch.manual_seed(0)
     expected = model.eval()(torch.randn(2, 3, 16, 16)).sum().item()
     assert abs(float(result.stdout.strip()) - expected) < 1e-4
+
+
+def test_total_steps_is_the_schedules_length(tiny_folder, tmp_path):
+    from edgedistill.train.schedule import warmup_cosine
+
+    # 4 steps per epoch, 1 epoch of warmup; a schedule of 6 steps ends in the middle of epoch 2
+    summary = _distill(tiny_folder, tmp_path / "run", "distill.total_steps=6", "distill.epochs=1")
+    assert summary["complete"] and summary["steps"] == summary["total_steps"] == 6
+    assert (tmp_path / "run" / "student.safetensors").is_file()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    base = 1e-3 * 8 / 256
+    # the cosine spans 6 steps, not epochs x 4: step index 5 sits half-way down it
+    assert [r["lr"] for r in records] == pytest.approx([warmup_cosine(i, 6, 4, base) for i in range(6)])
+    assert records[-1]["step"] == 6 and records[-1]["lr"] == pytest.approx(base / 2)
+
+
+def test_max_seconds_ends_the_run_and_a_resume_keeps_the_budget(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    summary = _distill(tiny_folder, run, "distill.max_seconds=0.001")
+    # the budget is checked after each optimizer step: one step, then the run ends with its outputs
+    assert summary["budget_reached"] and summary["complete"] and summary["steps"] == 1
+    assert summary["train_seconds"] >= 0.001 and (run / "student.safetensors").is_file()
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 1 and saved["seconds"] == pytest.approx(summary["train_seconds"], rel=0.5)
+    again = _distill(tiny_folder, run, "distill.max_seconds=0.001", resume=True)
+    assert again["budget_reached"] and again["steps"] == 1  # the budget was spent before the resume
+    longer = _distill(tiny_folder, run, "distill.max_seconds=1e6", resume=True)
+    assert longer["steps"] == 8 and not longer["budget_reached"]

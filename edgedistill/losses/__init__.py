@@ -1,4 +1,4 @@
-"""Losses as pure functions on tensors: AttnDistill (design.md §4) and DINO (design.md §5)."""
+"""Losses as pure functions on tensors: AttnDistill and its dense term (design.md §4), DINO (design.md §5)."""
 
 from edgedistill.losses.attndistill import (
     aggregate_heads,
@@ -8,6 +8,7 @@ from edgedistill.losses.attndistill import (
     resize_attention,
 )
 from edgedistill.losses.dino import dino_loss, teacher_temperature, update_center
+from edgedistill.losses.patch import patch_loss, patch_tokens, resize_patch_tokens
 
 __all__ = [
     "aggregate_heads",
@@ -18,4 +19,7 @@ __all__ = [
     "dino_loss",
     "teacher_temperature",
     "update_center",
+    "patch_loss",
+    "patch_tokens",
+    "resize_patch_tokens",
 ]

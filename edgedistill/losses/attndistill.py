@@ -1,4 +1,5 @@
-"""AttnDistill losses (design.md §4): CLS regression plus attention-map KL, as pure tensor functions.
+"""AttnDistill losses (design.md §4): CLS regression plus attention-map KL (plus the dense term of
+``losses.patch`` when it is on), as pure tensor functions.
 
 Shapes: ``B`` batch, ``H`` heads, ``N`` tokens including CLS (``N = 1 + grid_h * grid_w``),
 ``D`` embedding width. Attention maps are the CLS-query rows of the last block's post-softmax
@@ -18,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from edgedistill.losses.patch import patch_loss
 
 __all__ = [
     "cls_loss",
@@ -175,8 +178,12 @@ def attndistill_loss(
     aggregate: str = "auto",
     temperature: float = 10.0,
     prefix_tokens: int = 1,
+    student_patches: Tensor | None = None,
+    teacher_patches: Tensor | None = None,
+    w_patch: float = 0.0,
+    patch_kind: str = "cosine",
 ) -> dict[str, Tensor]:
-    """``w_cls * cls_loss + w_attn * attention_kl``.
+    """``w_cls * cls_loss + w_attn * attention_kl (+ w_patch * patch_loss)``.
 
     Args:
         student_cls_proj: ``(B, Dt)`` projector output at the student's CLS token.
@@ -184,9 +191,13 @@ def attndistill_loss(
         student_attn: ``(B, Hs, 1 + Ns)``.
         teacher_attn: ``(B, Ht, 1 + Nt)``.
         prefix_tokens: leading non-patch columns of both maps (``1 + registers`` when kept).
+        student_patches: ``(B, Ns, Dt)`` projected student patch tokens (only with ``w_patch > 0``).
+        teacher_patches: ``(B, Ns, Dt)`` teacher patch tokens on the student's grid
+            (``losses.patch.resize_patch_tokens``).
     Returns:
-        ``{"loss", "cls", "attn"}``, scalar tensors; ``"cls"`` and ``"attn"`` unweighted.
-        With ``w_attn == 0`` the attention term is not computed and ``"attn"`` is 0.
+        ``{"loss", "cls", "attn"}`` (plus ``"patch"`` when ``w_patch > 0``), scalar tensors;
+        the parts unweighted. With ``w_attn == 0`` the attention term is not computed and
+        ``"attn"`` is 0; with ``w_patch == 0`` nothing of the dense term is computed.
     """
     l_cls = cls_loss(student_cls_proj, teacher_cls)
     if w_attn == 0:
@@ -197,4 +208,10 @@ def attndistill_loss(
             prefix_tokens=prefix_tokens,
         )
     loss = w_cls * l_cls + w_attn * l_attn
-    return {"loss": loss, "cls": l_cls, "attn": l_attn}
+    parts = {"loss": loss, "cls": l_cls, "attn": l_attn}
+    if w_patch:
+        if student_patches is None or teacher_patches is None:
+            raise ValueError("w_patch > 0 needs student_patches and teacher_patches")
+        parts["patch"] = patch_loss(student_patches, teacher_patches, kind=patch_kind)
+        parts["loss"] = loss + w_patch * parts["patch"]
+    return parts

@@ -2,7 +2,9 @@
 
 Loss per batch (design.md §4): ``w_cls * MSE(projector(student CLS), teacher CLS)
 + w_attn * KL(teacher || student)`` over the last block's CLS-query attention, both
-networks seeing the same augmented view.
+networks seeing the same augmented view; with ``distill.w_patch > 0`` also the dense term,
+``w_patch * patch_loss(projector(student patch tokens), teacher patch tokens)``, the teacher's
+tokens resized to the student's grid.
 
 Design choice on the final norm: the projector reads the student's tokens *after* its final
 LayerNorm, so the feature we evaluate and export (CLS after the final norm) is exactly the
@@ -25,6 +27,7 @@ from torch import nn
 from edgedistill.config import Config
 from edgedistill.errors import EdgeDistillError
 from edgedistill.losses.attndistill import attndistill_loss
+from edgedistill.losses.patch import patch_tokens, resize_patch_tokens
 from edgedistill.models.backbone_io import save_backbone
 from edgedistill.models.projector import Projector, save_projector
 from edgedistill.models.vit import create_vit, forward_with_cls_attention, register_count
@@ -33,21 +36,32 @@ from edgedistill.train.loop import LoopSettings, Task
 
 
 class StudentWithProjector(nn.Module):
-    """The trainable part: student backbone + projector into the teacher's feature space."""
+    """The trainable part: student backbone + projector into the teacher's feature space.
+
+    With ``with_patches`` the projector also maps the patch tokens (the dense term); without,
+    it maps the CLS token alone, so a run without the dense term computes nothing extra.
+    """
 
     def __init__(self, student: nn.Module, projector: nn.Module, explicit: bool = False,
-                 keep_registers: bool = False):
+                 keep_registers: bool = False, with_patches: bool = False):
         super().__init__()
         self.student = student
         self.projector = projector
         self.explicit = explicit
         self.keep_registers = keep_registers
+        self.with_patches = with_patches
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B,3,H,W) -> (projected CLS (B,Dt), last-block CLS attention (B,Hs,P+Ns))."""
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """images (B,3,H,W) -> (projected CLS (B,Dt), last-block CLS attention (B,Hs,P+Ns),
+        projected patch tokens (B,Ns,Dt) or None without ``with_patches``)."""
         tokens, attention = forward_with_cls_attention(self.student, images, explicit_all_blocks=self.explicit,
                                                        keep_registers=self.keep_registers)
-        return self.projector(tokens[:, :1])[:, 0], attention
+        if not self.with_patches:
+            return self.projector(tokens[:, :1])[:, 0], attention, None
+        # One projector pass over every token: the CLS term and the dense term share it.
+        projected = self.projector(tokens)
+        grid = tuple(self.student.patch_embed.grid_size)
+        return projected[:, 0], attention, patch_tokens(projected, grid)
 
 
 class DistillTask(Task):
@@ -72,10 +86,13 @@ class DistillTask(Task):
             )
         self.prefix_tokens = 1 + registers if d.keep_registers else 1
         projector = Projector(student.embed_dim, teacher.embed_dim, depth=d.projector_depth)
-        self.trainable = StudentWithProjector(student, projector, student_explicit, d.keep_registers)
+        self.trainable = StudentWithProjector(student, projector, student_explicit, d.keep_registers,
+                                              with_patches=d.w_patch > 0)
         self.teacher_size = cfg.teacher_img_size
-        # With w_cls = 0 the projector gets no gradient, which DDP must be told about.
-        self.find_unused_parameters = d.w_cls == 0
+        self.teacher_grid = tuple(teacher.patch_embed.grid_size)
+        self.student_grid = tuple(student.patch_embed.grid_size)
+        # With w_cls = 0 and no dense term the projector gets no gradient, which DDP must be told about.
+        self.find_unused_parameters = d.w_cls == 0 and d.w_patch == 0
 
     def loss(self, model: nn.Module, images: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         d = self.cfg.distill
@@ -87,13 +104,22 @@ class DistillTask(Task):
                 self.teacher, teacher_in, explicit_all_blocks=self.teacher_explicit,
                 keep_registers=self.keep_registers,
             )
-        # Inference tensors cannot enter autograd; a clone makes them ordinary constants.
+            teacher_patches = None
+            if d.w_patch:
+                # The last grid_h * grid_w tokens: register tokens (if any) sit before them.
+                teacher_patches = resize_patch_tokens(patch_tokens(teacher_tokens, self.teacher_grid),
+                                                      self.teacher_grid, self.student_grid)
+        # Inference tensors cannot enter autograd; a clone (outside inference mode) makes them
+        # ordinary constants.
         teacher_tokens, teacher_attention = teacher_tokens.clone(), teacher_attention.clone()
-        student_cls, student_attention = model(images)
+        if teacher_patches is not None:
+            teacher_patches = teacher_patches.clone()
+        student_cls, student_attention, student_patches = model(images)
         return attndistill_loss(
             student_cls.float(), teacher_tokens[:, 0].float(), student_attention.float(), teacher_attention.float(),
             w_cls=d.w_cls, w_attn=d.w_attn, aggregate=d.aggregate_heads, temperature=d.temperature,
-            prefix_tokens=self.prefix_tokens,
+            prefix_tokens=self.prefix_tokens, student_patches=student_patches, teacher_patches=teacher_patches,
+            w_patch=d.w_patch, patch_kind=d.patch_loss,
         )
 
     def backbone(self) -> nn.Module:
@@ -116,7 +142,7 @@ def loop_settings(cfg: Config, section: str = "distill") -> LoopSettings:
         betas=getattr(sec, "betas", (0.9, 0.999)), weight_decay_end=getattr(sec, "weight_decay_end", None),
         clip_grad=sec.clip_grad, amp=sec.amp, compile=sec.compile, checkpoint_every=sec.checkpoint_every,
         log_every=sec.log_every, max_steps=sec.max_steps, knn_every=sec.knn_every, seed=cfg.run.seed,
-        num_workers=cfg.data.num_workers,
+        num_workers=cfg.data.num_workers, total_steps=sec.total_steps, max_seconds=sec.max_seconds,
     )
 
 

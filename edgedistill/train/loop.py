@@ -49,6 +49,8 @@ class LoopSettings:
     knn_every: int = 0
     seed: int = 0
     num_workers: int = 2
+    total_steps: int = 0  # the schedule's length; 0 = epochs x steps per epoch
+    max_seconds: float = 0.0  # training wall-clock budget; the run ends (outputs saved) there
 
 
 class Task:
@@ -86,8 +88,32 @@ class Task:
 class LoopResult:
     steps: int
     epochs_done: int
-    stopped_early: bool
+    stopped_early: bool  # by max_steps, before the end: no outputs written
     last_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0  # training wall-clock, across resumes (online k-NN left out)
+    budget_reached: bool = False  # ended by max_seconds, outputs written
+    total_steps: int = 0
+
+
+class _Clock:
+    """Seconds of training so far, across resumes. Online k-NN is evaluation, not training:
+    its time is left out, so ``knn_every`` does not eat into a ``max_seconds`` budget."""
+
+    def __init__(self, before: float = 0.0):
+        self.before = before
+        self.started = time.perf_counter()
+        self.paused = 0.0
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started - self.paused
+
+    @contextlib.contextmanager
+    def pause(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - began
 
 
 def _batch_size_of(images: Any) -> int:
@@ -152,7 +178,8 @@ def train(
         raise EdgeDistillError(
             f"one optimizer step needs {effective_batch} images but each process has {len(sampler)}"  # type: ignore[arg-type]
         )
-    total_steps = settings.epochs * steps_per_epoch
+    total_steps = settings.total_steps or settings.epochs * steps_per_epoch
+    epochs = -(-total_steps // steps_per_epoch)  # the last one may be partial (total_steps)
     warmup_steps = int(round(settings.warmup_epochs * steps_per_epoch))
     base_lr = settings.blr * effective_batch / 256
 
@@ -160,29 +187,36 @@ def train(
     optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=base_lr, betas=settings.betas)
     model = _wrap(trainable, task, settings, info)
     checkpoint_path = run.checkpoint
-    step = _load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else 0
+    step, seconds_before = _load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     start_batch *= accum  # in micro-batches
-    stop_at = settings.max_steps if settings.max_steps else total_steps
+    stop_at = min(settings.max_steps, total_steps) if settings.max_steps else total_steps
     _before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
     if resume and info.is_main and console is not None:
         console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
     saved_step = step if resume else -1
+    clock = _Clock(seconds_before)
 
     def save_checkpoint() -> None:
         nonlocal saved_step
         saved_step = step
         if info.is_main:
-            _save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device)
+            _save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device,
+                             clock.seconds())
+
+    def over_budget() -> bool:
+        # the first rank over budget stops them all: ranks that disagreed would deadlock in all-reduce
+        return bool(settings.max_seconds) and not distmod.all_true(clock.seconds() < settings.max_seconds, device)
 
     metrics_path = run.metrics
     progress = _Progress(info.is_main, console, total_steps, step, task.name)
     last: dict[str, float] = {}
+    budget_reached = over_budget()
     window_images, window_start = 0, time.perf_counter()
 
     try:
-        for epoch in range(start_epoch, settings.epochs):
-            if step >= stop_at:
+        for epoch in range(start_epoch, epochs):
+            if step >= stop_at or budget_reached:
                 break
             first = start_batch if epoch == start_epoch else 0  # micro-batches already done (resume)
             sampler.set_epoch(epoch, first * settings.batch_size)  # type: ignore[attr-defined]
@@ -226,37 +260,40 @@ def train(
 
                 last = {k: float(v.detach()) for k, v in parts.items()}
                 last["lr"] = lr
-                if step % settings.log_every == 0 or step == stop_at or step == total_steps:
+                budget_reached = over_budget()
+                if step % settings.log_every == 0 or step == stop_at or step == total_steps or budget_reached:
                     elapsed = time.perf_counter() - window_start
                     last["img_s"] = window_images / max(elapsed, 1e-9)
                     window_images, window_start = 0, time.perf_counter()
                     if info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last})
                 progress.update(step, last)
-                if step >= stop_at:
+                if step >= stop_at or budget_reached:
                     break
 
             epoch_done = (step % steps_per_epoch == 0) and step > 0
             if epoch_done:
                 done_epochs = step // steps_per_epoch
                 if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
-                    scores = knn_fn(task.backbone())  # {} when the data has no labels
+                    with clock.pause():
+                        scores = knn_fn(task.backbone())  # {} when the data has no labels
                     last.update(scores)
                     if scores and info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
                         progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
-                if done_epochs % settings.checkpoint_every == 0 or done_epochs == settings.epochs:
+                if done_epochs % settings.checkpoint_every == 0 or step >= total_steps:
                     save_checkpoint()
-            if step >= stop_at:
+            if step >= stop_at or budget_reached:
                 break
         if saved_step != step:
             save_checkpoint()  # stopped by max_steps between scheduled checkpoints: keep the place
     finally:
         progress.close()
 
-    if step >= total_steps and info.is_main:
+    if (step >= total_steps or budget_reached) and info.is_main:
         task.save_outputs(run.path)
-    return LoopResult(step, step // steps_per_epoch, step < total_steps, last)
+    return LoopResult(step, step // steps_per_epoch, step < total_steps and not budget_reached, last,
+                      seconds=clock.seconds(), budget_reached=budget_reached, total_steps=total_steps)
 
 
 def _wrap(trainable: nn.Module, task: Task, settings: LoopSettings, info: distmod.DistInfo) -> nn.Module:
@@ -332,7 +369,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task, step: int,
-                     steps_per_epoch: int, total_steps: int, device: torch.device) -> None:
+                     steps_per_epoch: int, total_steps: int, device: torch.device, seconds: float = 0.0) -> None:
     """Everything a resume needs, written atomically (a crash leaves the previous one). Saved
     through a file object: on a full disk torch then raises ENOSPC, not "unexpected pos"."""
     from edgedistill.utils import disk_errors
@@ -345,6 +382,7 @@ def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Op
         "step": step,
         "epoch": step // steps_per_epoch,
         "total_steps": total_steps,
+        "seconds": float(seconds),  # training wall-clock so far: a resumed run keeps its max_seconds budget
         "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
     with atomic_path(path) as tmp, disk_errors(path, "cannot save the checkpoint"):
@@ -353,8 +391,9 @@ def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Op
 
 
 def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
-                     device: torch.device) -> int:
-    """Restore model, optimizer, task state and RNG; returns the optimizer step reached."""
+                     device: torch.device) -> tuple[int, float]:
+    """Restore model, optimizer, task state and RNG; returns the optimizer step reached and the
+    training seconds spent so far."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     trainable.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -362,7 +401,7 @@ def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Op
     torch.set_rng_state(state["rng"]["cpu"])
     if device.type == "cuda" and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 class _Progress:

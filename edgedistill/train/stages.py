@@ -96,6 +96,9 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
         summary = {
             "run_dir": str(run.path), "steps": result.steps, "epochs": result.epochs_done,
             "complete": not result.stopped_early, "seconds": time.perf_counter() - started,
+            # the training loop's own clock (across resumes) and why it ended, for budgeted runs
+            "train_seconds": result.seconds, "total_steps": result.total_steps,
+            "budget_reached": result.budget_reached,
             "metrics": result.last_metrics, "world_size": info.world_size, "is_main": info.is_main,
             # how it ran, for whoever compares two runs later
             "device": str(info.device), "bf16": uses_bf16(settings.amp, info.device),

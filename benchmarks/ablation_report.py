@@ -1,0 +1,130 @@
+"""The ablation's table (markdown) and plot (k-NN against training wall-clock), from its cells.
+
+A cell is one (variant, seed) result of ``benchmarks/ablation.py``: ``{"variant", "label",
+"seed", "top1", "steps", "total_steps", "train_seconds", "budget_reached", "img_s"}``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["summarize", "verdict", "write_table", "write_plot"]
+
+# (a, b, what a - b measures): the questions the table answers
+COMPARISONS = (
+    ("attndistill", "cls_only", "what the attention term adds over CLS-only distillation"),
+    ("attndistill", "dino_scratch", "distillation against DINO from scratch at equal wall-clock"),
+    ("dense", "attndistill", "what the dense term adds to AttnDistill"),
+)
+
+
+def _std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant, in first-seen order: label, seeds, k-NN mean/std and the means of the rest."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for cell in cells:
+        groups.setdefault(cell["variant"], []).append(cell)
+    out = {}
+    for name, group in groups.items():
+        top1 = [c["top1"] for c in group]
+        out[name] = {
+            "label": group[0]["label"], "seeds": [c["seed"] for c in group], "top1": top1,
+            "mean": statistics.fmean(top1), "std": _std(top1),
+            "steps": statistics.fmean(c["steps"] for c in group),
+            "total_steps": statistics.fmean(c["total_steps"] for c in group),
+            "cut": sum(bool(c["budget_reached"]) for c in group),
+            "img_s": statistics.fmean(c["img_s"] for c in group),
+            "seconds": statistics.fmean(c["train_seconds"] for c in group),
+            "all_seconds": [c["train_seconds"] for c in group],
+        }
+    return out
+
+
+def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``a - b`` in points, and whether it clears the seed spread (mean ± std intervals apart)."""
+    diff = a["mean"] - b["mean"]
+    text = f"{diff:+.2f} points"
+    if a["std"] is None or b["std"] is None:
+        return f"{text} (one seed: no spread to judge by)"
+    spread = a["std"] + b["std"]
+    beyond = abs(diff) > spread
+    return (f"{text}, seed std {a['std']:.2f} / {b['std']:.2f}: "
+            f"{'beyond' if beyond else 'within'} the seed spread")
+
+
+def _fmt(mean: float, std: float | None) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def write_table(path: Path, header: dict[str, Any], cells: list[dict[str, Any]], refs: dict[str, Any]) -> str:
+    """The markdown table with the references and the comparisons; returns the text."""
+    rows = summarize(cells)
+    lines = [
+        f"Data `{header['data']}`, teacher `{header['teacher']}`, {header['budget_s'] / 60:g} min of training "
+        f"wall-clock per cell on {header['device']}. k-NN top-1 (%, k = 20, val split), mean ± std over seeds.",
+        "",
+        "| variant | k-NN top-1 | seeds | steps (planned) | images/s | wall-clock (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows.values():
+        cut = f", {row['cut']} cut at the budget" if row["cut"] else ""
+        lines.append(f"| {row['label']} | {_fmt(row['mean'], row['std'])} | {len(row['seeds'])} | "
+                     f"{row['steps']:.0f} ({row['total_steps']:.0f}{cut}) | {row['img_s']:.1f} | {row['seconds']:.0f} |")
+    randoms = [v for k, v in refs.items() if k.startswith("random_student")]
+    if "teacher" in refs:
+        lines.append(f"| teacher (reference) | {refs['teacher']:.2f} | | | | |")
+    if randoms:
+        lines.append(f"| random-init student (reference) | {_fmt(statistics.fmean(randoms), _std(randoms))} | "
+                     f"{len(randoms)} | | | |")
+    comparisons = [(a, b, what) for a, b, what in COMPARISONS if a in rows and b in rows]
+    if comparisons:
+        lines += ["", "Differences (beyond the seed spread: the two mean ± std intervals do not overlap):", ""]
+        for a, b, what in comparisons:
+            lines.append(f"- {rows[a]['label']} − {rows[b]['label']} ({what}): {verdict(rows[a], rows[b])}")
+    if rows:
+        best = max(rows.values(), key=lambda r: r["mean"])
+        lines += ["", f"Highest mean k-NN: {best['label']} ({_fmt(best['mean'], best['std'])})."]
+    text = "\n".join(lines) + "\n"
+    from edgedistill.utils import atomic_write_text
+
+    atomic_write_text(path, text)
+    return text
+
+
+def write_plot(path: Path, header: dict[str, Any], cells: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    """k-NN top-1 against training wall-clock: each seed a dot, each variant its mean ± std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(cells)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(rows.values()):
+        color = colors[i % len(colors)]
+        ax.scatter(row["all_seconds"], row["top1"], color=color, alpha=0.35, s=18)
+        ax.errorbar(row["seconds"], row["mean"], yerr=row["std"] or 0.0, fmt="o", color=color, capsize=4,
+                    label=f"{row['label']}: {_fmt(row['mean'], row['std'])}")
+    randoms = [v for k, v in refs.items() if k.startswith("random_student")]
+    if "teacher" in refs:
+        ax.axhline(refs["teacher"], color="black", linestyle="--", linewidth=1, label=f"teacher: {refs['teacher']:.2f}")
+    if randoms:
+        mean = statistics.fmean(randoms)
+        ax.axhline(mean, color="gray", linestyle=":", linewidth=1, label=f"random-init student: {mean:.2f}")
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel("k-NN top-1 (%, k = 20)")
+    ax.set_title(f"{Path(str(header['data'])).name}: {header['budget_s'] / 60:g} min per cell, {header['device']}",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,74 @@
+"""`benchmarks/ablation.py --quick` end to end on the embedded digits: a real DINO teacher, every
+variant trained against a wall-clock budget, k-NN on the same split, the table and the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "ablation.py"
+VARIANTS = ("attndistill", "cls_only", "attn_0.03", "attn_0.3", "dense", "dino_scratch")
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=1200)  # a hang guard: about a minute on an idle 2-core machine
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ablation") / "quick"
+    done = _run("--quick", "--seeds", "0", "--out", str(out), cwd=out.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_every_variant_finished_with_a_knn_figure(quick_run):
+    results = json.loads((quick_run / "results.json").read_text())
+    assert sorted(c["variant"] for c in results["cells"]) == sorted(VARIANTS)
+    for cell in results["cells"]:
+        assert 0 <= cell["top1"] <= 100, cell
+        assert 1 <= cell["steps"] <= cell["total_steps"], cell
+        run = quick_run / "cells" / cell["variant"] / "seed0"
+        assert (run / "summary.json").is_file() and (run / "knn.json").is_file()
+    assert 0 <= results["references"]["teacher"] <= 100
+
+
+def test_the_table_has_a_number_per_variant_and_the_plot_is_a_png(quick_run):
+    table = (quick_run / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| variant", "| ---"))]
+    assert len(rows) == len(VARIANTS) + 2  # the variants, the teacher and the random-init student
+    for row in rows:
+        figure = float(re.split(r"\s*\|\s*", row)[2].split(" ± ")[0])
+        assert 0 <= figure <= 100, row
+    assert "CLS only" in table and "DINO from scratch" in table and "one seed: no spread" in table
+    assert (quick_run / "knn_vs_wallclock.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_skips_finished_cells_and_other_settings_are_refused(quick_run):
+    before = (quick_run / "results.json").read_text()
+    again = _run("--quick", "--seeds", "0", "--variants", "cls_only", "--out", str(quick_run), cwd=quick_run.parent)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "== cls_only seed 0" in again.stdout and "== attndistill" not in again.stdout
+    assert json.loads(before) == json.loads((quick_run / "results.json").read_text())  # read back, not retrained
+    other = _run("--quick", "--seeds", "0", "--budget-minutes", "1", "--out", str(quick_run), cwd=quick_run.parent)
+    assert other.returncode == 2 and "other settings (budget_minutes)" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "ablation"
+    missing = _run("--teacher", "random", "--data", str(tmp_path / "nope"), "--out", str(out), cwd=tmp_path)
+    assert missing.returncode == 2 and "data folder not found" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and not out.exists()
+    unknown = _run("--quick", "--variants", "attndistill,nope", "--out", str(out), cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown variant nope" in unknown.stderr and not out.exists()
