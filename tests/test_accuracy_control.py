@@ -70,6 +70,13 @@ def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
     assert result["validation"]["knn"]["variants"]["onnx_int8"]["passed"]
 
 
+def _signal_stack() -> tuple[int | None, int, int] | None:
+    from edgedistill.sigstack import _sigaltstack
+
+    stack = _sigaltstack(None)
+    return None if stack is None else (stack.ss_sp, stack.ss_size, stack.ss_flags)
+
+
 def test_openvino_accuracy_control_keeps_layers_in_float(tiny_bundle, tmp_path):
     """NNCF's accuracy control with our metric plugged in: a metric that punishes any output
     change makes it revert layers, and the reverted ones are recorded."""
@@ -86,7 +93,10 @@ def test_openvino_accuracy_control_keeps_layers_in_float(tiny_bundle, tmp_path):
         out = np.concatenate([compiled(x[None])[compiled.outputs[0]] for x, _ in data])
         return 100.0 - 1e4 * float(np.abs(out - reference[:len(out)]).mean()), None
 
+    stack_before = _signal_stack()
     settings = quantize_openvino_controlled(fp32, tmp_path / "controlled.xml", images, (items, metric),
                                             max_drop=0.5, max_layers=6)
     assert settings["tool"] == "nncf.quantize_with_accuracy_control" and settings["float_layers"]
+    # NNCF swaps in a signal stack it then unmaps; left there, the next SIGCHLD or Ctrl-C was a SIGSEGV
+    assert _signal_stack() == stack_before
     assert (tmp_path / "controlled.bin").is_file()

@@ -125,6 +125,7 @@ def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, imag
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     from edgedistill.export.quantize import quiet_stdout
+    from edgedistill.sigstack import keep_signal_stack
 
     items, metric = validation
     calibration = [np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))]
@@ -132,7 +133,7 @@ def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, imag
     previous = nncf.common.logging.nncf_logger.level
     nncf.set_log_level(logging.ERROR)
     try:
-        with quiet_stdout(False):
+        with quiet_stdout(False), keep_signal_stack():  # it replaces the thread's signal stack, then frees it
             quantized = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[0][None]), metric,
                 max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE,
