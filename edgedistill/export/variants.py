@@ -116,11 +116,17 @@ def build_onnx_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: A
     settings = quantize_ort_int8(built.files[source] if source in built.files else built.onnx_fp32, path, calib,
                                  calib_method=plan.options["calib_method"], on_batch=lambda n: bar.advance(task, n))
     fused = built.entries.get(source, {}).get("graph") == "fused attention"
-    portable = not fused and settings["format"] == "QDQ"  # standard QuantizeLinear/DequantizeLinear pairs
+    portable = not fused and _standard_operators_only(path)  # no com.microsoft contrib operators
     built.add("onnx_int8", path, {"format": "onnx", "precision": "int8",
                                   "graph": "fused attention" if fused else "plain",
                                   "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
                                   "quantization": dict(settings, source_graph=source, calibration=built.calibration)})
+
+
+def _standard_operators_only(path: Path) -> bool:
+    import onnx
+
+    return all(node.domain in ("", "ai.onnx") for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def build_openvino_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
