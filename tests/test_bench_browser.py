@@ -59,8 +59,11 @@ def test_browser_bench_rows_join_the_report(tmp_path, request):
         assert row["knn_top1"] == knn[row["variant"]]["top1"]  # the export gated these kernels' native twins
         assert stats["speedup"] is not None  # against native ONNX Runtime FP32 at the same threads
     # WebGPU: tried once, unavailable without an adapter (headless, --disable-gpu), and said so
-    webgpu = [s for s in report["skipped"] if s["backend"] == "onnxruntime-web"]
+    web_skips = [s for s in report["skipped"] if s["backend"] == "onnxruntime-web"]
+    webgpu = [s for s in web_skips if s.get("device") == "webgpu"]
     assert {s["variant"] for s in webgpu} == loadable
+    # the variants onnxruntime-web cannot load are skipped with the reason, not attempted
+    assert {s["variant"] for s in web_skips if s not in webgpu} == set(onnx) - loadable
     assert all(s["unavailable"] and s["device"] == "webgpu" and "WebGPU" in s["reason"] for s in webgpu)
     assert [b["row"] for b in report["baselines"]] == ["onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fp32:fp32:2t"]
     assert report["settings"]["device"] == "browser" and report["settings"]["threads"] == [1, 2]

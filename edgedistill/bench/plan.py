@@ -341,7 +341,7 @@ class _Planner:
             return self.skip("onnxruntime-web", name, var["precision"], self.reasons["onnxruntime-web"])
         if "onnxruntime-web" not in var.get("runtimes", ["onnxruntime-web"]):
             return self.skip("onnxruntime-web", name, var["precision"],
-                             "ONNX Runtime's contrib operators, which onnxruntime-web does not load")
+                             "its manifest entry does not list onnxruntime-web (ONNX Runtime contrib operators)")
         top1, drop = _knn(self.manifest, name)  # the export gated these kernels' native twins
         for engine in ("wasm", "webgpu") if first_threads else ("wasm",):
             self.add(t, backend="onnxruntime-web", variant=name, precision=var["precision"],
@@ -349,7 +349,7 @@ class _Planner:
                      knn_top1=top1, knn_drop=drop, extra={"engine": engine, "model_url": var["file"]})
 
     def onnx_on_openvino(self, t: int, name: str, var: dict[str, Any]) -> None:
-        """ONNX variants OpenVINO has no counterpart of (ORT's QDQ INT8 differs from NNCF's;
+        """ONNX variants OpenVINO has no counterpart of (ORT's INT8 differs from NNCF's;
         the FP32 graph is the one the FP32 IR came from)."""
         prec = var["precision"]
         twin = any(v["format"] == "openvino" and v["precision"] == prec for v in self.variants.values())
