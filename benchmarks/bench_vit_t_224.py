@@ -97,6 +97,23 @@ def acceptance(report: dict) -> dict:
             "load_average": [report["machine"]["load_average"], report["machine"].get("load_average_after")]}
 
 
+def ensure_bundle(args: argparse.Namespace, work: Path, name: str, *, formats: str, threads: int) -> Path | None:
+    """``work/export/name``, exported from the seeded student on a per-class subset of
+    ``args.data`` unless it is there (``args.force_export`` redoes it); None without data."""
+    bundle = work / "export" / name
+    if args.force_export or not (bundle / "manifest.json").is_file():
+        if not (args.data / "train").is_dir():
+            print(f"skipped: the labeled data for the k-NN gate is not at {args.data} (pass --data)")
+            return None
+        from edgedistill.export import export_bundle
+
+        make_student(work / "student")
+        make_subset(args.data, work / "data", args.train_per_class, args.val_per_class)
+        export_bundle(work / "student", out_root=work / "export", name=name, formats=formats,
+                      data=str(work / "data"), calib_size=64, threads=threads, force=True)
+    return bundle
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_vit_t_224")
@@ -121,17 +138,9 @@ def main() -> int:
 
     con = Console(width=None if sys.stdout.isatty() else 200)
     work = args.work.resolve()
-    bundle = work / "export" / "vit_t_224"
-    if args.force_export or not (bundle / "manifest.json").is_file():
-        if not (args.data / "train").is_dir():
-            print(f"skipped: the labeled data for the k-NN gate is not at {args.data} (pass --data)")
-            return 0
-        from edgedistill.export import export_bundle
-
-        make_student(work / "student")
-        make_subset(args.data, work / "data", args.train_per_class, args.val_per_class)
-        export_bundle(work / "student", out_root=work / "export", name=bundle.name, data=str(work / "data"),
-                      calib_size=64, threads=args.threads, force=True)
+    bundle = ensure_bundle(args, work, "vit_t_224", formats="onnx,openvino", threads=args.threads)
+    if bundle is None:
+        return 0
 
     results = []
     for i in range(args.repeats):

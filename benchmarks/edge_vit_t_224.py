@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--max-wait", type=float, default=300.0)
     args = parser.parse_args()
 
-    from bench_vit_t_224 import make_student, make_subset, wait_for_quiet
+    from bench_vit_t_224 import ensure_bundle, wait_for_quiet
     from rich.console import Console
 
     from edgedistill.bench.report import render_table, write_json, write_plot
@@ -80,17 +80,9 @@ def main() -> int:
     from edgedistill.utils import read_json
 
     work = args.work.resolve()
-    bundle = work / "export" / "vit_t_224_edge"
-    if args.force_export or not (bundle / "manifest.json").is_file():
-        if not (args.data / "train").is_dir():
-            print(f"skipped: the labeled data for the k-NN gate is not at {args.data} (pass --data)")
-            return 0
-        from edgedistill.export import export_bundle
-
-        make_student(work / "student")
-        make_subset(args.data, work / "data", args.train_per_class, args.val_per_class)
-        export_bundle(work / "student", out_root=work / "export", name=bundle.name, formats="onnx,executorch",
-                      data=str(work / "data"), calib_size=64, threads=2, force=True)
+    bundle = ensure_bundle(args, work, "vit_t_224_edge", formats="onnx,executorch", threads=2)
+    if bundle is None:
+        return 0
     wait_for_quiet(args.quiet, args.max_wait)
     report = run_bench(bundle, device="browser", backends="torch,onnxruntime,executorch,onnxruntime-web",
                        precisions="fp32,int8", threads=[1, 2], batches=[1], seconds=args.seconds, rounds=args.rounds,
