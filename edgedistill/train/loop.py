@@ -3,7 +3,7 @@
 A stage supplies a ``Task``: the trainable module (wrapped in DDP here), a loss on a batch,
 and hooks for what differs (DINO's EMA teacher, last-layer freezing). Everything else lives
 here once: optimizer and schedules, gradient accumulation, mixed precision, DDP, atomic
-checkpoints and resume, non-finite-loss stops, progress and metrics.
+checkpoints and resume (``checkpoint.py``), non-finite-loss stops, progress and metrics.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader
 from edgedistill import distributed as distmod
 from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
+from edgedistill.train.checkpoint import before_first_step, load_checkpoint, save_checkpoint
 from edgedistill.train.schedule import cosine, param_groups, warmup_cosine
-from edgedistill.utils import append_jsonl, atomic_path
+from edgedistill.utils import append_jsonl
 
 
 @dataclass
@@ -187,22 +188,22 @@ def train(
     optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=base_lr, betas=settings.betas)
     model = _wrap(trainable, task, settings, info)
     checkpoint_path = run.checkpoint
-    step, seconds_before = _load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
+    step, seconds_before = load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
     start_epoch, start_batch = divmod(step, steps_per_epoch)
     start_batch *= accum  # in micro-batches
     stop_at = min(settings.max_steps, total_steps) if settings.max_steps else total_steps
-    _before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
+    before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
     if resume and info.is_main and console is not None:
         console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
     saved_step = step if resume else -1
     clock = _Clock(seconds_before)
 
-    def save_checkpoint() -> None:
+    def save() -> None:
         nonlocal saved_step
         saved_step = step
         if info.is_main:
-            _save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device,
-                             clock.seconds())
+            save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device,
+                            clock.seconds())
 
     def over_budget() -> bool:
         # the first rank over budget stops them all: ranks that disagreed would deadlock in all-reduce
@@ -282,11 +283,11 @@ def train(
                         append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
                         progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
                 if done_epochs % settings.checkpoint_every == 0 or step >= total_steps:
-                    save_checkpoint()
+                    save()
             if step >= stop_at or budget_reached:
                 break
         if saved_step != step:
-            save_checkpoint()  # stopped by max_steps between scheduled checkpoints: keep the place
+            save()  # stopped by max_steps between scheduled checkpoints: keep the place
     finally:
         progress.close()
 
@@ -320,88 +321,6 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, step: in
         optimizer.param_groups[0]["weight_decay"] = cosine(step, total_steps, settings.weight_decay,
                                                            settings.weight_decay_end)
     return lr
-
-
-def _before_first_step(run: RunDir, settings: LoopSettings, info: distmod.DistInfo, trainable: nn.Module,
-                       optimizer: torch.optim.Optimizer, resumed_at: int | None, stop_at: int, total_steps: int) -> None:
-    """What must hold before any work: something left to train (a resume), room on the disk;
-    the metrics a resumed run will log again dropped."""
-    if resumed_at is not None and resumed_at >= min(stop_at, total_steps):
-        # nothing left to train: say so rather than rewrite the run's summary with no metrics
-        limit = (f"max_steps={settings.max_steps}" if settings.max_steps and stop_at < total_steps
-                 else f"all {settings.epochs} epochs")
-        raise EdgeDistillError(f"nothing to resume: {run.path} already reached step {resumed_at} ({limit}); "
-                               "raise the epochs or max_steps with --set to train further")
-    if info.is_main:
-        _check_disk(run, trainable, optimizer)
-        if resumed_at is not None:
-            _truncate_metrics(run.metrics, resumed_at)
-
-
-def _check_disk(run: RunDir, trainable: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Room for two checkpoints (the atomic write keeps the old one until the new one is
-    complete) and the saved weights, before the first step rather than after an epoch."""
-    from edgedistill.utils import check_free_space
-
-    weights = sum(p.numel() * p.element_size() for p in trainable.parameters())
-    checkpoint = weights * (1 + len(optimizer.param_groups[0]["betas"]))  # AdamW: two moments
-    check_free_space(run.path, 2 * checkpoint + weights + (1 << 20), f"the checkpoints of {run.path}")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records up to ``step`` (the checkpoint resumed from): the steps logged after it
-    are trained again and logged again. A half-written last line (a kill) is dropped too."""
-    if not path.exists():
-        return
-    import json
-
-    from edgedistill.utils import atomic_write_text
-
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task, step: int,
-                     steps_per_epoch: int, total_steps: int, device: torch.device, seconds: float = 0.0) -> None:
-    """Everything a resume needs, written atomically (a crash leaves the previous one). Saved
-    through a file object: on a full disk torch then raises ENOSPC, not "unexpected pos"."""
-    from edgedistill.utils import disk_errors
-
-    state = {
-        "model": trainable.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": {},  # bf16 autocast needs no loss scaler; kept for the format
-        "task": task.extra_state(),
-        "step": step,
-        "epoch": step // steps_per_epoch,
-        "total_steps": total_steps,
-        "seconds": float(seconds),  # training wall-clock so far: a resumed run keeps its max_seconds budget
-        "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-    }
-    with atomic_path(path) as tmp, disk_errors(path, "cannot save the checkpoint"):
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-
-
-def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
-                     device: torch.device) -> tuple[int, float]:
-    """Restore model, optimizer, task state and RNG; returns the optimizer step reached and the
-    training seconds spent so far."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    trainable.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    task.load_extra_state(state.get("task", {}))
-    torch.set_rng_state(state["rng"]["cpu"])
-    if device.type == "cuda" and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 class _Progress:
