@@ -108,6 +108,11 @@ class _Clock:
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.started - self.paused
 
+    def over_budget(self, max_seconds: float, device: torch.device) -> bool:
+        """Past ``max_seconds`` (0 = no budget) on any rank: the first rank over budget stops them
+        all, since ranks that disagreed would deadlock in all-reduce."""
+        return bool(max_seconds) and not distmod.all_true(self.seconds() < max_seconds, device)
+
     @contextlib.contextmanager
     def pause(self):
         began = time.perf_counter()
@@ -172,29 +177,19 @@ def train(
     order a function of (seed, epoch) and each augmentation a function of (seed, epoch,
     index), so resumed and multi-process runs see exactly the images a single run sees)."""
     device = info.device
-    accum, effective_batch = accumulation_steps(settings, info.world_size)
+    plan = _plan(settings, loader, info.world_size)
     sampler = loader.sampler
-    steps_per_epoch = len(loader) // accum
-    if steps_per_epoch < 1:
-        raise EdgeDistillError(
-            f"one optimizer step needs {effective_batch} images but each process has {len(sampler)}"  # type: ignore[arg-type]
-        )
-    total_steps = settings.total_steps or settings.epochs * steps_per_epoch
-    epochs = -(-total_steps // steps_per_epoch)  # the last one may be partial (total_steps)
-    warmup_steps = int(round(settings.warmup_epochs * steps_per_epoch))
-    base_lr = settings.blr * effective_batch / 256
-
     trainable = task.trainable.to(device)
-    optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=base_lr, betas=settings.betas)
+    optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=plan.base_lr, betas=settings.betas)
     model = _wrap(trainable, task, settings, info)
     checkpoint_path = run.checkpoint
     step, seconds_before = load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
-    start_epoch, start_batch = divmod(step, steps_per_epoch)
-    start_batch *= accum  # in micro-batches
-    stop_at = min(settings.max_steps, total_steps) if settings.max_steps else total_steps
-    before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
+    start_epoch, start_batch = divmod(step, plan.steps_per_epoch)
+    start_batch *= plan.accum  # in micro-batches
+    before_first_step(run, settings, info, trainable, optimizer, step if resume else None, plan.stop_at,
+                      plan.total_steps)
     if resume and info.is_main and console is not None:
-        console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
+        console.print(f"resumed from {checkpoint_path} at step {step}/{plan.total_steps}")
     saved_step = step if resume else -1
     clock = _Clock(seconds_before)
 
@@ -202,50 +197,38 @@ def train(
         nonlocal saved_step
         saved_step = step
         if info.is_main:
-            save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device,
-                            clock.seconds())
-
-    def over_budget() -> bool:
-        # the first rank over budget stops them all: ranks that disagreed would deadlock in all-reduce
-        return bool(settings.max_seconds) and not distmod.all_true(clock.seconds() < settings.max_seconds, device)
+            save_checkpoint(checkpoint_path, trainable, optimizer, task, step, plan.steps_per_epoch, plan.total_steps,
+                            device, clock.seconds())
 
     metrics_path = run.metrics
-    progress = _Progress(info.is_main, console, total_steps, step, task.name)
+    progress = _Progress(info.is_main, console, plan.total_steps, step, task.name)
     last: dict[str, float] = {}
-    budget_reached = over_budget()
+    budget_reached = clock.over_budget(settings.max_seconds, device)
     window_images, window_start = 0, time.perf_counter()
 
     try:
-        for epoch in range(start_epoch, epochs):
-            if step >= stop_at or budget_reached:
+        for epoch in range(start_epoch, plan.epochs):
+            if step >= plan.stop_at or budget_reached:
                 break
             first = start_batch if epoch == start_epoch else 0  # micro-batches already done (resume)
             sampler.set_epoch(epoch, first * settings.batch_size)  # type: ignore[attr-defined]
             trainable.train()
             micro = 0
             for images, _ in loader:
-                if first + micro >= steps_per_epoch * accum:
+                if first + micro >= plan.steps_per_epoch * plan.accum:
                     break  # a remainder too small for a whole optimizer step
                 images = _to_device(images, device)
-                is_last_micro = (micro + 1) % accum == 0
+                is_last_micro = (micro + 1) % plan.accum == 0
 
-                lr = _schedule(optimizer, settings, step, total_steps, warmup_steps, base_lr)
+                lr = _schedule(optimizer, settings, step, plan.total_steps, plan.warmup_steps, plan.base_lr)
 
                 # DDP all-reduces gradients only on the micro-batch that completes a step.
                 sync = contextlib.nullcontext() if (is_last_micro or not info.distributed) else model.no_sync()
                 with sync:
                     with autocast_for(settings.amp, device):
                         parts = task.loss(model, images, epoch)
-                    loss = parts["loss"]
-                    # Every rank must agree before anyone stops: a rank that skipped a batch
-                    # alone would leave the others waiting in all-reduce forever.
-                    if not distmod.all_true(bool(torch.isfinite(loss.detach()).item()), device):
-                        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
-                        raise EdgeDistillError(
-                            f"non-finite loss at step {step} (epoch {epoch}): {detail}; "
-                            f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none yet'}"
-                        )
-                    (loss / accum).backward()
+                    _check_finite(parts, step, epoch, checkpoint_path, device)
+                    (parts["loss"] / plan.accum).backward()
                 micro += 1
                 window_images += _batch_size_of(images) * info.world_size
                 if not is_last_micro:
@@ -257,24 +240,24 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                task.after_optimizer_step(step, total_steps)
+                task.after_optimizer_step(step, plan.total_steps)
 
                 last = {k: float(v.detach()) for k, v in parts.items()}
                 last["lr"] = lr
-                budget_reached = over_budget()
-                if step % settings.log_every == 0 or step == stop_at or step == total_steps or budget_reached:
+                budget_reached = clock.over_budget(settings.max_seconds, device)
+                if step % settings.log_every == 0 or step in (plan.stop_at, plan.total_steps) or budget_reached:
                     elapsed = time.perf_counter() - window_start
                     last["img_s"] = window_images / max(elapsed, 1e-9)
                     window_images, window_start = 0, time.perf_counter()
                     if info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last})
                 progress.update(step, last)
-                if step >= stop_at or budget_reached:
+                if step >= plan.stop_at or budget_reached:
                     break
 
-            epoch_done = (step % steps_per_epoch == 0) and step > 0
+            epoch_done = (step % plan.steps_per_epoch == 0) and step > 0
             if epoch_done:
-                done_epochs = step // steps_per_epoch
+                done_epochs = step // plan.steps_per_epoch
                 if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
                     with clock.pause():
                         scores = knn_fn(task.backbone())  # {} when the data has no labels
@@ -282,19 +265,65 @@ def train(
                     if scores and info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
                         progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
-                if done_epochs % settings.checkpoint_every == 0 or step >= total_steps:
+                if done_epochs % settings.checkpoint_every == 0 or step >= plan.total_steps:
                     save()
-            if step >= stop_at or budget_reached:
+            if step >= plan.stop_at or budget_reached:
                 break
         if saved_step != step:
             save()  # stopped by max_steps between scheduled checkpoints: keep the place
     finally:
         progress.close()
 
-    if (step >= total_steps or budget_reached) and info.is_main:
+    if (step >= plan.total_steps or budget_reached) and info.is_main:
         task.save_outputs(run.path)
-    return LoopResult(step, step // steps_per_epoch, step < total_steps and not budget_reached, last,
-                      seconds=clock.seconds(), budget_reached=budget_reached, total_steps=total_steps)
+    return LoopResult(step, step // plan.steps_per_epoch, step < plan.total_steps and not budget_reached, last,
+                      seconds=clock.seconds(), budget_reached=budget_reached, total_steps=plan.total_steps)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The run's shape in optimizer steps and its peak learning rate: fixed by the settings,
+    the loader and the world size before the first step (a resume recomputes the same)."""
+
+    accum: int  # micro-batches per optimizer step
+    steps_per_epoch: int
+    total_steps: int  # the schedule's length: warmup + cosine end there
+    epochs: int  # the last one may be partial (total_steps)
+    stop_at: int  # max_steps ends the run early, before the schedule's end (no outputs)
+    warmup_steps: int
+    base_lr: float  # the linear scaling rule: blr x effective batch / 256
+
+
+def _plan(settings: LoopSettings, loader: DataLoader, world_size: int) -> _Plan:
+    accum, effective_batch = accumulation_steps(settings, world_size)
+    steps_per_epoch = len(loader) // accum
+    if steps_per_epoch < 1:
+        raise EdgeDistillError(
+            f"one optimizer step needs {effective_batch} images but each process has {len(loader.sampler)}"  # type: ignore[arg-type]
+        )
+    total_steps = settings.total_steps or settings.epochs * steps_per_epoch
+    return _Plan(
+        accum=accum,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        epochs=-(-total_steps // steps_per_epoch),
+        stop_at=min(settings.max_steps, total_steps) if settings.max_steps else total_steps,
+        warmup_steps=int(round(settings.warmup_epochs * steps_per_epoch)),
+        base_lr=settings.blr * effective_batch / 256,
+    )
+
+
+def _check_finite(parts: dict[str, torch.Tensor], step: int, epoch: int, checkpoint: Path,
+                  device: torch.device) -> None:
+    """Stop on a non-finite loss, naming its parts and the checkpoint to resume from. Every rank
+    must agree before anyone stops: a rank that skipped a batch alone would leave the others
+    waiting in all-reduce forever."""
+    if not distmod.all_true(bool(torch.isfinite(parts["loss"].detach()).item()), device):
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
+        raise EdgeDistillError(
+            f"non-finite loss at step {step} (epoch {epoch}): {detail}; "
+            f"last good checkpoint: {checkpoint if checkpoint.exists() else 'none yet'}"
+        )
 
 
 def _wrap(trainable: nn.Module, task: Task, settings: LoopSettings, info: distmod.DistInfo) -> nn.Module:
