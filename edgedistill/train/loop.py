@@ -9,7 +9,6 @@ checkpoints and resume (``checkpoint.py``), non-finite-loss stops, progress and 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from edgedistill import distributed as distmod
 from edgedistill.errors import EdgeDistillError
+from edgedistill.progress import StepProgress
 from edgedistill.rundir import RunDir
 from edgedistill.train.checkpoint import before_first_step, load_checkpoint, save_checkpoint
 from edgedistill.train.schedule import cosine, param_groups, warmup_cosine
@@ -201,7 +201,7 @@ def train(
                             device, clock.seconds())
 
     metrics_path = run.metrics
-    progress = _Progress(info.is_main, console, plan.total_steps, step, task.name)
+    progress = StepProgress(info.is_main, console, plan.total_steps, step, task.name)
     last: dict[str, float] = {}
     budget_reached = clock.over_budget(settings.max_seconds, device)
     window_images, window_start = 0, time.perf_counter()
@@ -350,54 +350,3 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, step: in
         optimizer.param_groups[0]["weight_decay"] = cosine(step, total_steps, settings.weight_decay,
                                                            settings.weight_decay_end)
     return lr
-
-
-class _Progress:
-    """A rich progress bar on an interactive terminal, plain log lines otherwise (CI, pipes)."""
-
-    def __init__(self, enabled: bool, console: Any, total: int, completed: int, name: str):
-        self.enabled = enabled and console is not None
-        self.console = console
-        self.bar = None
-        self.last_print = 0.0
-        self.total = total
-        self.started = time.perf_counter()
-        self.first_step = completed
-        if not self.enabled:
-            return
-        if console.is_terminal:
-            from edgedistill.progress import progress_bar
-
-            self.bar = progress_bar(console, eta=True, info=True)
-            self.bar.start()
-            self.task_id = self.bar.add_task(name, total=total, completed=completed, info="")
-
-    @staticmethod
-    def _format(metrics: dict[str, float]) -> str:
-        keys = [k for k in metrics if k not in ("img_s",)]
-        text = " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
-        if "img_s" in metrics:
-            text += f" {metrics['img_s']:.0f} img/s"
-        return text
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(self.task_id, completed=step, info=self._format(metrics))
-            return
-        now = time.perf_counter()
-        if now - self.last_print >= 10 or step == self.total:
-            self.last_print = now
-            rate = (step - self.first_step) / max(now - self.started, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else math.inf
-            eta_text = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-            self.console.print(f"step {step}/{self.total} ETA {eta_text} {self._format(metrics)}", highlight=False)
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.console if self.bar is not None else self.console).print(text, highlight=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
