@@ -1,5 +1,5 @@
 """The one rich progress bar every long step uses (feature extraction, export, bench, training),
-and the consoles every command prints through.
+the training loop's step display (``StepProgress``), and the consoles every command prints through.
 
 Bars go to stderr, so stdout stays clean for whoever pipes a command's output. Written to a
 file, a pipe or a CI log, a console is ``LOG_WIDTH`` columns wide (rich would take 80 and cut
@@ -8,9 +8,11 @@ the tables' cells to ``tor…``), unless ``COLUMNS`` says otherwise.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
-__all__ = ["progress_bar", "stderr_console", "make_console", "LOG_WIDTH"]
+__all__ = ["progress_bar", "StepProgress", "stderr_console", "make_console", "LOG_WIDTH"]
 
 LOG_WIDTH = 200  # wide enough for the bench table with three batch sizes
 
@@ -54,3 +56,53 @@ def progress_bar(console: Any = None, *, enabled: bool = True, rate: str | None 
         columns.append(TextColumn("{task.fields[info]}"))
     return Progress(*columns, console=console if console is not None else stderr_console(),
                     disable=not enabled, transient=False)
+
+
+class StepProgress:
+    """A training loop's progress: a rich bar with the latest metrics on an interactive terminal,
+    plain "step N/total ETA" lines at most every 10 s otherwise (CI, pipes)."""
+
+    def __init__(self, enabled: bool, console: Any, total: int, completed: int, name: str) -> None:
+        self.enabled = enabled and console is not None
+        self.console = console
+        self.bar = None
+        self.last_print = 0.0
+        self.total = total
+        self.started = time.perf_counter()
+        self.first_step = completed
+        if not self.enabled:
+            return
+        if console.is_terminal:
+            self.bar = progress_bar(console, eta=True, info=True)
+            self.bar.start()
+            self.task_id = self.bar.add_task(name, total=total, completed=completed, info="")
+
+    @staticmethod
+    def _format(metrics: dict[str, float]) -> str:
+        keys = [k for k in metrics if k not in ("img_s",)]
+        text = " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+        if "img_s" in metrics:
+            text += f" {metrics['img_s']:.0f} img/s"
+        return text
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task_id, completed=step, info=self._format(metrics))
+            return
+        now = time.perf_counter()
+        if now - self.last_print >= 10 or step == self.total:
+            self.last_print = now
+            rate = (step - self.first_step) / max(now - self.started, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else math.inf
+            eta_text = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+            self.console.print(f"step {step}/{self.total} ETA {eta_text} {self._format(metrics)}", highlight=False)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.console if self.bar is not None else self.console).print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

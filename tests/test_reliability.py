@@ -333,7 +333,8 @@ def test_checkpoint_on_a_full_disk_is_one_line(tiny_folder, tmp_path, mount_tmpf
     """torch.save on a full disk, written for real: one line naming the checkpoint."""
     import torch
 
-    from edgedistill.train.loop import Task, _save_checkpoint
+    from edgedistill.train.checkpoint import save_checkpoint
+    from edgedistill.train.loop import Task
 
     small = mount_tmpfs(tmp_path / "small", size="1m")
     model = torch.nn.Linear(512, 512)  # 1 MB of weights, 3 MB with AdamW's moments
@@ -341,7 +342,7 @@ def test_checkpoint_on_a_full_disk_is_one_line(tiny_folder, tmp_path, mount_tmpf
     model(torch.ones(1, 512)).sum().backward()
     optimizer.step()
     with pytest.raises(EdgeDistillError, match=r"cannot save the checkpoint: no space left on the device holding"):
-        _save_checkpoint(small / "checkpoint.pt", model, optimizer, Task(), 1, 1, 1, torch.device("cpu"))
+        save_checkpoint(small / "checkpoint.pt", model, optimizer, Task(), 1, 1, 1, torch.device("cpu"))
     assert names(small) == []
 
 

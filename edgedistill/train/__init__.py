@@ -1,2 +1,3 @@
 """Training: the one loop (``loop.py``) that the ``distill`` and ``pretrain`` stages
-(``stages.py``) share, their tasks (``distill.py``, ``pretrain.py``) and schedules."""
+(``stages.py``) share, its on-disk state (``checkpoint.py``), their tasks (``distill.py``,
+``pretrain.py``) and schedules."""

@@ -3,13 +3,12 @@
 A stage supplies a ``Task``: the trainable module (wrapped in DDP here), a loss on a batch,
 and hooks for what differs (DINO's EMA teacher, last-layer freezing). Everything else lives
 here once: optimizer and schedules, gradient accumulation, mixed precision, DDP, atomic
-checkpoints and resume, non-finite-loss stops, progress and metrics.
+checkpoints and resume (``checkpoint.py``), non-finite-loss stops, progress and metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,11 @@ from torch.utils.data import DataLoader
 
 from edgedistill import distributed as distmod
 from edgedistill.errors import EdgeDistillError
+from edgedistill.progress import StepProgress
 from edgedistill.rundir import RunDir
+from edgedistill.train.checkpoint import before_first_step, load_checkpoint, save_checkpoint
 from edgedistill.train.schedule import cosine, param_groups, warmup_cosine
-from edgedistill.utils import append_jsonl, atomic_path
+from edgedistill.utils import append_jsonl
 
 
 @dataclass
@@ -107,6 +108,11 @@ class _Clock:
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.started - self.paused
 
+    def over_budget(self, max_seconds: float, device: torch.device) -> bool:
+        """Past ``max_seconds`` (0 = no budget) on any rank: the first rank over budget stops them
+        all, since ranks that disagreed would deadlock in all-reduce."""
+        return bool(max_seconds) and not distmod.all_true(self.seconds() < max_seconds, device)
+
     @contextlib.contextmanager
     def pause(self):
         began = time.perf_counter()
@@ -171,80 +177,58 @@ def train(
     order a function of (seed, epoch) and each augmentation a function of (seed, epoch,
     index), so resumed and multi-process runs see exactly the images a single run sees)."""
     device = info.device
-    accum, effective_batch = accumulation_steps(settings, info.world_size)
+    plan = _plan(settings, loader, info.world_size)
     sampler = loader.sampler
-    steps_per_epoch = len(loader) // accum
-    if steps_per_epoch < 1:
-        raise EdgeDistillError(
-            f"one optimizer step needs {effective_batch} images but each process has {len(sampler)}"  # type: ignore[arg-type]
-        )
-    total_steps = settings.total_steps or settings.epochs * steps_per_epoch
-    epochs = -(-total_steps // steps_per_epoch)  # the last one may be partial (total_steps)
-    warmup_steps = int(round(settings.warmup_epochs * steps_per_epoch))
-    base_lr = settings.blr * effective_batch / 256
-
     trainable = task.trainable.to(device)
-    optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=base_lr, betas=settings.betas)
+    optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=plan.base_lr, betas=settings.betas)
     model = _wrap(trainable, task, settings, info)
     checkpoint_path = run.checkpoint
-    step, seconds_before = _load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
-    start_epoch, start_batch = divmod(step, steps_per_epoch)
-    start_batch *= accum  # in micro-batches
-    stop_at = min(settings.max_steps, total_steps) if settings.max_steps else total_steps
-    _before_first_step(run, settings, info, trainable, optimizer, step if resume else None, stop_at, total_steps)
+    step, seconds_before = load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
+    start_epoch, start_batch = divmod(step, plan.steps_per_epoch)
+    start_batch *= plan.accum  # in micro-batches
+    before_first_step(run, settings, info, trainable, optimizer, step if resume else None, plan.stop_at,
+                      plan.total_steps)
     if resume and info.is_main and console is not None:
-        console.print(f"resumed from {checkpoint_path} at step {step}/{total_steps}")
+        console.print(f"resumed from {checkpoint_path} at step {step}/{plan.total_steps}")
     saved_step = step if resume else -1
     clock = _Clock(seconds_before)
 
-    def save_checkpoint() -> None:
+    def save() -> None:
         nonlocal saved_step
         saved_step = step
         if info.is_main:
-            _save_checkpoint(checkpoint_path, trainable, optimizer, task, step, steps_per_epoch, total_steps, device,
-                             clock.seconds())
-
-    def over_budget() -> bool:
-        # the first rank over budget stops them all: ranks that disagreed would deadlock in all-reduce
-        return bool(settings.max_seconds) and not distmod.all_true(clock.seconds() < settings.max_seconds, device)
+            save_checkpoint(checkpoint_path, trainable, optimizer, task, step, plan.steps_per_epoch, plan.total_steps,
+                            device, clock.seconds())
 
     metrics_path = run.metrics
-    progress = _Progress(info.is_main, console, total_steps, step, task.name)
+    progress = StepProgress(info.is_main, console, plan.total_steps, step, task.name)
     last: dict[str, float] = {}
-    budget_reached = over_budget()
+    budget_reached = clock.over_budget(settings.max_seconds, device)
     window_images, window_start = 0, time.perf_counter()
 
     try:
-        for epoch in range(start_epoch, epochs):
-            if step >= stop_at or budget_reached:
+        for epoch in range(start_epoch, plan.epochs):
+            if step >= plan.stop_at or budget_reached:
                 break
             first = start_batch if epoch == start_epoch else 0  # micro-batches already done (resume)
             sampler.set_epoch(epoch, first * settings.batch_size)  # type: ignore[attr-defined]
             trainable.train()
             micro = 0
             for images, _ in loader:
-                if first + micro >= steps_per_epoch * accum:
+                if first + micro >= plan.steps_per_epoch * plan.accum:
                     break  # a remainder too small for a whole optimizer step
                 images = _to_device(images, device)
-                is_last_micro = (micro + 1) % accum == 0
+                is_last_micro = (micro + 1) % plan.accum == 0
 
-                lr = _schedule(optimizer, settings, step, total_steps, warmup_steps, base_lr)
+                lr = _schedule(optimizer, settings, step, plan.total_steps, plan.warmup_steps, plan.base_lr)
 
                 # DDP all-reduces gradients only on the micro-batch that completes a step.
                 sync = contextlib.nullcontext() if (is_last_micro or not info.distributed) else model.no_sync()
                 with sync:
                     with autocast_for(settings.amp, device):
                         parts = task.loss(model, images, epoch)
-                    loss = parts["loss"]
-                    # Every rank must agree before anyone stops: a rank that skipped a batch
-                    # alone would leave the others waiting in all-reduce forever.
-                    if not distmod.all_true(bool(torch.isfinite(loss.detach()).item()), device):
-                        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
-                        raise EdgeDistillError(
-                            f"non-finite loss at step {step} (epoch {epoch}): {detail}; "
-                            f"last good checkpoint: {checkpoint_path if checkpoint_path.exists() else 'none yet'}"
-                        )
-                    (loss / accum).backward()
+                    _check_finite(parts, step, epoch, checkpoint_path, device)
+                    (parts["loss"] / plan.accum).backward()
                 micro += 1
                 window_images += _batch_size_of(images) * info.world_size
                 if not is_last_micro:
@@ -256,24 +240,24 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                task.after_optimizer_step(step, total_steps)
+                task.after_optimizer_step(step, plan.total_steps)
 
                 last = {k: float(v.detach()) for k, v in parts.items()}
                 last["lr"] = lr
-                budget_reached = over_budget()
-                if step % settings.log_every == 0 or step == stop_at or step == total_steps or budget_reached:
+                budget_reached = clock.over_budget(settings.max_seconds, device)
+                if step % settings.log_every == 0 or step in (plan.stop_at, plan.total_steps) or budget_reached:
                     elapsed = time.perf_counter() - window_start
                     last["img_s"] = window_images / max(elapsed, 1e-9)
                     window_images, window_start = 0, time.perf_counter()
                     if info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last})
                 progress.update(step, last)
-                if step >= stop_at or budget_reached:
+                if step >= plan.stop_at or budget_reached:
                     break
 
-            epoch_done = (step % steps_per_epoch == 0) and step > 0
+            epoch_done = (step % plan.steps_per_epoch == 0) and step > 0
             if epoch_done:
-                done_epochs = step // steps_per_epoch
+                done_epochs = step // plan.steps_per_epoch
                 if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
                     with clock.pause():
                         scores = knn_fn(task.backbone())  # {} when the data has no labels
@@ -281,19 +265,65 @@ def train(
                     if scores and info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
                         progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
-                if done_epochs % settings.checkpoint_every == 0 or step >= total_steps:
-                    save_checkpoint()
-            if step >= stop_at or budget_reached:
+                if done_epochs % settings.checkpoint_every == 0 or step >= plan.total_steps:
+                    save()
+            if step >= plan.stop_at or budget_reached:
                 break
         if saved_step != step:
-            save_checkpoint()  # stopped by max_steps between scheduled checkpoints: keep the place
+            save()  # stopped by max_steps between scheduled checkpoints: keep the place
     finally:
         progress.close()
 
-    if (step >= total_steps or budget_reached) and info.is_main:
+    if (step >= plan.total_steps or budget_reached) and info.is_main:
         task.save_outputs(run.path)
-    return LoopResult(step, step // steps_per_epoch, step < total_steps and not budget_reached, last,
-                      seconds=clock.seconds(), budget_reached=budget_reached, total_steps=total_steps)
+    return LoopResult(step, step // plan.steps_per_epoch, step < plan.total_steps and not budget_reached, last,
+                      seconds=clock.seconds(), budget_reached=budget_reached, total_steps=plan.total_steps)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The run's shape in optimizer steps and its peak learning rate: fixed by the settings,
+    the loader and the world size before the first step (a resume recomputes the same)."""
+
+    accum: int  # micro-batches per optimizer step
+    steps_per_epoch: int
+    total_steps: int  # the schedule's length: warmup + cosine end there
+    epochs: int  # the last one may be partial (total_steps)
+    stop_at: int  # max_steps ends the run early, before the schedule's end (no outputs)
+    warmup_steps: int
+    base_lr: float  # the linear scaling rule: blr x effective batch / 256
+
+
+def _plan(settings: LoopSettings, loader: DataLoader, world_size: int) -> _Plan:
+    accum, effective_batch = accumulation_steps(settings, world_size)
+    steps_per_epoch = len(loader) // accum
+    if steps_per_epoch < 1:
+        raise EdgeDistillError(
+            f"one optimizer step needs {effective_batch} images but each process has {len(loader.sampler)}"  # type: ignore[arg-type]
+        )
+    total_steps = settings.total_steps or settings.epochs * steps_per_epoch
+    return _Plan(
+        accum=accum,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        epochs=-(-total_steps // steps_per_epoch),
+        stop_at=min(settings.max_steps, total_steps) if settings.max_steps else total_steps,
+        warmup_steps=int(round(settings.warmup_epochs * steps_per_epoch)),
+        base_lr=settings.blr * effective_batch / 256,
+    )
+
+
+def _check_finite(parts: dict[str, torch.Tensor], step: int, epoch: int, checkpoint: Path,
+                  device: torch.device) -> None:
+    """Stop on a non-finite loss, naming its parts and the checkpoint to resume from. Every rank
+    must agree before anyone stops: a rank that skipped a batch alone would leave the others
+    waiting in all-reduce forever."""
+    if not distmod.all_true(bool(torch.isfinite(parts["loss"].detach()).item()), device):
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
+        raise EdgeDistillError(
+            f"non-finite loss at step {step} (epoch {epoch}): {detail}; "
+            f"last good checkpoint: {checkpoint if checkpoint.exists() else 'none yet'}"
+        )
 
 
 def _wrap(trainable: nn.Module, task: Task, settings: LoopSettings, info: distmod.DistInfo) -> nn.Module:
@@ -320,136 +350,3 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: LoopSettings, step: in
         optimizer.param_groups[0]["weight_decay"] = cosine(step, total_steps, settings.weight_decay,
                                                            settings.weight_decay_end)
     return lr
-
-
-def _before_first_step(run: RunDir, settings: LoopSettings, info: distmod.DistInfo, trainable: nn.Module,
-                       optimizer: torch.optim.Optimizer, resumed_at: int | None, stop_at: int, total_steps: int) -> None:
-    """What must hold before any work: something left to train (a resume), room on the disk;
-    the metrics a resumed run will log again dropped."""
-    if resumed_at is not None and resumed_at >= min(stop_at, total_steps):
-        # nothing left to train: say so rather than rewrite the run's summary with no metrics
-        limit = (f"max_steps={settings.max_steps}" if settings.max_steps and stop_at < total_steps
-                 else f"all {settings.epochs} epochs")
-        raise EdgeDistillError(f"nothing to resume: {run.path} already reached step {resumed_at} ({limit}); "
-                               "raise the epochs or max_steps with --set to train further")
-    if info.is_main:
-        _check_disk(run, trainable, optimizer)
-        if resumed_at is not None:
-            _truncate_metrics(run.metrics, resumed_at)
-
-
-def _check_disk(run: RunDir, trainable: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Room for two checkpoints (the atomic write keeps the old one until the new one is
-    complete) and the saved weights, before the first step rather than after an epoch."""
-    from edgedistill.utils import check_free_space
-
-    weights = sum(p.numel() * p.element_size() for p in trainable.parameters())
-    checkpoint = weights * (1 + len(optimizer.param_groups[0]["betas"]))  # AdamW: two moments
-    check_free_space(run.path, 2 * checkpoint + weights + (1 << 20), f"the checkpoints of {run.path}")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records up to ``step`` (the checkpoint resumed from): the steps logged after it
-    are trained again and logged again. A half-written last line (a kill) is dropped too."""
-    if not path.exists():
-        return
-    import json
-
-    from edgedistill.utils import atomic_write_text
-
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def _save_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task, step: int,
-                     steps_per_epoch: int, total_steps: int, device: torch.device, seconds: float = 0.0) -> None:
-    """Everything a resume needs, written atomically (a crash leaves the previous one). Saved
-    through a file object: on a full disk torch then raises ENOSPC, not "unexpected pos"."""
-    from edgedistill.utils import disk_errors
-
-    state = {
-        "model": trainable.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": {},  # bf16 autocast needs no loss scaler; kept for the format
-        "task": task.extra_state(),
-        "step": step,
-        "epoch": step // steps_per_epoch,
-        "total_steps": total_steps,
-        "seconds": float(seconds),  # training wall-clock so far: a resumed run keeps its max_seconds budget
-        "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-    }
-    with atomic_path(path) as tmp, disk_errors(path, "cannot save the checkpoint"):
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-
-
-def _load_checkpoint(path: Path, trainable: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
-                     device: torch.device) -> tuple[int, float]:
-    """Restore model, optimizer, task state and RNG; returns the optimizer step reached and the
-    training seconds spent so far."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    trainable.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    task.load_extra_state(state.get("task", {}))
-    torch.set_rng_state(state["rng"]["cpu"])
-    if device.type == "cuda" and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return int(state["step"]), float(state.get("seconds", 0.0))
-
-
-class _Progress:
-    """A rich progress bar on an interactive terminal, plain log lines otherwise (CI, pipes)."""
-
-    def __init__(self, enabled: bool, console: Any, total: int, completed: int, name: str):
-        self.enabled = enabled and console is not None
-        self.console = console
-        self.bar = None
-        self.last_print = 0.0
-        self.total = total
-        self.started = time.perf_counter()
-        self.first_step = completed
-        if not self.enabled:
-            return
-        if console.is_terminal:
-            from edgedistill.progress import progress_bar
-
-            self.bar = progress_bar(console, eta=True, info=True)
-            self.bar.start()
-            self.task_id = self.bar.add_task(name, total=total, completed=completed, info="")
-
-    @staticmethod
-    def _format(metrics: dict[str, float]) -> str:
-        keys = [k for k in metrics if k not in ("img_s",)]
-        text = " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
-        if "img_s" in metrics:
-            text += f" {metrics['img_s']:.0f} img/s"
-        return text
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(self.task_id, completed=step, info=self._format(metrics))
-            return
-        now = time.perf_counter()
-        if now - self.last_print >= 10 or step == self.total:
-            self.last_print = now
-            rate = (step - self.first_step) / max(now - self.started, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else math.inf
-            eta_text = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-            self.console.print(f"step {step}/{self.total} ETA {eta_text} {self._format(metrics)}", highlight=False)
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.console if self.bar is not None else self.console).print(text, highlight=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

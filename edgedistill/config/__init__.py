@@ -4,7 +4,8 @@ Every key lives in a section (``data.*``, ``teacher.*``, ``student.*``, ``distil
 Unknown keys are rejected with a suggestion, values are coerced to the declared type, and
 the resolved config is written as ``config.yaml`` into every run directory.
 
-This module imports no torch: the CLI validates a config before any heavy import.
+The checks behind ``validate`` live in ``checks.py``. This package imports no torch: the CLI
+validates a config before any heavy import.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from edgedistill.config.checks import validate
 from edgedistill.errors import EdgeDistillError
 
 
@@ -369,85 +371,3 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from edgedistill.utils import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def validate(cfg: Config) -> None:
-    """Reject impossible values with a message naming the key. Machine-independent: a run's
-    config must stay readable elsewhere; what this machine can hold (threads, workers) is
-    checked where it is used."""
-    from edgedistill.limits import MAX_IMAGE_SIDE, check_device
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise EdgeDistillError(message)
-
-    d = cfg.data
-    need(cfg.run.threads >= 0, f"run.threads must be >= 0 (0 = torch's default), got {cfg.run.threads}")
-    need(8 <= d.img_size <= MAX_IMAGE_SIDE, f"data.img_size must be at least 8 and at most {MAX_IMAGE_SIDE}, got {d.img_size}")
-    need(d.batch_size >= 1, f"data.batch_size must be positive, got {d.batch_size}")
-    need(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
-    need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, f"data.crop_scale must satisfy 0 < lo <= hi <= 1, got {d.crop_scale}")
-    need(d.max_bad_images >= 0, "data.max_bad_images must be >= 0")
-    need(all(s > 0 for s in d.std), "data.std must be positive")
-    for section in ("teacher", "student"):
-        sub = getattr(cfg, section)
-        need(0 <= sub.img_size <= MAX_IMAGE_SIDE, f"{section}.img_size must be between 0 and {MAX_IMAGE_SIDE}, "
-                                                  f"got {sub.img_size}")
-        need(sub.patch_size >= 0, f"{section}.patch_size must be >= 0")
-        need(sub.depth >= 0, f"{section}.depth must be >= 0")
-        size = sub.img_size or d.img_size
-        if sub.patch_size:
-            need(size % sub.patch_size == 0, f"{section}.patch_size {sub.patch_size} does not divide the image size {size}")
-    need(cfg.student.reg_tokens >= 0, f"student.reg_tokens must be >= 0, got {cfg.student.reg_tokens}")
-    for name in ("distill", "pretrain"):
-        sec = getattr(cfg, name)
-        need(sec.epochs >= 1, f"{name}.epochs must be >= 1, got {sec.epochs}")
-        need(sec.effective_batch >= 0, f"{name}.effective_batch must be >= 0")
-        need(sec.blr > 0, f"{name}.blr must be positive")
-        need(sec.min_lr >= 0 and sec.weight_decay >= 0 and sec.clip_grad >= 0,
-             f"{name}.min_lr, weight_decay and clip_grad must be >= 0")
-        need(sec.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0")
-        need(sec.amp in ("auto", "bf16", "off"), f"{name}.amp must be auto, bf16 or off, got '{sec.amp}'")
-        need(sec.max_steps >= 0, f"{name}.max_steps must be >= 0")
-        need(sec.checkpoint_every >= 1, f"{name}.checkpoint_every must be >= 1")
-        need(sec.log_every >= 1, f"{name}.log_every must be >= 1 (optimizer steps), got {sec.log_every}")
-        need(sec.knn_every >= 0, f"{name}.knn_every must be >= 0 (epochs; 0 = off), got {sec.knn_every}")
-        need(sec.total_steps >= 0, f"{name}.total_steps must be >= 0 (0 = epochs x steps per epoch), got {sec.total_steps}")
-        need(sec.max_seconds >= 0, f"{name}.max_seconds must be >= 0 (0 = no budget), got {sec.max_seconds}")
-    p = cfg.pretrain
-    need(p.out_dim >= 1, f"pretrain.out_dim must be >= 1, got {p.out_dim}")
-    need(p.local_crops >= 0, f"pretrain.local_crops must be >= 0, got {p.local_crops}")
-    need(p.teacher_temp > 0 and p.warmup_teacher_temp > 0 and p.student_temp > 0,
-         "pretrain.teacher_temp, warmup_teacher_temp and student_temp must be positive")
-    need(0 <= p.momentum_teacher <= 1, f"pretrain.momentum_teacher must be in [0, 1], got {p.momentum_teacher}")
-    need(0 <= p.center_momentum < 1, f"pretrain.center_momentum must be in [0, 1), got {p.center_momentum}")
-    need(p.freeze_last_layer >= 0, f"pretrain.freeze_last_layer must be >= 0, got {p.freeze_last_layer}")
-    need(0 <= cfg.student.drop_path_rate < 1 and 0 <= p.drop_path_rate < 1, "drop_path_rate must be in [0, 1)")
-    k = cfg.distill
-    need(all(0 <= b < 1 for b in k.betas), f"distill.betas must be in [0, 1), got {k.betas}")
-    need(k.w_cls >= 0 and k.w_attn >= 0 and k.w_patch >= 0 and k.w_cls + k.w_attn + k.w_patch > 0,
-         "distill.w_cls, distill.w_attn and distill.w_patch must be >= 0 and not all 0")
-    need(k.patch_loss in ("cosine", "smooth_l1"), f"distill.patch_loss must be cosine or smooth_l1, got '{k.patch_loss}'")
-    need(k.temperature > 0, "distill.temperature must be positive")
-    need(k.aggregate_heads in ("auto", "always", "never"), f"distill.aggregate_heads must be auto, always or never, got '{k.aggregate_heads}'")
-    need(k.projector_depth >= 0, "distill.projector_depth must be >= 0")
-    need(k.attention in ("auto", "fused", "explicit"), f"distill.attention must be auto, fused or explicit, got '{k.attention}'")
-    need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
-    need(cfg.export.int8_recovery_attempts >= 0, "export.int8_recovery_attempts must be >= 0")
-    need(cfg.eval.temperature > 0, f"eval.temperature must be > 0, got {cfg.eval.temperature}")
-    need(cfg.eval.batch_size >= 1 and cfg.eval.chunk_size >= 1, "eval.batch_size and eval.chunk_size must be >= 1")
-    e = cfg.export
-    need(e.calib_size >= 1, f"export.calib_size must be >= 1, got {e.calib_size}")
-    need(0 < e.parity_min_cosine <= 1, f"export.parity_min_cosine must be in (0, 1], got {e.parity_min_cosine}")
-    need(e.max_knn_drop >= 0, f"export.max_knn_drop must be >= 0 (points), got {e.max_knn_drop}")
-    need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
-    need(set(cfg.export.formats) <= {"onnx", "openvino", "executorch"},
-         f"export.formats must be a subset of onnx,openvino,executorch, got {cfg.export.formats}")
-    need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
-    need(cfg.pipeline.edge in ("auto", "on", "off"), f"pipeline.edge must be auto, on or off, got '{cfg.pipeline.edge}'")
-    known_stages = ("pretrain", "distill", "eval", "export", "bench")
-    unknown = [x for x in cfg.pipeline.stages if x not in known_stages]
-    need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(known_stages)}")
-    need(all(t >= 1 for t in cfg.bench.threads) and all(b >= 1 for b in cfg.bench.batch), "bench.threads and bench.batch must be >= 1")
-    need(cfg.bench.runs >= 1 and cfg.bench.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
-    check_device(cfg.run.device, "run.device")
