@@ -255,7 +255,9 @@ def test_resume_logs_each_step_once_and_a_finished_run_stays_finished(tiny_folde
                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_says_how_to_continue(tiny_folder, tmp_path, sig, code, said):
     out = tmp_path / "run"
-    sets = sum((["--set", o] for o in tiny_overrides(tiny_folder, **{"distill.epochs": 50})), [])
+    # far more epochs than the signal needs to land: on a loaded machine 50 epochs (16 s) once
+    # finished before the signal was delivered, and the run exited 0
+    sets = sum((["--set", o] for o in tiny_overrides(tiny_folder, **{"distill.epochs": 2000})), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "distill", "--out", str(out), *sets], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
