@@ -170,6 +170,18 @@ def _checked(train_features: Any, train_labels: Any, val_features: Any, num_clas
     return train_features, val_features, labels, truth, num_classes, ks, compute, num_train, num_val
 
 
+def _ranked_classes(neighbour_labels: torch.Tensor, weights: torch.Tensor, ks: Sequence[int],
+                    num_classes: int) -> dict[int, torch.Tensor]:
+    """(Q, max_k) neighbour labels and vote weights -> {k: (Q, <=5) classes, best first} on the CPU."""
+    ranked: dict[int, torch.Tensor] = {}
+    for k in ks:
+        votes = torch.zeros(neighbour_labels.shape[0], num_classes, device=weights.device, dtype=weights.dtype)
+        votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
+        # stable descending sort: on equal votes the lower class index comes first
+        ranked[k] = votes.sort(dim=1, descending=True, stable=True).indices[:, :5].cpu()
+    return ranked
+
+
 def knn_classify(
     train_features: torch.Tensor | np.ndarray,
     train_labels: torch.Tensor | np.ndarray,
@@ -226,14 +238,7 @@ def knn_classify(
         _check_finite(torch.linalg.vector_norm(query, dim=1), "validation")
         query = F.normalize(query, dim=1)
         sims, idx = _nearest_neighbours(train_features, query, max_k, bank_chunk, compute)
-        neighbour_labels = labels[idx]  # (Q, max_k)
-        weights = _vote_weights(sims, temperature)
-        ranked: dict[int, torch.Tensor] = {}
-        for k in distinct:
-            votes = torch.zeros(query.shape[0], num_classes, device=compute, dtype=weights.dtype)
-            votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])
-            # stable descending sort: on equal votes the lower class index comes first
-            ranked[k] = votes.sort(dim=1, descending=True, stable=True).indices[:, :5].cpu()
+        ranked = _ranked_classes(labels[idx], _vote_weights(sims, temperature), distinct, num_classes)
         predictions[start:start + query.shape[0]] = ranked[headline_used][:, 0]
         if truth is not None:
             target = truth[start:start + query.shape[0], None]
