@@ -83,14 +83,26 @@ def peers(bundle: Path, out: Path, calib_dir: Path, threads: int) -> dict:
 
 
 def benchmark_app(xml: Path, threads: int, seconds: int, hint: str) -> float | None:
-    """benchmark_app's median latency (ms) on ``xml`` at batch 1, or None without the tool."""
+    """benchmark_app's median latency (ms) on ``xml`` at batch 1, or None without the tool.
+    Its command line refuses ``-nthreads`` beside ``-hint latency``, so the thread count and
+    precision go in a ``-load_config`` file, as our bench sets them."""
+    import tempfile
+
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).parent / "benchmark_app")
     if not Path(tool).exists():
         return None
-    done = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-nthreads", str(threads),
-                           "-t", str(seconds), "-infer_precision", hint, "-shape", "[1,3,224,224]"],
-                          capture_output=True, text=True, timeout=600)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+        json.dump({"CPU": {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads),
+                           "INFERENCE_PRECISION_HINT": hint}}, config)
+    try:
+        done = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-t", str(seconds),
+                               "-load_config", config.name, "-shape", "[1,3,224,224]"],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        Path(config.name).unlink()
     match = re.search(r"Median:\s+([\d.]+) ms", done.stdout)
+    if match is None:
+        print(f"benchmark_app failed: {(done.stdout + done.stderr).strip().splitlines()[-1:]}")
     return float(match.group(1)) if match else None
 
 

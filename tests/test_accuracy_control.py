@@ -67,7 +67,12 @@ def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
     assert control["passed"] and control["float_layers"] and control["first_drop"] > 0.0
     assert entry["quantization"]["nodes_excluded"] == control["float_layers"]
     assert "dropped" in control["reason"] and control["attempts"][-1]["drop"] <= 0.0
-    assert result["validation"]["knn"]["variants"]["onnx_int8"]["passed"]
+    knn = result["validation"]["knn"]["variants"]
+    assert knn["onnx_int8"]["passed"]
+    # the fused graph's INT8 (QAttention) is judged and controlled the same way
+    fused = result["manifest"]["variants"]["onnx_fused_int8"]["quantization"]
+    assert knn["onnx_fused_int8"]["passed"]
+    assert "accuracy_control" not in fused or fused["nodes_excluded"] == fused["accuracy_control"]["float_layers"]
 
 
 def _signal_stack() -> tuple[int | None, int, int] | None:

@@ -71,11 +71,11 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
 
     rows = {r["id"]: r for r in report["rows"]}
     expected = {"onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
-                "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_fp16:fp16@f32:1t",
+                "onnxruntime:onnx_fused_int8:int8:1t", "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_fp16:fp16@f32:1t",
                 "openvino:openvino_int8:int8@f32:1t"}
     # OpenVINO also runs the ORT INT8 file where its operators are standard (the fused graph's are not)
     variants = json.loads((bench_bundle / "manifest.json").read_text())["variants"]
-    assert "openvino" not in variants["onnx_fused_fp32"]["runtimes"]
+    assert "openvino" not in variants["onnx_fused_fp32"]["runtimes"] + variants["onnx_fused_int8"]["runtimes"]
     if "openvino" in variants["onnx_int8"]["runtimes"]:
         expected.add("openvino:onnx_int8:int8@f32:1t")
     if cpu_has_native_bf16():
@@ -142,7 +142,7 @@ def test_bench_torch_baseline_from_the_run_directory(bench_bundle):
                        seconds=0.2, rounds=2, warmup=1, progress=False)
     rows = {r["id"]: r for r in report["rows"]}
     assert set(rows) == {"torch:student:fp32:1t", "onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t",
-                         "onnxruntime:onnx_int8:int8:1t"}
+                         "onnxruntime:onnx_int8:int8:1t", "onnxruntime:onnx_fused_int8:int8:1t"}
     torch_row = rows["torch:student:fp32:1t"]
     assert torch_row["baseline"] and report["baselines"][0]["fallback_reason"] is None
     assert torch_row["settings"]["torch.set_num_threads"] == 1 and torch_row["settings"]["num_threads_read_back"] == 1

@@ -40,8 +40,8 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     path = Path(bundle["bundle"])
     manifest = read_manifest(path, verify=True)
     assert manifest == json.loads((path / "manifest.json").read_text())
-    assert list(manifest["variants"]) == ["onnx_fp32", "onnx_fused_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16",
-                                          "openvino_int8"]
+    assert list(manifest["variants"]) == ["onnx_fp32", "onnx_fused_fp32", "onnx_int8", "onnx_fused_int8",
+                                          "openvino_fp32", "openvino_fp16", "openvino_int8"]
     assert manifest["default_variant"] in ("onnx_int8", "openvino_int8")
     assert manifest["input"] == {"name": "pixel_values", "layout": "NCHW", "shape": [-1, 3, 16, 16],
                                  "dtype": "float32"}
@@ -106,10 +106,9 @@ def test_parity_and_knn_figures(bundle):
 
 def test_onnx_runtime_graph_has_fused_attention(bundle):
     """The ORT graphs carry one fused attention node per block (2 here), counted in the files;
-    the plain graph, for every other runtime and the browser, has none."""
+    the plain graph, for every other runtime and the browser, has none. Both INT8 graphs are
+    dynamic INT8 of their MatMuls and attention nodes: the patch embedding stays a float Conv."""
     import onnx
-
-    from edgedistill.export.quantize import ORT_INT8
 
     path = Path(bundle["bundle"])
     variants = bundle["manifest"]["variants"]
@@ -124,9 +123,15 @@ def test_onnx_runtime_graph_has_fused_attention(bundle):
     assert ops("onnx_fused_fp32").get("Attention") == 2 and ops("onnx_fp32").get("Attention") is None
     assert variants["onnx_fused_fp32"]["runtimes"] == ["onnxruntime"]
     assert "onnxruntime-web" in variants["onnx_fp32"]["runtimes"]
-    if ORT_INT8["graph"] == "fused" and ORT_INT8["method"] == "dynamic":
-        assert ops("onnx_int8").get("QAttention") == 2
-        assert variants["onnx_int8"]["quantization"]["source_graph"] == "onnx_fused_fp32"
+    plain, fused = ops("onnx_int8"), ops("onnx_fused_int8")
+    # 2 blocks x (qkv, proj, fc1, fc2) on the plain graph; the fused one's qkv is inside QAttention
+    assert plain["MatMulInteger"] == 8 and fused["MatMulInteger"] == 6 and fused["QAttention"] == 2
+    assert plain["Conv"] == fused["Conv"] == 1 and "ConvInteger" not in plain and "Attention" not in fused
+    assert "onnxruntime-web" in variants["onnx_int8"]["runtimes"] and variants["onnx_fused_int8"]["runtimes"] == [
+        "onnxruntime"]
+    assert variants["onnx_fused_int8"]["graph"] == "fused attention" and variants["onnx_int8"]["graph"] == "plain"
+    assert variants["onnx_fused_int8"]["quantization"]["source_graph"] == "onnx_fused_fp32"
+    assert variants["onnx_int8"]["quantization"]["op_types"] == ["MatMul", "Attention"]
 
 
 PREPROCESS = """
@@ -186,7 +191,7 @@ print(json.dumps(result))
 
 
 @pytest.mark.parametrize("script, variants", [
-    (PLAIN_ORT, {"onnx_fp32": 0.9999, "onnx_fused_fp32": 0.9999, "onnx_int8": 0.99}),
+    (PLAIN_ORT, {"onnx_fp32": 0.9999, "onnx_fused_fp32": 0.9999, "onnx_int8": 0.99, "onnx_fused_int8": 0.99}),
     (PLAIN_OV, {"openvino_fp32": 0.9999, "openvino_fp16": 0.999, "openvino_int8": 0.99}),
 ], ids=["onnxruntime", "openvino"])
 def test_plain_runtime_reproduces_the_sample(bundle, tmp_path, script, variants):

@@ -106,7 +106,8 @@ def test_students_with_registers_export_end_to_end(name, labeled, tmp_path):
     bundle = export(run, labeled, tmp_path / "export", int8=True)
     variants = set(bundle["manifest"]["variants"])
     # the fused-attention graph exists for timm Attention blocks (registers or not), not for Eva's
-    assert variants - {"onnx_fused_fp32"} == {"onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"}
+    assert variants - {"onnx_fused_fp32", "onnx_fused_int8"} == {"onnx_fp32", "onnx_int8", "openvino_fp32",
+                                                                 "openvino_int8"}
     assert bundle["validation"]["passed"]
     images = sorted((labeled / "val").rglob("*.png"))
     pixels = preprocess_batch([str(p) for p in images], eval_preprocessing(16, [0.485, 0.456, 0.406],
@@ -114,7 +115,7 @@ def test_students_with_registers_export_end_to_end(name, labeled, tmp_path):
     with torch.no_grad():
         reference = student.forward_features(torch.from_numpy(pixels))[:, 0].numpy()
     for variant, floor in (("onnx_fp32", 0.9999), ("onnx_fused_fp32", 0.9999), ("openvino_fp32", 0.9999),
-                           ("onnx_int8", 0.95), ("openvino_int8", 0.95)):
+                           ("onnx_int8", 0.95), ("onnx_fused_int8", 0.95), ("openvino_int8", 0.95)):
         if variant not in variants:
             continue
         got = open_embedder(bundle["bundle"], variant=variant, threads=1).embed(pixels)

@@ -48,8 +48,8 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
             ``projector.safetensors`` for ``projection``; ``config.yaml`` supplies mean/std
             and the default ``data``/``calib`` when its folders exist here).
         formats: "onnx", "openvino", "executorch" (a comma-separated string or a sequence).
-        int8: add ``onnx_int8`` / ``openvino_int8`` / ``executorch_int8`` (static PTQ on
-            ``calib`` images).
+        int8: add ``onnx_int8`` / ``onnx_fused_int8`` (ONNX Runtime dynamic INT8 of each
+            graph) / ``openvino_int8`` / ``executorch_int8`` (static PTQ on ``calib`` images).
         fp16: add ``openvino_fp16`` (FP16 weights, f32 inference).
         calib: image folder for calibration (default: the train split of ``data``).
         data: labeled split folder or "digits" for the accuracy gate (default: the run's

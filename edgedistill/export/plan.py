@@ -151,8 +151,8 @@ def _check_space(bundle_dir: Path, graph: Any, fmts: tuple[str, ...], o: dict[st
     params = sum(p.numel() for p in graph.parameters())
     # FP32 ONNX (+ its fused-attention twin), FP32 IR, FP16 IR
     per_param = 4.0 + (4.0 if "onnx" in fmts else 0.0) + (4.0 if "openvino" in fmts else 0.0) + (2.0 if o["fp16"] else 0.0)
-    if o["int8"]:
-        per_param += 1.3 * len(fmts)  # int8 weights plus the float tensors left around them
+    if o["int8"]:  # int8 weights plus the float tensors left around them; ONNX's two graphs
+        per_param += 1.3 * (len(fmts) + ("onnx" in fmts))
     check_free_space(bundle_dir.parent, int(params * per_param * 1.1) + (1 << 20), f"the bundle {bundle_dir}")
 
 
@@ -272,7 +272,7 @@ def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None
                  or (v.endswith("fp16") and options["fp16"]))]
     unfusable = _unfusable(model)
     if unfusable and "onnx_fused_fp32" in variants:
-        variants.remove("onnx_fused_fp32")
+        variants = [v for v in variants if not v.startswith("onnx_fused_")]
         console.print(f"[yellow]note:[/] no fused-attention ONNX graph: {unfusable}")
     return ExportPlan(run=run, name=name, bundle_dir=bundle_dir, formats=fmts, variants=variants, model=model,
                       meta=meta, graph=graph, projector_info=projector_info, img_size=size, trained_size=trained,

@@ -24,7 +24,7 @@ from edgedistill.export.variants import Built
 
 __all__ = ["recover", "RECOVERABLE"]
 
-RECOVERABLE = ("onnx_int8", "openvino_int8")
+RECOVERABLE = ("onnx_int8", "onnx_fused_int8", "openvino_int8")
 RANKING_IMAGES = 8
 
 
@@ -34,7 +34,7 @@ def recover(plan: ExportPlan, built: Built, gate: AccuracyGate, name: str, calib
     measurements are spent. Updates the built variant and the gate's figures; returns what was
     tried (also recorded in the variant's manifest entry)."""
     first = dict(gate.figures[name])
-    tried = (_recover_onnx if name == "onnx_int8" else _recover_openvino)(plan, built, gate, name, calib, attempts)
+    tried = (_recover_onnx if built.entries[name]["format"] == "onnx" else _recover_openvino)(plan, built, gate, name, calib, attempts)
     record = {"reason": f"k-NN top-1 dropped {first['drop']:.2f} points (> {gate.max_drop:g}) with every layer "
                         "quantized", "first_drop": first["drop"], **tried, "passed": bool(gate.figures[name]["passed"])}
     built.entries[name].setdefault("quantization", {})["accuracy_control"] = record
@@ -47,13 +47,12 @@ def recover(plan: ExportPlan, built: Built, gate: AccuracyGate, name: str, calib
 def _quantizable_nodes(path: Any) -> list[str]:
     import onnx
 
-    from edgedistill.export.quantize import ORT_OP_TYPES
+    from edgedistill.export.quantize import ORT_INT8
 
     graph = onnx.load(str(path)).graph
     weights = {init.name for init in graph.initializer}
-    # the nodes the quantizer turns into INT8: ORT's op types with a constant weight input
-    return [n.name for n in graph.node if n.op_type in (*ORT_OP_TYPES, "Attention")
-            and any(i in weights for i in n.input)]
+    # the nodes the quantizer turns into INT8: the recipe's op types with a constant weight input
+    return [n.name for n in graph.node if n.op_type in ORT_INT8["op_types"] and any(i in weights for i in n.input)]
 
 
 def _ort_sensitivity(plan: ExportPlan, built: Built, source: Any, nodes: list[str], images: np.ndarray,

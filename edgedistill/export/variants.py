@@ -20,7 +20,7 @@ from edgedistill.export.plan import ExportPlan
 __all__ = ["Built", "BUILDERS", "FP_VARIANTS", "INT8_VARIANTS", "build_variants", "embedders_for"]
 
 FP_VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "openvino_fp32", "openvino_fp16", "executorch_fp32")
-INT8_VARIANTS = ("onnx_int8", "openvino_int8", "executorch_int8")
+INT8_VARIANTS = ("onnx_int8", "onnx_fused_int8", "openvino_int8", "executorch_int8")
 INTERMEDIATE_ONNX = ".intermediate_fp32.onnx"  # the FP32 graph OpenVINO converts, when ONNX is not shipped
 ANY_ONNX = ("onnxruntime", "onnxruntime-web", "openvino")  # who loads a graph of standard operators
 ORT_ONLY = ("onnxruntime",)  # contrib operators (com.microsoft): ONNX Runtime's CPU/mobile builds
@@ -100,27 +100,29 @@ def build_openvino_fp16(plan: ExportPlan, built: Built, **_: Any) -> None:
 # ----------------------------------------------------------------------------- INT8
 
 
-def ort_int8_source(built: Built) -> str:
-    """The FP32 variant the ONNX Runtime INT8 is quantized from."""
-    from edgedistill.export.quantize import ORT_INT8
+def _build_ort_int8(plan: ExportPlan, built: Built, name: str, source: str, calib: np.ndarray, bar: Any) -> None:
+    """ONNX Runtime INT8 (``export.quantize.ORT_INT8``) of the FP32 variant ``source``."""
+    from edgedistill.export.quantize import quantize_ort_int8
 
-    return "onnx_fused_fp32" if ORT_INT8["graph"] == "fused" and "onnx_fused_fp32" in built.files else "onnx_fp32"
+    task = bar.add_task(f"quantizing {name}", total=len(calib))
+    path = built.work / f"{name}.onnx"
+    settings = quantize_ort_int8(built.files[source] if source in built.files else built.onnx_fp32, path, calib,
+                                 calib_method=plan.options["calib_method"], on_batch=lambda n: bar.advance(task, n))
+    portable = _standard_operators_only(path)  # no com.microsoft contrib operators: onnxruntime-web loads it
+    built.add(name, path, {"format": "onnx", "precision": "int8", "graph": built.entries.get(source, {}).get(
+        "graph", "plain"), "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
+        "quantization": dict(settings, source_graph=source, calibration=built.calibration)})
 
 
 def build_onnx_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
-    from edgedistill.export.quantize import quantize_ort_int8
+    """INT8 of the plain graph: standard operators only, so every ONNX runtime loads it."""
+    _build_ort_int8(plan, built, "onnx_int8", "onnx_fp32", calib, bar)
 
-    task = bar.add_task("quantizing onnx_int8", total=len(calib))
-    source = ort_int8_source(built)
-    path = built.work / "onnx_int8.onnx"
-    settings = quantize_ort_int8(built.files[source] if source in built.files else built.onnx_fp32, path, calib,
-                                 calib_method=plan.options["calib_method"], on_batch=lambda n: bar.advance(task, n))
-    fused = built.entries.get(source, {}).get("graph") == "fused attention"
-    portable = not fused and _standard_operators_only(path)  # no com.microsoft contrib operators
-    built.add("onnx_int8", path, {"format": "onnx", "precision": "int8",
-                                  "graph": "fused attention" if fused else "plain",
-                                  "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
-                                  "quantization": dict(settings, source_graph=source, calibration=built.calibration)})
+
+def build_onnx_fused_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
+    """INT8 of the fused-attention graph: the fastest on ONNX Runtime (CPU, mobile)."""
+    if "onnx_fused_fp32" in built.files:
+        _build_ort_int8(plan, built, "onnx_fused_int8", "onnx_fused_fp32", calib, bar)
 
 
 def _standard_operators_only(path: Path) -> bool:
@@ -174,6 +176,7 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "openvino_fp32": build_openvino_fp32,
     "openvino_fp16": build_openvino_fp16,
     "onnx_int8": build_onnx_int8,
+    "onnx_fused_int8": build_onnx_fused_int8,
     "openvino_int8": build_openvino_int8,
     "executorch_fp32": build_executorch_fp32,
     "executorch_int8": build_executorch_int8,

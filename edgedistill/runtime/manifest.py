@@ -64,8 +64,8 @@ FORMAT_VERSION = 1  # what `edgedistill export` writes
 SUPPORTED_FORMAT_VERSIONS = (1,)  # what this reader accepts
 FORMATS = ("onnx", "openvino", "executorch")
 # the variants `edgedistill export` writes, in manifest order (a reader accepts any name)
-VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "onnx_int8", "openvino_fp32", "openvino_fp16", "openvino_int8",
-            "executorch_fp32", "executorch_int8")
+VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "onnx_int8", "onnx_fused_int8", "openvino_fp32", "openvino_fp16",
+            "openvino_int8", "executorch_fp32", "executorch_int8")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
