@@ -26,6 +26,52 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def export_mha_graph(graph: object, path: Path, size: int) -> None:
+    """The alternative fused graph: q, k and v as three linears (three quantizable MatMuls)
+    feeding ``com.microsoft.MultiHeadAttention`` (ORT's CPU kernel takes no packed QKV)."""
+    import copy
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edgedistill.export.onnx import exporter_settings
+
+    class MHAOp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, heads):  # noqa: ANN001, ANN205
+            b, n, c = q.shape
+            split = [t.reshape(b, n, heads, c // heads).transpose(1, 2) for t in (q, k, v)]
+            return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(b, n, c)
+
+        @staticmethod
+        def symbolic(g, q, k, v, heads):  # noqa: ANN001, ANN205
+            return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=int(heads)).setType(q.type())
+
+    class ThreeLinears(nn.Module):
+        def __init__(self, attn: nn.Module) -> None:
+            super().__init__()
+            self.q, self.k, self.v = (nn.Linear(attn.qkv.in_features, attn.qkv.in_features) for _ in range(3))
+            for i, linear in enumerate((self.q, self.k, self.v)):
+                rows = slice(i * linear.out_features, (i + 1) * linear.out_features)
+                linear.weight.data.copy_(attn.qkv.weight.data[rows])
+                linear.bias.data.copy_(attn.qkv.bias.data[rows])
+            self.proj, self.heads = attn.proj, attn.num_heads
+
+        def forward(self, x: torch.Tensor, attn_mask: object = None, is_causal: bool = False) -> torch.Tensor:
+            return self.proj(MHAOp.apply(self.q(x), self.k(x), self.v(x), self.heads))
+
+    model = copy.deepcopy(graph).eval()
+    for block in model.backbone.blocks:
+        block.attn = ThreeLinears(block.attn)
+    kwargs = dict(exporter_settings(18, model.output_names), training=torch.onnx.TrainingMode.EVAL,
+                  custom_opsets={"com.microsoft": 1})
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 3, size, size),), str(path), verbose=False, **kwargs)
+
+
 def build_graphs(run: str | None, work: Path) -> tuple[object, Path, Path]:
     import timm
     import torch
@@ -48,9 +94,12 @@ def build_graphs(run: str | None, work: Path) -> tuple[object, Path, Path]:
     return graph, plain, fused
 
 
-def candidates(plain: Path, fused: Path, calib: np.ndarray, work: Path) -> dict[str, Path]:
+def candidates(graph: object, plain: Path, fused: Path, calib: np.ndarray, work: Path) -> dict[str, Path]:
     """Every ONNX Runtime quantization worth trying, by name."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.transformers import optimizer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgedistill.export.quantize import ArrayCalibrationReader
@@ -84,6 +133,21 @@ def candidates(plain: Path, fused: Path, calib: np.ndarray, work: Path) -> dict[
     dynamic("dynamic fused, Conv float (onnx_fused_int8)", fused, per_channel=False, ops=["MatMul", "Attention"])
     dynamic("dynamic fused, MatMul only (Attention float)", fused, per_channel=False, ops=["MatMul"])
     static("static QDQ S8S8 fused", fused, QuantFormat.QDQ, QuantType.QInt8, mm)
+    conv_float = ["MatMul", "Attention"]
+    mha = work / "mha.onnx"
+    export_mha_graph(graph, mha, int(graph.backbone.patch_embed.img_size[0]))
+    dynamic("dynamic MultiHeadAttention graph, Conv float", mha, per_channel=False, ops=conv_float)
+    optimized = work / "mha_optimized.onnx"
+    optimizer.optimize_model(str(mha), model_type="vit", num_heads=int(graph.backbone.blocks[0].attn.num_heads),
+                             hidden_size=int(graph.backbone.embed_dim), opt_level=0).save_model_to_file(str(optimized))
+    path = work / "optimized_dynamic.onnx"
+    quantize_dynamic(str(optimized), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=conv_float,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    out["transformers optimizer (SkipLayerNorm, BiasGelu) + dynamic, MHA graph"] = path
+    nbits = MatMulNBitsQuantizer(onnx.load(str(plain)), bits=8, block_size=64, is_symmetric=True, accuracy_level=4)
+    nbits.process()
+    nbits.model.save_model_to_file(str(work / "nbits8.onnx"))
+    out["MatMulNBits 8-bit, block 64, int8 compute"] = work / "nbits8.onnx"
     return out
 
 
@@ -154,7 +218,7 @@ def main() -> None:
         graph, plain, fused = build_graphs(args.run, work)
         size = int(graph.backbone.patch_embed.img_size[0])
         images = _images(args.data, size)
-        paths = candidates(plain, fused, images[:32], work)
+        paths = candidates(graph, plain, fused, images[:32], work)
         p50 = measure(paths, images[:1], args.threads, args.rounds, args.burst)
         cosine = fidelity(paths, graph, images[32:48])
         top1 = knn(paths, args.data, args.knn, size) if args.data else {}

@@ -134,6 +134,18 @@ def test_onnx_runtime_graph_has_fused_attention(bundle):
     assert variants["onnx_int8"]["quantization"]["op_types"] == ["MatMul", "Attention"]
 
 
+def test_openvino_ir_runs_fused_attention(bundle):
+    """OpenVINO's conversion turns each block's attention into one ScaledDotProductAttention
+    (its CPU plugin's fused kernel), in the FP32 IR and in the NNCF INT8 IR."""
+    import openvino as ov
+
+    path = Path(bundle["bundle"])
+    for name in ("openvino_fp32", "openvino_int8"):
+        ops = [op.get_type_name() for op in ov.Core().read_model(str(path / f"{name}.xml")).get_ops()]
+        assert ops.count("ScaledDotProductAttention") == 2, (name, sorted(set(ops)))
+        assert "Softmax" not in ops
+
+
 PREPROCESS = """
 import json, sys
 import numpy as np
