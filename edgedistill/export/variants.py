@@ -106,12 +106,12 @@ def _build_ort_int8(plan: ExportPlan, built: Built, name: str, source: str, cali
 
     task = bar.add_task(f"quantizing {name}", total=len(calib))
     path = built.work / f"{name}.onnx"
-    settings = quantize_ort_int8(built.files[source] if source in built.files else built.onnx_fp32, path, calib,
-                                 calib_method=plan.options["calib_method"], on_batch=lambda n: bar.advance(task, n))
+    settings = quantize_ort_int8(built.files[source], path, calib, calib_method=plan.options["calib_method"],
+                                 on_batch=lambda n: bar.advance(task, n))
     portable = _standard_operators_only(path)  # no com.microsoft contrib operators: onnxruntime-web loads it
-    built.add(name, path, {"format": "onnx", "precision": "int8", "graph": built.entries.get(source, {}).get(
-        "graph", "plain"), "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
-        "quantization": dict(settings, source_graph=source, calibration=built.calibration)})
+    built.add(name, path, {"format": "onnx", "precision": "int8", "graph": built.entries[source]["graph"],
+                           "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
+                           "quantization": dict(settings, source_graph=source, calibration=built.calibration)})
 
 
 def build_onnx_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
@@ -120,9 +120,8 @@ def build_onnx_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: A
 
 
 def build_onnx_fused_int8(plan: ExportPlan, built: Built, *, calib: np.ndarray, bar: Any, **_: Any) -> None:
-    """INT8 of the fused-attention graph: the fastest on ONNX Runtime (CPU, mobile)."""
-    if "onnx_fused_fp32" in built.files:
-        _build_ort_int8(plan, built, "onnx_fused_int8", "onnx_fused_fp32", calib, bar)
+    """INT8 of the fused-attention graph (planned with it): the fastest on ONNX Runtime (CPU, mobile)."""
+    _build_ort_int8(plan, built, "onnx_fused_int8", "onnx_fused_fp32", calib, bar)
 
 
 def _standard_operators_only(path: Path) -> bool:

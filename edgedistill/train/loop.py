@@ -234,13 +234,7 @@ def train(
                 if not is_last_micro:
                     continue
 
-                if settings.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable.parameters(), settings.clip_grad)
-                task.before_optimizer_step(epoch)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                task.after_optimizer_step(step, plan.total_steps)
+                step = _optimizer_step(task, trainable, optimizer, settings.clip_grad, epoch, step, plan.total_steps)
 
                 last = {k: float(v.detach()) for k, v in parts.items()}
                 last["lr"] = lr
@@ -259,12 +253,8 @@ def train(
             if epoch_done:
                 done_epochs = step // plan.steps_per_epoch
                 if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
-                    with clock.pause():
-                        scores = knn_fn(task.backbone())  # {} when the data has no labels
-                    last.update(scores)
-                    if scores and info.is_main:
-                        append_jsonl(metrics_path, {"step": step, "epoch": done_epochs, **scores})
-                        progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+                    last.update(_epoch_knn(knn_fn, task, clock, step, done_epochs, info.is_main, metrics_path,
+                                           progress))
                 if done_epochs % settings.checkpoint_every == 0 or step >= plan.total_steps:
                     save()
             if step >= plan.stop_at or budget_reached:
@@ -278,6 +268,30 @@ def train(
         task.save_outputs(run.path)
     return LoopResult(step, step // plan.steps_per_epoch, step < plan.total_steps and not budget_reached, last,
                       seconds=clock.seconds(), budget_reached=budget_reached, total_steps=plan.total_steps)
+
+
+def _optimizer_step(task: Task, trainable: nn.Module, optimizer: torch.optim.Optimizer, clip_grad: float,
+                    epoch: int, step: int, total_steps: int) -> int:
+    """Clip, step and clear the gradients, with the task's hooks around the update (DINO's
+    last-layer freeze before it, the EMA teacher after it); returns the new step count."""
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(trainable.parameters(), clip_grad)
+    task.before_optimizer_step(epoch)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    task.after_optimizer_step(step + 1, total_steps)
+    return step + 1
+
+
+def _epoch_knn(knn_fn: Callable[[nn.Module], dict[str, float]], task: Task, clock: _Clock, step: int, epoch: int,
+               is_main: bool, metrics_path: Path, progress: StepProgress) -> dict[str, float]:
+    """The online k-NN at an epoch's end, off the training clock; logged and shown."""
+    with clock.pause():
+        scores = knn_fn(task.backbone())  # {} when the data has no labels
+    if scores and is_main:
+        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **scores})
+        progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
+    return scores
 
 
 @dataclass(frozen=True)
