@@ -13,7 +13,8 @@ code (design.md §3).
 - DINOv3 (``facebookresearch/dinov3``) keeps its RoPE periods in a persistent buffer; its
   released files hold them as its training computed them (bf16), and its released models use
   those values in fp32. timm recomputes them in fp32 and keeps none: ``use_rope_periods``
-  puts a file's periods into timm's RoPE module.
+  puts a file's periods into timm's RoPE module (where they stay through ``.to(device)`` and
+  copies; a cast of the model to a 16-bit dtype makes timm recompute its own).
 """
 
 from __future__ import annotations
