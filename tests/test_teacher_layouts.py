@@ -11,10 +11,12 @@ Each must load to exactly the features of its twin; a damaged one must fail nami
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from edgedistill.errors import EdgeDistillError
@@ -127,10 +129,17 @@ def test_dinov2_release_file_loads_like_its_timm_twin(case, tmp_path):
     assert info["load"]["layout"] == ("timm" if arch == "vit_small_patch14_dinov2" else "dinov2")
     assert info["load"]["ignored"] == ["mask_token"]
     assert same(features(teacher, 56), features(model, 56))
-    # At another resolution, the position embedding is resampled exactly as timm resamples the twin's.
+    # At another resolution, the position embedding is resampled as DINOv2 interpolates: with
+    # registers to the size, antialiased (timm's resampling); without, by the scale factor
+    # (2 + 0.1) / 4, not antialiased (dinov2's hub: interpolate_offset 0.1).
     twin_file = write(tmp_path / "twin.safetensors", model.state_dict())
     reference = timm.create_model(arch, pretrained=True, num_classes=0, img_size=28, depth=2,
                                   pretrained_cfg_overlay=dict(file=str(twin_file)), **kwargs).eval()
+    if "reg4" not in arch:
+        grid = model.pos_embed[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(grid, scale_factor=(2.1 / 4, 2.1 / 4), mode="bicubic", antialias=False)
+        with torch.no_grad():
+            reference.pos_embed.copy_(torch.cat([model.pos_embed[:, :1], patches.flatten(2).transpose(1, 2)], dim=1))
     small, info = load(release, arch, 28, **kwargs)
     assert info["load"]["pos_embed_resampled"][1][1] == 4 + (0 if "reg4" in arch else 1)
     assert same(features(small, 28), features(reference, 28))
@@ -162,12 +171,22 @@ def test_dinov3_release_file_loads_like_its_timm_twin(arch, tmp_path):
     teacher, info = load(path, arch, 64)
     assert info["load"]["layout"] == "dinov3"
     assert sorted(info["load"]["ignored"]) == ["local_cls_norm.weight", "mask_token"]
-    assert torch.equal(features(teacher, 64), features(model, 64))
-    assert torch.equal(features(teacher, 48), features(model, 48))  # another grid: RoPE for 3x3
+    reference = with_periods(model, release["rope_embed.periods"])  # the file's periods, not timm's
+    assert torch.equal(features(teacher, 64), features(reference, 64))
+    assert torch.equal(features(teacher, 48), features(reference, 48))  # another grid: RoPE for 3x3
+
+
+def with_periods(model: torch.nn.Module, periods: torch.Tensor) -> torch.nn.Module:
+    """A copy of the timm twin whose RoPE uses ``periods`` (as DINOv3's released models do)."""
+    out = copy.deepcopy(model)
+    out.rope.periods.copy_(periods.float())
+    return out
 
 
 def test_dinov3_release_into_the_timm_hub_name_and_file_agree(tmp_path, monkeypatch):
-    """The same weights by hub name (timm's file in the local HF cache) and as a release file."""
+    """The same weights by hub name (timm's file in the local HF cache) and as a release file.
+    timm's hub files hold no RoPE periods (timm recomputes them in fp32): the hub teacher is the
+    release file's without its stored periods."""
     model = twin("vit_small_patch16_dinov3")
     name = "vit_small_patch16_dinov3.lvd1689m"
     cache_hub_file(tmp_path, monkeypatch, name, model.state_dict())
@@ -175,19 +194,34 @@ def test_dinov3_release_into_the_timm_hub_name_and_file_agree(tmp_path, monkeypa
         hub, info = load_teacher(name, "ignored_arch", 64, depth=2)
     assert info["kind"] == "hub" and info["arch"] == "vit_small_patch16_dinov3"
     assert info["kwargs"]["global_pool"] == "token"
-    release, _ = load(write(tmp_path / "dinov3.pth", dinov3_release(model)), "vit_small_patch16_dinov3", 64)
     assert torch.equal(features(hub, 64), features(model, 64))
-    assert torch.equal(features(release, 64), features(hub, 64))
+    sd = dinov3_release(model)
+    stored = sd.pop("rope_embed.periods")
+    without, _ = load(write(tmp_path / "no_periods.pth", sd), "vit_small_patch16_dinov3", 64)
+    assert torch.equal(features(without, 64), features(hub, 64))
+    release, _ = load(write(tmp_path / "dinov3.pth", {**sd, "rope_embed.periods": stored}), "vit_small_patch16_dinov3", 64)
+    assert torch.equal(features(release, 64), features(with_periods(hub, stored), 64))
 
 
-def test_dinov2_reg4_hub_name_at_the_teacher_resolution(tmp_path, monkeypatch):
-    model = twin("vit_small_patch14_reg4_dinov2")
-    cache_hub_file(tmp_path, monkeypatch, "vit_small_patch14_reg4_dinov2.lvd142m", model.state_dict())
-    hub, info = load_teacher("vit_small_patch14_reg4_dinov2.lvd142m", "vit_small_patch14_reg4_dinov2", 56, depth=2)
-    assert info["kind"] == "hub" and hub.patch_embed.grid_size == (4, 4)
-    assert torch.equal(features(hub, 56), features(model, 56))
-    small, _ = load_teacher("vit_small_patch14_reg4_dinov2.lvd142m", "vit_small_patch14_reg4_dinov2", 28, depth=2)
-    assert small.pos_embed.shape == (1, 4, 384)  # patches only (no_embed_class), resampled 4x4 -> 2x2
+@pytest.mark.parametrize("arch", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
+def test_dinov2_hub_name_at_the_teacher_resolution(arch, tmp_path, monkeypatch):
+    """timm's file holds the released 37x37 (518 px) position embedding; at another size the hub
+    teacher resamples it as DINOv2 does, the same as the release file of the same weights."""
+    from edgedistill.models.vit import create_vit
+    from test_teachers_modern import perturb
+
+    torch.manual_seed(0)
+    model = perturb(create_vit(arch, 518, depth=2)[0], 1)
+    cache_hub_file(tmp_path, monkeypatch, f"{arch}.lvd142m", model.state_dict())
+    hub, info = load_teacher(f"{arch}.lvd142m", arch, 518, depth=2)
+    assert info["kind"] == "hub" and hub.patch_embed.grid_size == (37, 37)
+    assert torch.equal(features(hub, 518), features(model, 518))
+    release = write(tmp_path / "dinov2.pth", dinov2_release(model))
+    for size in (56, 224):
+        small, info = load_teacher(f"{arch}.lvd142m", arch, size, depth=2)
+        assert small.patch_embed.grid_size == (size // 14,) * 2 and info["kwargs"]["img_size"] == size
+        from_file, _ = load(release, arch, size)
+        assert same(small.pos_embed, from_file.pos_embed) and same(features(small, size), features(from_file, size))
 
 
 def cache_hub_file(tmp_path, monkeypatch, name: str, state: dict) -> None:

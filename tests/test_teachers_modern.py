@@ -3,7 +3,11 @@ them: the CLS feature and the last block's CLS attention row against timm's own 
 
 Models are the acceptance architectures at reduced depth (2 blocks) and small images (4x4
 patch grids), with seeded random weights perturbed so that norms, LayerScale, position
-embeddings and attention are far from their near-trivial initial values."""
+embeddings and attention are far from their near-trivial initial values.
+
+Each family's position-embedding semantics, pinned by hand without the original code (which
+``test_official_parity.py`` runs when given): DINOv2's interpolation scale factor and
+antialiasing per model, and DINOv3's stored RoPE periods."""
 
 from __future__ import annotations
 
@@ -154,3 +158,96 @@ def test_check_supported_names_what_is_unsupported():
         check_supported(broken, "custom")
     with pytest.raises(EdgeDistillError, match="is not a timm VisionTransformer or Eva"):
         check_supported(torch.nn.Linear(2, 2))
+
+
+def _keys_cubic(values: list[float], u: float, a: float = -0.75) -> float:
+    """PyTorch's bicubic (Keys' cubic convolution, a = -0.75) of ``values`` at source coordinate ``u``."""
+    def w(x: float) -> float:
+        x = abs(x)
+        return ((a + 2) * x - (a + 3)) * x * x + 1 if x <= 1 else ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    k0 = math.floor(u)
+    return sum(values[k] * w(u - k) for k in range(k0 - 1, k0 + 3))
+
+
+def _dinov2_file(tmp_path, arch: str, side: int) -> tuple[str, torch.Tensor]:
+    """A DINOv2 file whose position embedding is a ``side`` x ``side`` grid holding its column index."""
+    model, _ = create_vit(arch, 14 * side, depth=2)
+    state = perturb(model).state_dict()
+    prefix = state["pos_embed"].shape[1] - side * side
+    ramp = torch.arange(side, dtype=torch.float32).repeat(side)[None, :, None].expand(1, -1, model.embed_dim)
+    state["pos_embed"] = torch.cat([state["pos_embed"][:, :prefix], ramp], dim=1)
+    path = tmp_path / f"{arch}.pth"
+    torch.save(state, path)
+    return str(path), state["pos_embed"]
+
+
+def test_dinov2_position_embedding_is_resampled_as_dinov2_interpolates(tmp_path):
+    """DINOv2 without registers resamples by the scale factor (grid + 0.1) / side, not
+    antialiased (its hub's interpolate_offset 0.1): an 8x8 grid at 4x4 samples column
+    (j + 0.5) * 8 / 4.1 - 0.5, where resampling to the size would sample (j + 0.5) * 2 - 0.5."""
+    from edgedistill.models.teacher import load_teacher
+
+    path, released = _dinov2_file(tmp_path, "vit_small_patch14_dinov2", 8)
+    teacher, info = load_teacher(path, "vit_small_patch14_dinov2", 56, depth=2)
+    assert info["load"]["pos_embed_resampled"] == [[1, 65, 384], [1, 17, 384]]
+    grid = teacher.pos_embed[0, 1:].reshape(4, 4, 384)
+    for j in (1, 2):  # interior columns: all four taps inside the grid
+        expected = _keys_cubic(list(range(8)), (j + 0.5) * 8 / 4.1 - 0.5)
+        torch.testing.assert_close(grid[:, j], torch.full((4, 384), expected), atol=1e-5, rtol=0)
+        assert abs(expected - (2 * j + 0.5)) > 0.05  # a scale factor of 4/8 would give another value
+    torch.testing.assert_close(teacher.pos_embed[:, :1], released[:, :1], atol=0, rtol=0)  # CLS row kept
+
+
+def test_dinov2_with_registers_resamples_to_the_size_antialiased(tmp_path):
+    """DINOv2 with registers: offset 0 and antialiasing (its hub), which is timm's resampling."""
+    from timm.layers import resample_abs_pos_embed
+
+    from edgedistill.models.teacher import load_teacher
+
+    path, released = _dinov2_file(tmp_path, "vit_small_patch14_reg4_dinov2", 8)
+    teacher, _ = load_teacher(path, "vit_small_patch14_reg4_dinov2", 56, depth=2)
+    expected = resample_abs_pos_embed(released, new_size=[4, 4], num_prefix_tokens=0, antialias=True)
+    torch.testing.assert_close(teacher.pos_embed.detach(), expected, atol=0, rtol=0)
+
+
+def _dinov3_file(tmp_path, model: torch.nn.Module, periods: torch.Tensor) -> str:
+    path = tmp_path / "dinov3.pth"
+    torch.save({**model.state_dict(), "rope_embed.periods": periods}, path)
+    return str(path)
+
+
+def test_dinov3_rope_uses_the_periods_the_file_stores(tmp_path):
+    """A DINOv3 file's RoPE periods (bf16, as the releases store them: 100 ** (i / 16) rounded)
+    replace timm's fp32 recomputation; the rotary angles follow them by hand."""
+    from edgedistill.models.teacher import load_teacher
+
+    model, _ = build("vit_small_patch16_dinov3")
+    stored = (100.0 ** (torch.arange(16, dtype=torch.float64) / 16)).bfloat16()
+    assert stored[1].item() == 1.3359375 and abs(model.rope.periods[1].item() - 1.3335214) < 1e-6
+    teacher, info = load_teacher(_dinov3_file(tmp_path, model, stored), "vit_small_patch16_dinov3", 64, depth=2)
+    assert info["load"]["rope_periods"] == "file"
+    assert torch.equal(teacher.rope.periods, stored.float())
+    # first patch of a 4x4 grid: coordinates (0.5 / 4) * 2 - 1 = -0.75 on both axes
+    sin = teacher.rope.get_embed(shape=[4, 4])[0, :64]
+    torch.testing.assert_close(sin[1], torch.tensor(math.sin(2 * math.pi * -0.75 / 1.3359375)), atol=1e-6, rtol=0)
+    reference = copy.deepcopy(model)
+    reference.rope.periods.copy_(stored.float())
+    with torch.no_grad():
+        for size in (64, 48):
+            assert torch.equal(forward_cls(teacher, images(size)), forward_cls(reference, images(size)))
+        assert (forward_cls(teacher, images(64)) - forward_cls(model, images(64))).abs().max() > 1e-5
+
+
+def test_dinov3_stored_periods_reach_a_fixed_grid_model(tmp_path):
+    """A fixed-size Eva caches its grid's rotary embedding: it is rebuilt from the file's periods."""
+    from edgedistill.models.teacher import load_teacher
+
+    model, _ = build("vit_small_patch16_dinov3")
+    stored = model.rope.periods.bfloat16()
+    path = _dinov3_file(tmp_path, model, stored)
+    dynamic, _ = load_teacher(path, "vit_small_patch16_dinov3", 64, depth=2)
+    fixed, _ = load_teacher(path, "vit_small_patch16_dinov3", 64, depth=2, dynamic_img_size=False)
+    assert fixed.rope.pos_embed_cached is not None
+    torch.testing.assert_close(fixed.rope.pos_embed_cached, dynamic.rope.get_embed(shape=[4, 4]), atol=0, rtol=0)
+    with torch.no_grad():
+        assert torch.equal(forward_cls(fixed, images(64)), forward_cls(dynamic, images(64)))

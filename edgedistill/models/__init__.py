@@ -4,7 +4,9 @@
   ``VisionTransformer`` and RoPE ``Eva``/DINOv3 models), ``forward_cls``.
 - ``cls_attention``: one block re-run from its submodules with the CLS query's attention row.
 - ``checkpoints``: safe reading (no pickle code) and strict loading of DINO/MAE/Mugs/MSN/iBOT/timm
-  layouts; ``release_layouts``: the DINOv2/DINOv3 release names mapped to timm's.
+  layouts; ``release_layouts``: the DINOv2/DINOv3 release names mapped to timm's;
+  ``pos_embed``: each family's position-embedding semantics (DINOv2's interpolation, DINOv3's
+  stored RoPE periods).
 - ``teacher``: ``load_teacher`` for ``--teacher`` (random, run dir, file, hub name).
 - ``backbone_io``: ``save_backbone``/``load_backbone`` (``<name>.safetensors`` + ``<name>.json``).
 - ``projector``: the AttnDistill projector and the DINO head.

@@ -10,7 +10,8 @@
   DINOv3 released backbones and plain timm state dicts, by choosing the sub-dict and key prefix
   that best match the target model's keys.
 - ``adapt_to_model`` maps the DINOv2/DINOv3 release names to timm's (``release_layouts``) and
-  resamples position embeddings to the model's grid with timm's own interpolation.
+  resamples position embeddings to the model's grid with the family's interpolation
+  (``pos_embed``: DINOv2's own for DINOv2 architectures, timm's otherwise).
 - ``load_backbone_strict`` refuses missing, misshapen or unexpected backbone weights: a wrong
   checkpoint or architecture is an error, never a silently random teacher.
 """
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import pickle
 import re
@@ -198,21 +198,17 @@ def _check_patch_size(state: dict[str, Tensor], model: nn.Module, source: str) -
 
 
 def _resample_pos_embed(state: dict[str, Tensor], model: nn.Module, info: dict[str, Any] | None) -> None:
-    """A square-grid ``pos_embed`` of another size resampled to the model's grid, as timm does
-    (``resample_abs_pos_embed``, bicubic, antialiased; prefix-token rows kept)."""
-    from timm.layers import resample_abs_pos_embed
+    """A square-grid ``pos_embed`` of another size resampled to the model's grid with its family's
+    interpolation (``pos_embed.resample_pos_embed``: DINOv2's own, else timm's); prefix rows kept."""
+    from edgedistill.models.pos_embed import resample_pos_embed
 
-    pos, target = state.get("pos_embed"), getattr(model, "pos_embed", None)
-    if pos is None or target is None or pos.ndim != 3 or pos.shape == target.shape:
+    pos = state.get("pos_embed")
+    resampled = resample_pos_embed(pos, model) if pos is not None else None
+    if resampled is None or resampled is pos:
         return
-    prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-    side = math.isqrt(max(pos.shape[1] - prefix, 0))
-    if side * side != pos.shape[1] - prefix or pos.shape[-1] != target.shape[-1]:
-        return  # not a square grid of this width: the strict loader reports the shape
-    state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(model.patch_embed.grid_size), old_size=[side, side],
-                                                num_prefix_tokens=prefix, interpolation="bicubic", antialias=True)
+    state["pos_embed"] = resampled
     if info is not None:
-        info["pos_embed_resampled"] = [list(pos.shape), list(state["pos_embed"].shape)]
+        info["pos_embed_resampled"] = [list(pos.shape), list(resampled.shape)]
 
 
 def adapt_to_model(state: dict[str, Tensor], model: nn.Module, info: dict[str, Any] | None = None,

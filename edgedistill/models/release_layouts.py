@@ -17,8 +17,10 @@ DINOv3 (``facebookresearch/dinov3``) -> timm ``Eva`` (``vit_*_patch16_dinov3[_qk
 - ``attn.qkv.bias`` -> ``attn.q_bias`` + ``attn.v_bias``: the k third is masked to zero by
   ``attn.qkv.bias_mask`` (checked to be that mask); timm's k bias is a fixed zero. An
   architecture without q/v biases takes the file only if those biases are all zero.
-- ``rope_embed.periods`` (a persistent buffer there, computed by timm) is checked against the
-  model's RoPE periods (to bf16 precision, the dtype the releases store), then dropped.
+- ``rope_embed.periods`` (a persistent buffer there; timm computes its own and saves none) is
+  checked against the model's RoPE periods (to bf16 precision, the dtype the releases store),
+  then used in their place (``pos_embed.use_rope_periods``), as DINOv3's released models use
+  the stored values.
 - ``local_cls_norm.*`` (used for local crops in training only) is left for the loader to ignore;
   an untied ``cls_norm.*`` (CLS normalized apart from patches) has no timm counterpart: refused.
 
@@ -36,6 +38,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.models.pos_embed import use_rope_periods
 
 __all__ = ["convert_release_layout", "release_names"]
 
@@ -67,13 +70,16 @@ def layout_of(state: dict[str, Tensor], model: nn.Module) -> str:
 def convert_release_layout(state: dict[str, Tensor], model: nn.Module, source: str,
                            info: dict[str, Any] | None = None) -> dict[str, Tensor]:
     """``state`` in timm's names for ``model``; unchanged when it already uses them.
-    ``info`` (if given) receives ``layout``."""
+    ``info`` (if given) receives ``layout``, and ``rope_periods: "file"`` where the file's
+    DINOv3 RoPE periods replaced timm's (a side effect on ``model``)."""
     layout = layout_of(state, model)
     if info is not None:
         info["layout"] = layout
     if layout == "dinov2":
         return _from_dinov2(state, model, source)
     if layout == "dinov3":
+        if info is not None and "rope_embed.periods" in state:
+            info["rope_periods"] = "file"
         return _from_dinov3(state, model, source)
     return state
 
@@ -147,6 +153,7 @@ def _from_dinov3(state: dict[str, Tensor], model: nn.Module, source: str) -> dic
     for key, value in state.items():
         if key == "rope_embed.periods":
             _check_periods(value, model, source)
+            use_rope_periods(model, value)
         elif key.endswith(".attn.qkv.bias"):
             width = int(state.get(key[: -len("bias")] + "weight", value).shape[0])
             _split_qkv_bias(out, key, value, state.get(key + "_mask"), model_keys, width, source)

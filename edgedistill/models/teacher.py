@@ -5,7 +5,8 @@ architecture, or a timm hub name. Always loaded strictly; a teacher never silent
 Teacher families: timm ``VisionTransformer``s (DINO, MAE, MSN, iBOT, Mugs, DINOv2 with or
 without registers) and ``Eva`` DINOv3 models, by hub name (``vit_small_patch14_reg4_dinov2.lvd142m``,
 ``vit_small_patch16_dinov3.lvd1689m``) or as a release file plus the timm architecture
-(``checkpoints`` and ``release_layouts`` map the original layouts)."""
+(``checkpoints`` and ``release_layouts`` map the original layouts; ``pos_embed`` keeps each
+family's position-embedding semantics: DINOv2's interpolation, DINOv3's stored RoPE periods)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def load_teacher(source: str, arch: str, img_size: int, patch_size: int = 0,
 
     ``arch``/``img_size``/``patch_size``/``kwargs`` (e.g. ``depth``) apply to ``random`` and
     checkpoint files; a run directory brings its own architecture; a hub name is its own
-    architecture (at ``img_size``, the position embedding resampled by timm).
+    architecture (at ``img_size``, the position embedding resampled the family's way:
+    ``pos_embed``).
     The returned dict has ``kind`` (random|run_dir|backbone|file|hub), ``source``, ``arch``,
     ``kwargs``, and where it applies ``path``, ``sha256``, ``notes`` and loading details.
     """
@@ -187,6 +189,9 @@ def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str,
 
     local = _hub_local_file(cfg) if cfg is not None else None
     create_kwargs: dict[str, Any] = dict(used)
+    native = _native_size_for_own_interpolation(base, cfg, used["img_size"])
+    if native:
+        create_kwargs["img_size"] = native  # the weights as released; resized below, the family's way
     if local is not None:
         create_kwargs["pretrained_cfg_overlay"] = dict(file=local)
     elif _offline():
@@ -203,6 +208,10 @@ def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str,
     except Exception as exc:  # network/hub errors: LocalEntryNotFoundError, HTTP errors, OSError, ...
         reason = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else type(exc).__name__
         raise EdgeDistillError(_download_message(name, base, cfg, reason)) from None
+    if native:
+        from edgedistill.models.pos_embed import set_input_size
+
+        set_input_size(model, used["img_size"])
     check_supported(model, name)
     info = {
         "kind": "hub", "source": name, "arch": base, "kwargs": used, "notes": notes,
@@ -214,6 +223,17 @@ def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str,
 
         info["sha256"] = sha256_file(local)
     return _freeze(model), info
+
+
+def _native_size_for_own_interpolation(arch: str, cfg: Any, img_size: int) -> int:
+    """The hub weights' own image size where the family resamples its position embedding
+    otherwise than timm's loader would (DINOv2, ``pos_embed.dinov2_interpolation``) and the
+    teacher runs at another size; 0 where timm's loader does the right thing."""
+    from edgedistill.models.pos_embed import dinov2_interpolation
+
+    size = getattr(cfg, "input_size", None)
+    native = int(size[-1]) if size else 0
+    return native if dinov2_interpolation(arch) is not None and native and native != int(img_size) else 0
 
 
 def _close(name: str, choices: list[str]) -> str:
