@@ -14,7 +14,7 @@ training loop stops at the budget in any case (`max_seconds`, kept across resume
 DINO protocol, top-1 at k=20), beside the teacher and a random-init student.
 
 Output (--out): table.md (mean ± std over seeds, images/s, wall-clock, and whether the
-differences clear the seed spread), knn_vs_wallclock.png, results.json, and one run
+differences clear the seed spread), knn_vs_time.png, results.json, and one run
 directory per cell (cells/<variant>/seed<N>/). Rerunning the same command skips finished
 cells and resumes an interrupted one from its checkpoint.
 
@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -43,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SAFETY = 0.9  # plan the schedule for 90% of the budget: the hard stop then rarely cuts its tail
 CALIBRATION_STEPS = 4  # optimizer steps timed per variant (the first one is warm-up, not counted)
+CURVE_POINTS = 6  # k-NN measurements within each cell (the curve), besides the final one
 QUICK = {  # --quick: the embedded digits, 2-block students, a 2-block teacher pretrained for 5 steps,
     # 3 s per cell: the machinery end to end in about a minute of CPU, not a measurement
     "config": "configs/quickstart.yaml", "teacher_config": "configs/quickstart.yaml", "data": "digits",
@@ -50,6 +54,8 @@ QUICK = {  # --quick: the embedded digits, 2-block students, a 2-block teacher p
     "set": ["data.num_workers=0", "student.depth=2", "teacher.depth=2", "pretrain.depth=2"],
     "teacher_set": ["pretrain.total_steps=5", "pretrain.warmup_epochs=0.1"],
 }
+NO_MIX = ("distill.mixup_alpha=0", "distill.cutmix_alpha=0")
+DEFAULT_VARIANTS = ("attndistill", "funmatch", "cls_only", "dino_scratch")
 
 
 @dataclass(frozen=True)
@@ -58,20 +64,36 @@ class Variant:
     stage: str  # "distill" or "pretrain"
     overrides: tuple[str, ...]
     label: str
+    settings: str = ""  # what it trains with, in words
 
 
-def variants(cfg: Any, w_patch: float) -> dict[str, Variant]:
-    """The variants, labelled with the weights they actually train with."""
-    d = cfg.distill
-    return {v.name: v for v in (
-        Variant("attndistill", "distill", (), f"AttnDistill (w_attn {d.w_attn:g})"),
-        Variant("cls_only", "distill", ("distill.w_attn=0",), "CLS only (w_attn 0)"),
-        Variant("attn_0.03", "distill", ("distill.w_attn=0.03",), "w_attn 0.03"),
-        Variant("attn_0.3", "distill", ("distill.w_attn=0.3",), "w_attn 0.3"),
-        Variant("dense", "distill", (f"distill.w_patch={w_patch:g}",),
-                f"AttnDistill + dense (w_patch {w_patch:g}, {d.patch_loss})"),
-        Variant("dino_scratch", "pretrain", (), "DINO from scratch (same ViT-Tiny)"),
-    )}
+def describe(d: Any) -> str:
+    """What a distillation config trains with, in the table's words."""
+    parts = [f"w_attn {d.w_attn:g}", f"{d.cls_target} CLS target"]
+    mixes = [f"{k} {a:g}" for k, a in (("mixup", d.mixup_alpha), ("cutmix", d.cutmix_alpha)) if a > 0]
+    parts.append(" + ".join(mixes) if mixes and d.mix_prob > 0 else "no mixing")
+    if d.w_patch:
+        parts.append(f"w_patch {d.w_patch:g} {d.patch_loss}")
+    return ", ".join(parts)
+
+
+def variants(build: Any, w_patch: float) -> dict[str, Variant]:
+    """The variants, each labelled with the settings it actually trains with. ``build(overrides)``
+    gives the recipe's config with those overrides."""
+    specs = (
+        ("attndistill", "distill", ("distill.cls_target=raw", *NO_MIX), "AttnDistill as published"),
+        ("funmatch", "distill", (), "AttnDistill, function matching (the recipe)"),
+        ("cls_only", "distill", ("distill.w_attn=0",), "CLS only"),
+        ("no_mix", "distill", NO_MIX, "the recipe without mixing"),
+        ("raw_target", "distill", ("distill.cls_target=raw",), "the recipe, raw CLS target"),
+        ("attn_0.03", "distill", ("distill.w_attn=0.03",), "w_attn 0.03"),
+        ("attn_0.3", "distill", ("distill.w_attn=0.3",), "w_attn 0.3"),
+        ("dense", "distill", (f"distill.w_patch={w_patch:g}",), "the recipe + dense term"),
+    )
+    out = {name: Variant(name, stage, o, title, describe(build(o).distill)) for name, stage, o, title in specs}
+    out["dino_scratch"] = Variant("dino_scratch", "pretrain", (), "DINO from scratch", "the same ViT-Tiny, "
+                                  "the teacher's DINO recipe")
+    return out
 
 
 class Ablation:
@@ -82,9 +104,14 @@ class Ablation:
 
         self.args = args
         self.out = Path(args.out)
-        self.budget = float(args.budget_minutes) * 60
         self.student = build_config(args.config, [f"data.path={args.data}", f"teacher.source={args.teacher}", *args.set])
-        self.variants = variants(self.student, args.w_patch)
+        self.clock = clock_for(args.clock, self.student.run.device)
+        # A cell's budget in its clock's seconds: wall-clock, or the CPU seconds the whole machine
+        # gives in that time (every core busy), so both mean "minutes of this machine".
+        self.machine_seconds = float(args.budget_minutes) * 60
+        self.budget = self.machine_seconds * (usable_cpus() if self.clock == "cpu" else 1)
+        self.variants = variants(lambda extra: build_config(args.config, [
+            f"data.path={args.data}", f"teacher.source={args.teacher}", *args.set, *extra]), args.w_patch)
 
     # ---- configs
     def config(self, variant: Variant, seed: int, extra: tuple[str, ...] = ()) -> Any:
@@ -98,7 +125,8 @@ class Ablation:
             path = a.teacher_config
             base = [f"data.path={a.data}", f"data.img_size={s.data.img_size}", f"pretrain.arch={s.student.arch}",
                     f"pretrain.patch_size={s.student.patch_size}", f"pretrain.depth={s.student.depth}"]
-        tail = [f"run.seed={seed}", f"run.name={variant.name}_seed{seed}", f"{variant.stage}.knn_every=0"]
+        tail = [f"run.seed={seed}", f"run.name={variant.name}_seed{seed}", f"{variant.stage}.knn_every=0",
+                f"{variant.stage}.budget_clock={self.clock}"]
         overrides = [*base, *a.set, *variant.overrides, *tail, *extra]
         if variant.stage == "pretrain":  # the student's depth/patch must survive --set's pretrain.* for the teacher
             overrides += [f"pretrain.depth={s.student.depth}", f"pretrain.patch_size={s.student.patch_size}"]
@@ -122,13 +150,17 @@ class Ablation:
         summary = self.run_stage(variant, cfg, scratch, resume=False)
         records = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines()]
         shutil.rmtree(scratch)
-        rate = statistics.median([r["img_s"] for r in records[1:]] or [records[-1]["img_s"]])
         recipe = getattr(self.config(variant, 0), sec)
         per_step = recipe.effective_batch or cfg.data.batch_size
+        # images per budget-clock second, the first (warm-up) step left out
+        seconds = records[-1]["train_seconds"] - records[0]["train_seconds"]
+        rate = (len(records) - 1) * per_step / max(seconds, 1e-9)
         per_epoch = summary["total_steps"]  # epochs=1: the steps of one epoch
         total = max(1, int(self.budget * SAFETY * rate / per_step))
-        plan = {"variant": variant.name, "calibration_img_s": rate, "images_per_step": per_step,
-                "steps_per_epoch": per_epoch, "total_steps": total, "overrides": fit_schedule(recipe, sec, total, per_epoch, self.budget)}
+        plan = {"variant": variant.name, "calibration_img_per_clock_s": rate, "images_per_step": per_step,
+                "steps_per_epoch": per_epoch, "total_steps": total,
+                "overrides": [*fit_schedule(recipe, sec, total, per_epoch, self.budget),
+                              f"{sec}.knn_every={total / per_epoch / CURVE_POINTS:.6g}"]}
         atomic_json(path, plan)
         return plan
 
@@ -142,6 +174,7 @@ class Ablation:
         from edgedistill.rundir import RunDir
 
         run = RunDir.of(run_dir)
+        started = time.perf_counter()
         if run.backbone_role() is None:
             if not run.has_checkpoint():
                 shutil.rmtree(run_dir, ignore_errors=True)  # a start that died before its first checkpoint
@@ -150,10 +183,15 @@ class Ablation:
         summary = json.loads(run.summary.read_text())
         knn = self.knn(str(run_dir))
         per_step = self.plan(variant)["images_per_step"]
-        result = {"variant": variant.name, "label": variant.label, "seed": seed, "top1": knn["top1"],
+        records = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+        curve = [[r["train_seconds"], r["knn_top1"]] for r in records if "knn_top1" in r and "train_seconds" in r]
+        result = {"variant": variant.name, "label": variant.label, "settings": variant.settings, "seed": seed,
+                  "top1": knn["top1"],
                   "per_k": knn["per_k"], "steps": summary["steps"], "total_steps": summary["total_steps"],
-                  "train_seconds": summary["train_seconds"], "budget_reached": summary["budget_reached"],
-                  "img_s": summary["steps"] * per_step / max(summary["train_seconds"], 1e-9)}
+                  "train_seconds": summary["train_seconds"], "clock": self.clock,
+                  "wall_seconds": time.perf_counter() - started, "budget_reached": summary["budget_reached"],
+                  "img_s": summary["steps"] * per_step / max(summary["train_seconds"], 1e-9),
+                  "curve": [*curve, [summary["train_seconds"], knn["top1"]]]}
         atomic_json(done, result)
         return result
 
@@ -178,13 +216,16 @@ class Ablation:
                             num_workers=self.student.data.num_workers, progress=False)
 
     def references(self, seeds: list[int]) -> dict[str, Any]:
-        """k-NN of the teacher and of random-init students (the floor every variant must clear)."""
+        """k-NN of the teacher, of the raw pixels and of random-init students (the floors every
+        variant must clear)."""
         path = self.out / "references.json"
         refs = json.loads(path.read_text()) if path.is_file() else {}
         t, s = self.student.teacher, self.student.student
         if "teacher" not in refs:
             refs["teacher"] = self.knn(t.source, arch=t.arch, img_size=self.student.teacher_img_size,
                                        patch_size=t.patch_size, depth=t.depth)["top1"]
+        if "pixels" not in refs:
+            refs["pixels"] = pixel_knn(self.splits, self.student)
         for seed in seeds:
             key = f"random_student_seed{seed}"
             if key not in refs:
@@ -192,6 +233,42 @@ class Ablation:
                                      patch_size=s.patch_size, depth=s.depth, seed=seed)["top1"]
             atomic_json(path, refs)
         return refs
+
+
+def pixel_knn(splits: Any, cfg: Any) -> float:
+    """k-NN top-1 (k = 20) of the preprocessed pixels themselves (the eval transform's tensor,
+    flattened): what a learned feature has to beat to be worth computing."""
+    import numpy as np
+
+    from edgedistill.data.transforms import eval_transform
+    from edgedistill.eval.features import knn_classify
+
+    transform = eval_transform(cfg.data.img_size, cfg.data.mean, cfg.data.std)
+
+    def flat(split: Any) -> tuple[Any, Any]:
+        split.transform = transform
+        items = [split[i] for i in range(len(split))]
+        return (np.stack([np.asarray(x, np.float32).reshape(-1) for x, _ in items]),
+                np.asarray([int(y) for _, y in items]))
+
+    (bank, bank_y), (query, query_y) = flat(splits.bank), flat(splits.query)
+    return float(knn_classify(bank, bank_y, query, len(splits.bank.classes), ks=(20,),
+                              temperature=cfg.eval.temperature, val_labels=query_y, headline_k=20)["top1"])
+
+
+def clock_for(choice: str, device: str) -> str:
+    """``auto``: CPU seconds on a CPU (other jobs on the machine then cost a cell nothing),
+    wall-clock on a GPU (whose work is not CPU time)."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "wall" if on_gpu else "cpu"
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def fit_schedule(recipe: Any, section: str, total_steps: int, steps_per_epoch: int, budget: float) -> list[str]:
@@ -250,9 +327,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="the distillation recipe (default configs/cifar10_vit_t.yaml)")
     parser.add_argument("--teacher-config", help="the DINO recipe, for the teacher and for DINO from scratch "
                         "(default configs/cifar10_teacher.yaml)")
-    parser.add_argument("--budget-minutes", type=float, help="training wall-clock per cell (default 8)")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="training time per cell, in minutes of this machine (default 8; see --clock)")
+    parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                        help="what the budget counts: wall-clock, or the CPU seconds of the cell's processes "
+                             "(budget x usable cores; other jobs on the machine then take nothing from a cell). "
+                             "auto: cpu on a CPU, wall on a GPU")
     parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--variants", help="comma-separated variants (default: all)")
+    parser.add_argument("--variants", help=f"comma-separated variants, or 'all' (default {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--w-patch", type=float, default=1.0, help="the dense variant's distill.w_patch")
     parser.add_argument("--calibration-steps", type=int, help=f"timed steps per variant (default {CALIBRATION_STEPS})")
     parser.add_argument("--set", action="append", default=[], help="a config override for every run (repeatable)")
@@ -284,16 +366,36 @@ def main(argv: list[str] | None = None) -> int:
     from edgedistill.options import parse_list
 
     args = parse_args(argv)
+    if args.clock != "wall":
+        # Before torch loads: OpenMP threads that spin while they wait burn CPU seconds doing
+        # nothing when other jobs share the cores (measured here: 12 images per CPU second
+        # instead of 130 under 4x oversubscription), which a CPU-second budget would charge.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # exit from here rather than raise into whatever runs (see edgedistill.cli's handler)
+        if os.getpid() == main_pid:
+            from edgedistill.utils import remove_temporaries
+
+            remove_temporaries()
+            os.write(2, b"error: terminated (SIGTERM); rerun the same command to resume (finished cells are kept)\n")
+        os._exit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         if not args.teacher:
             raise EdgeDistillError("--teacher is required (or --quick)")
         seeds = parse_list(args.seeds, "seeds", int, minimum=0)
-        if args.budget_minutes <= 0 or args.calibration_steps < 2:
-            raise EdgeDistillError("--budget-minutes must be positive and --calibration-steps at least 2")
+        if not (math.isfinite(args.budget_minutes) and 0 < args.budget_minutes <= 7 * 24 * 60):
+            raise EdgeDistillError(f"--budget-minutes must be a positive number of minutes (at most a week), "
+                                   f"got {args.budget_minutes}")
+        if args.calibration_steps < 2:
+            raise EdgeDistillError(f"--calibration-steps must be at least 2, got {args.calibration_steps}")
         out = Path(args.out)
         ablation = Ablation(args)
-        names = parse_list(args.variants, "variants", str, choices=list(ablation.variants), noun="variant") \
-            or list(ablation.variants)
+        wanted = ",".join(ablation.variants) if args.variants == "all" else (args.variants or ",".join(DEFAULT_VARIANTS))
+        names = parse_list(wanted, "variants", str, choices=list(ablation.variants), noun="variant")
         ablation.check_inputs(teacher_ready=not args.pretrain_teacher)
         check_settings(out, {k: v for k, v in vars(args).items() if k not in ("out", "quick", "pretrain_teacher")})
         if args.pretrain_teacher:
@@ -311,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeDistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume (finished cells are kept)", file=sys.stderr)
+        return 130
     print((out / "table.md").read_text())
     return 0
 
@@ -323,11 +428,12 @@ def finished_cells(out: Path, order: list[str]) -> list[dict[str, Any]]:
 
 def write_report(out: Path, ablation: Ablation, refs: dict[str, Any]) -> None:
     results = finished_cells(out, list(ablation.variants))
-    header = {"data": ablation.args.data, "teacher": ablation.args.teacher, "budget_s": ablation.budget,
-              "device": describe_device(ablation.student.run.device)}
+    header = {"data": ablation.args.data, "teacher": ablation.args.teacher,
+              "budget_s": ablation.machine_seconds, "clock": ablation.clock, "clock_budget_s": ablation.budget,
+              "device": describe_device(ablation.student.run.device), "date": time.strftime("%Y-%m-%d")}
     atomic_json(out / "results.json", {**header, "references": refs, "cells": results})
     write_table(out / "table.md", header, results, refs)
-    write_plot(out / "knn_vs_wallclock.png", header, results, refs)
+    write_plot(out / "knn_vs_time.png", header, results, refs)
 
 
 def describe_device(device: str) -> str:

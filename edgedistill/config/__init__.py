@@ -86,6 +86,17 @@ class DistillConfig:
     # student's grid). 0 = off, and then nothing of it is computed.
     w_patch: float = 0.0
     patch_loss: str = "cosine"  # cosine | smooth_l1
+    # The CLS target: raw (the teacher's CLS as it is) or standardized per dimension with the
+    # teacher's statistics on the training images, so the loss weighs the image-specific part
+    # of the target, not the vector every image shares.
+    cls_target: str = "raw"  # raw | standardized
+    target_stats_images: int = 4096  # training images the statistics are measured on
+    # Function matching: each training image blended with another (mixup) or with a box of
+    # another pasted in (cutmix), teacher and student seeing the mixed image. Beta(alpha, alpha)
+    # mixing ratios; 0 = that kind off. mix_prob: the share of images mixed.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     temperature: float = 10.0  # head aggregation softmax(sum_h log A_h / T)
     aggregate_heads: str = "auto"  # auto (when head counts differ) | always | never
     projector_depth: int = 3  # hidden layers; 0 = one linear map (identity when dims match)
@@ -100,13 +111,16 @@ class DistillConfig:
     attention: str = "auto"  # auto | fused | explicit
     compile: bool = False
     checkpoint_every: int = 1  # epochs
-    knn_every: int = 0  # epochs; 0 = off
+    knn_every: float = 0.0  # epochs between online k-NN measurements (fractions allowed); 0 = off
     log_every: int = 10  # optimizer steps
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
     # The schedule's length in optimizer steps (warmup + cosine end there, and so does the run);
     # 0 = epochs x steps per epoch. Lets a wall-clock budget fit whole schedules (benchmarks/ablation.py).
     total_steps: int = 0
-    max_seconds: float = 0.0  # wall-clock budget of the training loop; the run ends there (0 = none)
+    max_seconds: float = 0.0  # budget of the training loop; the run ends there (0 = none)
+    # What max_seconds counts: wall-clock seconds, or the CPU seconds of the run's process and
+    # its data workers (cpu: an equal budget even when other jobs share the machine).
+    budget_clock: str = "wall"  # wall | cpu
 
 
 @dataclass
@@ -139,11 +153,12 @@ class PretrainConfig:
     amp: str = "auto"
     compile: bool = False
     checkpoint_every: int = 1
-    knn_every: int = 0
+    knn_every: float = 0.0  # as distill.knn_every
     log_every: int = 10
     max_steps: int = 0
     total_steps: int = 0  # as distill.total_steps
     max_seconds: float = 0.0  # as distill.max_seconds
+    budget_clock: str = "wall"  # as distill.budget_clock
 
 
 @dataclass

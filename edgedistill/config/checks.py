@@ -83,6 +83,7 @@ def _check_training(cfg: Config) -> None:
         _need(sec.knn_every >= 0, f"{name}.knn_every must be >= 0 (epochs; 0 = off), got {sec.knn_every}")
         _need(sec.total_steps >= 0, f"{name}.total_steps must be >= 0 (0 = epochs x steps per epoch), got {sec.total_steps}")
         _need(sec.max_seconds >= 0, f"{name}.max_seconds must be >= 0 (0 = no budget), got {sec.max_seconds}")
+        _need(sec.budget_clock in ("wall", "cpu"), f"{name}.budget_clock must be wall or cpu, got '{sec.budget_clock}'")
 
 
 def _check_pretrain(cfg: Config) -> None:
@@ -106,6 +107,11 @@ def _check_distill(cfg: Config) -> None:
           "distill.w_cls, distill.w_attn and distill.w_patch must be >= 0 and not all 0")
     _need(k.patch_loss in ("cosine", "smooth_l1"), f"distill.patch_loss must be cosine or smooth_l1, got '{k.patch_loss}'")
     _need(k.temperature > 0, "distill.temperature must be positive")
+    _need(k.cls_target in ("raw", "standardized"), f"distill.cls_target must be raw or standardized, got '{k.cls_target}'")
+    _need(k.mixup_alpha >= 0 and k.cutmix_alpha >= 0,
+          f"distill.mixup_alpha and distill.cutmix_alpha must be >= 0, got {k.mixup_alpha} and {k.cutmix_alpha}")
+    _need(0 <= k.mix_prob <= 1, f"distill.mix_prob must be in [0, 1], got {k.mix_prob}")
+    _need(k.target_stats_images >= 2, f"distill.target_stats_images must be >= 2, got {k.target_stats_images}")
     _need(k.aggregate_heads in ("auto", "always", "never"), f"distill.aggregate_heads must be auto, always or never, got '{k.aggregate_heads}'")
     _need(k.projector_depth >= 0, "distill.projector_depth must be >= 0")
     _need(k.attention in ("auto", "fused", "explicit"), f"distill.attention must be auto, fused or explicit, got '{k.attention}'")

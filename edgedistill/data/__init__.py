@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from edgedistill.config import Config
 from edgedistill.data.digits import DigitsDataset
+from edgedistill.data.mixing import MixedDataset, MixSettings
 from edgedistill.data.folders import IMG_EXTENSIONS, BadImagesError, ImageFolderDataset, has_split_layout, resolve_split
 from edgedistill.data.transforms import (
     IMAGENET_MEAN,
@@ -129,15 +130,18 @@ def build_train_loader(
     distributed: bool,
     seed: int,
     drop_last: bool = True,
+    mix: MixSettings | None = None,
 ) -> DataLoader:
     """Shuffled loader over the train split of ``cfg.data.path``; batches ``(B, ...)`` per process.
 
     ``loader.sampler`` is a :class:`SeededSampler`: call ``loader.sampler.set_epoch(epoch)``
     each epoch. Workers are persistent (no re-fork per epoch) and seeded from a generator
-    seeded with ``seed``.
+    seeded with ``seed``. ``mix`` blends each image with a partner (mixup / cutmix, per sample).
     """
     d = cfg.data
     dataset = build_dataset(d.path, "train", transform, img_size=d.img_size, max_bad_images=d.max_bad_images)
+    if mix is not None and mix.enabled:
+        dataset = MixedDataset(dataset, mix)
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
     sampler = SeededSampler(dataset, seed, **replicas)
     if drop_last and len(sampler) < d.batch_size:

@@ -94,16 +94,53 @@ class DistillTask(Task):
         # With w_cls = 0 and no dense term the projector gets no gradient, which DDP must be told about.
         self.find_unused_parameters = d.w_cls == 0 and d.w_patch == 0
 
+        # Per-dimension mean and std of the teacher's CLS (``cls_target=standardized``), set by
+        # ``measure_target_statistics`` before training and kept in the checkpoint.
+        self.target_mean: torch.Tensor | None = None
+        self.target_std: torch.Tensor | None = None
+
+    def measure_target_statistics(self, loader: Any) -> None:
+        """The teacher CLS's per-dimension mean and std over ``loader`` (training images, eval
+        transform), for ``cls_target=standardized``."""
+        device = next(self.teacher.parameters()).device
+        total, total_sq, count = None, None, 0
+        with torch.inference_mode():
+            for images, _ in loader:
+                cls = self._teacher(images.to(device))[0][:, 0].double()
+                total = cls.sum(0) if total is None else total + cls.sum(0)
+                total_sq = (cls * cls).sum(0) if total_sq is None else total_sq + (cls * cls).sum(0)
+                count += cls.shape[0]
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp_min(0) * count / max(count - 1, 1)
+        self.target_mean, self.target_std = mean.float(), var.sqrt().float().clamp_min(1e-6)
+
+    def _teacher(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher_in = images
+        if teacher_in.shape[-1] != self.teacher_size:
+            teacher_in = F.interpolate(images, size=self.teacher_size, mode="bicubic", align_corners=False)
+        return forward_with_cls_attention(self.teacher, teacher_in, explicit_all_blocks=self.teacher_explicit,
+                                          keep_registers=self.keep_registers)
+
+    def extra_state(self) -> dict[str, Any]:
+        if self.target_mean is None:
+            return {}
+        return {"target_mean": self.target_mean.cpu(), "target_std": self.target_std.cpu()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "target_mean" in state:
+            device = next(self.teacher.parameters()).device
+            self.target_mean, self.target_std = state["target_mean"].to(device), state["target_std"].to(device)
+
+    def teacher_target(self, teacher_cls: torch.Tensor) -> torch.Tensor:
+        """The CLS target the projector regresses onto."""
+        if self.target_mean is None:
+            return teacher_cls
+        return (teacher_cls - self.target_mean) / self.target_std
+
     def loss(self, model: nn.Module, images: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         d = self.cfg.distill
         with torch.inference_mode():
-            teacher_in = images
-            if teacher_in.shape[-1] != self.teacher_size:
-                teacher_in = F.interpolate(images, size=self.teacher_size, mode="bicubic", align_corners=False)
-            teacher_tokens, teacher_attention = forward_with_cls_attention(
-                self.teacher, teacher_in, explicit_all_blocks=self.teacher_explicit,
-                keep_registers=self.keep_registers,
-            )
+            teacher_tokens, teacher_attention = self._teacher(images)
             teacher_patches = None
             if d.w_patch:
                 # The last grid_h * grid_w tokens: register tokens (if any) sit before them.
@@ -116,7 +153,7 @@ class DistillTask(Task):
             teacher_patches = teacher_patches.clone()
         student_cls, student_attention, student_patches = model(images)
         return attndistill_loss(
-            student_cls.float(), teacher_tokens[:, 0].float(), student_attention.float(), teacher_attention.float(),
+            student_cls.float(), self.teacher_target(teacher_tokens[:, 0].float()), student_attention.float(), teacher_attention.float(),
             w_cls=d.w_cls, w_attn=d.w_attn, aggregate=d.aggregate_heads, temperature=d.temperature,
             prefix_tokens=self.prefix_tokens, student_patches=student_patches, teacher_patches=teacher_patches,
             w_patch=d.w_patch, patch_kind=d.patch_loss,
@@ -143,6 +180,7 @@ def loop_settings(cfg: Config, section: str = "distill") -> LoopSettings:
         clip_grad=sec.clip_grad, amp=sec.amp, compile=sec.compile, checkpoint_every=sec.checkpoint_every,
         log_every=sec.log_every, max_steps=sec.max_steps, knn_every=sec.knn_every, seed=cfg.run.seed,
         num_workers=cfg.data.num_workers, total_steps=sec.total_steps, max_seconds=sec.max_seconds,
+        budget_clock=sec.budget_clock,
     )
 
 

@@ -47,11 +47,12 @@ class LoopSettings:
     checkpoint_every: int = 1
     log_every: int = 10
     max_steps: int = 0
-    knn_every: int = 0
+    knn_every: float = 0.0  # epochs between online k-NN measurements (fractions allowed); 0 = off
     seed: int = 0
     num_workers: int = 2
     total_steps: int = 0  # the schedule's length; 0 = epochs x steps per epoch
-    max_seconds: float = 0.0  # training wall-clock budget; the run ends (outputs saved) there
+    max_seconds: float = 0.0  # training budget in budget_clock seconds; the run ends (outputs saved) there
+    budget_clock: str = "wall"  # wall | cpu (this process and its data workers: fair on a shared machine)
 
 
 class Task:
@@ -96,17 +97,33 @@ class LoopResult:
     total_steps: int = 0
 
 
-class _Clock:
-    """Seconds of training so far, across resumes. Online k-NN is evaluation, not training:
-    its time is left out, so ``knn_every`` does not eat into a ``max_seconds`` budget."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its children (the data loader's workers)."""
+    import psutil
 
-    def __init__(self, before: float = 0.0):
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])  # user, system, and the children already waited for
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:  # a worker that just exited
+            pass
+    return total
+
+
+class _Clock:
+    """Seconds of training so far, across resumes: wall-clock, or CPU seconds (``cpu``: what a
+    budget should count when other jobs share the machine). Online k-NN is evaluation, not
+    training: its time is left out, so ``knn_every`` does not eat into a ``max_seconds`` budget."""
+
+    def __init__(self, before: float = 0.0, kind: str = "wall"):
+        self.now = cpu_seconds if kind == "cpu" else time.perf_counter
         self.before = before
-        self.started = time.perf_counter()
+        self.started = self.now()
         self.paused = 0.0
 
     def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.started - self.paused
+        return self.before + self.now() - self.started - self.paused
 
     def over_budget(self, max_seconds: float, device: torch.device) -> bool:
         """Past ``max_seconds`` (0 = no budget) on any rank: the first rank over budget stops them
@@ -115,11 +132,11 @@ class _Clock:
 
     @contextlib.contextmanager
     def pause(self):
-        began = time.perf_counter()
+        began = self.now()
         try:
             yield
         finally:
-            self.paused += time.perf_counter() - began
+            self.paused += self.now() - began
 
 
 def _batch_size_of(images: Any) -> int:
@@ -191,7 +208,7 @@ def train(
     if resume and info.is_main and console is not None:
         console.print(f"resumed from {checkpoint_path} at step {step}/{plan.total_steps}")
     saved_step = step if resume else -1
-    clock = _Clock(seconds_before)
+    clock = _Clock(seconds_before, settings.budget_clock)
 
     def save() -> None:
         nonlocal saved_step
@@ -244,17 +261,18 @@ def train(
                     last["img_s"] = window_images / max(elapsed, 1e-9)
                     window_images, window_start = 0, time.perf_counter()
                     if info.is_main:
-                        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last})
+                        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last,
+                                                    "train_seconds": round(clock.seconds(), 3)})
                 progress.update(step, last)
+                if knn_fn is not None and plan.knn_steps and step % plan.knn_steps == 0:
+                    last.update(_online_knn(knn_fn, task, clock, step, step / plan.steps_per_epoch, info.is_main,
+                                            metrics_path, progress))
                 if step >= plan.stop_at or budget_reached:
                     break
 
             epoch_done = (step % plan.steps_per_epoch == 0) and step > 0
             if epoch_done:
                 done_epochs = step // plan.steps_per_epoch
-                if knn_fn is not None and settings.knn_every and done_epochs % settings.knn_every == 0:
-                    last.update(_epoch_knn(knn_fn, task, clock, step, done_epochs, info.is_main, metrics_path,
-                                           progress))
                 if done_epochs % settings.checkpoint_every == 0 or step >= plan.total_steps:
                     save()
             if step >= plan.stop_at or budget_reached:
@@ -283,13 +301,14 @@ def _optimizer_step(task: Task, trainable: nn.Module, optimizer: torch.optim.Opt
     return step + 1
 
 
-def _epoch_knn(knn_fn: Callable[[nn.Module], dict[str, float]], task: Task, clock: _Clock, step: int, epoch: int,
-               is_main: bool, metrics_path: Path, progress: StepProgress) -> dict[str, float]:
-    """The online k-NN at an epoch's end, off the training clock; logged and shown."""
+def _online_knn(knn_fn: Callable[[nn.Module], dict[str, float]], task: Task, clock: _Clock, step: int, epoch: float,
+                is_main: bool, metrics_path: Path, progress: StepProgress) -> dict[str, float]:
+    """The online k-NN every ``knn_every`` epochs, off the training clock; logged and shown."""
     with clock.pause():
         scores = knn_fn(task.backbone())  # {} when the data has no labels
     if scores and is_main:
-        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **scores})
+        append_jsonl(metrics_path, {"step": step, "epoch": round(epoch, 4), "train_seconds": round(clock.seconds(), 3),
+                                    **scores})
         progress.note(" ".join(f"{k}={v:.2f}" for k, v in scores.items()))
     return scores
 
@@ -306,6 +325,7 @@ class _Plan:
     stop_at: int  # max_steps ends the run early, before the schedule's end (no outputs)
     warmup_steps: int
     base_lr: float  # the linear scaling rule: blr x effective batch / 256
+    knn_steps: int  # optimizer steps between online k-NN measurements (0 = off)
 
 
 def _plan(settings: LoopSettings, loader: DataLoader, world_size: int) -> _Plan:
@@ -324,6 +344,7 @@ def _plan(settings: LoopSettings, loader: DataLoader, world_size: int) -> _Plan:
         stop_at=min(settings.max_steps, total_steps) if settings.max_steps else total_steps,
         warmup_steps=int(round(settings.warmup_epochs * steps_per_epoch)),
         base_lr=settings.blr * effective_batch / 256,
+        knn_steps=max(1, round(settings.knn_every * steps_per_epoch)) if settings.knn_every else 0,
     )
 
 

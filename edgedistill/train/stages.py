@@ -51,10 +51,32 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
         teacher, teacher_info = build_teacher(cfg.teacher, cfg.teacher_img_size)
         student, student_kwargs = build_student(cfg)
         task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
+        if cfg.distill.cls_target == "standardized":
+            task.measure_target_statistics(target_statistics_loader(cfg))
         return task, {"teacher": teacher_info}
 
+    from edgedistill.data.mixing import MixSettings
+
     transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)
-    return _run_stage(cfg, out, resume, console, "distill", "student", transform, build)
+    d = cfg.distill
+    mix = MixSettings(d.mixup_alpha, d.cutmix_alpha, d.mix_prob)
+    return _run_stage(cfg, out, resume, console, "distill", "student", transform, build, mix)
+
+
+def target_statistics_loader(cfg: Config) -> Any:
+    """Up to ``distill.target_stats_images`` training images (a seeded sample), eval transform:
+    what the teacher's CLS statistics are measured on."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from edgedistill.data import build_eval_loader
+
+    d = cfg.data
+    full = build_eval_loader(d.path, "train", d.img_size, cfg.eval.batch_size, d.num_workers, d.mean, d.std,
+                             max_bad_images=d.max_bad_images).dataset
+    n = min(len(full), cfg.distill.target_stats_images)
+    indices = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.run.seed))[:n].sort().values
+    return DataLoader(Subset(full, indices.tolist()), batch_size=cfg.eval.batch_size, num_workers=d.num_workers)
 
 
 def pretrain(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None) -> dict[str, Any]:
@@ -67,7 +89,8 @@ def pretrain(cfg: Config, out: Path | None = None, *, resume: bool = False, cons
 
 
 def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, section: str, artifact: str,
-               transform: Callable[[Any], Any], build: Callable[[Any], tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+               transform: Callable[[Any], Any], build: Callable[[Any], tuple[Any, dict[str, Any]]],
+               mix: Any = None) -> dict[str, Any]:
     """The shared shape of a training stage: check the run directory, read the data (bad
     input fails here, before any model is built), build the task, train, summarize."""
     import torch.distributed as dist
@@ -86,7 +109,7 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
             warnings.simplefilter("ignore")  # one copy of each warning, from rank 0
         if info.is_main:
             run.save_config(cfg)
-        loader = build_train_loader(cfg, transform, distributed=info.distributed, seed=cfg.run.seed)
+        loader = build_train_loader(cfg, transform, distributed=info.distributed, seed=cfg.run.seed, mix=mix)
         seed_everything(cfg.run.seed)
         task, extra = build(info)
         knn_fn = _online_knn(cfg, info) if getattr(cfg, section).knn_every else None
