@@ -296,11 +296,13 @@ def _clean_leftovers(path: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def directory_lock(path: Path) -> Iterator[list[str]]:
+def directory_lock(path: Path, instead: str = "another name") -> Iterator[list[str]]:
     """Hold ``<parent>/.<name>.lock`` while ``path`` is written: a second writer fails at
-    once instead of racing this one. On entry the leftovers of killed writers are cleaned
-    (yielded: the names removed). The lock is an ``flock``: the kernel drops it when its
-    holder dies, even by SIGKILL. Platforms without ``fcntl`` write unlocked."""
+    once, naming the holder's pid and ``instead`` (what else to choose), instead of racing
+    this one. On entry the leftovers of killed writers are cleaned (yielded: the names
+    removed). The lock is an ``flock``: the kernel drops it when its holder dies, even by
+    SIGKILL (and its forked children, which share it, have exited). Platforms without
+    ``fcntl`` write unlocked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -317,9 +319,11 @@ def directory_lock(path: Path) -> Iterator[list[str]]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise _error(f"another process is writing {path} (it holds {lock}): wait for it to finish, "
-                         "or choose another name") from None
+            who = f"another process (pid {holder})" if holder.isdigit() else "another process"
+            raise _error(f"{who} is writing {path} (it holds {lock}): wait for it to finish, "
+                         f"or choose {instead}") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
@@ -329,6 +333,7 @@ def directory_lock(path: Path) -> Iterator[list[str]]:
         os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
     try:
         with _registered(lock):
+            os.ftruncate(fd, 0)  # a killed holder's pid may be there
             os.write(fd, f"{os.getpid()}\n".encode())
             yield _clean_leftovers(path)
     finally:

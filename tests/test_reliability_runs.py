@@ -30,6 +30,105 @@ def logged_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+# ----------------------------------------------------------------------------- one run per directory
+
+
+def test_a_running_run_holds_its_directory(tiny_folder, tmp_path):
+    """While a distill runs, another distill, a pretrain or a resume into its --out fails at
+    once naming the holder (before: both ran, every step logged twice, config from one and
+    weights from the other); SIGKILL releases the lock with the process."""
+    import torch
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, "-m", "edgedistill", "distill", "--out", str(out),
+                               *sets(tiny_overrides(tiny_folder, **{"distill.epochs": 5000}))],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (out / "checkpoint.pt").exists() or holder.poll() is not None, "the first checkpoint")
+        assert holder.poll() is None, holder.communicate()[1][-3000:]
+        for args in (["distill", "--out", str(out), *sets(tiny_overrides(tiny_folder))],
+                     ["distill", "--out", str(out), "--resume"],
+                     ["pretrain", "--out", str(out), "--data", str(tiny_folder)]):
+            error = one_line_error(run_cli(*args))
+            assert f"another process (pid {holder.pid}) is writing {out}" in error, error
+            assert "--out" in error
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == -signal.SIGKILL, "the first run ended before it was killed"
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    resumed = run_cli("distill", "--out", str(out), "--resume", "--set", f"distill.max_steps={step + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert logged_steps(out) == list(range(1, step + 2))
+    assert names(tmp_path) == ["run"]  # no lock left beside it
+
+
+def test_a_running_pipeline_holds_its_runs(tmp_path):
+    """Two pipelines of one run name: the second fails at once, before any stage."""
+    from edgedistill.utils import directory_lock
+
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"run": {"name": "p"}}))
+    with directory_lock(tmp_path / "runs" / "p"):  # what a running pipeline holds
+        run = run_cli("pipeline", str(config), "--runs", str(tmp_path / "runs"), "--export-root",
+                      str(tmp_path / "export"), cwd=tmp_path)
+        assert f"is writing {tmp_path / 'runs' / 'p'}" in one_line_error(run)
+    assert names(tmp_path / "runs") == []
+
+
+# ----------------------------------------------------------------------------- a user's folder
+
+
+def test_a_users_folder_is_not_taken_for_a_run(tiny_folder, tmp_path):
+    """``distill --config proj/config.yaml --out proj`` replaced the user's config.yaml
+    (comments gone); a folder must be new, empty or a run's own."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    sections: dict = {}
+    for key, value in (o.split("=", 1) for o in tiny_overrides(tiny_folder)):
+        sections.setdefault(key.split(".")[0], {})[key.split(".")[1]] = yaml.safe_load(value)
+    mine = "# my experiment: keep these comments\n" + yaml.safe_dump(sections)
+    (proj / "config.yaml").write_text(mine)
+    error = one_line_error(run_cli("distill", "--config", str(proj / "config.yaml"), "--out", str(proj)))
+    assert f"{proj} is not a run directory" in error and "config.yaml" in error, error
+    assert (proj / "config.yaml").read_text() == mine and names(proj) == ["config.yaml"]
+    assert names(tmp_path) == ["proj"]
+
+    (proj / "config.yaml").unlink()
+    (proj / "notes.txt").write_text("mine")  # any file a run does not write
+    error = one_line_error(run_cli("distill", "--out", str(proj), *sets(tiny_overrides(tiny_folder))))
+    assert "notes.txt" in error and names(proj) == ["notes.txt"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_folder, tmp_path, monkeypatch):
+    """What the interrupted run says ("run the same command again to start over") works on the
+    run's own folder, and the new run logs each step once."""
+    import edgedistill.train.loop as loop
+    from edgedistill.config import build_config
+    from edgedistill.train.stages import distill
+
+    cfg = build_config(None, tiny_overrides(tiny_folder))  # 2 epochs of 4 steps, a checkpoint after each
+    run = tmp_path / "run"
+    append = loop.append_jsonl
+
+    def killed_after_step_2(path, record):
+        append(path, record)
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "append_jsonl", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, run)
+    monkeypatch.setattr(loop, "append_jsonl", append)
+    assert names(run) == ["config.yaml", "metrics.jsonl"]
+    assert distill(cfg, run)["complete"]
+    assert logged_steps(run) == list(range(1, 9))  # before: 1, 2, then 1..8
+    with pytest.raises(EdgeDistillError, match="already holds a run"):
+        distill(cfg, run)
+
+
 # ----------------------------------------------------------------------------- permissions
 
 

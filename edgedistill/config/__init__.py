@@ -367,7 +367,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def save_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """``cfg`` as YAML at ``path``, after ``header`` (a comment line) when given."""
     from edgedistill.utils import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), (f"{header}\n" if header else "") + yaml.safe_dump(to_dict(cfg), sort_keys=False))
