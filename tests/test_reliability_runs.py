@@ -129,6 +129,45 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_folder, tmp_p
         distill(cfg, run)
 
 
+# ----------------------------------------------------------------------------- crop sizes
+
+
+def test_pretrain_on_digits_with_the_defaults_runs():
+    """``pretrain --data digits --set pretrain.epochs=1`` failed with an AssertionError
+    traceback (local crops of 14 px, patch 16): the automatic local crop size is now a
+    multiple of the patch size."""
+    from edgedistill.config import auto_local_crop_size
+
+    assert [auto_local_crop_size(224, p) for p in (16, 14, 8)] == [96, 98, 96]  # DINO, DINOv2
+    assert [auto_local_crop_size(32, p) for p in (16, 8, 4)] == [16, 16, 12]  # before: 14 for all three
+    assert auto_local_crop_size(16, 4) == 8 and auto_local_crop_size(16, 2) == 8  # as before
+
+
+def test_pretrain_crops_that_do_not_fit_the_patch_size_fail_first(tmp_path):
+    out = tmp_path / "teacher"
+    error = one_line_error(run_cli("pretrain", "--data", "digits", "--out", str(out),
+                                   "--set", "pretrain.local_crop_size=14"))
+    assert "pretrain.local_crop_size 14" in error and "patch size 16" in error and "pretrain.patch_size" in error
+    error = one_line_error(run_cli("pretrain", "--data", "digits", "--out", str(out), "--set", "data.img_size=40"))
+    assert "data.img_size 40" in error and "patch size 16" in error
+    assert not out.exists()
+
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"run": {"name": "p"}, "pretrain": {"local_crop_size": 14}}))
+    run = run_cli("pipeline", str(config), "--runs", str(tmp_path / "runs"), "--export-root", str(tmp_path / "export"),
+                  cwd=tmp_path)
+    assert "pretrain.local_crop_size 14" in one_line_error(run)
+    assert names(tmp_path) == ["p.yaml"]
+
+
+def test_pretrain_on_digits_runs_a_step(tmp_path):
+    out = tmp_path / "teacher"
+    run = run_cli("pretrain", "--data", "digits", "--out", str(out), "--set", "pretrain.epochs=1",
+                  "--set", "pretrain.max_steps=1", "--set", "pretrain.depth=1", "--set", "run.threads=1")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert (out / "checkpoint.pt").is_file()
+
+
 # ----------------------------------------------------------------------------- permissions
 
 

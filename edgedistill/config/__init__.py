@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from edgedistill.config.checks import validate
+from edgedistill.config.checks import auto_local_crop_size, check_pretrain_sizes, patch_size_in_name, validate
 from edgedistill.errors import EdgeDistillError
 
 
@@ -127,7 +127,7 @@ class PretrainConfig:
     local_crops: int = 6
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    local_crop_size: int = 0  # 0 = 3/7 of the image size, like 96/224
+    local_crop_size: int = 0  # 0 = about 3/7 of the image size (96 at 224), a multiple of the patch size
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from edgedistill.config import Config
+from edgedistill.config import Config, check_pretrain_sizes
 from edgedistill.rundir import RUNS_ROOT, RunDir
 from edgedistill.utils import atomic_write_json, directory_lock, read_json
 
@@ -61,6 +61,8 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
     """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path,
     "bench": the bench report or None}``."""
     paths = PipelinePaths.for_config(cfg, runs_root, export_root)
+    if "pretrain" in cfg.pipeline.stages and not paths.teacher.has_backbone("teacher"):
+        check_pretrain_sizes(cfg)
     with directory_lock(paths.root, instead="another run.name"):
         return _run_stages(cfg, paths, console)
 

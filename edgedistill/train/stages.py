@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from edgedistill.config import Config
+from edgedistill.config import Config, check_pretrain_sizes
 from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
 
@@ -64,6 +64,7 @@ def pretrain(cfg: Config, out: Path | None = None, *, resume: bool = False, cons
 
     from edgedistill.train.pretrain import DinoTask, multicrop_for
 
+    check_pretrain_sizes(cfg)
     return _run_stage(cfg, out, resume, console, "pretrain", "teacher", multicrop_for(cfg),
                       lambda info: (DinoTask(cfg), {}))
 
