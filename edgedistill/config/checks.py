@@ -108,15 +108,14 @@ def check_pretrain_sizes(cfg: Config) -> None:
     if not patch:  # a name without its patch size: the model's own check reports it
         return
     source = f"pretrain.patch_size {patch}" if p.patch_size else f"patch size {patch} (pretrain.arch {p.arch})"
-    fix = "set pretrain.patch_size to one that divides it"
     size = cfg.data.img_size
     _need(size % patch == 0, f"data.img_size {size} (pretraining's global crops) is not a multiple of the {source}: "
-                             f"{fix}, or choose another data.img_size")
+                             f"set pretrain.patch_size to a divisor of {size}, or data.img_size to a multiple of {patch}")
     if p.local_crops and p.local_crop_size:
         local = p.local_crop_size
         _need(local % patch == 0, f"pretrain.local_crop_size {local} is not a multiple of the {source}: "
                                   f"set pretrain.local_crop_size to a multiple of {patch} (0 picks one), "
-                                  f"{fix}, or set pretrain.local_crops=0")
+                                  f"pretrain.patch_size to a divisor of {local}, or pretrain.local_crops=0")
 
 
 def _check_pretrain(cfg: Config) -> None:
