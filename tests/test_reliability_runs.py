@@ -201,3 +201,48 @@ def test_runs_and_bundles_follow_the_umask(tiny_folder, labeled, tmp_path, umask
         assert not wrong, wrong
     assert {"student.safetensors", "projector.safetensors", "checkpoint.pt"} <= set(modes(run))
     assert "v" in modes(tmp_path / "export")
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_calib_not_found_names_the_option(student_run, labeled, tmp_path):
+    run = run_cli("export", "--model", str(student_run), "--out", str(tmp_path / "export"), "--data", str(labeled),
+                  "--calib", str(tmp_path / "nonexistent"), "--formats", "onnx", "--threads", "1")
+    error = one_line_error(run)
+    assert f"--calib folder not found: {tmp_path / 'nonexistent'}" in error and "data.path" not in error
+
+
+def test_a_parity_failure_shows_the_digits_that_differ():
+    from edgedistill.export.gates import parity_failures
+
+    (line,) = parity_failures({"onnx_fp32": {"gated": True, "min_cosine": 0.99999996, "max_abs": 1e-6}}, 0.99999997)
+    assert "cosine 0.99999996 < 0.99999997" in line, line  # before: "cosine 1.0000000 < 1"
+    (line,) = parity_failures({"onnx_fp32": {"gated": True, "min_cosine": 0.9, "max_abs": 0.1}}, 0.9999)
+    assert "cosine 0.9 < 0.9999" in line, line
+
+
+def test_a_teacher_folder_without_a_backbone_says_what_a_teacher_may_be(tmp_path):
+    (tmp_path / "empty").mkdir()
+    error = one_line_error(run_cli("distill", "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
+                                   "--set", "distill.max_steps=1"))
+    assert "teacher.json" in error and "student.json" in error, error
+    assert "checkpoint file" in error and "hub name" in error, error
+
+
+def test_a_bare_tensor_checkpoint_says_what_it_holds(tmp_path):
+    import torch
+
+    torch.save(torch.zeros(3, 5), tmp_path / "t.pth")
+    error = one_line_error(run_cli("distill", "--teacher", str(tmp_path / "t.pth"), "--out", str(tmp_path / "run"),
+                                   "--set", "distill.max_steps=1"))
+    assert "first keys: )" not in error and "one tensor of shape (3, 5)" in error, error
+
+
+def test_eval_json_into_a_new_folder_is_written(labeled, tmp_path):
+    """export and bench create the folder of --json; eval refused it."""
+    target = tmp_path / "new" / "sub" / "knn.json"
+    run = run_cli("eval", "knn", "--model", "random", "--arch", "vit_tiny_patch16_224", "--img-size", "16",
+                  "--patch-size", "4", "--depth", "1", "--data", str(labeled), "--threads", "1", "--json", str(target))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "top1" in json.loads(target.read_text())
