@@ -20,14 +20,11 @@ import yaml
 from conftest import REPO, run_cli, tiny_overrides
 from edgedistill.errors import EdgeDistillError
 from test_reliability import names, one_line_error, wait_for
+from test_reliability_inputs import distill_interrupted, logged_steps
 
 
 def sets(overrides: list[str]) -> list[str]:
     return sum((["--set", o] for o in overrides), [])
-
-
-def logged_steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # ----------------------------------------------------------------------------- one run per directory
@@ -105,23 +102,12 @@ def test_a_users_folder_is_not_taken_for_a_run(tiny_folder, tmp_path):
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_folder, tmp_path, monkeypatch):
     """What the interrupted run says ("run the same command again to start over") works on the
     run's own folder, and the new run logs each step once."""
-    import edgedistill.train.loop as loop
     from edgedistill.config import build_config
     from edgedistill.train.stages import distill
 
     cfg = build_config(None, tiny_overrides(tiny_folder))  # 2 epochs of 4 steps, a checkpoint after each
     run = tmp_path / "run"
-    append = loop.append_jsonl
-
-    def killed_after_step_2(path, record):
-        append(path, record)
-        if record["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "append_jsonl", killed_after_step_2)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, run)
-    monkeypatch.setattr(loop, "append_jsonl", append)
+    distill_interrupted(cfg, run, 2, monkeypatch)
     assert names(run) == ["config.yaml", "metrics.jsonl"]
     assert distill(cfg, run)["complete"]
     assert logged_steps(run) == list(range(1, 9))  # before: 1, 2, then 1..8
