@@ -315,7 +315,7 @@ def directory_lock(path: Path, instead: str = "another name") -> Iterator[list[s
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise _error(describe_os_error(exc, lock)) from None
+            raise _error(f"cannot lock {path}: {describe_os_error(exc, lock)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
