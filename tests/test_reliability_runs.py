@@ -20,7 +20,7 @@ import yaml
 from conftest import REPO, run_cli, tiny_overrides
 from edgedistill.errors import EdgeDistillError
 from test_reliability import names, one_line_error, wait_for
-from test_reliability_inputs import distill_interrupted, logged_steps
+from test_reliability_inputs import cli, distill_interrupted, logged_steps, one_line
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -31,7 +31,7 @@ def sets(overrides: list[str]) -> list[str]:
 
 
 def test_a_running_run_holds_its_directory(tiny_folder, tmp_path):
-    """While a distill runs, another distill, a pretrain or a resume into its --out fails at
+    """While a distill runs, another distill or a resume into its --out fails at
     once naming the holder (before: both ran, every step logged twice, config from one and
     weights from the other); SIGKILL releases the lock with the process."""
     import torch
@@ -40,14 +40,14 @@ def test_a_running_run_holds_its_directory(tiny_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     holder = subprocess.Popen([sys.executable, "-m", "edgedistill", "distill", "--out", str(out),
                                *sets(tiny_overrides(tiny_folder, **{"distill.epochs": 5000}))],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: os.nice(19))  # it only has to keep running
     try:
         wait_for(lambda: (out / "checkpoint.pt").exists() or holder.poll() is not None, "the first checkpoint")
         assert holder.poll() is None, holder.communicate()[1][-3000:]
         for args in (["distill", "--out", str(out), *sets(tiny_overrides(tiny_folder))],
-                     ["distill", "--out", str(out), "--resume"],
-                     ["pretrain", "--out", str(out), "--data", str(tiny_folder)]):
-            error = one_line_error(run_cli(*args))
+                     ["distill", "--out", str(out), "--resume"]):
+            error = one_line(*cli(*args)[::2])
             assert f"another process (pid {holder.pid}) is writing {out}" in error, error
             assert "--out" in error
         holder.send_signal(signal.SIGKILL)
@@ -56,8 +56,8 @@ def test_a_running_run_holds_its_directory(tiny_folder, tmp_path):
         holder.kill()
     assert holder.returncode == -signal.SIGKILL, "the first run ended before it was killed"
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
-    resumed = run_cli("distill", "--out", str(out), "--resume", "--set", f"distill.max_steps={step + 1}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, _, stderr = cli("distill", "--out", str(out), "--resume", "--set", f"distill.max_steps={step + 1}")
+    assert code == 0, stderr[-3000:]
     assert logged_steps(out) == list(range(1, step + 2))
     assert names(tmp_path) == ["run"]  # no lock left beside it
 
@@ -88,14 +88,14 @@ def test_a_users_folder_is_not_taken_for_a_run(tiny_folder, tmp_path):
         sections.setdefault(key.split(".")[0], {})[key.split(".")[1]] = yaml.safe_load(value)
     mine = "# my experiment: keep these comments\n" + yaml.safe_dump(sections)
     (proj / "config.yaml").write_text(mine)
-    error = one_line_error(run_cli("distill", "--config", str(proj / "config.yaml"), "--out", str(proj)))
+    error = one_line(*cli("distill", "--config", proj / "config.yaml", "--out", proj)[::2])
     assert f"{proj} is not a run directory" in error and "config.yaml" in error, error
     assert (proj / "config.yaml").read_text() == mine and names(proj) == ["config.yaml"]
     assert names(tmp_path) == ["proj"]
 
     (proj / "config.yaml").unlink()
     (proj / "notes.txt").write_text("mine")  # any file a run does not write
-    error = one_line_error(run_cli("distill", "--out", str(proj), *sets(tiny_overrides(tiny_folder))))
+    error = one_line(*cli("distill", "--out", proj, *sets(tiny_overrides(tiny_folder)))[::2])
     assert "notes.txt" in error and names(proj) == ["notes.txt"]
 
 
@@ -131,26 +131,25 @@ def test_pretrain_on_digits_with_the_defaults_runs():
 
 def test_pretrain_crops_that_do_not_fit_the_patch_size_fail_first(tmp_path):
     out = tmp_path / "teacher"
-    error = one_line_error(run_cli("pretrain", "--data", "digits", "--out", str(out),
-                                   "--set", "pretrain.local_crop_size=14"))
+    error = one_line(*cli("pretrain", "--data", "digits", "--out", out, "--set", "pretrain.local_crop_size=14")[::2])
     assert "pretrain.local_crop_size 14" in error and "patch size 16" in error and "pretrain.patch_size" in error
-    error = one_line_error(run_cli("pretrain", "--data", "digits", "--out", str(out), "--set", "data.img_size=40"))
+    error = one_line(*cli("pretrain", "--data", "digits", "--out", out, "--set", "data.img_size=40")[::2])
     assert "data.img_size 40" in error and "patch size 16" in error
     assert not out.exists()
 
     config = tmp_path / "p.yaml"
     config.write_text(yaml.safe_dump({"run": {"name": "p"}, "pretrain": {"local_crop_size": 14}}))
-    run = run_cli("pipeline", str(config), "--runs", str(tmp_path / "runs"), "--export-root", str(tmp_path / "export"),
-                  cwd=tmp_path)
-    assert "pretrain.local_crop_size 14" in one_line_error(run)
+    error = one_line(*cli("pipeline", config, "--runs", tmp_path / "runs", "--export-root", tmp_path / "export")[::2])
+    assert "pretrain.local_crop_size 14" in error
     assert names(tmp_path) == ["p.yaml"]
 
 
 def test_pretrain_on_digits_runs_a_step(tmp_path):
     out = tmp_path / "teacher"
-    run = run_cli("pretrain", "--data", "digits", "--out", str(out), "--set", "pretrain.epochs=1",
-                  "--set", "pretrain.max_steps=1", "--set", "pretrain.depth=1", "--set", "run.threads=1")
-    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    code, _, stderr = cli("pretrain", "--data", "digits", "--out", out, "--set", "pretrain.epochs=1",
+                          "--set", "pretrain.max_steps=1", "--set", "pretrain.depth=1", "--set", "run.threads=1",
+                          "--set", "data.num_workers=0")
+    assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
     assert (out / "checkpoint.pt").is_file()
 
 
@@ -178,7 +177,7 @@ def test_runs_and_bundles_follow_the_umask(tiny_folder, labeled, tmp_path, umask
     run = tmp_path / "runs" / "student"
     cli("distill", "--out", str(run), *sets(tiny_overrides(tiny_folder, **{"distill.epochs": 1})))
     cli("export", "--model", str(run), "--out", str(tmp_path / "export"), "--data", str(labeled), "--formats",
-        "onnx,openvino", "--no-int8", "--threads", "1", "--name", "v")
+        "onnx", "--no-int8", "--threads", "1", "--name", "v")
     files, folders = 0o666 & ~umask, 0o777 & ~umask
     for root in (tmp_path / "runs", tmp_path / "export"):
         found = modes(root)
@@ -193,9 +192,8 @@ def test_runs_and_bundles_follow_the_umask(tiny_folder, labeled, tmp_path, umask
 
 
 def test_calib_not_found_names_the_option(student_run, labeled, tmp_path):
-    run = run_cli("export", "--model", str(student_run), "--out", str(tmp_path / "export"), "--data", str(labeled),
-                  "--calib", str(tmp_path / "nonexistent"), "--formats", "onnx", "--threads", "1")
-    error = one_line_error(run)
+    error = one_line(*cli("export", "--model", student_run, "--out", tmp_path / "export", "--data", labeled,
+                          "--calib", tmp_path / "nonexistent", "--formats", "onnx", "--threads", "1")[::2])
     assert f"--calib folder not found: {tmp_path / 'nonexistent'}" in error and "data.path" not in error
 
 
@@ -210,8 +208,8 @@ def test_a_parity_failure_shows_the_digits_that_differ():
 
 def test_a_teacher_folder_without_a_backbone_says_what_a_teacher_may_be(tmp_path):
     (tmp_path / "empty").mkdir()
-    error = one_line_error(run_cli("distill", "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
-                                   "--set", "distill.max_steps=1"))
+    error = one_line(*cli("distill", "--teacher", tmp_path / "empty", "--out", tmp_path / "run",
+                          "--set", "distill.max_steps=1", "--set", "data.num_workers=0")[::2])
     assert "teacher.json" in error and "student.json" in error, error
     assert "checkpoint file" in error and "hub name" in error, error
 
@@ -220,15 +218,16 @@ def test_a_bare_tensor_checkpoint_says_what_it_holds(tmp_path):
     import torch
 
     torch.save(torch.zeros(3, 5), tmp_path / "t.pth")
-    error = one_line_error(run_cli("distill", "--teacher", str(tmp_path / "t.pth"), "--out", str(tmp_path / "run"),
-                                   "--set", "distill.max_steps=1"))
+    error = one_line(*cli("distill", "--teacher", tmp_path / "t.pth", "--out", tmp_path / "run",
+                          "--set", "distill.max_steps=1", "--set", "data.num_workers=0")[::2])
     assert "first keys: )" not in error and "one tensor of shape (3, 5)" in error, error
 
 
 def test_eval_json_into_a_new_folder_is_written(labeled, tmp_path):
     """export and bench create the folder of --json; eval refused it."""
     target = tmp_path / "new" / "sub" / "knn.json"
-    run = run_cli("eval", "knn", "--model", "random", "--arch", "vit_tiny_patch16_224", "--img-size", "16",
-                  "--patch-size", "4", "--depth", "1", "--data", str(labeled), "--threads", "1", "--json", str(target))
-    assert run.returncode == 0, run.stderr[-3000:]
+    code, _, stderr = cli("eval", "knn", "--model", "random", "--arch", "vit_tiny_patch16_224", "--img-size", "16",
+                          "--patch-size", "4", "--depth", "1", "--data", labeled, "--threads", "1", "--no-progress",
+                          "--json", target)
+    assert code == 0, stderr[-3000:]
     assert "top1" in json.loads(target.read_text())
