@@ -104,7 +104,8 @@ class RunDir:
         resume into it fails at once, naming this process."""
         from edgedistill.utils import directory_lock
 
-        return directory_lock(self.path, instead="another --out")
+        # resolved: `--out .` has no name to put beside it, and one folder gets one lock
+        return directory_lock(self.path.resolve(), instead="another --out")
 
     def check_writable(self, resume: bool, role: str) -> None:
         """A new run never overwrites an old one nor a folder of the user's; a resume needs a

@@ -78,7 +78,7 @@ def test_a_running_pipeline_holds_its_runs(tmp_path):
 # ----------------------------------------------------------------------------- a user's folder
 
 
-def test_a_users_folder_is_not_taken_for_a_run(tiny_folder, tmp_path):
+def test_a_users_folder_is_not_taken_for_a_run(tiny_folder, tmp_path, monkeypatch):
     """``distill --config proj/config.yaml --out proj`` replaced the user's config.yaml
     (comments gone); a folder must be new, empty or a run's own."""
     proj = tmp_path / "proj"
@@ -97,6 +97,9 @@ def test_a_users_folder_is_not_taken_for_a_run(tiny_folder, tmp_path):
     (proj / "notes.txt").write_text("mine")  # any file a run does not write
     error = one_line(*cli("distill", "--out", proj, *sets(tiny_overrides(tiny_folder)))[::2])
     assert "notes.txt" in error and names(proj) == ["notes.txt"]
+    monkeypatch.chdir(proj)  # `--out .`: the lock goes beside the folder it names (before: ValueError)
+    error = one_line(*cli("distill", "--out", ".", *sets(tiny_overrides(tiny_folder)))[::2])
+    assert "notes.txt" in error and names(proj) == ["notes.txt"] and names(tmp_path) == ["proj"]
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tiny_folder, tmp_path, monkeypatch):
