@@ -16,8 +16,9 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
+T = TypeVar("T")
 STDOUT = "-"  # an output path that means standard output
 # errno values that mean "the disk, not the program": full, over quota, read-only, not allowed
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -151,22 +152,33 @@ def remove_temporaries() -> None:
                 os.unlink(path)
 
 
-def _temp_sibling(path: Path) -> tuple[int, Path]:
-    """A new file beside ``path`` created with the mode a plain ``open`` would give it
-    (0666 less the umask; ``mkstemp``'s 0600 would leak into the renamed result)."""
+def _new_sibling(path: Path, suffix: str, create: Callable[[Path], T]) -> T:
+    """``create(.<name>.<8 random hex>.<suffix>)`` beside ``path``, on the first free name."""
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return create(path.with_name(f".{path.name}.{secrets.token_hex(4)}.{suffix}"))
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
-def _keep_mode(tmp: Path, path: Path) -> None:
-    """An existing file keeps its permissions when it is replaced."""
+def _temp_sibling(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` created with the mode a plain ``open`` would give it
+    (0666 less the umask; ``mkstemp``'s 0600 would leak into the renamed result)."""
+    return _new_sibling(path, "tmp", lambda tmp: (os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp))
+
+
+def _final_mode(tmp: Path, path: Path, fresh: int) -> None:
+    """An existing file keeps its permissions when it is replaced; a new one gets ``fresh``
+    (the umask's, as the temporary file was created), whatever mode the writer gave it
+    (safetensors writes 0600)."""
     with contextlib.suppress(OSError):
-        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            mode = fresh
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -177,11 +189,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = _temp_sibling(path)
     try:
         with _registered(tmp):
+            fresh = stat.S_IMODE(os.fstat(fd).st_mode)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            _keep_mode(tmp, path)
+            _final_mode(tmp, path, fresh)
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -234,11 +247,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_sibling(path)
+    fresh = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         with _registered(tmp):
             yield tmp
-            _keep_mode(tmp, path)
+            _final_mode(tmp, path, fresh)
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -250,8 +264,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def _partial_name(name: str) -> re.Pattern[str]:
-    """What ``atomic_directory`` names its work folders (``mkdtemp``'s 8 random characters)."""
+    """What ``atomic_directory`` names its work folders (8 random characters, as ``mkdtemp``'s
+    were)."""
     return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.partial$")
+
+
+def _temp_folder(path: Path) -> Path:
+    """A new work folder beside ``path`` with the mode a plain ``mkdir`` gives (0777 less the
+    umask; ``mkdtemp``'s 0700 would leak into the renamed result)."""
+    return _new_sibling(path, "partial", lambda tmp: (tmp.mkdir(0o777), tmp)[1])
 
 
 def _clean_leftovers(path: Path) -> list[str]:
@@ -275,11 +296,13 @@ def _clean_leftovers(path: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def directory_lock(path: Path) -> Iterator[list[str]]:
+def directory_lock(path: Path, instead: str = "another name") -> Iterator[list[str]]:
     """Hold ``<parent>/.<name>.lock`` while ``path`` is written: a second writer fails at
-    once instead of racing this one. On entry the leftovers of killed writers are cleaned
-    (yielded: the names removed). The lock is an ``flock``: the kernel drops it when its
-    holder dies, even by SIGKILL. Platforms without ``fcntl`` write unlocked."""
+    once, naming the holder's pid and ``instead`` (what else to choose), instead of racing
+    this one. On entry the leftovers of killed writers are cleaned (yielded: the names
+    removed). The lock is an ``flock``: the kernel drops it when its holder dies, even by
+    SIGKILL (and its forked children, which share it, have exited). Platforms without
+    ``fcntl`` write unlocked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -292,13 +315,15 @@ def directory_lock(path: Path) -> Iterator[list[str]]:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise _error(describe_os_error(exc, lock)) from None
+            raise _error(f"cannot lock {path}: {describe_os_error(exc, lock)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise _error(f"another process is writing {path} (it holds {lock}): wait for it to finish, "
-                         "or choose another name") from None
+            who = f"another process (pid {holder})" if holder.isdigit() else "another process"
+            raise _error(f"{who} is writing {path} (it holds {lock}): wait for it to finish, "
+                         f"or choose {instead}") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
@@ -308,6 +333,7 @@ def directory_lock(path: Path) -> Iterator[list[str]]:
         os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
     try:
         with _registered(lock):
+            os.ftruncate(fd, 0)  # a killed holder's pid may be there
             os.write(fd, f"{os.getpid()}\n".encode())
             yield _clean_leftovers(path)
     finally:
@@ -328,7 +354,7 @@ def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = ""
     around it so that two writers never race."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = _temp_folder(path)
     try:
         with _registered(tmp):
             yield tmp

@@ -209,7 +209,7 @@ def test_a_second_export_of_the_same_name_is_refused(student_run, labeled, tmp_p
     out = tmp_path / "export"
     with directory_lock(out / "v"):  # what a running export holds
         run = run_cli(*export_args(student_run, labeled, out))
-        assert "another process is writing" in one_line_error(run)
+        assert f"another process (pid {os.getpid()}) is writing {out / 'v'}" in one_line_error(run)
         assert names(out) == [".v.lock"]
     assert names(out) == []
 

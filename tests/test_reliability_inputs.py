@@ -218,26 +218,33 @@ def logged_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def distill_interrupted(cfg, run: Path, step: int, monkeypatch) -> None:
+    """A distill into ``run`` stopped by Ctrl-C right after logging ``step``."""
+    import edgedistill.train.loop as loop
+    from edgedistill.train.stages import distill
+
+    append = loop.append_jsonl
+
+    def killed_after_step(path, record):
+        append(path, record)
+        if record["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "append_jsonl", killed_after_step)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, run)
+    monkeypatch.setattr(loop, "append_jsonl", append)
+
+
 def test_resume_logs_each_step_once_and_a_finished_run_stays_finished(tiny_folder, tmp_path, monkeypatch):
     import torch
 
-    import edgedistill.train.loop as loop
     from edgedistill.config import build_config
     from edgedistill.train.stages import distill
 
     cfg = build_config(None, tiny_overrides(tiny_folder))  # 2 epochs of 4 steps, a checkpoint after each
     run = tmp_path / "run"
-    append = loop.append_jsonl
-
-    def killed_after_step_6(path, record):
-        append(path, record)
-        if record["step"] == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "append_jsonl", killed_after_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, run)
-    monkeypatch.setattr(loop, "append_jsonl", append)
+    distill_interrupted(cfg, run, 6, monkeypatch)
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
     assert logged_steps(run) == [1, 2, 3, 4, 5, 6]
 

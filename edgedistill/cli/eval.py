@@ -127,13 +127,10 @@ def _splits(opts: dict[str, Any], model: Any):
 
 
 def _check_json_path(path: Path | None) -> None:
-    """Before any work: the folder exists and takes a new file (or ``-``: stdout)."""
-    from edgedistill.errors import EdgeDistillError
+    """Before any work: ``path`` can be written (a missing folder is created, as export and
+    bench do; ``-``: stdout)."""
     from edgedistill.cli.common import check_outputs
-    from edgedistill.utils import STDOUT
 
-    if path is not None and str(path) != STDOUT and path.parent and not path.parent.exists():
-        raise EdgeDistillError(f"--json: folder {path.parent} does not exist")
     check_outputs({"--json": path})
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from edgedistill.config.checks import validate
+from edgedistill.config.checks import auto_local_crop_size, check_pretrain_sizes, patch_size_in_name, validate
 from edgedistill.errors import EdgeDistillError
 
 
@@ -141,7 +141,7 @@ class PretrainConfig:
     local_crops: int = 6
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    local_crop_size: int = 0  # 0 = 3/7 of the image size, like 96/224
+    local_crop_size: int = 0  # 0 = about 3/7 of the image size (96 at 224), a multiple of the patch size
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
@@ -382,7 +382,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def save_config(cfg: Config, path: str | Path, header: str = "") -> None:
+    """``cfg`` as YAML at ``path``, after ``header`` (a comment line) when given."""
     from edgedistill.utils import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(Path(path), (f"{header}\n" if header else "") + yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -9,6 +9,7 @@ rest of the config.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from edgedistill.errors import EdgeDistillError
@@ -17,7 +18,7 @@ from edgedistill.limits import MAX_IMAGE_SIDE, check_device
 if TYPE_CHECKING:  # the package imports this module
     from edgedistill.config import Config
 
-__all__ = ["validate"]
+__all__ = ["validate", "check_pretrain_sizes", "auto_local_crop_size", "patch_size_in_name"]
 
 STAGES = ("pretrain", "distill", "eval", "export", "bench")  # pipeline.stages, in their order
 
@@ -84,6 +85,38 @@ def _check_training(cfg: Config) -> None:
         _need(sec.total_steps >= 0, f"{name}.total_steps must be >= 0 (0 = epochs x steps per epoch), got {sec.total_steps}")
         _need(sec.max_seconds >= 0, f"{name}.max_seconds must be >= 0 (0 = no budget), got {sec.max_seconds}")
         _need(sec.budget_clock in ("wall", "cpu"), f"{name}.budget_clock must be wall or cpu, got '{sec.budget_clock}'")
+
+
+def patch_size_in_name(arch: str) -> int:
+    """The patch size an architecture's name states (16 for ``vit_tiny_patch16_224``); 0 when
+    it states none."""
+    match = re.search(r"patch(\d+)", arch)
+    return int(match.group(1)) if match else 0
+
+
+def auto_local_crop_size(img_size: int, patch: int) -> int:
+    """``pretrain.local_crop_size: 0``: DINO's 96/224 of the image, rounded to a multiple of the
+    patch size (DINOv2's 98 at patch 14), at least 8 px."""
+    return max(round(img_size * 96 / 224 / patch) * patch, -(-8 // patch) * patch)
+
+
+def check_pretrain_sizes(cfg: Config) -> None:
+    """Every crop pretraining makes (global: ``data.img_size``; local: ``local_crop_size``) is
+    a multiple of the patch size. Checked where pretraining starts, not in ``validate``: a
+    config that only distills need not fit a teacher it never pretrains."""
+    p = cfg.pretrain
+    patch = p.patch_size or patch_size_in_name(p.arch)
+    if not patch:  # a name without its patch size: the model's own check reports it
+        return
+    source = f"pretrain.patch_size {patch}" if p.patch_size else f"patch size {patch} (pretrain.arch {p.arch})"
+    size = cfg.data.img_size
+    _need(size % patch == 0, f"data.img_size {size} (pretraining's global crops) is not a multiple of the {source}: "
+                             f"set pretrain.patch_size to a divisor of {size}, or data.img_size to a multiple of {patch}")
+    if p.local_crops and p.local_crop_size:
+        local = p.local_crop_size
+        _need(local % patch == 0, f"pretrain.local_crop_size {local} is not a multiple of the {source}: "
+                                  f"set pretrain.local_crop_size to a multiple of {patch} (0 picks one), "
+                                  f"pretrain.patch_size to a divisor of {local}, or pretrain.local_crops=0")
 
 
 def _check_pretrain(cfg: Config) -> None:

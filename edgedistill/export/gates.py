@@ -80,7 +80,8 @@ def parity_failures(parity: dict[str, dict[str, Any]], min_cosine: float) -> lis
             continue
         cos = figures["min_cosine"]
         if not (cos >= min_cosine):
-            failed.append(f"{variant} cosine {cos:.7f} < {min_cosine:g} (max-abs {figures['max_abs']:.3g})")
+            digits = next((d for d in range(4, 17) if f"{cos:.{d}g}" != f"{min_cosine:.{d}g}"), 17)  # enough to differ
+            failed.append(f"{variant} cosine {cos:.{digits}g} < {min_cosine:.{digits}g} (max-abs {figures['max_abs']:.3g})")
     return failed
 
 

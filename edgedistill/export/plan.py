@@ -202,6 +202,7 @@ def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: dict[str, 
             int8: bool) -> dict[str, Any]:
     """The images each gate reads: the accuracy gate's labeled pair, calibration, parity."""
     from edgedistill.export.images import labeled_pair, open_split
+    from edgedistill.runtime.folders import check_folder
 
     config_labeled, config_images = _config_data(cfg)
     knn_source = str(plan_data) if plan_data is not None else config_labeled
@@ -216,6 +217,8 @@ def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: dict[str, 
             console.print(f"[yellow]warning:[/] the run's data cannot serve the accuracy gate ({exc})")
             knn_source = None
     if calib is not None:
+        if calib != "digits":  # before the data layer, which names its own key (data.path)
+            check_folder(calib, "--calib folder")
         calib_source, calib_ds = str(calib), open_split(str(calib), "train", spec, scan=False)
     elif knn_pair is not None:
         calib_source, calib_ds = f"{knn_source} (train split)", knn_pair[0]

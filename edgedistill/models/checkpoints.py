@@ -178,8 +178,9 @@ def extract_backbone(obj: Any, model_keys: Iterable[str], info: dict[str, Any] |
             if start == 0:
                 break
     if not hits:
-        sample = ", ".join(list(flat)[:5])
-        raise EdgeDistillError(f"no ViT backbone weights found in {source} (first keys: {sample}); is it a ViT checkpoint?")
+        held = (f"one tensor of shape {tuple(flat[''].shape)}, not named weights" if list(flat) == [""]
+                else f"first keys: {', '.join(list(flat)[:5])}")
+        raise EdgeDistillError(f"no ViT backbone weights found in {source} ({held}); is it a ViT checkpoint?")
     prefix = max(hits, key=lambda p: (len(hits[p]), -_rank(p), -len(p)))
     state = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
     if info is not None:

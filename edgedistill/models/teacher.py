@@ -37,6 +37,9 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+SOURCES = "a run directory, a checkpoint file (.pth/.pt/.safetensors), a timm hub name or 'random'"
+
+
 def load_teacher(source: str, arch: str, img_size: int, patch_size: int = 0,
                  **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Build the teacher (eval mode, ``requires_grad=False``) and describe it for provenance.
@@ -50,7 +53,7 @@ def load_teacher(source: str, arch: str, img_size: int, patch_size: int = 0,
     """
     source = str(source).strip()
     if not source:
-        raise EdgeDistillError("teacher source is empty (use a run directory, a checkpoint file, a timm hub name or 'random')")
+        raise EdgeDistillError(f"teacher source is empty (use {SOURCES})")
     if source.lower() == "random":
         return _random(arch, img_size, patch_size, kwargs)
     path = Path(source).expanduser()
@@ -79,8 +82,14 @@ def _random(arch: str, img_size: int, patch_size: int, kwargs: dict[str, Any]) -
 
 def _saved(path: Path, arch: str, img_size: int, patch_size: int, source: str,
            kind: str) -> tuple[nn.Module, dict[str, Any]]:
-    from edgedistill.models.backbone_io import load_backbone
+    from edgedistill.models.backbone_io import find_backbone_json, load_backbone
+    from edgedistill.rundir import RunDir
 
+    if path.is_dir() and RunDir.of(path).backbone_role() is None:
+        try:  # says which files either role needs
+            find_backbone_json(path)
+        except EdgeDistillError as exc:
+            raise EdgeDistillError(f"teacher {exc}; a teacher source is {SOURCES}") from None
     role = None
     if path.is_dir():
         # pretrain writes teacher.*, distill writes student.*: a teacher source prefers the former

@@ -18,7 +18,6 @@ By default the row covers CLS + patches: register columns are removed and the ro
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Any
 
 import torch
@@ -66,9 +65,10 @@ def _suggest(name: str, choices: list[str], n: int = 3) -> str:
 
 def default_patch_size(arch: str) -> int:
     """The patch size an architecture uses when none is given, e.g. 16 for ``vit_tiny_patch16_224``."""
-    match = re.search(r"patch(\d+)", arch)
-    if match:
-        return int(match.group(1))
+    from edgedistill.config import patch_size_in_name
+
+    if named := patch_size_in_name(arch):
+        return named
     # No size in the name: build it once on the meta device (no memory, no init cost).
     import timm
 

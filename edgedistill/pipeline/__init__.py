@@ -8,7 +8,8 @@
   runs/<name>/report/    README.md + loss curves, attention maps, latency vs k-NN (PNG)
 
 A stage interrupted half-way resumes from its checkpoint on the next run; a stage already done
-is skipped. The summary table and the report (``pipeline.report``) are rebuilt every time.
+is skipped. The summary table and the report (``pipeline.report``) are rebuilt every time. A
+pipeline holds ``runs/<name>/`` while it runs: a second one of that name fails at once.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from edgedistill.config import Config
+from edgedistill.config import Config, check_pretrain_sizes
 from edgedistill.rundir import RUNS_ROOT, RunDir
-from edgedistill.utils import atomic_write_json, read_json
+from edgedistill.utils import atomic_write_json, directory_lock, read_json
 
 __all__ = ["PipelinePaths", "run_pipeline", "pipeline_teacher", "edge_targets"]
 
@@ -59,10 +60,17 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
                  console: Any = None) -> dict[str, Any]:
     """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path,
     "bench": the bench report or None}``."""
+    paths = PipelinePaths.for_config(cfg, runs_root, export_root)
+    if "pretrain" in cfg.pipeline.stages and not paths.teacher.has_backbone("teacher"):
+        check_pretrain_sizes(cfg)
+    with directory_lock(paths.root, instead="another run.name"):
+        return _run_stages(cfg, paths, console)
+
+
+def _run_stages(cfg: Config, paths: PipelinePaths, console: Any) -> dict[str, Any]:
     from edgedistill.pipeline.report import summarize, write_report
     from edgedistill.train.stages import distill, pretrain
 
-    paths = PipelinePaths.for_config(cfg, runs_root, export_root)
     paths.root.mkdir(parents=True, exist_ok=True)
     stages: list[dict[str, Any]] = []
 

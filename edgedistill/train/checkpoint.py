@@ -25,7 +25,7 @@ __all__ = ["before_first_step", "check_disk", "truncate_metrics", "save_checkpoi
 def before_first_step(run: RunDir, settings: LoopSettings, info: distmod.DistInfo, trainable: nn.Module,
                       optimizer: torch.optim.Optimizer, resumed_at: int | None, stop_at: int, total_steps: int) -> None:
     """What must hold before any work: something left to train (a resume), room on the disk;
-    the metrics a resumed run will log again dropped."""
+    the metrics a resumed run will log again dropped (a new run's: all)."""
     if resumed_at is not None and resumed_at >= min(stop_at, total_steps):
         # nothing left to train: say so rather than rewrite the run's summary with no metrics
         limit = (f"max_steps={settings.max_steps}" if settings.max_steps and stop_at < total_steps
@@ -36,6 +36,8 @@ def before_first_step(run: RunDir, settings: LoopSettings, info: distmod.DistInf
         check_disk(run, trainable, optimizer)
         if resumed_at is not None:
             truncate_metrics(run.metrics, resumed_at)
+        else:  # a new run in the folder of one killed before its first checkpoint
+            run.metrics.unlink(missing_ok=True)
 
 
 def check_disk(run: RunDir, trainable: nn.Module, optimizer: torch.optim.Optimizer) -> None:

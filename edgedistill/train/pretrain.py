@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
-from edgedistill.config import Config
+from edgedistill.config import Config, auto_local_crop_size
 from edgedistill.losses.dino import dino_loss, teacher_temperature, update_center
 from edgedistill.models.backbone_io import save_backbone
 from edgedistill.models.projector import DINOHead, cancel_last_layer_gradients
-from edgedistill.models.vit import create_vit
+from edgedistill.models.vit import create_vit, default_patch_size
 from edgedistill.train.loop import Task
 from edgedistill.train.schedule import cosine
 
@@ -130,7 +130,6 @@ class MultiCrop:
 
     def __init__(self, img_size: int, local_crops: int, global_scale: tuple[float, float],
                  local_scale: tuple[float, float], local_size: int, mean, std, hflip: bool = True):
-        local_size = local_size or max(8, round(img_size * 96 / 224))
         flip_color = T.Compose([
             *([T.RandomHorizontalFlip()] if hflip else []),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
@@ -156,5 +155,6 @@ class MultiCrop:
 
 def multicrop_for(cfg: Config) -> MultiCrop:
     p = cfg.pretrain
+    local_size = p.local_crop_size or auto_local_crop_size(cfg.data.img_size, p.patch_size or default_patch_size(p.arch))
     return MultiCrop(cfg.data.img_size, p.local_crops, p.global_crop_scale, p.local_crop_scale,
-                     p.local_crop_size, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)
+                     local_size, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)

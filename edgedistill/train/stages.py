@@ -6,13 +6,15 @@ before any model is built), builds its task and hands it to the one training loo
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from edgedistill.config import Config
+from edgedistill.config import Config, check_pretrain_sizes
+from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
 
 __all__ = ["distill", "pretrain", "seed_everything"]
@@ -84,6 +86,7 @@ def pretrain(cfg: Config, out: Path | None = None, *, resume: bool = False, cons
 
     from edgedistill.train.pretrain import DinoTask, multicrop_for
 
+    check_pretrain_sizes(cfg)
     return _run_stage(cfg, out, resume, console, "pretrain", "teacher", multicrop_for(cfg),
                       lambda info: (DinoTask(cfg), {}))
 
@@ -102,7 +105,9 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
 
     run = RunDir.for_config(cfg, out)
     info = distmod.setup(cfg.run.device)
+    held = contextlib.ExitStack()
     try:
+        _hold(run, info, held)
         run.check_writable(resume, artifact)
         configure_threads(cfg)
         if not info.is_main:
@@ -131,7 +136,24 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
             run.write_summary(summary)
         return summary
     finally:
+        held.close()
         distmod.teardown()
+
+
+def _hold(run: RunDir, info: Any, held: contextlib.ExitStack) -> None:
+    """Rank 0 holds the run directory until ``held`` closes (``RunDir.lock``); every rank
+    fails when it cannot."""
+    from edgedistill import distributed as distmod
+
+    problem = ""
+    if info.is_main:
+        try:
+            held.enter_context(run.lock())
+        except EdgeDistillError as exc:
+            problem = str(exc)
+    problem = distmod.broadcast_str(problem)
+    if problem:
+        raise EdgeDistillError(problem)
 
 
 def _online_knn(cfg: Config, info: Any) -> Callable[[Any], dict[str, float]]:
