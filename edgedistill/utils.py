@@ -33,11 +33,12 @@ def _error(message: str) -> Exception:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+    """``1.3 MiB``: binary units, as the sizes here are of files and memory (rich.filesize)."""
+    from rich.filesize import pick_unit_and_suffix
+
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    unit, suffix = pick_unit_and_suffix(int(n), units, 1024)
+    return f"{int(n):,d} bytes" if unit == 1 else f"{n / unit:,.1f} {suffix}"
 
 
 def existing_folder(path: str | Path) -> Path:
@@ -137,6 +138,18 @@ def _registered(path: str | Path) -> Iterator[None]:
         yield
     finally:
         _TEMPORARIES.discard(str(path))
+
+
+@contextlib.contextmanager
+def temporary_directory(prefix: str) -> Iterator[Path]:
+    """A scratch folder removed at the end, also when SIGTERM ends the command
+    (:func:`remove_temporaries`)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with _registered(folder):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_temporaries() -> None:
@@ -350,20 +363,17 @@ def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = ""
 
 # ----------------------------------------------------------------------------- third parties
 
-TELEMETRY_OPT_IN = "EDGEDISTILL_THIRD_PARTY_TELEMETRY"  # "1": leave the libraries' counters alone
 
-
-def quiet_third_party_counters() -> None:
-    """Stop OpenVINO and ONNX Runtime writing usage counters into ``$HOME`` (OpenVINO's
-    ``~/intel/stats`` and client id on import; ONNX Runtime's
-    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime``). Must run before either is imported;
-    the CLI and the bench workers call it. OpenVINO and NNCF fall back to their own stub when
-    ``openvino_telemetry`` cannot be imported; ONNX Runtime reads ``ORT_DISABLE_TELEMETRY``."""
-    if os.environ.get(TELEMETRY_OPT_IN) == "1":
+@contextlib.contextmanager
+def quiet_stdout(show: bool) -> Iterator[None]:
+    """Route a library's own prints and progress bars (quantizers, converters) to stderr, or
+    nowhere: stdout stays clean for whoever pipes the command."""
+    if show:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
         return
-    os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # "0" or "" would leave it on
-    if "openvino_telemetry" not in sys.modules:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 # ----------------------------------------------------------------------------- reading

@@ -76,7 +76,7 @@ def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
 
 
 def _signal_stack() -> tuple[int | None, int, int] | None:
-    from edgedistill.sigstack import _sigaltstack
+    from edgedistill.runtime.openvino.sigstack import _sigaltstack
 
     stack = _sigaltstack(None)
     return None if stack is None else (stack.ss_sp, stack.ss_size, stack.ss_flags)
@@ -85,8 +85,8 @@ def _signal_stack() -> tuple[int | None, int, int] | None:
 def test_openvino_accuracy_control_keeps_layers_in_float(tiny_bundle, tmp_path):
     """NNCF's accuracy control with our metric plugged in: a metric that punishes any output
     change makes it revert layers, and the reverted ones are recorded."""
-    from edgedistill.export.openvino import quantize_openvino_controlled
-    from edgedistill.runtime.embedders import OpenVinoEmbedder
+    from edgedistill.runtime.openvino.build import quantize_openvino_controlled
+    from edgedistill.runtime import OpenVinoEmbedder
 
     bundle = Path(tiny_bundle["bundle"])
     fp32 = bundle / "openvino_fp32.xml"

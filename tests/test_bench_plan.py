@@ -85,7 +85,7 @@ def test_device_targets():
     devices = {"onnxruntime": ["CUDAExecutionProvider", "CPUExecutionProvider"], "openvino": ["CPU", "GPU"]}
     targets, reasons = device_targets("gpu", devices)
     assert targets == {"onnxruntime": "CUDAExecutionProvider", "openvino": "GPU"} and "torch" in reasons
-    with pytest.raises(EdgeDistillError, match="OpenVINO devices: CPU; ONNX Runtime providers: CPUExecutionProvider"):
+    with pytest.raises(EdgeDistillError, match="ONNX Runtime providers: CPUExecutionProvider; OpenVINO devices: CPU"):
         device_targets("npu", {"onnxruntime": ["CPUExecutionProvider"], "openvino": ["CPU"]})
 
 

@@ -332,7 +332,7 @@ def test_accuracy_gate_names_each_variant_that_lost_too_much():
 
 
 def test_interrupted_export_leaves_nothing(student_run, labeled, tmp_path, monkeypatch):
-    import edgedistill.export.quantize as quantize
+    import edgedistill.runtime.onnxruntime.quantize as quantize
     from edgedistill.export import export_bundle
 
     calls = []

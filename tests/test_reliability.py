@@ -309,7 +309,7 @@ def test_export_space_check_runs_before_any_work(student_run, labeled, tmp_path,
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2 << 20))
     monkeypatch.setattr(bundle, "build_variants", lambda *a, **k: pytest.fail("the export started"))
-    with pytest.raises(EdgeDistillError, match=r"not enough disk space for the bundle .* 2\.0 MB free"):
+    with pytest.raises(EdgeDistillError, match=r"not enough disk space for the bundle .* 2\.0 MiB free"):
         export_bundle(student_run, out_root=tmp_path / "export", name="v", formats="onnx", int8=False,
                       data=str(labeled), threads=1, progress=False)
 

@@ -95,7 +95,7 @@ def test_students_with_registers_export_end_to_end(name, labeled, tmp_path):
     from edgedistill.data import eval_preprocessing
     from edgedistill.models.backbone_io import load_backbone
     from edgedistill.runtime import open_embedder
-    from edgedistill.runtime.preprocess import preprocess_batch
+    from edgedistill.runtime.preprocessing import preprocess_batch
 
     family, extra = STUDENTS[name]
     run = tmp_path / "run"

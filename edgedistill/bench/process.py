@@ -1,6 +1,7 @@
-"""The runner's side of the worker processes: starting one per row, its JSON-lines protocol,
-loading every row of a thread count one after another, then interleaving their timed runs
-round by round (see ``bench.runner`` for why)."""
+"""The runner's side of the worker processes: starting one per row (``runtime.worker`` with
+the row's engine, or the command its runtime gives), their JSON-lines protocol, loading every
+row of a thread count one after another, then interleaving their timed runs round by round
+(see ``bench.runner`` for why)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgedistill.bench.plan import Row
 from edgedistill.bench.stats import summarize_times
+from edgedistill.runtime.base import Row
 
-__all__ = ["measure_group", "SETTLE_SECONDS"]
+__all__ = ["measure_group", "worker_spec", "SETTLE_SECONDS", "TORCH_ENGINE"]
 
 SETTLE_SECONDS = 0.05
+TORCH_ENGINE = "edgedistill.bench.torch_engine"  # the baseline's engine (it needs edgedistill and torch)
 
 
 class _WorkerDied(Exception):
@@ -31,12 +33,11 @@ class _Worker:
     """A worker process and a thread that reads its JSON replies into a queue."""
 
     def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
-        from edgedistill.bench.browser import BACKEND as BROWSER_BACKEND, worker_command
+        from edgedistill.runtime import registry
 
         self.stderr = tempfile.TemporaryFile()
-        # a browser row's worker is the page driver (node), speaking the same protocol
-        command = (worker_command(spec) if spec["backend"] == BROWSER_BACKEND
-                   else [sys.executable, "-m", "edgedistill.bench.worker", json.dumps(spec)])
+        command = ([sys.executable, "-m", "edgedistill.runtime.worker", json.dumps(spec)] if spec["backend"] == "torch"
+                   else registry.get(spec["backend"]).worker_command(spec, sys.executable))
         self.proc = subprocess.Popen(command,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
                                      text=True, bufsize=1)
@@ -107,13 +108,18 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _worker_spec(row: Row, manifest: dict[str, Any], opts: Any, sample: str | None) -> dict[str, Any]:
-    return {"backend": row.backend, "model": row.model, "weights": row.weights, "precision": row.precision,
-            "inference_precision": row.inference_precision, "threads": row.threads, "device": row.device,
-            "batches": opts.batches, "input": {"name": manifest["input"]["name"],
-                                               "shape": manifest["input"]["shape"][1:]},
-            "sample": sample, "preprocessing": manifest["preprocessing"], "static_shapes": opts.static_shapes,
-            "warmup": opts.warmup, "min_runs": 1, "mode": "rounds", **row.extra}
+def worker_spec(row: Row, manifest: dict[str, Any], opts: Any, input_file: str | None) -> dict[str, Any]:
+    """What a row's worker is told (``runtime.worker``'s SPEC); ``input_file``: the bundle's
+    sample, preprocessed, as a .npy (None: the worker times seeded noise)."""
+    from edgedistill.runtime import registry
+
+    engine = TORCH_ENGINE if row.backend == "torch" else registry.get(row.backend).engine
+    return {"engine": engine, "backend": row.backend, "model": row.model, "weights": row.weights,
+            "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
+            "device": row.device, "batches": opts.batches,
+            "input": {"name": manifest["input"]["name"], "shape": manifest["input"]["shape"][1:]},
+            "input_file": input_file, "static_shapes": opts.static_shapes, "warmup": opts.warmup, "min_runs": 1,
+            "mode": "rounds", **row.extra}
 
 
 def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
@@ -132,12 +138,12 @@ class _Group:
         self.ready: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[int, list[list[float]]]] = {}
 
-    def load(self, manifest: dict[str, Any], opts: Any, sample: str | None, timeout: float) -> None:
+    def load(self, manifest: dict[str, Any], opts: Any, input_file: str | None, timeout: float) -> None:
         env = _worker_env(self.threads)
         task = self.bar.add_task(f"loading ({self.threads} threads)", total=len(self.rows))
         for row in self.rows.values():
             self.bar.update(task, description=f"loading {row.label} {row.precision} ({self.threads} threads)")
-            worker = _Worker(_worker_spec(row, manifest, opts, sample), env)
+            worker = _Worker(worker_spec(row, manifest, opts, input_file), env)
             try:
                 reply = worker.receive(timeout)
             except _WorkerDied as exc:
@@ -214,13 +220,13 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
 
 
 def measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped: list[dict[str, Any]], *,
-                  manifest: dict[str, Any], opts: Any, sample: str | None, bar: Any, load_timeout: float,
+                  manifest: dict[str, Any], opts: Any, input_file: str | None, bar: Any, load_timeout: float,
                   run_timeout: float, round_loads: list[float | None]) -> None:
     """Load every row of one thread count (one at a time), then interleave their timed runs;
     the figures go into ``results`` by row id, failures into ``skipped``."""
     workers = _Group(group, skipped, bar)
     try:
-        workers.load(manifest, opts, sample, load_timeout)
+        workers.load(manifest, opts, input_file, load_timeout)
         workers.measure(opts, run_timeout, round_loads)
     finally:
         results.update(workers.close())

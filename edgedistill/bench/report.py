@@ -61,6 +61,12 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
 # ----------------------------------------------------------------------------- table
 
 
+def _runtimes() -> tuple[Any, ...]:
+    from edgedistill.runtime import registry
+
+    return registry.RUNTIMES
+
+
 def _f(value: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -113,8 +119,8 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
                    f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
-        if any(r["backend"] == "onnxruntime-web" for r in rows):
-            caption.append("onnxruntime-web: timed inside the page; peak MB: the browser's processes, summed")
+        caption += [f"{r.name}: {r.report_note}" for r in _runtimes() if r.report_note
+                    and any(row["backend"] == r.name for row in rows)]
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
         console.print(table)
@@ -180,7 +186,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     points = [r for r in report["rows"] if r["knn_top1"] is not None and lat in r["batches"]]
     if not points:
         return False
-    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D", "executorch": "P", "onnxruntime-web": "^"}
+    markers = {"torch": "o", **{r.name: r.marker for r in _runtimes()}}
     colors = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:green", "int8": "tab:orange"}
     threads = sorted({r["threads"] for r in points})
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
@@ -194,9 +200,9 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
                    label=f"{row['backend']} {row['precision']}" if key not in seen else None, zorder=3)
         seen.add(key)
         tag = row["variant"] if row["backend"] != "torch" else "torch"
-        if row.get("inference_precision") and row["backend"] == "openvino":
+        if row.get("inference_precision") and row["backend"] != "torch":
             tag += f"@{row['inference_precision']}"
-        if row["backend"] == "onnxruntime-web":
+        if row.get("engine", row["backend"]) != row["backend"]:  # the browser's engine: wasm, webgpu
             tag += f" ({row['device']})"
         if len(threads) > 1:
             tag += f" {row['threads']}t"

@@ -39,7 +39,11 @@ def knn_meta(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per thread count: torch eager FP32, else ONNX Runtime FP32, else the first FP32 row."""
+    """Per thread count: torch eager FP32, else the FP32 row of the first runtime in the
+    registry's order that has one (ONNX Runtime's), else the first row."""
+    from edgedistill.runtime import registry
+
+    order = {name: i for i, name in enumerate(registry.backends())}
     out = []
     for t in threads:
         mine = [r for r in rows if r["threads"] == t]
@@ -51,8 +55,8 @@ def baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dict
             continue
         why = next((s["reason"] for s in skipped if s["backend"] == "torch" and s["precision"] == "fp32"
                     and s.get("threads", t) == t), "torch was not asked for (--backends)")
-        chosen = (next((r for r in mine if r["backend"] == "onnxruntime" and r["precision"] == "fp32"), None)
-                  or next((r for r in mine if r["precision"] == "fp32"), None) or mine[0])
+        fp32 = sorted((r for r in mine if r["precision"] == "fp32"), key=lambda r: order.get(r["backend"], len(order)))
+        chosen = fp32[0] if fp32 else mine[0]
         label = chosen["label"] + ("" if chosen["precision"] in chosen["variant"] else f" {chosen['precision']}")
         out.append({"threads": t, "row": chosen["id"], "label": label,
                     "fallback_reason": f"torch eager fp32 unavailable: {why}"})

@@ -1,7 +1,7 @@
 """``edgedistill eval``: k-NN, linear probe and attention maps of any model.
 
-``--model`` takes a run directory, a student/teacher ``.safetensors``, an ``.onnx`` file, an
-OpenVINO ``.xml``, or a bundle directory (``--variant`` picks the model), so a torch model and
+``--model`` takes a run directory, a student/teacher ``.safetensors``, a model file any runtime of
+the registry opens, or a bundle directory (``--variant`` picks the model), so a torch model and
 its exports are judged by the same numbers.
 """
 
@@ -16,14 +16,19 @@ import click
 
 from edgedistill.cli.common import console
 
-_MODEL_HELP = ("Run directory, student/teacher .safetensors, .onnx file, OpenVINO .xml, bundle directory, "
-               "checkpoint file (with --arch), timm hub name, or 'random'.")
+
+
+def _model_help() -> str:
+    from edgedistill.runtime import registry
+
+    return (f"Run directory, student/teacher .safetensors, a model file ({registry.model_files()}), bundle "
+            "directory, checkpoint file (with --arch), timm hub name, or 'random'.")
 
 
 def model_options(func):
     """--model and how to open it."""
     options = [
-        click.option("--model", "model", required=True, help=_MODEL_HELP),
+        click.option("--model", "model", required=True, help=_model_help()),
         click.option("--variant", default=None, help="Bundle variant (default: the manifest's default_variant)."),
         click.option("--arch", default="", help="timm architecture of a bare checkpoint file or 'random'."),
         click.option("--img-size", type=int, default=0,
@@ -31,7 +36,7 @@ def model_options(func):
         click.option("--patch-size", type=int, default=0, help="Patch size of a checkpoint/random model."),
         click.option("--depth", type=int, default=0, help="Depth of a checkpoint/random model (0: the arch's own)."),
         click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda[:N]. "
-                     "ONNX/OpenVINO models run on CPU."),
+                     "Exported models run on the CPU."),
         click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's own)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Initialization seed of a 'random' model (the random-init baseline)."),

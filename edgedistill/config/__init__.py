@@ -157,21 +157,34 @@ class EvalConfig:
 INT8_HINTS = ("auto", "bf16", "f32")  # export.int8_precision_hint / export --int8-hint
 
 
+def _default_formats() -> tuple[str, ...]:
+    from edgedistill.runtime.registry import default_formats
+
+    return default_formats()
+
+
+def _default_backends() -> tuple[str, ...]:
+    from edgedistill.runtime.registry import default_backends
+
+    return ("torch", *default_backends())
+
+
 @dataclass
 class ExportConfig:
-    formats: tuple[str, ...] = ("onnx", "openvino")
+    # the registry's default formats; the opt-in ones (their own extras) by name, or pipeline.edge
+    formats: tuple[str, ...] = field(default_factory=_default_formats)
     int8: bool = True
     opset: int = 18
     calib_size: int = 64
     parity_min_cosine: float = 0.9999
     max_knn_drop: float = 1.0
-    int8_precision_hint: str = "auto"  # OpenVINO INT8's non-quantized ops: auto (bf16 where native) | bf16 | f32
+    int8_precision_hint: str = "auto"  # an INT8 variant's non-quantized ops: auto (bf16 where native) | bf16 | f32
     int8_recovery_attempts: int = 4  # requantize with sensitive layers in float when INT8 misses the gate
 
 
 @dataclass
 class BenchConfig:
-    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    backends: tuple[str, ...] = field(default_factory=_default_backends)
     threads: tuple[int, ...] = (2,)
     batch: tuple[int, ...] = (1, 8)
     runs: int = 50
@@ -183,9 +196,9 @@ class PipelineConfig:
     # Stages of `edgedistill pipeline`, in order. Without `pretrain`, distill uses teacher.source.
     stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
     attention_images: int = 4  # val images drawn in the report's attention-map figure
-    # Edge targets: the ExecuTorch variants (export) and the browser rows (bench). auto: each
-    # where it can run here (edgedistill[executorch] installed; Chromium + the web example's
-    # npm packages present); on: required (an error otherwise); off: neither.
+    # Edge targets: the registry's opt-in runtimes, their formats (export) and rows (bench). auto:
+    # each where it can run here (its extra installed; for the browser, Chromium and the web
+    # example's npm packages); on: all required (an error otherwise); off: none.
     edge: str = "auto"
 
 

@@ -16,9 +16,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.base import Build
+from edgedistill.runtime.knn import compare
 
-__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "compare", "parity_of", "parity_failures",
-           "knn_failures", "ParityGate", "AccuracyGate", "gate_report"]
+__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "parity_of", "parity_failures", "knn_failures",
+           "ParityGate", "AccuracyGate", "gate_report"]
 
 PARITY_BATCHES = (1, 8)
 PARITY_IMAGES = 8
@@ -30,20 +32,6 @@ class GateFailed(EdgeDistillError):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
         self.report = report
-
-
-def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """Row-wise cosine similarity (min and mean) and max-abs difference of (N, D) arrays."""
-    ref = np.asarray(reference, dtype=np.float64)
-    out = np.asarray(output, dtype=np.float64)
-    if ref.shape != out.shape:
-        raise RuntimeError(f"output shape {out.shape} differs from the torch model's {ref.shape}")
-    if not np.isfinite(out).all():
-        return {"min_cosine": float("nan"), "mean_cosine": float("nan"), "max_abs": float("inf")}
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cos = (ref * out).sum(axis=1) / np.maximum(norms, 1e-30)
-    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-            "max_abs": float(np.abs(ref - out).max())}
 
 
 def _run_batches(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int) -> np.ndarray:
@@ -89,9 +77,11 @@ def knn_failures(knn: dict[str, dict[str, Any]], max_drop: float) -> list[str]:
     failed = []
     for variant, figures in knn.items():
         checks = [(variant, figures)]
-        if "f32_fallback" in figures:  # a variant gated under two precision hints
-            checks = [(f"{variant} ({figures['inference_precision_hint']})", figures),
-                      (f"{variant} (f32 fallback)", figures["f32_fallback"])]
+        fallbacks = [k for k, v in figures.items() if k.endswith("_fallback") and isinstance(v, dict)]
+        if fallbacks:  # a variant gated under several settings
+            hint = figures.get("inference_precision_hint")
+            checks = [(f"{variant} ({hint})" if hint else variant, figures),
+                      *((f"{variant} ({k.replace('_', ' ')})", figures[k]) for k in fallbacks)]
         for label, result in checks:
             if not (result["drop"] <= max_drop):
                 failed.append(f"{label} lost {result['drop']:.2f} points of k-NN top-1 "
@@ -117,12 +107,12 @@ class ParityGate:
         }
         self.figures: dict[str, dict[str, Any]] = {}
 
-    def check(self, built: Any, name: str) -> None:
+    def check(self, build: Build, name: str) -> None:
         from edgedistill.export.variants import embedders_for
 
-        figures = parity_of(embedders_for(built, name, self.output_names, self.threads), self.references,
+        figures = parity_of(embedders_for(build, name, self.output_names, self.threads), self.references,
                             self.images)
-        figures["gated"] = built.entries[name]["precision"] == "fp32"
+        figures["gated"] = build.entries[name]["precision"] == "fp32"
         figures["passed"] = bool(figures["min_cosine"] >= self.min_cosine) if figures["gated"] else None
         self.figures[name] = figures
 
@@ -158,28 +148,33 @@ class AccuracyGate:
         figures["k"] = figures.pop("headline_k")
         return figures
 
-    def _gate(self, built: Any, name: str, hint: str | None = None) -> dict[str, Any]:
+    def _gate(self, build: Build, name: str, label: str, **settings: Any) -> dict[str, Any]:
         from edgedistill.export.onnx import EMBEDDING
         from edgedistill.export.variants import embedders_for
 
-        embedder = embedders_for(built, name, [EMBEDDING], self.threads, hint=hint)[EMBEDDING]
-        figures = self._knn(embedder, name + (f" ({hint})" if hint else ""))
+        embedder = embedders_for(build, name, [EMBEDDING], self.threads, **settings)[EMBEDDING]
+        figures = self._knn(embedder, label)
         figures["reference_top1"] = self.reference["top1"]
         figures["drop"] = round(self.reference["top1"] - figures["top1"], 6)
         figures["passed"] = bool(figures["drop"] <= self.max_drop)
         return figures
 
-    def check(self, built: Any, name: str) -> None:
-        from edgedistill.export.openvino import INFERENCE_PRECISION_HINT
+    def check(self, build: Build, name: str) -> dict[str, Any]:
+        """The variant's k-NN figures (also kept in :attr:`figures`): as its manifest entry
+        says to run it, and under each setting its runtime says another device may run it
+        with (``runtime.gate_fallbacks``), all of which must pass."""
+        from edgedistill.runtime import registry
 
-        figures = self._gate(built, name)
-        hint = built.hint(name)
-        if hint is not None and hint != INFERENCE_PRECISION_HINT:
-            # a device without native bf16 runs this variant in f32: gate that path too
-            figures["inference_precision_hint"] = hint
-            figures["f32_fallback"] = self._gate(built, name, INFERENCE_PRECISION_HINT)
-            figures["passed"] = figures["passed"] and figures["f32_fallback"]["passed"]
+        entry = build.entries[name]
+        figures = self._gate(build, name, name)
+        fallbacks = registry.for_format(entry["format"]).gate_fallbacks(entry)
+        if fallbacks and entry.get("inference_precision_hint"):
+            figures["inference_precision_hint"] = entry["inference_precision_hint"]
+        for key, settings in fallbacks.items():
+            figures[key] = self._gate(build, name, f"{name} ({key.replace('_', ' ')})", **settings)
+            figures["passed"] = figures["passed"] and figures[key]["passed"]
         self.figures[name] = figures
+        return figures
 
     def failures(self) -> list[str]:
         return knn_failures(self.figures, self.max_drop)

@@ -1,6 +1,6 @@
 """Real images for calibration and the gates, preprocessed exactly as an app does.
 
-Every image the export stage feeds a model goes through ``edgedistill.runtime.preprocess``
+Every image the export stage feeds a model goes through ``edgedistill.runtime.preprocessing``
 with the bundle's own ``preprocessing`` dict (numpy + Pillow, no torchvision): calibration
 statistics, parity references and k-NN figures all see the input an app will produce.
 """
@@ -24,7 +24,7 @@ class Preprocess:
         self.spec = spec
 
     def __call__(self, image: Any) -> np.ndarray:
-        from edgedistill.runtime.preprocess import preprocess
+        from edgedistill.runtime.preprocessing import preprocess
 
         return preprocess(image, self.spec)
 
@@ -70,7 +70,7 @@ def pick_indices(total: int, count: int, seed: int) -> np.ndarray:
 def load_arrays(dataset: Any, indices: np.ndarray, spec: dict[str, Any], *, progress: Any = None,
                 description: str = "images") -> tuple[np.ndarray, list[Any]]:
     """Preprocess ``dataset`` images at ``indices`` -> ((N, 3, H, W) float32, the RGB PIL images)."""
-    from edgedistill.runtime.preprocess import preprocess
+    from edgedistill.runtime.preprocessing import preprocess
 
     images, arrays = [], []
     task = progress.add_task(description, total=len(indices)) if progress is not None else None

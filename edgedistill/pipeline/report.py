@@ -34,14 +34,16 @@ def summarize(paths: "PipelinePaths") -> dict[str, Any]:
     if paths.bench.exists():
         from edgedistill.bench.report import csv_lines
 
-        lines = csv_lines(read_json(paths.bench))
+        bench = read_json(paths.bench)
+        engines = {row["id"]: row.get("engine", row["backend"]) for row in bench["rows"]}
+        lines = csv_lines(bench)
         smallest = min((line["batch"] for line in lines), default=1)
         summary["latency"] = [line for line in lines if line["batch"] == smallest]
-        for line in summary["latency"]:  # OpenVINO rows differ by precision hint: say which
-            if line.get("backend") == "openvino" and line.get("inference_precision"):
+        for line in summary["latency"]:  # rows of one variant differ by precision hint: say which
+            if line.get("backend") != "torch" and line.get("inference_precision"):
                 line["precision"] = f"{line['precision']}@{line['inference_precision']}"
-            if line.get("backend") == "onnxruntime-web":  # the browser's engine: wasm, webgpu
-                line["backend"] = f"onnxruntime-web ({line['device']})"
+            if engines.get(line["id"], line["backend"]) != line["backend"]:  # the browser's engine: wasm, webgpu
+                line["backend"] = f"{line['backend']} ({line['device']})"
     return summary
 
 

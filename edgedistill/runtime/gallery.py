@@ -29,7 +29,7 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.knn import _top_k, knn_predict, l2_normalize
-from edgedistill.runtime.preprocess import preprocess
+from edgedistill.runtime.preprocessing import preprocess
 
 __all__ = ["Gallery", "embed_paths", "expand_images", "GALLERY_FORMAT"]
 

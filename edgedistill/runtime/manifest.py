@@ -39,7 +39,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.preprocess import validate_spec
+from edgedistill.runtime import registry
+from edgedistill.runtime.preprocessing import validate_spec
 from edgedistill.limits import MAX_IMAGE_SIDE
 from edgedistill.utils import read_json, sha256_file
 
@@ -62,10 +63,9 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1  # what `edgedistill export` writes
 SUPPORTED_FORMAT_VERSIONS = (1,)  # what this reader accepts
-FORMATS = ("onnx", "openvino", "executorch")
+FORMATS = registry.formats()
 # the variants `edgedistill export` writes, in manifest order (a reader accepts any name)
-VARIANTS = ("onnx_fp32", "onnx_fused_fp32", "onnx_int8", "onnx_fused_int8", "openvino_fp32", "openvino_fp16",
-            "openvino_int8", "executorch_fp32", "executorch_int8")
+VARIANTS = tuple(v.name for _, v in registry.variants())
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -158,13 +158,8 @@ def validate_manifest(manifest: Any, where: Path = Path(MANIFEST_NAME)) -> dict[
 
 def variant_files(manifest: dict[str, Any], bundle_dir: Path | str, name: str) -> list[tuple[Path, str | None]]:
     """Every file a variant needs, with its expected sha256 (None when not recorded)."""
-    var = manifest["variants"][name]
-    bundle_dir = Path(bundle_dir)
-    files = [(bundle_dir / var["file"], var.get("sha256"))]
-    if var["format"] == "openvino":
-        weights = var.get("weights_file") or str(PurePosixPath(var["file"]).with_suffix(".bin"))
-        files.append((bundle_dir / weights, var.get("weights_sha256")))
-    return files
+    entry = manifest["variants"][name]
+    return registry.for_format(entry["format"]).variant_files(entry, Path(bundle_dir))
 
 
 def _check_file(path: Path, bundle_dir: Path, where: Path, name: str) -> None:
@@ -220,14 +215,11 @@ def read_manifest(bundle_dir: Path | str, verify: bool = False) -> dict[str, Any
 
 
 def default_variant(manifest: dict[str, Any]) -> str:
-    """``default_variant`` if set, else the first fp32 ONNX variant, else the first one."""
+    """``default_variant`` if set, else the first fp32 variant, else the first one."""
     variants = manifest["variants"]
     if manifest.get("default_variant"):
         return manifest["default_variant"]
-    for name, var in variants.items():
-        if var.get("format") == "onnx" and var.get("precision") == "fp32":
-            return name
-    return next(iter(variants))
+    return next((name for name, var in variants.items() if var.get("precision") == "fp32"), next(iter(variants)))
 
 
 def variant_path(manifest: dict[str, Any], bundle_dir: Path | str, name: str | None = None) -> Path:
@@ -240,7 +232,7 @@ def variant_path(manifest: dict[str, Any], bundle_dir: Path | str, name: str | N
 
 
 def pick_variant(manifest: dict[str, Any], fmt: str, wanted: str | None = None) -> str:
-    """The variant an app running ``fmt`` ("onnx", "openvino") uses: ``wanted`` (which must be
+    """The variant an app running ``fmt`` (a manifest format) uses: ``wanted`` (which must be
     of that format), else the default variant when it is, else the first fp32 variant of that
     format, else any of it."""
     variants = manifest["variants"]

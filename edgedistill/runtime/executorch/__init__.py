@@ -1,0 +1,47 @@
+"""ExecuTorch: the ``executorch`` format (``.pte`` programs lowered to the XNNPACK delegate,
+FP32 and PT2E INT8), the Python runtime for the gates, ``eval`` and the deploy example
+(``engine``; it loads libtorch), and its bench rows. Opt-in: ``edgedistill[executorch]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgedistill.runtime.base import Build, Runtime, Variant
+
+__all__ = ["RUNTIME", "ExecuTorch"]
+
+
+class ExecuTorch(Runtime):
+    name = "executorch"
+    label = "ExecuTorch"
+    format = "executorch"
+    reads = ("executorch",)
+    suffixes = (".pte",)
+    variants = (
+        Variant("executorch_fp32", "fp32"),
+        Variant("executorch_int8", "int8", option="int8", bytes_per_param=1.3),
+    )
+    module = "executorch"
+    build_modules = ("torchao",)
+    extra = "executorch"
+    packages = ("executorch", "torchao")
+    default = False
+    engine = "edgedistill.runtime.executorch.engine"
+    cpu_target = "XNNPACK"
+    marker = "P"
+
+    def build(self, variant: Variant, build: Build) -> None:
+        from edgedistill.runtime.executorch.build import build_variant
+
+        build_variant(variant.name, build)
+
+    def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
+                 outputs: Sequence[str] = ("embedding",), name: str | None = None,
+                 entry: dict[str, Any] | None = None, **settings: Any) -> Any:
+        from edgedistill.runtime.executorch.embedder import ExecuTorchEmbedder
+
+        return ExecuTorchEmbedder(path, threads=threads, output=output, outputs=outputs, name=name)
+
+
+RUNTIME = ExecuTorch()
