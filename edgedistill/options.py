@@ -1,4 +1,4 @@
-"""Parsing comma-separated option values (``--batch 1,8``, ``--formats onnx,openvino``,
+"""Parsing comma-separated option values (``--batch 1,8``, ``--precision fp32,int8``,
 ``--k 10,20``): one parser for every command, with one-line errors naming the option."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def parse_list(value: str | Iterable[Any] | None, name: str, kind: type = str,
 
     ``kind`` is ``str`` (lower-cased, one of ``choices`` when given), ``int`` or ``float``
     (at least ``minimum``; ``None``: no bound). An empty list is an error; ``noun`` names an
-    unknown choice in the message ("unknown export format tflite").
+    unknown choice in the message ("unknown export format xyz").
     """
     if value is None:
         return None

@@ -62,15 +62,15 @@ def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
         assert "accuracy control tried" in str(exc) and "onnx_int8: kept" in str(exc), str(exc)
         assert not (tmp_path / "controlled").exists()
         return
-    entry = result["manifest"]["variants"]["onnx_int8"]
+    entry = result.manifest.as_json()["variants"]["onnx_int8"]
     control = entry["quantization"]["accuracy_control"]
     assert control["passed"] and control["float_layers"] and control["first_drop"] > 0.0
     assert entry["quantization"]["nodes_excluded"] == control["float_layers"]
     assert "dropped" in control["reason"] and control["attempts"][-1]["drop"] <= 0.0
-    knn = result["validation"]["knn"]["variants"]
+    knn = result.validation["knn"]["variants"]
     assert knn["onnx_int8"]["passed"]
     # the fused graph's INT8 (QAttention) is judged and controlled the same way
-    fused = result["manifest"]["variants"]["onnx_fused_int8"]["quantization"]
+    fused = result.manifest.as_json()["variants"]["onnx_fused_int8"]["quantization"]
     assert knn["onnx_fused_int8"]["passed"]
     assert "accuracy_control" not in fused or fused["nodes_excluded"] == fused["accuracy_control"]["float_layers"]
 

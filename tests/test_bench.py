@@ -75,7 +75,7 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
     rows = {r["id"]: r for r in report["rows"]}
     # the plain graph's INT8 has standard operators, so OpenVINO runs it too; the fused graph's not
     variants = json.loads((bench_bundle / "manifest.json").read_text())["variants"]
-    assert variants["onnx_int8"]["runtimes"] == ["onnxruntime", "onnxruntime-web", "openvino"]
+    assert variants["onnx_int8"]["runtimes"] == ["onnxruntime", "openvino", "onnxruntime-web"]
     assert variants["onnx_fused_fp32"]["runtimes"] == variants["onnx_fused_int8"]["runtimes"] == ["onnxruntime"]
     assert {i for i in rows if "bf16" not in i} == {
         "onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
@@ -167,10 +167,10 @@ def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
 
     manifest = read_manifest(bench_bundle)
     source, sha, why = student_source(manifest, bench_bundle)
-    assert source is not None and source.name == "student.json" and sha == manifest["provenance"]["student"][
+    assert source is not None and source.name == "student.json" and sha == manifest.provenance["student"][
         "weights_sha256"] and why is None
 
-    moved = dict(manifest, provenance=dict(manifest["provenance"], student={"run_dir": str(tmp_path / "gone")}))
+    moved = manifest.model_copy(update={"provenance": dict(manifest.provenance, student={"run_dir": str(tmp_path / "gone")})})
     rows, skipped = plan_rows(moved, bench_bundle, backends=["torch", "onnxruntime"], precisions=["fp32"],
                               threads=[2], targets={"torch": "cpu", "onnxruntime": "CPUExecutionProvider"},
                               reasons={}, native_bf16=False)
@@ -180,7 +180,7 @@ def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
     # a bundle that carries the student itself needs no run directory
     own = tmp_path / "bundle"
     shutil.copytree(bench_bundle, own)
-    run_dir = Path(manifest["provenance"]["student"]["run_dir"])
+    run_dir = Path(manifest.provenance["student"]["run_dir"])
     for name in ("student.json", "student.safetensors"):
         shutil.copy(run_dir / name, own / name)
     assert student_source(moved, own)[0] == own / "student.json"

@@ -1,7 +1,7 @@
 """What a benchmark measures: ``--device`` mapped onto each backend, the torch baseline's
 weights, and the rows (backend x variant x precision x threads) with the reasons for those
 left out. Every backend but torch is a runtime of the registry (``runtime.registry``), which
-decides its own rows; a runtime with a ``--device`` of its own (the browser's) adds its rows
+decides its own rows; a runtime with a ``--device`` of its own adds its rows
 to the native CPU rows they are compared with."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime import registry
 from edgedistill.runtime.base import Row
+from edgedistill.runtime.manifest import Manifest, VariantEntry
 
 __all__ = ["BACKENDS", "PRECISIONS", "Row", "BenchOptions", "device_targets", "student_source", "plan_rows",
            "plan_bench"]
@@ -23,7 +24,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def _cpu_like(device: str) -> bool:
-    """``cpu``, or a device of a runtime's own (``browser``) that brings the native CPU rows along."""
+    """``cpu``, or a device of a runtime's own that brings the native CPU rows along."""
     return device.lower() in ("cpu", *registry.devices())
 
 
@@ -31,7 +32,7 @@ def device_targets(device: str, devices: dict[str, Any]) -> tuple[dict[str, str]
     """Map ``--device`` to what each backend calls it.
 
     Returns ``(targets, reasons)``: ``targets[backend]`` is the torch device or what the
-    runtime calls the device (an execution provider, an OpenVINO device, ...);
+    runtime calls the device (``Runtime.target``);
     ``reasons[backend]`` says why a backend cannot serve it. A non-CPU device no backend has
     is an EdgeDistillError listing what each runtime sees.
     """
@@ -54,14 +55,14 @@ def device_targets(device: str, devices: dict[str, Any]) -> tuple[dict[str, str]
     return targets, reasons
 
 
-def student_source(manifest: dict[str, Any], bundle_dir: Path) -> tuple[Path | None, str | None, str | None]:
+def student_source(manifest: Manifest, bundle_dir: Path) -> tuple[Path | None, str | None, str | None]:
     """Where the torch baseline's weights are: ``(student.json, expected sha256, None)``, or
     ``(None, None, why not)``. The bundle's own ``student.json`` + ``.safetensors`` win;
     else the run directory ``provenance.student.run_dir`` names, when it is on this machine."""
     own = bundle_dir / "student.json"
     if own.is_file() and own.with_suffix(".safetensors").is_file():
         return own, None, None
-    student = (manifest.get("provenance") or {}).get("student") or {}
+    student = (manifest.provenance or {}).get("student") or {}
     run_dir = student.get("run_dir")
     if not run_dir:
         return None, None, "the bundle holds no student weights and its provenance names no run directory"
@@ -75,12 +76,12 @@ def student_source(manifest: dict[str, Any], bundle_dir: Path) -> tuple[Path | N
 # ----------------------------------------------------------------------------- rows
 
 
-def _knn(manifest: dict[str, Any], variant: str | None,
+def _knn(manifest: Manifest, variant: str | None,
          fallback: str | None = None) -> tuple[float | None, float | None]:
     """(top-1, drop) the export gate measured: of torch FP32 (``variant=None``), of a variant
     as its manifest entry runs it, or under another setting the gate judged (``fallback``: its
     key in the variant's figures, ``f32_fallback``)."""
-    knn = ((manifest.get("validation") or {}).get("knn") or {})
+    knn = ((manifest.validation or {}).get("knn") or {})
     figures = knn.get("torch_fp32") if variant is None else (knn.get("variants") or {}).get(variant)
     if fallback and isinstance(figures, dict):
         figures = figures.get(fallback)
@@ -115,7 +116,7 @@ class BenchOptions:
     def parse(cls, backends: Any, precisions: Any, threads: Any, batches: Any, warmup: int, runs: int | None,
               seconds: float | None, rounds: int, static_shapes: bool, device: str = "cpu") -> "BenchOptions":
         """The options, checked; the default threads are the usable CPUs (and 1 as well on a
-        runtime's own device, ``--device browser``)."""
+        runtime's own device)."""
         from edgedistill.bench.machine import usable_cpus
         from edgedistill.options import parse_list
         from edgedistill.limits import check_count
@@ -130,7 +131,7 @@ class BenchOptions:
             raise EdgeDistillError("--warmup must be >= 0 and --rounds >= 1")
         if runs is None and seconds is None:
             seconds = 2.0
-        # a runtime's own device (the browser) gets 1 thread too: a page has several only when cross-origin isolated
+        # a runtime's own device gets 1 thread too (a web page has several only when cross-origin isolated)
         default_threads = sorted({1, usable_cpus()}) if device.strip().lower() in registry.devices() else [usable_cpus()]
         return cls(backends=parse_list(backends, "backends", choices=BACKENDS) or list(BACKENDS),
                    precisions=parse_list(precisions, "precision", choices=PRECISIONS) or list(PRECISIONS),
@@ -142,14 +143,14 @@ class BenchOptions:
                    static_shapes=bool(static_shapes))
 
 
-def plan_bench(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
+def plan_bench(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,
                devices: dict[str, Any]) -> tuple[list[Row], list[dict[str, Any]]]:
     """The rows to measure for ``device`` and the ones left out with the reason; an error when
     nothing can be measured."""
     from edgedistill.utils import cpu_has_native_bf16
 
-    shape = manifest["input"]["shape"]
-    if manifest["input"].get("layout", "NCHW") != "NCHW" or not all(isinstance(v, int) and v > 0 for v in shape[1:]):
+    shape = manifest.input.shape
+    if manifest.input.layout != "NCHW" or not all(isinstance(v, int) and v > 0 for v in shape[1:]):
         raise EdgeDistillError(f"bench needs a static NCHW image input, the bundle has {shape}")
     for runtime in registry.RUNTIMES:  # a device of a runtime's own needs that runtime
         if runtime.device and device.strip().lower() == runtime.device and runtime.name in opts.backends:
@@ -180,12 +181,12 @@ class _Planner:
     """Collects rows and skips for one bundle (``plan_rows``): the ``RowPlanner`` each runtime
     decides its rows with."""
 
-    def __init__(self, manifest: dict[str, Any], bundle_dir: Path, precisions: Sequence[str], threads: Sequence[int],
+    def __init__(self, manifest: Manifest, bundle_dir: Path, precisions: Sequence[str], threads: Sequence[int],
                  targets: dict[str, str], reasons: dict[str, str], native_bf16: bool) -> None:
         self.manifest, self.bundle_dir, self.precisions = manifest, bundle_dir, precisions
         self.thread_counts = list(threads)
         self.targets, self.reasons, self.native_bf16 = targets, reasons, native_bf16
-        self.variants: dict[str, dict[str, Any]] = manifest["variants"]
+        self.variants: dict[str, VariantEntry] = manifest.variants
         self.cpu = all(targets[r.name] in (r.cpu_target, r.device) for r in registry.RUNTIMES if r.name in targets)
         self.rows: list[Row] = []
         self.skipped: list[dict[str, Any]] = []
@@ -202,7 +203,7 @@ class _Planner:
             self.skipped.append(entry)
 
     def size(self, name: str) -> int:
-        total = self.variants[name].get("total_size_bytes")
+        total = self.variants[name].total_size_bytes
         if total is None:
             from edgedistill.runtime.manifest import variant_files
 
@@ -214,7 +215,7 @@ class _Planner:
         return _knn(self.manifest, variant, fallback)
 
     def has_variant(self, fmt: str, precision: str) -> bool:
-        return any(v["format"] == fmt and v["precision"] == precision for v in self.variants.values())
+        return any(v.format == fmt and v.precision == precision for v in self.variants.values())
 
     def add(self, threads: int, **kw: Any) -> None:
         if kw["precision"] in self.precisions:
@@ -229,7 +230,7 @@ class _Planner:
         source, sha, why = student_source(self.manifest, self.bundle_dir)
         if source is None:
             return self.skip("torch", "student", "fp32", why or "no weights")
-        h, w = self.manifest["input"]["shape"][2:4]
+        h, w = self.manifest.input.shape[2:4]
         common = dict(backend="torch", variant="student", device="cpu", model=str(source),
                       size_bytes=source.with_suffix(".safetensors").stat().st_size,
                       extra={"weights_sha256": sha, "img_size": [h, w]})
@@ -241,7 +242,7 @@ class _Planner:
             self.add(t, precision="bf16", inference_precision="bf16", **common)
 
 
-def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[str], precisions: Sequence[str],
+def plan_rows(manifest: Manifest, bundle_dir: Path, *, backends: Sequence[str], precisions: Sequence[str],
               threads: Sequence[int], targets: dict[str, str], reasons: dict[str, str],
               native_bf16: bool) -> tuple[list[Row], list[dict[str, Any]]]:
     """The rows to measure, and the ones left out with the reason.
@@ -258,6 +259,6 @@ def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[
             planner.torch(t)
         for name, entry in planner.variants.items():
             for runtime in readers:
-                if entry["format"] in runtime.reads:
+                if entry.format in runtime.reads:
                     runtime.rows(planner, t, name, entry)
     return planner.rows, planner.skipped

@@ -18,6 +18,7 @@ from typing import Any
 
 from edgedistill.bench.stats import summarize_times
 from edgedistill.runtime.base import Row
+from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["measure_group", "worker_spec", "SETTLE_SECONDS", "TORCH_ENGINE"]
 
@@ -108,7 +109,7 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def worker_spec(row: Row, manifest: dict[str, Any], opts: Any, input_file: str | None) -> dict[str, Any]:
+def worker_spec(row: Row, manifest: Manifest, opts: Any, input_file: str | None) -> dict[str, Any]:
     """What a row's worker is told (``runtime.worker``'s SPEC); ``input_file``: the bundle's
     sample, preprocessed, as a .npy (None: the worker times seeded noise)."""
     from edgedistill.runtime import registry
@@ -117,7 +118,7 @@ def worker_spec(row: Row, manifest: dict[str, Any], opts: Any, input_file: str |
     return {"engine": engine, "backend": row.backend, "model": row.model, "weights": row.weights,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "batches": opts.batches,
-            "input": {"name": manifest["input"]["name"], "shape": manifest["input"]["shape"][1:]},
+            "input": {"name": manifest.input.name, "shape": manifest.input.shape[1:]},
             "input_file": input_file, "static_shapes": opts.static_shapes, "warmup": opts.warmup, "min_runs": 1,
             "mode": "rounds", **row.extra}
 
@@ -138,7 +139,7 @@ class _Group:
         self.ready: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[int, list[list[float]]]] = {}
 
-    def load(self, manifest: dict[str, Any], opts: Any, input_file: str | None, timeout: float) -> None:
+    def load(self, manifest: Manifest, opts: Any, input_file: str | None, timeout: float) -> None:
         env = _worker_env(self.threads)
         task = self.bar.add_task(f"loading ({self.threads} threads)", total=len(self.rows))
         for row in self.rows.values():
@@ -213,14 +214,14 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
         "peak_rss_mb": ready.get("peak_rss_mb"),
         "peak_rss_all_mb": final.get("peak_rss_all_mb", ready.get("peak_rss_all_mb")),
         "output_shape": ready.get("output_shape"),
-        "cold_start": ready.get("cold_start"),  # the browser's parts: fetch, wasm compile, session, first run
+        "cold_start": ready.get("cold_start"),  # in parts, where the engine tells them
         "settings": ready.get("settings"),
         "batches": {str(b): summarize_times(t, b) for b, t in times.items() if t},
     }
 
 
 def measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped: list[dict[str, Any]], *,
-                  manifest: dict[str, Any], opts: Any, input_file: str | None, bar: Any, load_timeout: float,
+                  manifest: Manifest, opts: Any, input_file: str | None, bar: Any, load_timeout: float,
                   run_timeout: float, round_loads: list[float | None]) -> None:
     """Load every row of one thread count (one at a time), then interleave their timed runs;
     the figures go into ``results`` by row id, failures into ``skipped``."""

@@ -202,7 +202,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
         tag = row["variant"] if row["backend"] != "torch" else "torch"
         if row.get("inference_precision") and row["backend"] != "torch":
             tag += f"@{row['inference_precision']}"
-        if row.get("engine", row["backend"]) != row["backend"]:  # the browser's engine: wasm, webgpu
+        if row.get("engine", row["backend"]) != row["backend"]:  # an engine of the runtime (wasm, webgpu)
             tag += f" ({row['device']})"
         if len(threads) > 1:
             tag += f" {row['threads']}t"

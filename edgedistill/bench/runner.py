@@ -40,6 +40,7 @@ from edgedistill.bench.plan import BenchOptions, Row, plan_bench
 from edgedistill.bench.process import SETTLE_SECONDS, measure_group
 from edgedistill.bench.stats import add_ratios, baselines, best_rows, knn_meta
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["run_bench", "REPORT_FORMAT"]
 
@@ -68,9 +69,8 @@ def run_bench(
     """Benchmark every variant of ``bundle`` (a directory with ``manifest.json``).
 
     Args:
-        device: "cpu", a runtime's own device ("browser": onnxruntime-web in headless Chromium,
-            beside the native CPU rows), or an accelerator a runtime sees (an OpenVINO device
-            such as "GPU" or "NPU", an ONNX Runtime execution provider such as "cuda").
+        device: "cpu", a runtime's own device (its rows beside the native CPU rows), or an
+            accelerator a runtime sees ("gpu", "npu", "cuda", ...).
         backends: "torch" and runtimes of the registry (default: all that are installed).
         precisions: subset of fp32, bf16, fp16, int8 (default: all the bundle and CPU allow).
         threads: thread counts, each measured separately (default: the usable CPUs; on a
@@ -99,7 +99,7 @@ def run_bench(
     devices = available_devices()
     rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
     settings = _settings(manifest, bundle_dir, opts, device, _verify(manifest, bundle_dir, rows) if verify else False)
-    con.print(f"benchmarking [bold]{manifest['name']}[/] ({bundle_dir}): {len(rows)} rows x "
+    con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
               f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
 
     results: dict[str, dict[str, Any]] = {}
@@ -119,8 +119,8 @@ def run_bench(
         "format": REPORT_FORMAT,
         "created": started.isoformat(timespec="seconds"),
         "seconds": round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 1),
-        "bundle": {"path": str(bundle_dir.resolve()), "name": manifest["name"], "input": manifest["input"],
-                   "default_variant": manifest.get("default_variant"), "knn": knn_meta(manifest)},
+        "bundle": {"path": str(bundle_dir.resolve()), "name": manifest.name, "input": manifest.input.as_json(),
+                   "default_variant": manifest.default_variant, "knn": knn_meta(manifest)},
         "machine": dict(describe_machine(devices), load_average_after=load_after),
         "settings": settings,
         "baselines": bases,
@@ -131,7 +131,7 @@ def run_bench(
     }
 
 
-def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool:
+def _verify(manifest: Manifest, bundle_dir: Path, rows: list[Row]) -> bool:
     """Every measured variant against its sha256: a flipped byte in a model gives finite, wrong
     figures, so it is caught before any measuring (the torch row checks its own weights)."""
     from edgedistill.runtime.manifest import verify_variant
@@ -143,8 +143,7 @@ def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool
 
 @contextlib.contextmanager
 def _servers(rows: list[Row], bundle_dir: Path) -> Iterator[None]:
-    """What a runtime's workers need running while its rows are measured (the browser's bench
-    page server); what it yields goes into each of its rows' spec as ``url``."""
+    """What a runtime's workers need running while its rows are measured (a page server); what it yields goes into each of its rows' spec as ``url``."""
     from edgedistill.runtime import registry
 
     with contextlib.ExitStack() as stack:
@@ -158,7 +157,7 @@ def _servers(rows: list[Row], bundle_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _input_file(manifest: dict[str, Any], sample: str | None) -> Iterator[str | None]:
+def _input_file(manifest: Manifest, sample: str | None) -> Iterator[str | None]:
     """The bundle's sample image through its preprocessing, as the .npy every worker times
     (the workers need no Pillow and no edgedistill); None: seeded noise."""
     import numpy as np
@@ -170,7 +169,7 @@ def _input_file(manifest: dict[str, Any], sample: str | None) -> Iterator[str | 
         yield None
         return
     try:
-        image = preprocess(sample, manifest["preprocessing"])
+        image = preprocess(sample, manifest.preprocessing.spec)
     except Exception:  # a sample that does not fit the model is not worth failing for
         yield None
         return
@@ -179,11 +178,10 @@ def _input_file(manifest: dict[str, Any], sample: str | None) -> Iterator[str | 
         yield str(folder / "input.npy")
 
 
-def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
+def _settings(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,
               verified: bool) -> dict[str, Any]:
     """How the run measures, recorded in the report."""
-    sample = manifest.get("sample") or {}
-    sample_path = str(bundle_dir / sample["file"]) if sample.get("file") else None
+    sample_path = str(bundle_dir / manifest.sample.file) if manifest.sample and manifest.sample.file else None
     return {
         "device": device, "backends": opts.backends, "precisions": opts.precisions, "threads": opts.threads,
         "batches": opts.batches, "latency_batch": opts.batches[0], "warmup": opts.warmup, "runs": opts.runs,

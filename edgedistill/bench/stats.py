@@ -3,9 +3,12 @@ speed-ups and latency ratios (also paired round by round), the best row per prec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["summarize_times", "baselines", "add_ratios", "best_rows", "knn_meta"]
 
@@ -29,8 +32,8 @@ def summarize_times(rounds: list[list[float]], batch: int) -> dict[str, Any]:
     }
 
 
-def knn_meta(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    knn = (manifest.get("validation") or {}).get("knn") or {}
+def knn_meta(manifest: "Manifest") -> dict[str, Any] | None:
+    knn = (manifest.validation or {}).get("knn") or {}
     if not knn or knn.get("skipped") or not knn.get("torch_fp32"):
         return None
     meta = {k: knn.get(k) for k in ("source", "train_images", "val_images", "classes", "k", "max_drop")}

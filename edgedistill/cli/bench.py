@@ -29,7 +29,7 @@ def _device_help() -> str:
                    "with native bf16).")
 @click.option("--threads", default=None,
               help="Comma-separated thread counts, each measured (default: usable CPUs; on a runtime's own "
-                   "device such as the browser, 1 too).")
+                   "device, 1 too).")
 @click.option("--batch", "batches", default="1,8,32", show_default=True,
               help="Comma-separated batch sizes: the smallest gives p50/p90/p99 latency, the others throughput.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per batch size after loading.")

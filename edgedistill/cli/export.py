@@ -88,13 +88,13 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
         result = export_bundle(model_dir, out_root=out_root, name=name, formats=formats, calib=calib, data=data,
                                img_size=img_size, force=force, options=options, console=con)
     except GateFailed as exc:
-        render_summary(con, summary_rows(exc.report, {}), title="export FAILED (no bundle written)")
+        render_summary(con, summary_rows(exc.report), title="export FAILED (no bundle written)")
         if json_path is not None:
             write_output(json_path, json.dumps(exc.report, indent=2) + "\n")
         raise
-    render_summary(con, result["rows"], title=f"export: {result['bundle']}", default=result["default_variant"])
+    render_summary(con, result.rows, title=f"export: {result.bundle}", default=result.default_variant)
     if json_path is not None:
-        write_output(json_path, json.dumps(result["validation"], indent=2) + "\n")
+        write_output(json_path, json.dumps(result.validation, indent=2) + "\n")
 
 
 def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: str | None = None) -> None:

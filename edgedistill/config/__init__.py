@@ -197,7 +197,7 @@ class PipelineConfig:
     stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
     attention_images: int = 4  # val images drawn in the report's attention-map figure
     # Edge targets: the registry's opt-in runtimes, their formats (export) and rows (bench). auto:
-    # each where it can run here (its extra installed; for the browser, Chromium and the web
+    # each where it can run here (its extra installed, or what its own device needs, such as Chromium and the web
     # example's npm packages); on: all required (an error otherwise); off: none.
     edge: str = "auto"
 

@@ -4,8 +4,7 @@ A model argument is one of
 
 - a run directory (``student.*`` from ``distill``, ``teacher.*`` from ``pretrain``), a saved
   backbone ``.safetensors``/``.json`` pair                         -> torch;
-- a model file a runtime of the registry opens (its suffixes: ``.onnx``, an OpenVINO ``.xml``
-  with its ``.bin``, ...)                                         -> that runtime;
+- a model file a runtime of the registry opens (``registry.suffixes()``) -> that runtime;
 - a bundle directory (``manifest.json``), ``variant`` picks a model -> the variant's runtime;
 - anything ``--teacher`` accepts besides (a checkpoint file with ``arch``, a timm hub name,
   ``random``)                                                      -> torch.
@@ -22,9 +21,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgedistill.errors import EdgeDistillError
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["EvalModel", "open_model", "open_torch_module", "spec_transform", "standard_spec", "model_help"]
 
@@ -134,7 +136,7 @@ def _run_mean_std(folder: Path) -> tuple[Any, Any]:
     return (list(cfg.data.mean), list(cfg.data.std)) if cfg is not None else (None, None)
 
 
-def _bundle_of(path: Path) -> tuple[dict[str, Any], str] | None:
+def _bundle_of(path: Path) -> tuple[Manifest, str] | None:
     """(manifest, variant) when ``path`` is a model file listed in the bundle it sits in."""
     from edgedistill.runtime.manifest import MANIFEST_NAME, read_manifest
 
@@ -144,8 +146,8 @@ def _bundle_of(path: Path) -> tuple[dict[str, Any], str] | None:
         manifest = read_manifest(path.parent)
     except EdgeDistillError:
         return None
-    for name, var in manifest["variants"].items():
-        if (path.parent / var["file"]).resolve() == path.resolve():
+    for name, var in manifest.variants.items():
+        if (path.parent / var.file).resolve() == path.resolve():
             return manifest, name
     return None
 
@@ -238,10 +240,10 @@ def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, 
     if is_bundle:
         manifest = read_manifest(path)
         variant = variant or default_variant(manifest)
-        if variant not in manifest["variants"]:
-            raise EdgeDistillError(f"bundle {manifest['name']!r} has no variant {variant!r} "
-                                   f"(available: {', '.join(manifest['variants'])})")
-        bundle: tuple[dict[str, Any], str] | None = (manifest, variant)
+        if variant not in manifest.variants:
+            raise EdgeDistillError(f"bundle {manifest.name!r} has no variant {variant!r} "
+                                   f"(available: {', '.join(manifest.variants)})")
+        bundle: tuple[Manifest, str] | None = (manifest, variant)
     else:
         bundle = _bundle_of(path)
         if bundle is not None and verify:  # a model file of a bundle: checked like the bundle
@@ -249,21 +251,19 @@ def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, 
 
             verify_variant(bundle[0], path.parent, bundle[1])
         kwargs.pop("verify")
-    runtime = (registry.for_format(bundle[0]["variants"][bundle[1]]["format"]) if bundle
+    runtime = (registry.for_format(bundle[0].variants[bundle[1]].format) if bundle
                else registry.for_suffix(path.suffix))
     assert runtime is not None  # open_model dispatched on the suffix
     embedder = open_embedder(path, variant, **kwargs) if is_bundle else open_embedder(path, **kwargs)
     if bundle:
         manifest, variant = bundle
-        from edgedistill.runtime.preprocessing import validate_spec
-
-        spec = validate_spec(manifest["preprocessing"])
+        spec = manifest.preprocessing.spec
         if img_size and spec["crop"] != [img_size, img_size]:
             raise EdgeDistillError(f"--img-size {img_size} contradicts the bundle's preprocessing "
                                    f"(crop {spec['crop']}); leave it out")
-        var = manifest["variants"][variant]
-        info: dict[str, Any] = {"bundle": manifest["name"], "variant": variant, "format": var["format"],
-                                "precision": var["precision"]}
+        var = manifest.variants[variant]
+        info: dict[str, Any] = {"bundle": manifest.name, "variant": variant, "format": var.format,
+                                "precision": var.precision}
     else:
         size = runtime.input_size(embedder)
         if size and img_size and size != img_size:

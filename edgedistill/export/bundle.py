@@ -32,26 +32,51 @@ from edgedistill.export.plan import (ExportOptions, ExportPlan, bundle_target, c
                                      plan_export, require_formats)
 from edgedistill.export.variants import build_variants, new_build
 from edgedistill.runtime.base import Build
-from edgedistill.runtime.manifest import FORMATS, VARIANTS
+from edgedistill.runtime.manifest import FORMATS, VARIANTS, Manifest
 from edgedistill.runtime.registry import default_formats
 
-__all__ = ["export_bundle", "ExportOptions", "GateFailed", "FORMATS", "DEFAULT_FORMATS", "VARIANTS", "summary_rows"]
+__all__ = ["export_bundle", "ExportOptions", "ExportResult", "GateFailed", "FORMATS", "DEFAULT_FORMATS", "VARIANTS",
+           "summary_rows"]
 
 DEFAULT_FORMATS = default_formats()  # the opt-in ones (their own extras) are asked for by name
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """A written bundle: where, its manifest, the summary table's rows."""
+
+    bundle: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def default_variant(self) -> str | None:
+        return self.manifest.default_variant
+
+    @property
+    def validation(self) -> dict[str, Any]:
+        return self.manifest.validation or {}
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return summary_rows(self.validation, self.manifest.variants)
 
 
 def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", name: str | None = None,
                   formats: str | Sequence[str] = DEFAULT_FORMATS, calib: str | Path | None = None,
                   data: str | Path | None = None, img_size: int | None = None, force: bool = False,
                   options: ExportOptions | None = None, progress: bool = True, console: Any = None,
-                  **option_values: Any) -> dict[str, Any]:
+                  **option_values: Any) -> ExportResult:
     """Export the student of ``model_dir`` into ``out_root/name`` and gate every variant.
 
     Args:
         model_dir: a distill run directory (``student.json`` + ``student.safetensors``;
             ``projector.safetensors`` for ``projection``; ``config.yaml`` supplies mean/std
             and the default ``data``/``calib`` when its folders exist here).
-        formats: manifest formats of the registry ("onnx", "openvino", ...; a comma-separated
+        formats: manifest formats of the registry (``registry.formats()``; a comma-separated
             string or a sequence). Each builds its runtime's variants: FP32 always, INT8 with
             ``int8``, FP16 with ``fp16``.
         calib: image folder for calibration (default: the train split of ``data``).
@@ -62,8 +87,8 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
             thresholds, ...); ``option_values`` set single fields of it (``int8=False``).
 
     Returns:
-        ``{"bundle", "name", "manifest", "validation", "rows", "default_variant"}``.
-        Raises :class:`GateFailed` (an EdgeDistillError, carrying the report) when a gate fails.
+        The :class:`ExportResult`. Raises :class:`GateFailed` (an EdgeDistillError, carrying
+        the report) when a gate fails.
     """
     from edgedistill.progress import stderr_console
     from edgedistill.utils import directory_lock
@@ -81,13 +106,11 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
         con.print(f"exporting [bold]{plan.run.path}[/] -> [bold]{plan.bundle_dir}[/]: {', '.join(plan.variants)} "
                   f"({plan.img_size}px, opset {options.opset}{', projection' if options.projection else ''})")
         manifest = _write_bundle(plan, con, progress)
-    con.print(f"bundle written: [bold]{plan.bundle_dir}[/] (default variant {manifest['default_variant']})")
-    return {"bundle": str(plan.bundle_dir), "name": plan.name, "manifest": manifest,
-            "validation": manifest["validation"], "rows": summary_rows(manifest),
-            "default_variant": manifest["default_variant"]}
+    con.print(f"bundle written: [bold]{plan.bundle_dir}[/] (default variant {manifest.default_variant})")
+    return ExportResult(bundle=plan.bundle_dir, manifest=manifest)
 
 
-def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> dict[str, Any]:
+def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> Manifest:
     """Steps 2 to 6 inside the temporary directory; the manifest written."""
     from edgedistill.export.images import load_arrays, pick_indices
     from edgedistill.progress import progress_bar
@@ -118,7 +141,7 @@ def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> dict[str, Any]:
             raise GateFailed("accuracy gate failed: " + "; ".join(accuracy.failures()) + _tried(build), report)
         build.finish()
         manifest = build_manifest(plan, build, report, parity_pil[0], parity.references[1])
-        atomic_write_json(work / "manifest.json", manifest)
+        atomic_write_json(work / "manifest.json", manifest.as_json())
         atomic_write_json(work / "validation.json", report)
         read_manifest(work, verify=True)  # the reader apps use must accept what we wrote
     return manifest
@@ -160,7 +183,7 @@ def _tried(build: Build) -> str:
     """What accuracy control tried, for the failure message."""
     tried = []
     for name, entry in build.entries.items():
-        control = entry.get("quantization", {}).get("accuracy_control")
+        control = (entry.quantization or {}).get("accuracy_control")
         if control and not control["passed"]:
             counts = ", ".join(str(a["float_nodes"]) for a in control["attempts"]) or "none"
             tried.append(f"{name}: kept {counts} layer(s) in float ({control['method']})")

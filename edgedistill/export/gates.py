@@ -112,7 +112,7 @@ class ParityGate:
 
         figures = parity_of(embedders_for(build, name, self.output_names, self.threads), self.references,
                             self.images)
-        figures["gated"] = build.entries[name]["precision"] == "fp32"
+        figures["gated"] = build.entries[name].precision == "fp32"
         figures["passed"] = bool(figures["min_cosine"] >= self.min_cosine) if figures["gated"] else None
         self.figures[name] = figures
 
@@ -121,7 +121,7 @@ class ParityGate:
 
 
 class AccuracyGate:
-    """k-NN top-1 of torch FP32 once, then of each variant (and a bf16-hint OpenVINO variant
+    """k-NN top-1 of torch FP32 once, then of each variant (and a bf16-hint variant
     again in f32, what a CPU without native bf16 runs)."""
 
     def __init__(self, model: Any, bank: Any, queries: Any, *, max_drop: float, batch_size: int,
@@ -167,9 +167,9 @@ class AccuracyGate:
 
         entry = build.entries[name]
         figures = self._gate(build, name, name)
-        fallbacks = registry.for_format(entry["format"]).gate_fallbacks(entry)
-        if fallbacks and entry.get("inference_precision_hint"):
-            figures["inference_precision_hint"] = entry["inference_precision_hint"]
+        fallbacks = registry.for_format(entry.format).gate_fallbacks(entry)
+        if fallbacks and entry.inference_precision_hint:
+            figures["inference_precision_hint"] = entry.inference_precision_hint
         for key, settings in fallbacks.items():
             figures[key] = self._gate(build, name, f"{name} ({key.replace('_', ' ')})", **settings)
             figures["passed"] = figures["passed"] and figures[key]["passed"]

@@ -14,7 +14,7 @@ import edgedistill
 from edgedistill.export.plan import ExportPlan
 from edgedistill.runtime import registry
 from edgedistill.runtime.base import Build
-from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS
+from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS, Manifest, VariantEntry, validate_manifest
 
 __all__ = ["build_manifest", "default_variant", "summary_rows"]
 
@@ -30,23 +30,23 @@ def _file_entry(bundle: Path, path: Path) -> dict[str, Any]:
     return {"file": path.relative_to(bundle).as_posix(), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
 
 
-def _variant_entries(build: Build) -> dict[str, dict[str, Any]]:
-    """Each built variant's files (sha256, sizes) beside what its build step recorded, in
-    manifest order; a second file (the OpenVINO weights) as ``weights_*``."""
+def _variant_entries(build: Build) -> dict[str, VariantEntry]:
+    """Each built variant's entry with its files' sha256 and sizes filled in, in manifest
+    order; a second file (weights beside a graph) as ``weights_*``."""
     entries = {}
     for name, path in build.files.items():
-        entry = _file_entry(build.work, path)
-        for key, extra in registry.for_format(build.entries[name]["format"]).manifest_files(path).items():
+        entry = build.entries[name]
+        files = _file_entry(build.work, path)
+        for key, extra in registry.for_format(entry.format).manifest_files(path).items():
             other = _file_entry(build.work, extra)
-            entry.update({f"{key}_file": other["file"], f"{key}_sha256": other["sha256"],
+            files.update({f"{key}_file": other["file"], f"{key}_sha256": other["sha256"],
                           f"{key}_size_bytes": other["size_bytes"]})
-        entry["total_size_bytes"] = entry["size_bytes"] + sum(v for k, v in entry.items()
-                                                              if k.endswith("_size_bytes") and k != "size_bytes")
-        entries[name] = {**entry, **build.entries[name]}
+        files["total_size_bytes"] = sum(v for k, v in files.items() if k.endswith("size_bytes"))
+        entries[name] = VariantEntry.model_validate({**files, **entry.as_json(), **files})
     return {v: entries[v] for v in VARIANTS if v in entries}
 
 
-def default_variant(variants: dict[str, Any], knn: dict[str, Any]) -> str:
+def default_variant(variants: dict[str, VariantEntry], knn: dict[str, Any]) -> str:
     """The most accurate INT8 variant among the registry's default candidates that passed its
     accuracy gate (the earlier in the registry's order on a tie: ONNX, which runs wherever ONNX
     Runtime does), else the first FP32 variant, else the first variant."""
@@ -54,7 +54,7 @@ def default_variant(variants: dict[str, Any], knn: dict[str, Any]) -> str:
     passed = [v for v in candidates if v in variants and knn.get(v, {}).get("passed")]
     if passed:
         return max(passed, key=lambda v: (knn[v]["top1"], -candidates.index(v)))
-    return next((v for v, e in variants.items() if e.get("precision") == "fp32"), next(iter(variants)))
+    return next((v for v, e in variants.items() if e.precision == "fp32"), next(iter(variants)))
 
 
 def _sample(plan: ExportPlan, built: Build, image: Any, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -90,39 +90,40 @@ def _provenance(plan: ExportPlan, built: Build) -> dict[str, Any]:
 
 
 def build_manifest(plan: ExportPlan, built: Build, report: dict[str, Any], sample_image: Any,
-                   sample_outputs: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a bundle whose variants all passed their gates."""
+                   sample_outputs: dict[str, Any]) -> Manifest:
+    """The manifest of a bundle whose variants all passed their gates, validated as every reader
+    validates it."""
     from edgedistill.export.onnx import INPUT_NAME
 
     variants = _variant_entries(built)
-    return {
+    return validate_manifest({
         "format_version": FORMAT_VERSION,
         "name": plan.name,
         "input": {"name": INPUT_NAME, "layout": "NCHW", "shape": [-1, 3, plan.img_size, plan.img_size],
                   "dtype": "float32"},
         "outputs": plan.outputs,
         "preprocessing": plan.spec,
-        "variants": variants,
+        "variants": {name: entry.as_json() for name, entry in variants.items()},
         "default_variant": default_variant(variants, report["knn"]["variants"]),
         "sample": _sample(plan, built, sample_image, sample_outputs),
         "provenance": _provenance(plan, built),
         "validation": report,
-    }
+    })
 
 
-def summary_rows(manifest_or_report: dict[str, Any], variants: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per variant: size, parity (cosine, max-abs), k-NN top-1 and drop, gate status.
-    Takes a manifest, or a validation report (then without sizes)."""
-    validation = manifest_or_report.get("validation", manifest_or_report)
-    variants = variants if variants is not None else manifest_or_report.get("variants", {})
+def summary_rows(validation: dict[str, Any], variants: dict[str, VariantEntry] | None = None) -> list[dict[str, Any]]:
+    """One row per variant: size (when ``variants`` are given), parity (cosine, max-abs),
+    k-NN top-1 and drop, gate status, from a validation report (``Manifest.validation``)."""
+    variants = variants or {}
     parity = validation.get("parity", {}).get("variants", {})
     knn = validation.get("knn", {}).get("variants", {})
     rows = []
     for v in [v for v in VARIANTS if v in variants or v in parity or v in knn]:
         p, k = parity.get(v, {}), knn.get(v, {})
         status = [s for s in (p.get("passed"), k.get("passed")) if s is not None]
-        rows.append({"variant": v, "precision": variants.get(v, {}).get("precision", v.rsplit("_", 1)[-1]),
-                     "size_bytes": variants.get(v, {}).get("total_size_bytes"), "cosine": p.get("min_cosine"),
+        entry = variants.get(v)
+        rows.append({"variant": v, "precision": entry.precision if entry else v.rsplit("_", 1)[-1],
+                     "size_bytes": entry.total_size_bytes if entry else None, "cosine": p.get("min_cosine"),
                      "max_abs": p.get("max_abs"), "parity_gated": bool(p.get("gated")), "top1": k.get("top1"),
                      "drop": k.get("drop"), "passed": all(status) if status else None})
     ref = validation.get("knn", {}).get("torch_fp32")

@@ -1,8 +1,8 @@
 """Accuracy-controlled INT8: when an INT8 variant misses the k-NN gate, its runtime keeps the
 most sensitive layers in float and measures again, until the gate holds or the budget runs
-out (``Runtime.recover``: ONNX Runtime ranks nodes by output damage and excludes the worst;
-OpenVINO runs NNCF's accuracy control with our k-NN as the metric; a runtime without one
-leaves the gate's verdict as it is).
+out (``Runtime.recover``, each runtime its own way: ranking nodes by output damage, or a
+quantizer's own accuracy control with our k-NN as the metric; a runtime without one leaves
+the gate's verdict as it is).
 
 Either way the export's own accuracy gate judges the result, and the manifest records which
 layers stayed in float and why (``quantization.accuracy_control``). A gate that still fails
@@ -39,5 +39,6 @@ def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str) -> di
         return None
     record = {"reason": f"k-NN top-1 dropped {first['drop']:.2f} points (> {gate.max_drop:g}) with every layer "
                         "quantized", "first_drop": first["drop"], **tried, "passed": bool(gate.figures[name]["passed"])}
-    build.entries[name].setdefault("quantization", {})["accuracy_control"] = record
+    entry = build.entries[name]
+    entry.quantization = {**(entry.quantization or {}), "accuracy_control": record}
     return record

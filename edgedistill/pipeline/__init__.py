@@ -138,11 +138,11 @@ def _evaluate(cfg: Config, paths: PipelinePaths, console: Any) -> None:
 @dataclass(frozen=True)
 class EdgeTargets:
     """What ``pipeline.edge`` adds to the configured export and bench: the opt-in runtimes of
-    the registry (their own install extra, or a device of their own such as the browser)."""
+    the registry (their own install extra, or a device of their own)."""
 
     formats: tuple[str, ...] = ()  # export formats added
     backends: tuple[str, ...] = ()  # bench backends added
-    device: str = "cpu"  # a runtime's own device when its rows are added ("browser"), else cpu
+    device: str = "cpu"  # a runtime's own device when its rows are added, else cpu
 
 
 def edge_targets(cfg: Config) -> EdgeTargets:

@@ -24,10 +24,12 @@ def summarize(paths: "PipelinePaths") -> dict[str, Any]:
             summary["knn"][name] = result["top1"]
     manifest_path = paths.bundle / "manifest.json"
     if manifest_path.exists():
-        manifest = read_json(manifest_path)
-        knn = ((manifest.get("validation") or {}).get("knn") or {}).get("variants") or {}
-        for variant, entry in manifest.get("variants", {}).items():
-            summary["files"][variant] = entry.get("total_size_bytes", entry.get("size_bytes"))
+        from edgedistill.runtime.manifest import validate_manifest
+
+        manifest = validate_manifest(read_json(manifest_path), manifest_path)
+        knn = ((manifest.validation or {}).get("knn") or {}).get("variants") or {}
+        for variant, entry in manifest.variants.items():
+            summary["files"][variant] = entry.total_size_bytes if entry.total_size_bytes is not None else entry.size_bytes
             score = knn.get(variant, {})
             if isinstance(score, dict) and score.get("top1") is not None:
                 summary["knn"][f"bundle:{variant}"] = score["top1"]
@@ -42,7 +44,7 @@ def summarize(paths: "PipelinePaths") -> dict[str, Any]:
         for line in summary["latency"]:  # rows of one variant differ by precision hint: say which
             if line.get("backend") != "torch" and line.get("inference_precision"):
                 line["precision"] = f"{line['precision']}@{line['inference_precision']}"
-            if engines.get(line["id"], line["backend"]) != line["backend"]:  # the browser's engine: wasm, webgpu
+            if engines.get(line["id"], line["backend"]) != line["backend"]:  # an engine of the runtime (wasm, webgpu)
                 line["backend"] = f"{line['backend']} ({line['device']})"
     return summary
 

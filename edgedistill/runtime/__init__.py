@@ -1,8 +1,7 @@
 """The torch-free side, and every runtime: bundle manifests, numpy preprocessing, numpy k-NN,
-the embedders, the bench worker, and the registry of runtimes (``registry``, one package
-each: ``onnxruntime``, ``openvino``, ``executorch``, ``litert``, ``browser``). Importing it
-loads no torch and no runtime library (a test enforces it), so ``bench`` and the deploy
-examples run on a device where only onnxruntime (and optionally another runtime) is
+the embedders, the bench worker, and the registry of runtimes (``registry``: one package per
+runtime beside it). Importing it loads no torch and no runtime library (a test enforces it),
+so ``bench`` and the deploy examples run on a device where only the runtimes it uses are
 installed; a runtime's library is imported when one of its embedders is created, and only
 the build steps ``export`` runs load torch. The names below load on first use, so that the
 registry (``edgedistill.runtime.registry``) stays cheap to import for the CLI's help."""

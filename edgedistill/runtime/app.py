@@ -56,8 +56,8 @@ def _classify(args: argparse.Namespace, runtime: str) -> dict[str, Any] | None:
     manifest = read_manifest(args.bundle)
     variant = pick_variant(manifest, str(registry.get(runtime).format), args.variant)
     hashes = verify_variant(manifest, args.bundle, variant)  # checked against the manifest
-    spec = manifest["preprocessing"]
-    shape = manifest["input"].get("shape", [-1])
+    spec = manifest.preprocessing.spec
+    shape = manifest.input.shape
     batch_size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else args.batch_size  # a static batch
     model = open_embedder(args.bundle, variant, threads=args.threads, verify=False)  # verified above
     queries = expand_images(args.images)

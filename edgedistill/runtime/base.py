@@ -27,6 +27,8 @@ from edgedistill.errors import EdgeDistillError
 if TYPE_CHECKING:
     import numpy as np
 
+    from edgedistill.runtime.manifest import Manifest, VariantEntry
+
 __all__ = ["BackendUnavailable", "Variant", "BuildOptions", "Build", "Recovery", "Row", "RowPlanner", "Runtime",
            "check_threads", "opened"]
 
@@ -88,7 +90,7 @@ class Build:
     export_onnx: Callable[[Any, Path, dict[str, Any]], dict[str, Any]]
     progress: Any = None  # the export's rich Progress (add_task / advance / update), or None
     files: dict[str, Path] = field(default_factory=dict)
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[str, "VariantEntry"] = field(default_factory=dict)
     onnx_export: dict[str, Any] = field(default_factory=dict)  # the FP32 graph's exporter settings
     calibration: dict[str, Any] | None = None  # where the calibration images came from (the manifest records it)
     calibration_images: "np.ndarray | None" = None
@@ -96,8 +98,13 @@ class Build:
 
     INTERMEDIATE_ONNX = ".intermediate_fp32.onnx"  # the FP32 graph when no variant ships it
 
-    def add(self, name: str, path: Path, entry: dict[str, Any]) -> None:
-        self.files[name], self.entries[name] = path, entry
+    def add(self, name: str, path: Path, fields: dict[str, Any]) -> None:
+        """A built variant: its main file and its manifest entry (hashes and sizes are filled
+        in when the manifest is written)."""
+        from edgedistill.runtime.manifest import VariantEntry
+
+        self.files[name] = path
+        self.entries[name] = VariantEntry(file=path.relative_to(self.work).as_posix(), **fields)
 
     def onnx_graph(self, shipped: Path | None = None) -> Path:
         """The FP32 ONNX graph the ONNX-based builds start from, exported once: into ``shipped``
@@ -152,7 +159,7 @@ class Row:
     size_bytes: int | None = None
     knn_top1: float | None = None
     knn_drop: float | None = None
-    engine_label: str | None = None  # the backend as the report shows it, when it says more (the browser's engine)
+    engine_label: str | None = None  # the backend as the report shows it, when it says more (an engine of it)
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific keys of the worker's spec
 
     @property
@@ -174,7 +181,7 @@ class Row:
 class RowPlanner(Protocol):
     """What ``bench``'s planner offers a runtime deciding its rows for one bundle."""
 
-    manifest: dict[str, Any]
+    manifest: "Manifest"
     bundle_dir: Path
     precisions: Sequence[str]
     thread_counts: Sequence[int]  # measured, in order
@@ -196,7 +203,7 @@ class RowPlanner(Protocol):
 class Runtime:
     """One runtime: a subclass per package, one instance in the registry."""
 
-    name: str = ""  # the bench backend, and the key everywhere ("onnxruntime")
+    name: str = ""  # the bench backend, and the key everywhere
     label: str = ""  # for people ("ONNX Runtime")
     format: str | None = None  # the manifest format it builds and opens; None: builds nothing of its own
     reads: tuple[str, ...] = ()  # the manifest formats it runs (its own first)
@@ -208,7 +215,7 @@ class Runtime:
     packages: tuple[str, ...] = ()  # distributions whose versions the manifest and bench record
     default: bool = True  # in export's default --formats and bench's default backends
     engine: str | None = None  # the worker engine module (runtime.worker); None: no Python worker
-    device: str | None = None  # a --device of its own (the browser); None: it measures on --device cpu
+    device: str | None = None  # a --device of its own; None: it measures on --device cpu
     cpu_target: str | None = None  # what it calls the CPU
     accelerators: bool = False  # it measures on devices besides the CPU (--device gpu, cuda, npu, ...)
     device_noun: str = "devices"  # what its probe lists, for the "device not available" message
@@ -263,7 +270,7 @@ class Runtime:
         raise NotImplementedError
 
     def manifest_files(self, path: Path) -> dict[str, Path]:
-        """Files beside a built variant's main file the manifest lists (the OpenVINO weights)."""
+        """Files beside a built variant's main file the manifest lists (``{"weights": path}``)."""
         return {}
 
     def recover(self, variant: Variant, build: Build, recovery: Recovery) -> dict[str, Any] | None:
@@ -275,19 +282,19 @@ class Runtime:
 
     def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
                  outputs: Sequence[str] = ("embedding",), name: str | None = None,
-                 entry: dict[str, Any] | None = None, **settings: Any) -> Any:
+                 entry: "VariantEntry | None" = None, **settings: Any) -> Any:
         """An :class:`~edgedistill.runtime.embedders.Embedder` of ``path`` (``entry``: its
         manifest entry, when it comes from a bundle)."""
         raise NotImplementedError
 
-    def variant_files(self, entry: dict[str, Any], bundle_dir: Path) -> list[tuple[Path, str | None]]:
+    def variant_files(self, entry: "VariantEntry", bundle_dir: Path) -> list[tuple[Path, str | None]]:
         """Every file a manifest variant needs, with its expected sha256 (None: not recorded)."""
-        files = [(bundle_dir / entry["file"], entry.get("sha256"))]
-        if entry.get("weights_file"):
-            files.append((bundle_dir / entry["weights_file"], entry.get("weights_sha256")))
+        files = [(bundle_dir / entry.file, entry.sha256)]
+        if entry.weights_file:
+            files.append((bundle_dir / entry.weights_file, entry.weights_sha256))
         return files
 
-    def gate_fallbacks(self, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def gate_fallbacks(self, entry: "VariantEntry") -> dict[str, dict[str, Any]]:
         """Further settings the accuracy gate judges a variant under (figures key -> embedder
         settings): how a device unlike the export machine will run it."""
         return {}
@@ -319,14 +326,15 @@ class Runtime:
         where = f" ({self.cpu_target})" if self.cpu_target else ""
         return None, f"{self.label} rows run on --device cpu{where} only"
 
-    def rows(self, plan: RowPlanner, threads: int, name: str, entry: dict[str, Any]) -> None:
+    def rows(self, plan: RowPlanner, threads: int, name: str, entry: "VariantEntry") -> None:
         """Add (``plan.add``) or skip (``plan.skip``) this runtime's rows for one variant; called
         for the variants whose format it ``reads``."""
-        if plan.target(self.name) is None:
-            return plan.skip(self.name, name, entry["precision"], plan.reason(self.name))
+        target = plan.target(self.name)
+        if target is None:
+            return plan.skip(self.name, name, entry.precision, plan.reason(self.name))
         top1, drop = plan.knn(name)
-        plan.add(threads, backend=self.name, variant=name, precision=entry["precision"], device=plan.target(self.name),
-                 model=str(plan.bundle_dir / entry["file"]), size_bytes=plan.size(name), knn_top1=top1, knn_drop=drop)
+        plan.add(threads, backend=self.name, variant=name, precision=entry.precision, device=target,
+                 model=str(plan.bundle_dir / entry.file), size_bytes=plan.size(name), knn_top1=top1, knn_drop=drop)
 
     def worker_command(self, spec: dict[str, Any], python: str) -> list[str]:
         """The worker process of one row (its spec already holds ``engine``)."""
@@ -358,6 +366,6 @@ def opened(runtime: Runtime, what: Path | str, open_fn: Callable[..., Any], *arg
         raise EdgeDistillError(one_line(exc)) from None
     except EdgeDistillError:
         raise
-    except Exception as exc:  # each library raises its own types (ORT's Fail, OpenVINO's RuntimeError, ...)
+    except Exception as exc:  # each library raises its own types
         raise EdgeDistillError(f"{runtime.label} cannot load {what}: {one_line(exc)}") from None
 

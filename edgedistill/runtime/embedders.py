@@ -43,8 +43,8 @@ def static_dim(dim: Any) -> int | None:
 
 def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, verify: bool = True,
                   **kwargs: Any) -> Any:
-    """An embedder for a model file (``.onnx``, an OpenVINO ``.xml``, ...: every suffix a
-    runtime of the registry opens) or a bundle directory (``variant`` picks the model;
+    """An embedder for a model file (every suffix a runtime of the registry opens:
+    ``registry.suffixes()``) or a bundle directory (``variant`` picks the model;
     default: the manifest's default variant). ``kwargs`` go to the embedder (threads,
     providers, precision, device...).
 
@@ -61,11 +61,11 @@ def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, ver
         model = variant_path(manifest, path, variant)
         if verify:
             verify_variant(manifest, path, variant)
-        entry = manifest["variants"][variant]
-        runtime = registry.for_format(entry["format"])
-        kwargs.setdefault("output", manifest["outputs"][0]["name"])
-        kwargs.setdefault("outputs", [o["name"] for o in manifest["outputs"]])
-        kwargs.setdefault("name", f"{manifest['name']}:{variant}")
+        entry = manifest.variants[variant]
+        runtime = registry.for_format(entry.format)
+        kwargs.setdefault("output", manifest.outputs[0].name)
+        kwargs.setdefault("outputs", [o.name for o in manifest.outputs])
+        kwargs.setdefault("name", f"{manifest.name}:{variant}")
         files = runtime.variant_files(entry, path)
         if len(files) > 1:
             kwargs.setdefault("weights", files[1][0])

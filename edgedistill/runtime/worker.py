@@ -10,7 +10,7 @@ beside this file elsewhere.
 
 ``SPEC`` is a JSON object::
 
-    {"engine": "edgedistill.runtime.onnxruntime.engine", "model": path, "weights": path | null,
+    {"engine": "edgedistill.runtime.<name>.engine", "model": path, "weights": path | null,
      "precision": "fp32" | "bf16" | "fp16" | "int8", "inference_precision": "f32" | "bf16" | null,
      "threads": 2, "device": what the runtime calls the device,
      "batches": [1, 8], "input": {"name": str, "shape": [3, H, W]},
@@ -66,8 +66,8 @@ Prepare = Callable[[np.ndarray], Callable[[], Any]]
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The informative part of a runtime's multi-line message on one line: OpenVINO's start
-    with "Exception from src/...cpp:NN:" lines that say nothing."""
+    """The informative part of a runtime's multi-line message on one line (C++ runtimes start
+    theirs with "Exception from src/...cpp:NN:" lines that say nothing)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith("Exception from ")] or lines
     text = " ".join(useful) or type(exc).__name__
@@ -155,7 +155,7 @@ def batch_of(image: np.ndarray, batch: int) -> np.ndarray:
 
 class _Channel:
     """JSON lines to the real stdout; fd 1 itself is pointed at stderr, so that whatever a
-    library prints (OpenVINO, NNCF, C++ logs) cannot corrupt the replies."""
+    library prints (quantizers, C++ logs) cannot corrupt the replies."""
 
     def __init__(self) -> None:
         sys.stdout.flush()

@@ -6,10 +6,13 @@ native rows of the same thread count. It builds no format of its own."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.base import RowPlanner, Runtime
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import VariantEntry
 
 __all__ = ["RUNTIME", "Browser"]
 
@@ -49,22 +52,22 @@ class Browser(Runtime):
     def target(self, device: str, found: list[str]) -> tuple[str | None, str | None]:
         return (DEVICE, None) if device == DEVICE else (None, f"{self.name} rows run with --device {DEVICE}")
 
-    def rows(self, plan: RowPlanner, threads: int, name: str, entry: dict[str, Any]) -> None:
+    def rows(self, plan: RowPlanner, threads: int, name: str, entry: VariantEntry) -> None:
         """An ONNX variant at ``threads`` WASM threads (SIMD); WebGPU once, with the first thread
         count (the page reports it unavailable where there is no adapter)."""
         from edgedistill.runtime.browser.page import ENGINES
 
         if plan.target(self.name) is None:
             return None  # native rows only: nothing to say about a device not asked for
-        if self.name not in entry.get("runtimes", [self.name]):
-            return plan.skip(self.name, name, entry["precision"],
+        if entry.runtimes is not None and self.name not in entry.runtimes:
+            return plan.skip(self.name, name, entry.precision,
                              "its manifest entry does not list onnxruntime-web (ONNX Runtime contrib operators)")
         top1, drop = plan.knn(name)  # the export gated these kernels' native twins
         for engine in ENGINES if threads == plan.thread_counts[0] else ENGINES[:1]:
-            plan.add(threads, backend=self.name, variant=name, precision=entry["precision"], device=engine,
-                     engine_label=f"{self.name} {engine}", model=str(plan.bundle_dir / entry["file"]),
+            plan.add(threads, backend=self.name, variant=name, precision=entry.precision, device=engine,
+                     engine_label=f"{self.name} {engine}", model=str(plan.bundle_dir / entry.file),
                      size_bytes=plan.size(name), knn_top1=top1, knn_drop=drop,
-                     extra={"engine": engine, "model_url": entry["file"]})
+                     extra={"engine": engine, "model_url": entry.file})
 
     def worker_command(self, spec: dict[str, Any], python: str) -> list[str]:
         from edgedistill.runtime.browser.page import worker_command

@@ -11,10 +11,16 @@ import numpy as np
 
 from edgedistill.runtime.base import Build, Recovery
 
-__all__ = ["build_variant", "recover", "ANY_ONNX", "ORT_ONLY"]
+__all__ = ["build_variant", "recover", "ORT_ONLY"]
 
-ANY_ONNX = ("onnxruntime", "onnxruntime-web", "openvino")  # who loads a graph of standard operators
 ORT_ONLY = ("onnxruntime",)  # contrib operators (com.microsoft): ONNX Runtime's CPU/mobile builds
+
+
+def _any_onnx() -> list[str]:
+    """Who loads a graph of standard operators: every runtime of the registry that reads onnx."""
+    from edgedistill.runtime import registry
+
+    return [r.name for r in registry.RUNTIMES if "onnx" in r.reads]
 RANKING_IMAGES = 8  # calibration images the per-node sensitivity is measured on
 _INT8_SOURCE = {"onnx_int8": "onnx_fp32", "onnx_fused_int8": "onnx_fused_fp32"}
 
@@ -23,7 +29,7 @@ def build_variant(name: str, build: Build) -> None:
     if name == "onnx_fp32":
         # the plain graph: standard ONNX operators every runtime loads (onnxruntime-web included)
         path = build.onnx_graph(shipped=build.work / "onnx_fp32.onnx")
-        build.add(name, path, {"format": "onnx", "precision": "fp32", "graph": "plain", "runtimes": list(ANY_ONNX)})
+        build.add(name, path, {"format": "onnx", "precision": "fp32", "graph": "plain", "runtimes": _any_onnx()})
     elif name == "onnx_fused_fp32":
         from edgedistill.runtime.onnxruntime.fused import export_fused_onnx
 
@@ -46,8 +52,8 @@ def _build_int8(name: str, build: Build, source: str) -> None:
     settings = quantize_ort_int8(build.files[source], path, calib, calib_method=build.options.calib_method,
                                  on_batch=advance)
     portable = _standard_operators_only(path)  # no com.microsoft contrib operators: onnxruntime-web loads it
-    build.add(name, path, {"format": "onnx", "precision": "int8", "graph": build.entries[source]["graph"],
-                           "runtimes": list(ANY_ONNX if portable else ORT_ONLY),
+    build.add(name, path, {"format": "onnx", "precision": "int8", "graph": build.entries[source].graph,
+                           "runtimes": _any_onnx() if portable else list(ORT_ONLY),
                            "quantization": dict(settings, source_graph=source, calibration=build.calibration)})
 
 
@@ -111,7 +117,9 @@ def recover(name: str, build: Build, recovery: Recovery) -> dict[str, Any]:
         excluded = min(len(ranked), max(1, 2 * excluded))
         settings = quantize_ort_int8(source, build.files[name], recovery.calibration,
                                      calib_method=build.options.calib_method, exclude=ranked[:excluded])
-        build.entries[name]["quantization"].update(settings)
+        quantization = build.entries[name].quantization
+        assert quantization is not None, "an INT8 variant records its quantization"
+        quantization.update(settings)
         figures = recovery.check(name)
         steps.append({"float_nodes": excluded, "top1": figures["top1"], "drop": figures["drop"]})
         if figures["passed"]:

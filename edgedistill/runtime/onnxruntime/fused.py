@@ -12,8 +12,8 @@ skip-LayerNorm and bias-GELU fusions at load time, and its dynamic quantizer tur
 into ``QAttention``.
 
 The graph needs ONNX Runtime's contrib operators: ONNX Runtime (CPU, mobile, the
-``onnxruntime`` wheel) loads it; OpenVINO and other ONNX runtimes do not, so the bundle keeps
-the plain graph (``onnx_fp32``) for them and for onnxruntime-web.
+``onnxruntime`` wheel) loads it; the other runtimes that read ONNX do not, so the bundle keeps
+the plain graph (``onnx_fp32``) for them.
 """
 
 from __future__ import annotations

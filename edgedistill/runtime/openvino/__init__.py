@@ -6,9 +6,12 @@ variants and the ONNX ones it loads, on any OpenVINO device."""
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edgedistill.runtime.base import Build, Recovery, RowPlanner, Runtime, Variant
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import VariantEntry
 
 __all__ = ["RUNTIME", "OpenVino"]
 
@@ -48,26 +51,26 @@ class OpenVino(Runtime):
 
         return recover(variant.name, build, recovery) if variant.quantized else None
 
-    def variant_files(self, entry: dict[str, Any], bundle_dir: Path) -> list[tuple[Path, str | None]]:
-        weights = entry.get("weights_file") or str(PurePosixPath(entry["file"]).with_suffix(".bin"))
-        return [(bundle_dir / entry["file"], entry.get("sha256")), (bundle_dir / weights, entry.get("weights_sha256"))]
+    def variant_files(self, entry: VariantEntry, bundle_dir: Path) -> list[tuple[Path, str | None]]:
+        weights = entry.weights_file or str(PurePosixPath(entry.file).with_suffix(".bin"))
+        return [(bundle_dir / entry.file, entry.sha256), (bundle_dir / weights, entry.weights_sha256)]
 
     def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
                  outputs: Sequence[str] = ("embedding",), name: str | None = None,
-                 entry: dict[str, Any] | None = None, **settings: Any) -> Any:
+                 entry: VariantEntry | None = None, **settings: Any) -> Any:
         """``precision``: the inference precision hint (default: the one the manifest entry
         records, which the export validated; else true FP32)."""
         from edgedistill.runtime.openvino.embedder import OpenVinoEmbedder
 
-        entry = entry or {}
-        precision = settings.pop("precision", entry.get("inference_precision_hint", F32))
+        recorded = entry.inference_precision_hint if entry is not None else None
+        precision = settings.pop("precision", recorded or F32)
         weights = settings.pop("weights", None)
         return OpenVinoEmbedder(path, threads=threads, precision=precision, output=output, name=name,
                                 weights=weights, **settings)
 
-    def gate_fallbacks(self, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def gate_fallbacks(self, entry: VariantEntry) -> dict[str, dict[str, Any]]:
         # a device without native bf16 runs a bf16-hint variant in f32: the gate judges that too
-        hint = entry.get("inference_precision_hint")
+        hint = entry.inference_precision_hint
         return {"f32_fallback": {"precision": F32}} if hint is not None and hint != F32 else {}
 
     def input_size(self, embedder: Any) -> int | None:
@@ -94,28 +97,28 @@ class OpenVino(Runtime):
             return upper, None
         return None, f"no OpenVINO device {upper}"
 
-    def rows(self, plan: RowPlanner, threads: int, name: str, entry: dict[str, Any]) -> None:
+    def rows(self, plan: RowPlanner, threads: int, name: str, entry: VariantEntry) -> None:
         """Its own variants at their recorded hint (a bf16 one again in f32, its fallback on CPUs
         without bf16; fp32 and f32-hint int8 again in bf16 where the CPU has it); ONNX variants
         it has no counterpart of (ORT's INT8 differs from NNCF's; the FP32 graph is the one the
         FP32 IR came from), where their operators are standard."""
-        if entry["format"] == "onnx" and "openvino" not in entry.get("runtimes", ["openvino"]):
+        if entry.format != self.format and entry.runtimes is not None and self.name not in entry.runtimes:
             return  # contrib operators only ONNX Runtime has
         device = plan.target(self.name)
         if device is None:
-            return plan.skip(self.name, name, entry["precision"], plan.reason(self.name))
-        if entry["format"] == "onnx":
-            prec = entry["precision"]
-            if prec == "int8" or not plan.has_variant("openvino", prec):
+            return plan.skip(self.name, name, entry.precision, plan.reason(self.name))
+        if entry.format != self.format:
+            prec = entry.precision
+            if prec == "int8" or not plan.has_variant(str(self.format), prec):
                 plan.add(threads, backend=self.name, variant=name, precision=prec, device=device,
-                         model=str(plan.bundle_dir / entry["file"]), inference_precision=F32,
+                         model=str(plan.bundle_dir / entry.file), inference_precision=F32,
                          size_bytes=plan.size(name))
             return
         self._own_rows(plan, threads, name, entry, device)
 
-    def _own_rows(self, plan: RowPlanner, threads: int, name: str, entry: dict[str, Any], device: str) -> None:
-        prec, hint = entry["precision"], entry.get("inference_precision_hint", F32)
-        common = dict(backend=self.name, variant=name, device=device, model=str(plan.bundle_dir / entry["file"]),
+    def _own_rows(self, plan: RowPlanner, threads: int, name: str, entry: VariantEntry, device: str) -> None:
+        prec, hint = entry.precision, entry.inference_precision_hint or F32
+        common = dict(backend=self.name, variant=name, device=device, model=str(plan.bundle_dir / entry.file),
                       weights=str(self.variant_files(entry, plan.bundle_dir)[1][0]), size_bytes=plan.size(name))
         top1, drop = plan.knn(name)  # the gate measured each variant at its recorded hint
         plan.add(threads, precision=prec, inference_precision=hint, knn_top1=top1, knn_drop=drop, **common)

@@ -177,7 +177,9 @@ def recover(name: str, build: Build, recovery: Recovery) -> dict[str, Any]:
     settings = quantize_openvino_controlled(build.files["openvino_fp32"], build.files[name], recovery.calibration,
                                             _validation(recovery), max_drop=recovery.max_drop,
                                             max_layers=recovery.attempts * 4)
-    build.entries[name]["quantization"].update({k: v for k, v in settings.items() if k != "float_layers"})
+    quantization = build.entries[name].quantization
+    assert quantization is not None, "an INT8 variant records its quantization"
+    quantization.update({k: v for k, v in settings.items() if k != "float_layers"})
     figures = recovery.check(name)
     return {"method": "nncf.quantize_with_accuracy_control, k-NN top-1 as the metric",
             "float_layers": settings["float_layers"],
