@@ -291,42 +291,26 @@ def _clean_leftovers(path: Path) -> list[str]:
 def directory_lock(path: Path) -> Iterator[list[str]]:
     """Hold ``<parent>/.<name>.lock`` while ``path`` is written: a second writer fails at
     once instead of racing this one. On entry the leftovers of killed writers are cleaned
-    (yielded: the names removed). The lock is an ``flock``: the kernel drops it when its
-    holder dies, even by SIGKILL. Platforms without ``fcntl`` write unlocked."""
+    (yielded: the names removed). The lock is ``filelock``'s (an ``flock`` on Unix, which the
+    kernel drops when its holder dies, even by SIGKILL); the empty lock file stays, so that
+    every writer locks the same inode."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock = FileLock(lock_path, timeout=0)
     try:
-        import fcntl
-    except ImportError:  # Windows
+        lock.acquire()
+    except Timeout:
+        raise _error(f"another process is writing {path} (it holds {lock_path}): wait for it to finish, "
+                     "or choose another name") from None
+    except OSError as exc:
+        raise _error(describe_os_error(exc, lock_path)) from None
+    try:
         yield _clean_leftovers(path)
-        return
-    lock = path.with_name(f".{path.name}.lock")
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise _error(describe_os_error(exc, lock)) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _error(f"another process is writing {path} (it holds {lock}): wait for it to finish, "
-                         "or choose another name") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
-    try:
-        with _registered(lock):
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield _clean_leftovers(path)
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -53,12 +53,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         import warnings
 
-        from edgedistill.runtime.registry import quiet_third_party_counters
+        from edgedistill.runtime.registry import quiet_runtimes
         from edgedistill.utils import DISK_ERRNOS, describe_os_error
 
         # Library warnings reach users as one line, not as a source excerpt.
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
-        quiet_third_party_counters()
+        quiet_runtimes()
         global _HANDLER_PID
         main_thread = threading.current_thread() is threading.main_thread()
         _HANDLER_PID = os.getpid()

@@ -19,9 +19,6 @@ folder that appears at the destination while an export runs is never replaced.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
-
 import dataclasses
 from pathlib import Path
 from typing import Any, Sequence

@@ -241,6 +241,7 @@ class Runtime:
         converters) imports here."""
         from edgedistill.runtime.worker import one_line
 
+        self.quiet()
         for module in (self.module, *(self.build_modules if build else ())):
             try:
                 importlib.import_module(module)
@@ -251,13 +252,13 @@ class Runtime:
     def check_options(self, options: BuildOptions) -> None:
         """A one-line error for an export option this runtime's build steps cannot take."""
 
-    def quiet_counters(self) -> None:
-        """Keep its library from writing usage counters into ``$HOME`` (its engine's
-        ``quiet_counters``, where it has one); before the library is imported."""
+    def quiet(self) -> None:
+        """Keep its library from writing usage counters into ``$HOME`` and native log lines onto
+        the terminal (its engine's ``quiet()``, where it has one); before the library is imported."""
         if self.engine:
             engine = importlib.import_module(self.engine)
-            if hasattr(engine, "quiet_counters"):
-                engine.quiet_counters()
+            if hasattr(engine, "quiet"):
+                engine.quiet()
 
     # -------------------------------------------------------------- export
 

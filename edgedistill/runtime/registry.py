@@ -16,7 +16,7 @@ from edgedistill.runtime.onnxruntime import RUNTIME as ONNXRUNTIME
 from edgedistill.runtime.openvino import RUNTIME as OPENVINO
 
 __all__ = ["RUNTIMES", "get", "formats", "default_formats", "for_format", "for_suffix", "suffixes", "variants",
-           "variant", "model_files", "backends", "default_backends", "devices", "versions", "quiet_third_party_counters"]
+           "variant", "model_files", "backends", "default_backends", "devices", "versions", "quiet_runtimes"]
 
 # Order matters: it is the manifest's variant order and the order rows and formats are listed
 # in; the first is the fallback baseline of a bench without torch.
@@ -84,18 +84,14 @@ def devices() -> tuple[str, ...]:
     return tuple(r.device for r in RUNTIMES if r.device)
 
 
-def quiet_third_party_counters() -> None:
-    """Stop the runtimes writing usage counters into ``$HOME`` (each runtime's engine knows
-    how); must run before any of them is imported: the CLI calls it, the bench worker does the
-    same for its one engine. ``EDGEDISTILL_THIRD_PARTY_TELEMETRY=1`` leaves them on. Code that
-    imports ``edgedistill.runtime`` in an app is left to the app's own choice."""
-    import os
-
-    from edgedistill.runtime.worker import TELEMETRY_OPT_IN
-
-    if os.environ.get(TELEMETRY_OPT_IN) != "1":
-        for runtime in RUNTIMES:
-            runtime.quiet_counters()
+def quiet_runtimes() -> None:
+    """Stop the runtimes writing usage counters into ``$HOME`` and native log lines onto the
+    terminal (each runtime's engine knows how); must run before any of them is imported: the
+    CLI calls it, the bench worker does the same for its one engine.
+    ``EDGEDISTILL_THIRD_PARTY_TELEMETRY=1`` leaves the counters on. Code that imports
+    ``edgedistill.runtime`` in an app is left to the app's own choice."""
+    for runtime in RUNTIMES:
+        runtime.quiet()
 
 
 def versions(packages: tuple[str, ...] = ()) -> dict[str, str | None]:

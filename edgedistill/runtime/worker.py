@@ -24,8 +24,9 @@ batch (B, 3, H, W) float32, builds (once per batch size) what serves it and retu
 zero-argument callable doing one inference on ``x``, handing the result back as a numpy array
 as an app would; ``info`` holds ``load_seconds``
 (session creation) and ``settings`` (what was set, and read back). An engine may define
-``quiet_counters()``: it runs first, unless ``EDGEDISTILL_THIRD_PARTY_TELEMETRY=1``, and keeps
-its library from writing usage counters into ``$HOME``. An engine signals a
+``quiet()``: it runs first, before its library is imported, and keeps the library from
+writing usage counters into ``$HOME`` (unless ``EDGEDISTILL_THIRD_PARTY_TELEMETRY=1``) and
+native log lines onto the terminal. An engine signals a
 configuration that cannot run here (not a failure) with ``ImportError`` (library missing),
 ``LookupError`` (device or provider missing) or ``FileNotFoundError`` (model missing).
 
@@ -60,7 +61,7 @@ __all__ = ["main", "timed_runs", "peak_rss_mb", "current_rss_mb", "one_line", "U
 
 # what an engine raises for a configuration that cannot run here (as opposed to a failure)
 UNAVAILABLE = (ImportError, LookupError, FileNotFoundError)
-# "1": leave the runtimes' usage counters on (engines with a ``quiet_counters()`` turn them off)
+# "1": leave the runtimes' usage counters on (an engine's ``quiet()`` turns them off otherwise)
 TELEMETRY_OPT_IN = "EDGEDISTILL_THIRD_PARTY_TELEMETRY"
 Prepare = Callable[[np.ndarray], Callable[[], Any]]
 
@@ -172,8 +173,8 @@ def _load(spec: dict[str, Any]) -> tuple[dict[int, Callable[[], Any]], dict[str,
     """Import the engine, create the session(s), first inference, warm-up of every batch size."""
     image = make_input(spec)
     engine = importlib.import_module(spec["engine"])
-    if hasattr(engine, "quiet_counters") and os.environ.get(TELEMETRY_OPT_IN) != "1":
-        engine.quiet_counters()  # before its library is imported, as the CLI does
+    if hasattr(engine, "quiet"):
+        engine.quiet()  # before its library is imported, as the CLI does
     started = time.perf_counter()
     engine.import_runtime()
     imported = {"import_seconds": time.perf_counter() - started, "rss_after_import_mb": current_rss_mb()}

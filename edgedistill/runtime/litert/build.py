@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
-import os
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -56,12 +54,11 @@ def litert_versions() -> dict[str, str | None]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """litert-torch and ai-edge-quantizer print progress, sizes and native log lines: not the
-    user's business (the export draws its own progress)."""
-    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # else TensorFlow's import announces oneDNN
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    """litert-torch and ai-edge-quantizer print progress, sizes and log lines: not the user's
+    business (the export draws its own progress)."""
+    from edgedistill.runtime.litert.engine import quiet
+
+    quiet()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")

@@ -14,18 +14,40 @@ model carries. A missing library raises ImportError, a missing file FileNotFound
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["Program", "open_program", "import_runtime", "load"]
+__all__ = ["Program", "quiet", "open_program", "import_runtime", "load"]
 
 
-def _quiet_native_logs() -> None:
-    # TensorFlow Lite's C++ logging writes INFO lines (the XNNPACK delegate's creation) to stderr
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet() -> None:
+    """The native libraries under LiteRT (and litert-torch's TensorFlow and JAX) log to stderr
+    unless told otherwise before they load; litert-torch draws its own progress."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # else TensorFlow's import announces oneDNN
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """TFLite prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ on
+    every interpreter it makes, past any log level: fd 2 points elsewhere meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class Program:
@@ -75,12 +97,13 @@ def open_program(path: str, *, threads: int | None = None) -> tuple[Program, dic
     """The model ``path`` in a LiteRT interpreter (XNNPACK, ``threads``), and the settings."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LiteRT model not found: {path}")
-    _quiet_native_logs()
+    quiet()
     from ai_edge_litert.interpreter import Interpreter
 
     started = time.perf_counter()
-    interpreter = Interpreter(model_path=path, num_threads=None if threads is None else int(threads))
-    interpreter.allocate_tensors()
+    with _native_stderr_muted():
+        interpreter = Interpreter(model_path=path, num_threads=None if threads is None else int(threads))
+        interpreter.allocate_tensors()
     program = Program(interpreter)
     settings = {"runtime": "ai_edge_litert.interpreter.Interpreter", "delegate": "XNNPACK (the default CPU delegate)",
                 "num_threads": threads, "static_batch": program.batch,
@@ -89,7 +112,7 @@ def open_program(path: str, *, threads: int | None = None) -> tuple[Program, dic
 
 
 def import_runtime() -> None:
-    _quiet_native_logs()
+    quiet()
     import ai_edge_litert.interpreter  # noqa: F401
 
 

@@ -17,13 +17,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["quiet_counters", "open_session", "import_runtime", "load"]
+__all__ = ["quiet", "open_session", "import_runtime", "load"]
 
 
-def quiet_counters() -> None:
+def quiet() -> None:
     """ONNX Runtime writes usage counters into ``~/.cache/Microsoft/DeveloperTools/.onnxruntime``
     unless told not to (it reads this at import; "0" or "" would leave it on)."""
-    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    if os.environ.get("EDGEDISTILL_THIRD_PARTY_TELEMETRY") != "1":
+        os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 
 def open_session(path: str, *, threads: int | None = None,

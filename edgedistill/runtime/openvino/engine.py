@@ -21,13 +21,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "quiet_counters", "compile_model", "import_runtime", "load"]
+__all__ = ["PRECISIONS", "quiet", "compile_model", "import_runtime", "load"]
 
 
-def quiet_counters() -> None:
+def quiet() -> None:
     """OpenVINO writes ``~/intel/stats`` and a client id on import; it and NNCF fall back to
     their built-in stub when ``openvino_telemetry`` cannot be imported."""
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # import -> ImportError
+    if os.environ.get("EDGEDISTILL_THIRD_PARTY_TELEMETRY") != "1":
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # import -> ImportError
 
 PRECISIONS = ("f32", "bf16", "f16")
 
