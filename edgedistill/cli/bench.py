@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgedistill.cli.common import console
+from edgedistill.options import CommaList
 from edgedistill.runtime import registry
 
 
@@ -22,15 +23,15 @@ def _device_help() -> str:
 @click.option("--bundle", "bundle", required=True, type=click.Path(path_type=Path),
               help="Bundle directory (export/<name>/ with manifest.json).")
 @click.option("--device", default="cpu", show_default=True, help=_device_help())
-@click.option("--backends", default=None,
+@click.option("--backends", type=CommaList(choices=lambda: ("torch", *registry.backends())), default=None,
               help=f"Comma-separated: torch, {', '.join(registry.backends())} (default: all installed).")
-@click.option("--precision", "precisions", default=None,
+@click.option("--precision", "precisions", type=CommaList(choices=("fp32", "bf16", "fp16", "int8")), default=None,
               help="Comma-separated: fp32, bf16, fp16, int8 (default: all the bundle and CPU have; bf16 only "
                    "with native bf16).")
-@click.option("--threads", default=None,
+@click.option("--threads", type=CommaList(kind=int), default=None,
               help="Comma-separated thread counts, each measured (default: usable CPUs; on a runtime's own "
                    "device, 1 too).")
-@click.option("--batch", "batches", default="1,8,32", show_default=True,
+@click.option("--batch", "batches", type=CommaList(kind=int), default="1,8,32", show_default=True,
               help="Comma-separated batch sizes: the smallest gives p50/p90/p99 latency, the others throughput.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per batch size after loading.")
 @click.option("--runs", type=int, default=None, help="Timed runs per row and batch size.")
@@ -49,8 +50,8 @@ def _device_help() -> str:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress while measuring.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check every measured file against the manifest's sha256 first.")
-def command(bundle: Path, device: str, backends: str | None, precisions: str | None, threads: str | None,
-            batches: str, warmup: int, runs: int | None, seconds: float | None, rounds: int, shapes: str,
+def command(bundle: Path, device: str, backends: list[str] | None, precisions: list[str] | None,
+            threads: list[int] | None, batches: list[int], warmup: int, runs: int | None, seconds: float | None, rounds: int, shapes: str,
             json_path: Path | None, csv_path: Path | None, plot_path: Path | None, progress: bool,
             verify: bool) -> None:
     """Benchmark every variant of a bundle on every available backend.

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import click
 
 from edgedistill.cli.common import console
+from edgedistill.options import CommaList
 
 
 
@@ -183,22 +184,20 @@ def command() -> None:
 @command.command("knn")
 @model_options
 @data_options
-@click.option("--k", "k_text", default="10,20,100,200", show_default=True,
+@click.option("--k", "ks", type=CommaList(kind=int), default="10,20,100,200", show_default=True,
               help="Neighbour counts (k=20 is the headline).")
 @click.option("--temperature", type=float, default=0.07, show_default=True, help="Vote weight exp(sim / T).")
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Rows per similarity block.")
 @click.option("--predictions", "with_predictions", is_flag=True,
               help="Also write the headline-k prediction of every val image into --json.")
-def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool, json_path: Path | None,
+def knn(ks: list[int], temperature: float, chunk_size: int, with_predictions: bool, json_path: Path | None,
         no_progress: bool, **opts: Any) -> None:
     """Weighted k-NN top-1/top-5 of a model's CLS features on a labeled train/val pair."""
     from rich.table import Table
 
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.evaluate import evaluate_knn
-    from edgedistill.options import parse_list
 
-    ks = parse_list(k_text, "k", kind=int)
     if not 0 < temperature < float("inf"):
         raise EdgeDistillError(f"--temperature must be a number > 0, got {temperature}")
     if chunk_size < 1:
@@ -231,20 +230,18 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
 @command.command("linear")
 @model_options
 @data_options
-@click.option("--c", "c_text", default="0.1,1,10,100", show_default=True,
+@click.option("--c", "cs", type=CommaList(kind=float, minimum=None), default="0.1,1,10,100", show_default=True,
               help="Inverse regularization strengths; several: chosen on 20%% of train held out.")
 @click.option("--max-iter", type=int, default=1000, show_default=True)
-def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool, **opts: Any) -> None:
+def linear(cs: list[float], max_iter: int, json_path: Path | None, no_progress: bool, **opts: Any) -> None:
     """Linear probe: logistic regression on frozen L2-normalized features."""
     from rich.table import Table
 
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.evaluate import evaluate_linear
-    from edgedistill.options import parse_list
 
-    cs = parse_list(c_text, "c", kind=float, minimum=None)
     if min(cs) <= 0:
-        raise EdgeDistillError(f"--c values must be > 0, got {c_text!r}")
+        raise EdgeDistillError(f"--c values must be > 0, got {','.join(map(str, cs))}")
     if max_iter < 1:
         raise EdgeDistillError(f"--max-iter must be >= 1, got {max_iter}")
     _check_json_path(json_path)

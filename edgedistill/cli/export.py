@@ -10,6 +10,7 @@ import click
 
 from edgedistill.cli.common import console
 from edgedistill.config import INT8_HINTS, ExportConfig
+from edgedistill.options import CommaList
 from edgedistill.runtime import registry
 
 _DEFAULTS = ExportConfig()
@@ -27,7 +28,8 @@ def _formats_help() -> str:
 @click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Bundle root; the bundle is <out>/<name>/.")
 @click.option("--name", default=None, help="Bundle name (default: the run directory's name).")
-@click.option("--formats", default=",".join(_DEFAULTS.formats), show_default=True, help=_formats_help())
+@click.option("--formats", type=CommaList(choices=registry.formats, noun="export format"),
+              default=",".join(_DEFAULTS.formats), show_default=True, help=_formats_help())
 @click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True, help="ONNX opset (17-20).")
 @click.option("--img-size", type=int, default=None, help="Input size (default: the student's).")
 @click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True,
@@ -60,7 +62,7 @@ def _formats_help() -> str:
 @click.option("--threads", type=int, default=None, help="Threads of the runtimes that judge the variants (default: theirs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the validation figures to this JSON file (written on gate failure too; - for stdout).")
-def command(model_dir: Path, out_root: Path, name: str | None, formats: str, opset: int, img_size: int | None,
+def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str], opset: int, img_size: int | None,
             int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
             max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
             batch_size: int, num_workers: int,
