@@ -27,7 +27,14 @@ def bundle(tiny_bundle) -> dict:
 
 
 def leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """What is in ``root`` besides the empty lock files of finished exports (each free again)."""
+    from filelock import FileLock
+
+    names = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    for lock in [n for n in names if n.startswith(".") and n.endswith(".lock")]:
+        assert (root / lock).stat().st_size == 0
+        FileLock(root / lock, timeout=0).acquire().lock.release()  # Timeout if an export still held it
+    return [n for n in names if not (n.startswith(".") and n.endswith(".lock"))]
 
 
 # ----------------------------------------------------------------------------- the bundle

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgedistill.bench.records import RunSlice, Skip
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime import registry
 from edgedistill.runtime.base import Row
@@ -106,7 +107,7 @@ class BenchOptions:
     static_shapes: bool
 
     @property
-    def per_round(self) -> dict[str, Any]:
+    def per_round(self) -> RunSlice:
         """What each interleaved round asks of a row: a share of the runs or of the seconds."""
         if self.runs is not None:
             return {"runs": -(-self.runs // self.rounds)}
@@ -144,7 +145,7 @@ class BenchOptions:
 
 
 def plan_bench(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,
-               devices: dict[str, Any]) -> tuple[list[Row], list[dict[str, Any]]]:
+               devices: dict[str, Any]) -> tuple[list[Row], list[Skip]]:
     """The rows to measure for ``device`` and the ones left out with the reason; an error when
     nothing can be measured."""
     from edgedistill.utils import cpu_has_native_bf16
@@ -189,7 +190,7 @@ class _Planner:
         self.variants: dict[str, VariantEntry] = manifest.variants
         self.cpu = all(targets[r.name] in (r.cpu_target, r.device) for r in registry.RUNTIMES if r.name in targets)
         self.rows: list[Row] = []
-        self.skipped: list[dict[str, Any]] = []
+        self.skipped: list[Skip] = []
 
     def target(self, runtime: str) -> str | None:
         return self.targets.get(runtime)
@@ -198,7 +199,7 @@ class _Planner:
         return self.reasons.get(runtime, f"{runtime} is not installed")
 
     def skip(self, backend: str, variant: str, precision: str, reason: str) -> None:
-        entry = {"backend": backend, "variant": variant, "precision": precision, "reason": reason}
+        entry = Skip(backend=backend, variant=variant, precision=precision, reason=reason)
         if entry not in self.skipped:
             self.skipped.append(entry)
 
@@ -244,7 +245,7 @@ class _Planner:
 
 def plan_rows(manifest: Manifest, bundle_dir: Path, *, backends: Sequence[str], precisions: Sequence[str],
               threads: Sequence[int], targets: dict[str, str], reasons: dict[str, str],
-              native_bf16: bool) -> tuple[list[Row], list[dict[str, Any]]]:
+              native_bf16: bool) -> tuple[list[Row], list[Skip]]:
     """The rows to measure, and the ones left out with the reason.
 
     torch: the student in fp32 (and bf16 autocast where the CPU has it). Every other backend

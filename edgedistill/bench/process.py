@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgedistill.bench.records import RowResult, RunSlice, Skip
 from edgedistill.bench.stats import summarize_times
 from edgedistill.runtime.base import Row
 from edgedistill.runtime.manifest import Manifest
@@ -123,7 +124,7 @@ def worker_spec(row: Row, manifest: Manifest, opts: Any, input_file: str | None)
             "mode": "rounds", **row.extra}
 
 
-def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
+def _skip(row: Row, reason: str, unavailable: bool = False) -> Skip:
     return {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
             "device": row.device, "reason": reason, "unavailable": unavailable}
 
@@ -131,7 +132,7 @@ def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
 class _Group:
     """The workers of one thread count: loaded one at a time, then measured in rounds."""
 
-    def __init__(self, group: list[Row], skipped: list[dict[str, Any]], bar: Any) -> None:
+    def __init__(self, group: list[Row], skipped: list[Skip], bar: Any) -> None:
         self.rows = {r.id: r for r in group}
         self.threads = group[0].threads if group else 1
         self.skipped, self.bar = skipped, bar
@@ -158,7 +159,7 @@ class _Group:
             self.bar.advance(task)
         self.bar.update(task, description=f"loaded ({self.threads} threads)")
 
-    def _run(self, row_id: str, batch: int, per_round: dict[str, Any], timeout: float) -> bool:
+    def _run(self, row_id: str, batch: int, per_round: RunSlice, timeout: float) -> bool:
         """One slice of timed runs of one row; a failure drops the row (recorded)."""
         worker = self.workers[row_id]
         # let the previous row's spinning worker threads (OpenMP, TBB, ORT) go idle first
@@ -193,7 +194,7 @@ class _Group:
                         self.bar.advance(task)
         self.bar.update(task, description=f"measured ({self.threads} threads)")
 
-    def close(self) -> dict[str, dict[str, Any]]:
+    def close(self) -> dict[str, RowResult]:
         """Stop every worker; the figures of each row that lasted to the end."""
         closing = {row_id: w.close() for row_id, w in self.workers.items()}
         for w in self.workers.values():
@@ -202,7 +203,7 @@ class _Group:
                 for row_id in self.workers}
 
 
-def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, list[list[float]]]) -> dict[str, Any]:
+def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, list[list[float]]]) -> RowResult:
     return {
         "import_seconds": _r(ready.get("import_seconds")),
         "load_seconds": _r(ready.get("load_seconds")),
@@ -220,7 +221,7 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
     }
 
 
-def measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped: list[dict[str, Any]], *,
+def measure_group(group: list[Row], results: dict[str, RowResult], skipped: list[Skip], *,
                   manifest: Manifest, opts: Any, input_file: str | None, bar: Any, load_timeout: float,
                   run_timeout: float, round_loads: list[float | None]) -> None:
     """Load every row of one thread count (one at a time), then interleave their timed runs;

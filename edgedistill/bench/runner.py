@@ -38,6 +38,7 @@ from typing import Any, Iterator, Sequence
 
 from edgedistill.bench.plan import BenchOptions, Row, plan_bench
 from edgedistill.bench.process import SETTLE_SECONDS, measure_group
+from edgedistill.bench.records import BenchReport, ReportRow, RowResult, Skip
 from edgedistill.bench.stats import add_ratios, baselines, best_rows, knn_meta
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.manifest import Manifest
@@ -65,7 +66,7 @@ def run_bench(
     console: Any = None,
     load_timeout: float = 900.0,
     run_timeout: float = 600.0,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Benchmark every variant of ``bundle`` (a directory with ``manifest.json``).
 
     Args:
@@ -102,7 +103,7 @@ def run_bench(
     con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
               f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, RowResult] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = load_average()
     with progress_bar(con, enabled=progress) as bar, _servers(rows, bundle_dir), \
@@ -195,8 +196,7 @@ def _settings(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: 
     }
 
 
-def _measured_rows(rows: list[Row], results: dict[str, dict[str, Any]],
-                   skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _measured_rows(rows: list[Row], results: dict[str, RowResult], skipped: list[Skip]) -> list[ReportRow]:
     measured = [r for r in rows if r.id in results]
     if not measured:
         why = "; ".join(f"{s['backend']} {s['variant']}: {s['reason']}" for s in skipped[:3])
@@ -204,7 +204,7 @@ def _measured_rows(rows: list[Row], results: dict[str, dict[str, Any]],
     return [dict(_row_fields(r), **results[r.id]) for r in measured]
 
 
-def _notes(rows: list[dict[str, Any]], loads: list[Any], round_loads: dict[str, list[Any]]) -> list[str]:
+def _notes(rows: list[ReportRow], loads: list[Any], round_loads: dict[str, list[Any]]) -> list[str]:
     """What a reader should know before trusting the figures: a busy or drifting machine."""
     from edgedistill.bench.machine import usable_cpus
 
@@ -223,7 +223,7 @@ def _notes(rows: list[dict[str, Any]], loads: list[Any], round_loads: dict[str, 
     return notes
 
 
-def _row_fields(row: Row) -> dict[str, Any]:
+def _row_fields(row: Row) -> ReportRow:
     return {"id": row.id, "label": row.label, "backend": row.backend, "engine": row.engine, "variant": row.variant,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "file": os.path.basename(row.model), "size_bytes": row.size_bytes,

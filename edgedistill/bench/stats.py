@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgedistill.bench.records import Baseline, BatchStats, ReportRow, Skip
+
 if TYPE_CHECKING:
     from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["summarize_times", "baselines", "add_ratios", "best_rows", "knn_meta"]
 
 
-def summarize_times(rounds: list[list[float]], batch: int) -> dict[str, Any]:
+def summarize_times(rounds: list[list[float]], batch: int) -> BatchStats:
     """Latency percentiles (ms) over every timed run, throughput (images/s, from the median)
     and the median of each round (how much the machine drifted during the run)."""
     flat = np.asarray([t for r in rounds for t in r], dtype=np.float64)
@@ -41,7 +43,7 @@ def knn_meta(manifest: "Manifest") -> dict[str, Any] | None:
     return meta
 
 
-def baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def baselines(rows: list[ReportRow], threads: list[int], skipped: list[Skip]) -> list[Baseline]:
     """Per thread count: torch eager FP32, else the FP32 row of the first runtime in the
     registry's order that has one (ONNX Runtime's), else the first row."""
     from edgedistill.runtime import registry
@@ -66,7 +68,7 @@ def baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dict
     return out
 
 
-def add_ratios(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> None:
+def add_ratios(rows: list[ReportRow], baselines: list[Baseline]) -> None:
     """speedup = baseline p50 / row p50 and latency_ratio = its inverse, per batch size, against
     the baseline with the same threads; latency_ratio_by_round: the same ratio within each round
     (median, min, max over rounds), a spread to judge the ratio by."""
@@ -90,9 +92,9 @@ def add_ratios(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> N
                 stats["speedup"] = stats["latency_ratio"] = stats["latency_ratio_by_round"] = None
 
 
-def best_rows(rows: list[dict[str, Any]], latency_batch: int) -> dict[str, Any]:
+def best_rows(rows: list[ReportRow], latency_batch: int) -> dict[str, dict[str, Any]]:
     """Per precision and thread count, the row with the lowest p50 at the latency batch."""
-    best: dict[str, Any] = {}
+    best: dict[str, dict[str, Any]] = {}
     for row in rows:
         stats = row["batches"].get(str(latency_batch))
         if not stats:

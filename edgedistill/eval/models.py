@@ -21,11 +21,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from edgedistill.errors import EdgeDistillError
 
 if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
     from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["EvalModel", "open_model", "open_torch_module", "spec_transform", "standard_spec", "model_help"]
@@ -52,7 +53,7 @@ class EvalModel:
     embedder: Any
     backend: str  # "torch" or the name of the runtime that runs it
     source: str
-    preprocessing: dict[str, Any]  # runtime.preprocessing spec: resize, crop, interpolation, mean, std, ...
+    preprocessing: PreprocessSpec
     module: Any = None  # the torch nn.Module (torch backend only)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -77,7 +78,7 @@ class EvalModel:
         return json.loads(json.dumps(summary, default=str))  # loader details may hold paths, tuples
 
 
-def standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str, Any]:
+def standard_spec(img_size: int, mean: Any = None, std: Any = None) -> PreprocessSpec:
     """The eval transform at ``img_size`` as a validated preprocessing spec (ImageNet mean/std
     unless given)."""
     from edgedistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_preprocessing
@@ -86,7 +87,7 @@ def standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str,
     return validate_spec(eval_preprocessing(int(img_size), mean or IMAGENET_MEAN, std or IMAGENET_STD))
 
 
-def _is_standard(spec: dict[str, Any]) -> bool:
+def _is_standard(spec: PreprocessSpec) -> bool:
     """True when torchvision's eval transform reproduces ``spec`` (then it is used as is)."""
     from edgedistill.data.transforms import resize_size
 
@@ -96,7 +97,7 @@ def _is_standard(spec: dict[str, Any]) -> bool:
             and abs(spec["scale"] - 1 / 255) < 1e-12)
 
 
-def spec_transform(spec: dict[str, Any]) -> Callable[[Any], Any]:
+def spec_transform(spec: Mapping[str, Any]) -> Callable[[Any], Any]:
     """PIL RGB image -> model input, per a preprocessing spec.
 
     The standard spec (what ``export`` writes for the eval transform) maps to
@@ -117,7 +118,7 @@ def spec_transform(spec: dict[str, Any]) -> Callable[[Any], Any]:
 class _NumpyTransform:
     """Picklable (DataLoader workers) wrapper around ``runtime.preprocessing.preprocess``."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: PreprocessSpec) -> None:
         self.spec = spec
 
     def __call__(self, img: Any) -> Any:
@@ -152,7 +153,7 @@ def _bundle_of(path: Path) -> tuple[Manifest, str] | None:
     return None
 
 
-def open_torch_module(module: Any, source: str, spec: dict[str, Any] | None = None, device: str = "auto",
+def open_torch_module(module: Any, source: str, spec: PreprocessSpec | None = None, device: str = "auto",
                       threads: int | None = None, info: dict[str, Any] | None = None) -> EvalModel:
     """An :class:`EvalModel` of a timm ViT already built (``spec``: the eval transform at its
     input size unless given)."""

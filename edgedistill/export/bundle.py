@@ -23,8 +23,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgedistill.export.gates import PARITY_IMAGES, AccuracyGate, GateFailed, ParityGate, gate_report
-from edgedistill.export.manifest import build_manifest, summary_rows
+from edgedistill.export.gates import PARITY_IMAGES, AccuracyGate, GateFailed, ParityGate, Validation, gate_report
+from edgedistill.export.manifest import SummaryRow, build_manifest, summary_rows
 from edgedistill.export.plan import (ExportOptions, ExportPlan, bundle_target, check_out_root, parse_formats,
                                      plan_export, require_formats)
 from edgedistill.export.variants import build_variants, new_build
@@ -54,11 +54,11 @@ class ExportResult:
         return self.manifest.default_variant
 
     @property
-    def validation(self) -> dict[str, Any]:
-        return self.manifest.validation or {}
+    def validation(self) -> Validation:
+        return Validation(**(self.manifest.validation or {}))
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[SummaryRow]:
         return summary_rows(self.validation, self.manifest.variants)
 
 

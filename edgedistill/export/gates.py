@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypedDict
 
 import numpy as np
 
@@ -19,17 +19,54 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.base import Build
 from edgedistill.runtime.knn import compare
 
-__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "parity_of", "parity_failures", "knn_failures",
-           "ParityGate", "AccuracyGate", "gate_report"]
+__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "ParityFigures", "KnnFigures", "Validation", "parity_of",
+           "parity_failures", "knn_failures", "ParityGate", "AccuracyGate", "gate_report"]
 
 PARITY_BATCHES = (1, 8)
 PARITY_IMAGES = 8
 
 
+class ParityFigures(TypedDict, total=False):
+    """One variant's parity: the worst figures over outputs and batch sizes, then each."""
+
+    min_cosine: float
+    max_abs: float
+    images: int
+    batch_sizes: list[int]
+    outputs: dict[str, dict[str, dict[str, float]]]  # output -> "batch_8" -> min_cosine, mean_cosine, max_abs
+    gated: bool
+    passed: bool | None
+
+
+class KnnFigures(TypedDict, total=False):
+    """One variant's k-NN (``eval.features.knn_of``'s figures) against torch FP32's; a variant
+    judged under a further setting carries its figures too, keyed ``<setting>_fallback``."""
+
+    top1: float
+    top5: float | None
+    per_k: dict[str, dict[str, float | None]]
+    k: int
+    k_used: int
+    temperature: float
+    reference_top1: float
+    drop: float
+    passed: bool
+    inference_precision_hint: str
+    f32_fallback: KnnFigures
+
+
+class Validation(TypedDict, total=False):
+    """The manifest's ``validation``: both gates' figures and the verdict."""
+
+    passed: bool
+    parity: dict[str, Any]  # min_cosine, source, variants: {name: ParityFigures}
+    knn: dict[str, Any]  # the protocol and data, torch_fp32, max_drop, variants: {name: KnnFigures} (or skipped)
+
+
 class GateFailed(EdgeDistillError):
     """A gate failed; ``report`` holds every figure measured (for --json and the table)."""
 
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
+    def __init__(self, message: str, report: Validation) -> None:
         super().__init__(message)
         self.report = report
 
@@ -40,7 +77,7 @@ def _run_batches(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
 
 
 def parity_of(embedders: dict[str, Any], references: dict[int, dict[str, np.ndarray]], images: np.ndarray,
-              batches: Sequence[int] = PARITY_BATCHES) -> dict[str, Any]:
+              batches: Sequence[int] = PARITY_BATCHES) -> ParityFigures:
     """Parity of one variant: ``embedders`` maps output name -> embedder of that output,
     ``references[batch][output]`` the torch outputs for ``images`` run at that batch size.
 
@@ -60,7 +97,7 @@ def parity_of(embedders: dict[str, Any], references: dict[int, dict[str, np.ndar
             "batch_sizes": list(batches), "outputs": outputs}
 
 
-def parity_failures(parity: dict[str, dict[str, Any]], min_cosine: float) -> list[str]:
+def parity_failures(parity: dict[str, ParityFigures], min_cosine: float) -> list[str]:
     """One phrase per gated variant below ``min_cosine`` (NaN fails too)."""
     failed = []
     for variant, figures in parity.items():
@@ -72,7 +109,7 @@ def parity_failures(parity: dict[str, dict[str, Any]], min_cosine: float) -> lis
     return failed
 
 
-def knn_failures(knn: dict[str, dict[str, Any]], max_drop: float) -> list[str]:
+def knn_failures(knn: dict[str, KnnFigures], max_drop: float) -> list[str]:
     """One phrase per variant whose k-NN top-1 dropped by more than ``max_drop`` points."""
     failed = []
     for variant, figures in knn.items():
@@ -105,7 +142,7 @@ class ParityGate:
             max(PARITY_BATCHES): {o: whole[o].numpy() for o in self.output_names},
             1: {o: np.concatenate([s[o].numpy() for s in singles]) for o in self.output_names},
         }
-        self.figures: dict[str, dict[str, Any]] = {}
+        self.figures: dict[str, ParityFigures] = {}
 
     def check(self, build: Build, name: str) -> None:
         from edgedistill.export.variants import embedders_for
@@ -138,9 +175,9 @@ class AccuracyGate:
             queries = InMemorySplit(queries, progress=progress, description="k-NN query images")
         self.bank, self.queries = bank, queries
         self.reference = self._knn(TorchEmbedder(model, name="torch_fp32"), "torch_fp32")
-        self.figures: dict[str, dict[str, Any]] = {}
+        self.figures: dict[str, KnnFigures] = {}
 
-    def _knn(self, embedder: Any, label: str) -> dict[str, Any]:
+    def _knn(self, embedder: Any, label: str) -> KnnFigures:
         from edgedistill.eval.features import knn_of
 
         figures = knn_of(embedder, self.bank, self.queries, label=label, **self.common)
@@ -148,7 +185,7 @@ class AccuracyGate:
         figures["k"] = figures.pop("headline_k")
         return figures
 
-    def _gate(self, build: Build, name: str, label: str, **settings: Any) -> dict[str, Any]:
+    def _gate(self, build: Build, name: str, label: str, **settings: Any) -> KnnFigures:
         from edgedistill.export.onnx import EMBEDDING
         from edgedistill.export.variants import embedders_for
 
@@ -159,7 +196,7 @@ class AccuracyGate:
         figures["passed"] = bool(figures["drop"] <= self.max_drop)
         return figures
 
-    def check(self, build: Build, name: str) -> dict[str, Any]:
+    def check(self, build: Build, name: str) -> KnnFigures:
         """The variant's k-NN figures (also kept in :attr:`figures`): as its manifest entry
         says to run it, and under each setting its runtime says another device may run it
         with (``runtime.gate_fallbacks``), all of which must pass."""
@@ -186,7 +223,7 @@ class AccuracyGate:
                 "protocol": "DINO weighted k-NN on L2-normalized embeddings", "torch_fp32": self.reference}
 
 
-def gate_report(parity: ParityGate, accuracy: AccuracyGate | None, max_drop: float, *, passed: bool) -> dict[str, Any]:
+def gate_report(parity: ParityGate, accuracy: AccuracyGate | None, max_drop: float, *, passed: bool) -> Validation:
     """The ``validation`` section of the manifest (and ``--json``)."""
     knn_variants = accuracy.figures if accuracy is not None else {}
     return {

@@ -8,15 +8,16 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import edgedistill
+from edgedistill.export.gates import KnnFigures, Validation
 from edgedistill.export.plan import ExportPlan
 from edgedistill.runtime import registry
 from edgedistill.runtime.base import Build
 from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS, Manifest, VariantEntry, validate_manifest
 
-__all__ = ["build_manifest", "default_variant", "summary_rows"]
+__all__ = ["build_manifest", "default_variant", "summary_rows", "SummaryRow"]
 
 
 def _versions() -> dict[str, str | None]:
@@ -46,7 +47,7 @@ def _variant_entries(build: Build) -> dict[str, VariantEntry]:
     return {v: entries[v] for v in VARIANTS if v in entries}
 
 
-def default_variant(variants: dict[str, VariantEntry], knn: dict[str, Any]) -> str:
+def default_variant(variants: dict[str, VariantEntry], knn: dict[str, KnnFigures]) -> str:
     """The most accurate INT8 variant among the registry's default candidates that passed its
     accuracy gate (the earlier in the registry's order on a tie: ONNX, which runs wherever ONNX
     Runtime does), else the first FP32 variant, else the first variant."""
@@ -89,7 +90,7 @@ def _provenance(plan: ExportPlan, built: Build) -> dict[str, Any]:
     }
 
 
-def build_manifest(plan: ExportPlan, built: Build, report: dict[str, Any], sample_image: Any,
+def build_manifest(plan: ExportPlan, built: Build, report: Validation, sample_image: Any,
                    sample_outputs: dict[str, Any]) -> Manifest:
     """The manifest of a bundle whose variants all passed their gates, validated as every reader
     validates it."""
@@ -101,7 +102,7 @@ def build_manifest(plan: ExportPlan, built: Build, report: dict[str, Any], sampl
         "name": plan.name,
         "input": {"name": INPUT_NAME, "layout": "NCHW", "shape": [-1, 3, plan.img_size, plan.img_size],
                   "dtype": "float32"},
-        "outputs": plan.outputs,
+        "outputs": [o.as_json() for o in plan.outputs],
         "preprocessing": plan.spec,
         "variants": {name: entry.as_json() for name, entry in variants.items()},
         "default_variant": default_variant(variants, report["knn"]["variants"]),
@@ -111,7 +112,22 @@ def build_manifest(plan: ExportPlan, built: Build, report: dict[str, Any], sampl
     })
 
 
-def summary_rows(validation: dict[str, Any], variants: dict[str, VariantEntry] | None = None) -> list[dict[str, Any]]:
+class SummaryRow(TypedDict):
+    """One line of export's table."""
+
+    variant: str
+    precision: str
+    size_bytes: int | None
+    cosine: float | None
+    max_abs: float | None
+    parity_gated: bool
+    top1: float | None
+    drop: float | None
+    passed: bool | None
+
+
+def summary_rows(validation: Validation | dict[str, Any],
+                 variants: dict[str, VariantEntry] | None = None) -> list[SummaryRow]:
     """One row per variant: size (when ``variants`` are given), parity (cosine, max-abs),
     k-NN top-1 and drop, gate status, from a validation report (``Manifest.validation``)."""
     variants = variants or {}

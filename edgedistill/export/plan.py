@@ -9,12 +9,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
 from edgedistill.runtime import registry
 from edgedistill.runtime.base import BuildOptions, Runtime, Variant
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import OutputSpec
+    from edgedistill.runtime.preprocessing import PreprocessSpec
 
 __all__ = ["ExportOptions", "ExportPlan", "plan_export", "parse_formats", "require_formats", "bundle_target",
            "check_out_root", "OUTPUT_DESCRIPTIONS"]
@@ -97,7 +101,7 @@ class ExportPlan:
     projector_info: dict[str, int] | None
     img_size: int
     trained_size: int
-    spec: dict[str, Any]  # the bundle's preprocessing
+    spec: PreprocessSpec  # the bundle's preprocessing
     config: Any  # the run's typed config, or None
     knn_source: str | None
     knn_pair: tuple[Any, Any] | None  # labeled (train, val) splits for the accuracy gate
@@ -113,15 +117,17 @@ class ExportPlan:
         return [v.name for _, v in self.planned]
 
     @property
-    def outputs(self) -> list[dict[str, Any]]:
+    def outputs(self) -> list[OutputSpec]:
+        from edgedistill.runtime.manifest import OutputSpec
+
         dims = {"embedding": int(self.model.embed_dim)}
         if self.projector_info is not None:
             dims["projection"] = self.projector_info["teacher_dim"]
-        return [{"name": n, "dims": [-1, d], "description": OUTPUT_DESCRIPTIONS[n]} for n, d in dims.items()]
+        return [OutputSpec(name=n, dims=[-1, d], description=OUTPUT_DESCRIPTIONS[n]) for n, d in dims.items()]
 
     @property
     def output_names(self) -> list[str]:
-        return [o["name"] for o in self.outputs]
+        return [o.name for o in self.outputs]
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -240,7 +246,7 @@ def _config_data(cfg: Any) -> tuple[str | None, str | None]:
     return labeled, (path if usable(path) else None)
 
 
-def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: dict[str, Any], console: Any,
+def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: PreprocessSpec, console: Any,
             int8: bool) -> dict[str, Any]:
     """The images each gate reads: the accuracy gate's labeled pair, calibration, parity."""
     from edgedistill.export.images import labeled_pair, open_split

@@ -16,12 +16,12 @@ from typing import Any
 from edgedistill.export.gates import AccuracyGate
 from edgedistill.export.plan import ExportPlan
 from edgedistill.runtime import registry
-from edgedistill.runtime.base import Build, Recovery
+from edgedistill.runtime.base import Build, Recovery, RecoveryRecord
 
 __all__ = ["recover"]
 
 
-def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str) -> dict[str, Any] | None:
+def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str) -> RecoveryRecord | None:
     """Requantize variant ``name`` with float layers until ``gate`` passes it or the attempts
     are spent. Updates the built variant and the gate's figures; returns what was tried (also
     recorded in the variant's manifest entry), or None when its runtime cannot."""
@@ -37,7 +37,7 @@ def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str) -> di
     tried = runtime.recover(variant, build, recovery)
     if tried is None:
         return None
-    record = {"reason": f"k-NN top-1 dropped {first['drop']:.2f} points (> {gate.max_drop:g}) with every layer "
+    record: RecoveryRecord = {"reason": f"k-NN top-1 dropped {first['drop']:.2f} points (> {gate.max_drop:g}) with every layer "
                         "quantized", "first_drop": first["drop"], **tried, "passed": bool(gate.figures[name]["passed"])}
     entry = build.entries[name]
     entry.quantization = {**(entry.quantization or {}), "accuracy_control": record}

@@ -16,13 +16,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 from edgedistill.config import Config
+from edgedistill.pipeline.report import StageRecord, Summary
 from edgedistill.rundir import RUNS_ROOT, RunDir
 from edgedistill.utils import atomic_write_json, read_json
 
-__all__ = ["PipelinePaths", "EdgeTargets", "run_pipeline", "pipeline_teacher", "edge_targets"]
+if TYPE_CHECKING:
+    from edgedistill.bench.records import BenchReport
+
+__all__ = ["PipelinePaths", "EdgeTargets", "PipelineResult", "run_pipeline", "pipeline_teacher", "edge_targets"]
 
 EXPORT_ROOT = Path("export")
 
@@ -55,28 +59,34 @@ def pipeline_teacher(cfg: Config, paths: PipelinePaths) -> Config:
     return replace(cfg, teacher=replace(cfg.teacher, source=str(paths.teacher.path)))
 
 
+class PipelineResult(TypedDict):
+    stages: list[StageRecord]
+    summary: Summary
+    report: str  # report/README.md
+    bench: BenchReport | None
+
+
 def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path = EXPORT_ROOT,
-                 console: Any = None) -> dict[str, Any]:
-    """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path,
-    "bench": the bench report or None}``."""
+                 console: Any = None) -> PipelineResult:
+    """Run the configured stages; returns what they left (:class:`PipelineResult`)."""
     from edgedistill.pipeline.report import summarize, write_report
     from edgedistill.train.stages import distill, pretrain
 
     paths = PipelinePaths.for_config(cfg, runs_root, export_root)
     paths.root.mkdir(parents=True, exist_ok=True)
-    stages: list[dict[str, Any]] = []
+    stages: list[StageRecord] = []
 
     def stage(name: str, done: bool, work: Callable[[], Any]) -> None:
         if name not in cfg.pipeline.stages:
             return
         if done:
-            stages.append({"stage": name, "status": "skipped (already done)", "seconds": 0.0})
+            stages.append(StageRecord(stage=name, status="skipped (already done)", seconds=0.0))
             return
         if console is not None:
             console.rule(f"[bold]{name}")
         started = time.perf_counter()
         work()
-        stages.append({"stage": name, "status": "done", "seconds": time.perf_counter() - started})
+        stages.append(StageRecord(stage=name, status="done", seconds=time.perf_counter() - started))
 
     taught = pipeline_teacher(cfg, paths)
     stage("pretrain", paths.teacher.has_backbone("teacher"),
@@ -90,7 +100,7 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
     summary = summarize(paths)
     report = write_report(taught, paths, summary, stages)
     bench = read_json(paths.bench) if paths.bench.exists() else None
-    return {"stages": stages, "summary": summary, "report": str(report), "bench": bench}
+    return PipelineResult(stages=stages, summary=summary, report=str(report), bench=bench)
 
 
 # ----------------------------------------------------------------------------- stages

@@ -4,21 +4,36 @@ latency tables, loss curves, attention maps and latency vs k-NN (PNG)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from edgedistill.config import Config
 from edgedistill.utils import atomic_write_text, read_json
 
 if TYPE_CHECKING:
-    from edgedistill.pipeline import PipelinePaths
+    from edgedistill.pipeline import PipelinePaths, PipelineResult
 
 __all__ = ["summarize", "write_report", "render_summary"]
 
 
 
-def summarize(paths: "PipelinePaths") -> dict[str, Any]:
+class Summary(TypedDict):
+    """The figures a newcomer wants on one screen: k-NN top-1 by model, the latency lines of
+    the smallest batch (bench's CSV lines), file sizes by variant."""
+
+    knn: dict[str, float]
+    latency: list[dict[str, Any]]
+    files: dict[str, int | None]
+
+
+class StageRecord(TypedDict):
+    stage: str
+    status: str
+    seconds: float
+
+
+def summarize(paths: "PipelinePaths") -> Summary:
     """The figures a newcomer wants on one screen, from whatever the stages left."""
-    summary: dict[str, Any] = {"knn": {}, "latency": [], "files": {}}
+    summary = Summary(knn={}, latency=[], files={})
     if paths.eval.exists():
         for name, result in read_json(paths.eval).items():
             summary["knn"][name] = result["top1"]
@@ -49,7 +64,7 @@ def summarize(paths: "PipelinePaths") -> dict[str, Any]:
     return summary
 
 
-def write_report(cfg: Config, paths: "PipelinePaths", summary: dict[str, Any], stages: list[dict[str, Any]]) -> Path:
+def write_report(cfg: Config, paths: "PipelinePaths", summary: Summary, stages: list[StageRecord]) -> Path:
     """``report/README.md`` plus loss curves, attention maps and latency vs k-NN (PNG)."""
     report = paths.report
     report.mkdir(parents=True, exist_ok=True)
@@ -146,7 +161,7 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render_summary(console: Any, result: dict[str, Any]) -> None:
+def render_summary(console: Any, result: PipelineResult) -> None:
     from rich.table import Table
 
     summary = result["summary"]

@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypedDict
 
 from edgedistill.errors import EdgeDistillError
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
     from edgedistill.runtime.manifest import Manifest, VariantEntry
 
-__all__ = ["BackendUnavailable", "Variant", "BuildOptions", "Build", "Recovery", "Row", "RowPlanner", "Runtime",
-           "check_threads", "opened"]
+__all__ = ["BackendUnavailable", "Variant", "BuildOptions", "Build", "Calibration", "Recovery", "RecoveryRecord", "Row",
+           "RowPlanner", "Runtime", "check_threads", "opened"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -65,6 +65,27 @@ class Variant:
         return self.option == "int8"
 
 
+class Calibration(TypedDict):
+    """Where an INT8 variant's calibration images came from (its manifest entry records it)."""
+
+    source: str | None
+    images: int
+    requested: int
+    preprocessing: str
+
+
+class RecoveryRecord(TypedDict, total=False):
+    """What accuracy control tried (``quantization.accuracy_control`` in the manifest)."""
+
+    method: str
+    float_layers: list[str]
+    sensitivity: dict[str, float]
+    attempts: list[dict[str, float]]  # float_nodes, top1, drop of each measurement
+    reason: str
+    first_drop: float
+    passed: bool
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """The export options a build step reads."""
@@ -92,7 +113,7 @@ class Build:
     files: dict[str, Path] = field(default_factory=dict)
     entries: dict[str, "VariantEntry"] = field(default_factory=dict)
     onnx_export: dict[str, Any] = field(default_factory=dict)  # the FP32 graph's exporter settings
-    calibration: dict[str, Any] | None = None  # where the calibration images came from (the manifest records it)
+    calibration: Calibration | None = None
     calibration_images: "np.ndarray | None" = None
     graph_path: Path | None = None  # where :meth:`onnx_graph` wrote the FP32 graph
 
@@ -132,7 +153,7 @@ class Build:
 class Recovery:
     """What accuracy control gets from the export's accuracy gate."""
 
-    check: Callable[[str], dict[str, Any]]  # measure the variant again (updating the gate); its k-NN figures
+    check: Callable[[str], Mapping[str, Any]]  # measure the variant again (updating the gate): its k-NN figures
     max_drop: float
     calibration: "np.ndarray"
     attempts: int
@@ -274,7 +295,7 @@ class Runtime:
         """Files beside a built variant's main file the manifest lists (``{"weights": path}``)."""
         return {}
 
-    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> dict[str, Any] | None:
+    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
         """Rebuild ``variant`` with its most sensitive layers in float until ``recovery.check``
         passes it or the attempts are spent; what was tried. None: this runtime cannot."""
         return None

@@ -32,6 +32,7 @@ from edgedistill.runtime.knn import _top_k, knn_predict, l2_normalize
 from edgedistill.runtime.preprocessing import preprocess
 
 if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
     from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["Gallery", "embed_paths", "expand_images", "GALLERY_FORMAT"]
@@ -39,7 +40,7 @@ __all__ = ["Gallery", "embed_paths", "expand_images", "GALLERY_FORMAT"]
 GALLERY_FORMAT = "edgedistill-gallery"
 
 
-def embed_paths(model: Any, paths: Sequence[str | Path], spec: dict[str, Any], batch_size: int) -> np.ndarray:
+def embed_paths(model: Any, paths: Sequence[str | Path], spec: PreprocessSpec, batch_size: int) -> np.ndarray:
     """(N, D) float32 embeddings of image files, ``batch_size`` images per model call."""
     chunks = [np.asarray(model.embed(np.stack([preprocess(p, spec) for p in paths[i:i + batch_size]])),
                          dtype=np.float32) for i in range(0, len(paths), batch_size)]
@@ -85,7 +86,7 @@ class Gallery:
     embeddings: np.ndarray
 
     @classmethod
-    def embed(cls, model: Any, root: str | Path, spec: dict[str, Any], *, batch_size: int = 16,
+    def embed(cls, model: Any, root: str | Path, spec: PreprocessSpec, *, batch_size: int = 16,
               cache_key: str | None = None) -> "Gallery":
         """Embed ``root``; with ``cache_key`` (e.g. the model files' sha256) the embeddings are
         kept in ``<root>/.embeddings-<key>.npz``, reused while the model, the preprocessing and
@@ -130,7 +131,7 @@ class Gallery:
         write_output(path, json.dumps(head)[:-1] + ',\n"embeddings": [\n' + rows + "\n]}\n")
 
 
-def _cache_path(root: Path, paths: list[Path], spec: dict[str, Any], model_key: str) -> Path:
+def _cache_path(root: Path, paths: list[Path], spec: PreprocessSpec, model_key: str) -> Path:
     listing = [(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     key = hashlib.sha256(json.dumps([model_key, spec, listing], sort_keys=True).encode()).hexdigest()[:20]
     return root / f".embeddings-{key}.npz"

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,6 +31,9 @@ from edgedistill.limits import MAX_IMAGE_SIDE
 from edgedistill.runtime import registry
 from edgedistill.runtime.preprocessing import INTERPOLATIONS, validate_spec
 from edgedistill.utils import read_json, sha256_file
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
 
 __all__ = [
     "MANIFEST_NAME", "FORMAT_VERSION", "SUPPORTED_FORMAT_VERSIONS", "FORMATS", "VARIANTS", "PRECISIONS",
@@ -113,7 +116,7 @@ class Preprocessing(_Model):
         return data
 
     @property
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> PreprocessSpec:
         """The normalized dict ``runtime.preprocessing.preprocess`` takes."""
         return validate_spec(self.model_dump(mode="json"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.base import Build, BuildOptions, Recovery, Runtime, Variant
+from edgedistill.runtime.base import Build, BuildOptions, Recovery, RecoveryRecord, Runtime, Variant
 
 __all__ = ["RUNTIME", "OnnxRuntime"]
 
@@ -66,7 +66,7 @@ class OnnxRuntime(Runtime):
 
         build_variant(variant.name, build)
 
-    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> dict[str, Any] | None:
+    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
         from edgedistill.runtime.onnxruntime.build import recover
 
         return recover(variant.name, build, recovery) if variant.quantized else None

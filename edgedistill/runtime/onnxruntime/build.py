@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill.runtime.base import Build, Recovery
+from edgedistill.runtime.base import Build, Recovery, RecoveryRecord
 
 __all__ = ["build_variant", "recover", "ORT_ONLY"]
 
@@ -95,7 +95,7 @@ def _sensitivity(build: Build, source: Path, nodes: list[str], images: np.ndarra
     return damage
 
 
-def recover(name: str, build: Build, recovery: Recovery) -> dict[str, Any]:
+def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
     """Each quantizable node quantized alone and ranked by how far it moves the output from
     FP32; then the 1, 2, 4, ... most sensitive stay in float (``nodes_to_exclude``) until the
     k-NN gate passes or the attempts are spent."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Sequence
 
-from edgedistill.runtime.base import Build, Recovery, RowPlanner, Runtime, Variant
+from edgedistill.runtime.base import Build, Recovery, RecoveryRecord, RowPlanner, Runtime, Variant
 
 if TYPE_CHECKING:
     from edgedistill.runtime.manifest import VariantEntry
@@ -46,7 +46,7 @@ class OpenVino(Runtime):
     def manifest_files(self, path: Path) -> dict[str, Path]:
         return {"weights": path.with_suffix(".bin")}
 
-    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> dict[str, Any] | None:
+    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
         from edgedistill.runtime.openvino.build import recover
 
         return recover(variant.name, build, recovery) if variant.quantized else None

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.base import Build, Recovery
+from edgedistill.runtime.base import Build, Recovery, RecoveryRecord
 
 __all__ = ["build_variant", "recover", "convert_openvino", "quantize_openvino", "quantize_openvino_controlled",
            "int8_precision_hint", "INFERENCE_PRECISION_HINT"]
@@ -171,7 +171,7 @@ def build_variant(name: str, build: Build) -> None:
                            "quantization": dict(settings, calibration=build.calibration)})
 
 
-def recover(name: str, build: Build, recovery: Recovery) -> dict[str, Any]:
+def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
     """NNCF's ``quantize_with_accuracy_control`` with the export's k-NN top-1 as its metric;
     NNCF ranks the quantized operations itself and reverts them one by one."""
     settings = quantize_openvino_controlled(build.files["openvino_fp32"], build.files[name], recovery.calibration,
