@@ -11,7 +11,6 @@ exits 2 naming what was tried.
 
 from __future__ import annotations
 
-from typing import Any
 
 from edgedistill.export.gates import AccuracyGate
 from edgedistill.export.plan import ExportPlan

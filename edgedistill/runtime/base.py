@@ -287,9 +287,14 @@ class Runtime:
         """Why ``variant`` cannot be built for this student (None: it can)."""
         return None
 
+    def _part(self, name: str) -> Any:
+        """A module of this runtime's package (``build``, ``embedder``), imported when needed."""
+        return importlib.import_module(f"{type(self).__module__}.{name}")
+
     def build(self, variant: Variant, build: Build) -> None:
-        """Write ``variant``'s file(s) into ``build.work`` and ``build.add`` its manifest entry."""
-        raise NotImplementedError
+        """Write ``variant``'s file(s) into ``build.work`` and ``build.add`` its manifest entry
+        (the package's ``build.build_variant``)."""
+        self._part("build").build_variant(variant.name, build)
 
     def manifest_files(self, path: Path) -> dict[str, Path]:
         """Files beside a built variant's main file the manifest lists (``{"weights": path}``)."""
@@ -297,17 +302,22 @@ class Runtime:
 
     def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
         """Rebuild ``variant`` with its most sensitive layers in float until ``recovery.check``
-        passes it or the attempts are spent; what was tried. None: this runtime cannot."""
-        return None
+        passes it or the attempts are spent; what was tried (the package's ``build.recover``,
+        for INT8 variants). None: this runtime cannot."""
+        steps = self._part("build")
+        return steps.recover(variant.name, build, recovery) if variant.quantized and hasattr(steps, "recover") else None
 
     # -------------------------------------------------------------- opening
+
+    embedder_class: str = ""  # the Embedder class in the package's ``embedder`` module
 
     def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
                  outputs: Sequence[str] = ("embedding",), name: str | None = None,
                  entry: "VariantEntry | None" = None, **settings: Any) -> Any:
         """An :class:`~edgedistill.runtime.embedders.Embedder` of ``path`` (``entry``: its
-        manifest entry, when it comes from a bundle)."""
-        raise NotImplementedError
+        manifest entry, when it comes from a bundle; ``settings``: what the class takes besides)."""
+        cls = getattr(self._part("embedder"), self.embedder_class)
+        return cls(path, threads=threads, output=output, outputs=outputs, name=name, **settings)
 
     def variant_files(self, entry: "VariantEntry", bundle_dir: Path) -> list[tuple[Path, str | None]]:
         """Every file a manifest variant needs, with its expected sha256 (None: not recorded)."""

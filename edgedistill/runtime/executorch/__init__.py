@@ -4,10 +4,7 @@ FP32 and PT2E INT8), the Python runtime for the gates, ``eval`` and the deploy e
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
-
-from edgedistill.runtime.base import Build, Runtime, Variant
+from edgedistill.runtime.base import Runtime, Variant
 
 __all__ = ["RUNTIME", "ExecuTorch"]
 
@@ -22,6 +19,7 @@ class ExecuTorch(Runtime):
         Variant("executorch_fp32", "fp32"),
         Variant("executorch_int8", "int8", option="int8", bytes_per_param=1.3),
     )
+    embedder_class = "ExecuTorchEmbedder"
     module = "executorch"
     build_modules = ("torchao",)
     extra = "executorch"
@@ -30,18 +28,6 @@ class ExecuTorch(Runtime):
     engine = "edgedistill.runtime.executorch.engine"
     cpu_target = "XNNPACK"
     marker = "P"
-
-    def build(self, variant: Variant, build: Build) -> None:
-        from edgedistill.runtime.executorch.build import build_variant
-
-        build_variant(variant.name, build)
-
-    def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
-                 outputs: Sequence[str] = ("embedding",), name: str | None = None,
-                 entry: dict[str, Any] | None = None, **settings: Any) -> Any:
-        from edgedistill.runtime.executorch.embedder import ExecuTorchEmbedder
-
-        return ExecuTorchEmbedder(path, threads=threads, output=output, outputs=outputs, name=name)
 
 
 RUNTIME = ExecuTorch()

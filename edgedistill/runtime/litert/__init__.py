@@ -5,10 +5,9 @@ XNNPACK), and its bench rows. Opt-in: ``edgedistill[litert]``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from edgedistill.runtime.base import Build, Runtime, Variant
+from edgedistill.runtime.base import Runtime, Variant
 
 __all__ = ["RUNTIME", "LiteRt"]
 
@@ -23,6 +22,7 @@ class LiteRt(Runtime):
         Variant("litert_fp32", "fp32"),
         Variant("litert_int8", "int8", option="int8", bytes_per_param=1.3),
     )
+    embedder_class = "LiteRtEmbedder"
     module = "ai_edge_litert"
     build_modules = ("litert_torch", "ai_edge_quantizer")
     extra = "litert"
@@ -31,18 +31,6 @@ class LiteRt(Runtime):
     engine = "edgedistill.runtime.litert.engine"
     cpu_target = "XNNPACK"
     marker = "v"
-
-    def build(self, variant: Variant, build: Build) -> None:
-        from edgedistill.runtime.litert.build import build_variant
-
-        build_variant(variant.name, build)
-
-    def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
-                 outputs: Sequence[str] = ("embedding",), name: str | None = None,
-                 entry: dict[str, Any] | None = None, **settings: Any) -> Any:
-        from edgedistill.runtime.litert.embedder import LiteRtEmbedder
-
-        return LiteRtEmbedder(path, threads=threads, output=output, outputs=outputs, name=name)
 
     def input_size(self, embedder: Any) -> int | None:
         shape = embedder.input_shape

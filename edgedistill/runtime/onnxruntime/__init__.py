@@ -4,11 +4,10 @@ deploy examples (``engine``), and its bench rows on any execution provider."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.base import Build, BuildOptions, Recovery, RecoveryRecord, Runtime, Variant
+from edgedistill.runtime.base import BuildOptions, Runtime, Variant
 
 __all__ = ["RUNTIME", "OnnxRuntime"]
 
@@ -37,6 +36,7 @@ class OnnxRuntime(Runtime):
         Variant("onnx_int8", "int8", option="int8", bytes_per_param=1.3, default_candidate=True),
         Variant("onnx_fused_int8", "int8", option="int8", bytes_per_param=1.3),
     )
+    embedder_class = "OnnxEmbedder"
     module = "onnxruntime"
     build_modules = ("onnx",)
     packages = ("onnxruntime", "onnxruntime-gpu", "onnx")
@@ -60,23 +60,6 @@ class OnnxRuntime(Runtime):
 
         why = fusable(model)
         return f"no fused-attention ONNX graph: {why}" if why else None
-
-    def build(self, variant: Variant, build: Build) -> None:
-        from edgedistill.runtime.onnxruntime.build import build_variant
-
-        build_variant(variant.name, build)
-
-    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
-        from edgedistill.runtime.onnxruntime.build import recover
-
-        return recover(variant.name, build, recovery) if variant.quantized else None
-
-    def embedder(self, path: Path, *, threads: int | None = None, output: str = "embedding",
-                 outputs: Sequence[str] = ("embedding",), name: str | None = None,
-                 entry: dict[str, Any] | None = None, **settings: Any) -> Any:
-        from edgedistill.runtime.onnxruntime.embedder import OnnxEmbedder
-
-        return OnnxEmbedder(path, threads=threads, output=output, name=name, providers=settings.get("providers"))
 
     def input_size(self, embedder: Any) -> int | None:
         shape = list(embedder.input_shape)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Sequence
 
-from edgedistill.runtime.base import Build, Recovery, RecoveryRecord, RowPlanner, Runtime, Variant
+from edgedistill.runtime.base import RowPlanner, Runtime, Variant
 
 if TYPE_CHECKING:
     from edgedistill.runtime.manifest import VariantEntry
@@ -38,18 +38,8 @@ class OpenVino(Runtime):
     accelerators = True
     marker = "D"
 
-    def build(self, variant: Variant, build: Build) -> None:
-        from edgedistill.runtime.openvino.build import build_variant
-
-        build_variant(variant.name, build)
-
     def manifest_files(self, path: Path) -> dict[str, Path]:
         return {"weights": path.with_suffix(".bin")}
-
-    def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
-        from edgedistill.runtime.openvino.build import recover
-
-        return recover(variant.name, build, recovery) if variant.quantized else None
 
     def variant_files(self, entry: VariantEntry, bundle_dir: Path) -> list[tuple[Path, str | None]]:
         weights = entry.weights_file or str(PurePosixPath(entry.file).with_suffix(".bin"))
