@@ -332,8 +332,13 @@ class Runtime:
         return {}
 
     def input_size(self, embedder: Any) -> int | None:
-        """The static square input size an opened model declares (None: dynamic or unknown)."""
-        return None
+        """The static square input size an opened model declares in its ``input_shape`` (NCHW
+        or NHWC; None: dynamic or not declared)."""
+        shape = list(getattr(embedder, "input_shape", None) or [])
+        if len(shape) != 4:
+            return None
+        h, w = (shape[2], shape[3]) if shape[1] == 3 else (shape[1], shape[2])
+        return h if isinstance(h, int) and h == w and h > 0 else None
 
     # -------------------------------------------------------------- bench
 

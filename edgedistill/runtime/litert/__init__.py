@@ -5,8 +5,6 @@ XNNPACK), and its bench rows. Opt-in: ``edgedistill[litert]``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from edgedistill.runtime.base import Runtime, Variant
 
 __all__ = ["RUNTIME", "LiteRt"]
@@ -31,10 +29,6 @@ class LiteRt(Runtime):
     engine = "edgedistill.runtime.litert.engine"
     cpu_target = "XNNPACK"
     marker = "v"
-
-    def input_size(self, embedder: Any) -> int | None:
-        shape = embedder.input_shape
-        return shape[2] if len(shape) == 4 and shape[1] == 3 and shape[2] == shape[3] else None
 
 
 RUNTIME = LiteRt()

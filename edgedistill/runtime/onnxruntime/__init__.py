@@ -61,13 +61,6 @@ class OnnxRuntime(Runtime):
         why = fusable(model)
         return f"no fused-attention ONNX graph: {why}" if why else None
 
-    def input_size(self, embedder: Any) -> int | None:
-        shape = list(embedder.input_shape)
-        if len(shape) != 4:
-            return None
-        h, w = (shape[2], shape[3]) if shape[1] == 3 else (shape[1], shape[2])
-        return h if isinstance(h, int) and h == w and h > 0 else None
-
     def probe(self) -> tuple[list[str] | None, str | None]:
         try:
             import onnxruntime as ort

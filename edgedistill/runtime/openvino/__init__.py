@@ -63,13 +63,6 @@ class OpenVino(Runtime):
         hint = entry.inference_precision_hint
         return {"f32_fallback": {"precision": F32}} if hint is not None and hint != F32 else {}
 
-    def input_size(self, embedder: Any) -> int | None:
-        shape = [d.get_length() if d.is_static else None for d in embedder.compiled.inputs[0].get_partial_shape()]
-        if len(shape) != 4:
-            return None
-        h, w = (shape[2], shape[3]) if shape[1] == 3 else (shape[1], shape[2])
-        return h if isinstance(h, int) and h == w and h > 0 else None
-
     def probe(self) -> tuple[list[str] | None, str | None]:
         try:
             import openvino as ov

@@ -46,6 +46,7 @@ class OpenVinoEmbedder:
             raise EdgeDistillError(f"{self.path} has {len(self.compiled.inputs)} inputs; "
                                    "an embedder takes one image input")
         self.input_name = self.compiled.inputs[0].get_any_name()
+        self.input_shape = [d.get_length() if d.is_static else None for d in self.compiled.inputs[0].get_partial_shape()]
         outputs = list(self.compiled.outputs)
         chosen = next((o for o in outputs if output in o.get_names()), None)
         if chosen is None:
