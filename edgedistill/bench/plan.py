@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from edgedistill.bench.records import RunSlice, Skip
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime import registry
-from edgedistill.runtime.base import Row
+from edgedistill.runtime.rows import Row
 from edgedistill.runtime.manifest import Manifest, VariantEntry
 
 __all__ = ["BACKENDS", "PRECISIONS", "Row", "BenchOptions", "device_targets", "student_source", "plan_rows",

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgedistill.bench.records import RowResult, RunSlice, Skip
 from edgedistill.bench.stats import summarize_times
-from edgedistill.runtime.base import Row
+from edgedistill.runtime.rows import Row
 from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["measure_group", "worker_spec", "SETTLE_SECONDS", "TORCH_ENGINE"]

@@ -7,7 +7,7 @@ A runtime owns: the variants it builds (:class:`Variant`) and their build step
 (:meth:`Runtime.build`, handed a :class:`Build`), their disk-space estimate, the file
 suffixes it opens, the embedder the gates and ``eval`` use (:meth:`Runtime.embedder`), the
 torch-free bench worker (its ``engine`` module, run by ``runtime.worker``) and its rows
-(:meth:`Runtime.rows`, which get a :class:`RowPlanner`), recovery after a failed INT8 gate
+(:meth:`Runtime.rows`, which get a ``runtime.rows.RowPlanner``), recovery after a failed INT8 gate
 (:meth:`Runtime.recover`), and its install extra and version report.
 
 Importing this module (and every runtime's ``__init__``) loads no runtime library and no
@@ -20,17 +20,18 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.rows import RowPlanner
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from edgedistill.runtime.manifest import Manifest, VariantEntry
+    from edgedistill.runtime.manifest import VariantEntry
 
-__all__ = ["BackendUnavailable", "Variant", "BuildOptions", "Build", "Calibration", "Recovery", "RecoveryRecord", "Row",
-           "RowPlanner", "Runtime", "check_threads", "opened"]
+__all__ = ["BackendUnavailable", "Variant", "BuildOptions", "Build", "Calibration", "Recovery", "RecoveryRecord",
+           "Runtime", "check_threads", "opened"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -160,62 +161,6 @@ class Recovery:
     bank: Sequence[Any]  # the labeled k-NN bank: (image, label) items by index
     queries: Sequence[Any]  # the labeled queries, likewise
     num_classes: int
-
-
-# ----------------------------------------------------------------------------- bench
-
-
-@dataclass
-class Row:
-    """One measured configuration of ``bench`` (one worker process)."""
-
-    backend: str
-    variant: str
-    precision: str
-    threads: int
-    device: str
-    model: str
-    weights: str | None = None
-    inference_precision: str | None = None
-    size_bytes: int | None = None
-    knn_top1: float | None = None
-    knn_drop: float | None = None
-    engine_label: str | None = None  # the backend as the report shows it, when it says more (an engine of it)
-    extra: dict[str, Any] = field(default_factory=dict)  # engine-specific keys of the worker's spec
-
-    @property
-    def engine(self) -> str:
-        return self.engine_label or self.backend
-
-    @property
-    def id(self) -> str:
-        hint = f"@{self.inference_precision}" if self.inference_precision else ""
-        return f"{self.engine.replace(' ', '/')}:{self.variant}:{self.precision}{hint}:{self.threads}t"
-
-    @property
-    def label(self) -> str:
-        if self.backend == "torch":
-            return f"torch eager {self.precision}"
-        return f"{self.engine} {self.variant}"
-
-
-class RowPlanner(Protocol):
-    """What ``bench``'s planner offers a runtime deciding its rows for one bundle."""
-
-    manifest: "Manifest"
-    bundle_dir: Path
-    precisions: Sequence[str]
-    thread_counts: Sequence[int]  # measured, in order
-    native_bf16: bool
-    cpu: bool  # every runtime measures on the CPU (no accelerator asked for)
-
-    def target(self, runtime: str) -> str | None: ...
-    def reason(self, runtime: str) -> str: ...
-    def add(self, threads: int, **row: Any) -> None: ...
-    def skip(self, backend: str, variant: str, precision: str, reason: str) -> None: ...
-    def knn(self, variant: str | None, fallback: str | None = None) -> tuple[float | None, float | None]: ...
-    def size(self, variant: str) -> int: ...
-    def has_variant(self, fmt: str, precision: str) -> bool: ...
 
 
 # ----------------------------------------------------------------------------- the runtime

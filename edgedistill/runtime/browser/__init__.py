@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.base import RowPlanner, Runtime
+from edgedistill.runtime.base import Runtime
+from edgedistill.runtime.rows import RowPlanner
 
 if TYPE_CHECKING:
     from edgedistill.runtime.manifest import VariantEntry

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Sequence
 
-from edgedistill.runtime.base import RowPlanner, Runtime, Variant
+from edgedistill.runtime.base import Runtime, Variant
+from edgedistill.runtime.rows import RowPlanner
 
 if TYPE_CHECKING:
     from edgedistill.runtime.manifest import VariantEntry
