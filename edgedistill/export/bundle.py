@@ -90,9 +90,9 @@ def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", nam
     from edgedistill.progress import stderr_console
     from edgedistill.utils import directory_lock
 
-    options = dataclasses.replace(options or ExportOptions(), **option_values)
+    options = dataclasses.replace(options or ExportOptions(), **option_values).check(img_size)
     con = console if console is not None else stderr_console(quiet=not progress)
-    require_formats(parse_formats(formats))  # before anything is created at --out
+    require_formats(parse_formats(formats))  # bad input fails before anything is created at --out
     target = bundle_target(model_dir, out_root, name)
     check_out_root(target)
     with directory_lock(target) as leftovers:

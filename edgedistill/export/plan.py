@@ -50,15 +50,18 @@ class ExportOptions:
     num_workers: int = 0
     threads: int | None = None
 
-    def check(self) -> "ExportOptions":
-        """One-line errors for values that cannot work; gates that cannot pass (or always
-        pass) fail here, not after the whole export. Returns the options, numbers as floats."""
+    def check(self, img_size: int | None = None) -> "ExportOptions":
+        """One-line errors for values that cannot work (and an ``--img-size`` out of range);
+        gates that cannot pass (or always pass) fail here, not after the whole export.
+        Returns the options, numbers as floats."""
         import math
 
         from edgedistill.config import INT8_HINTS
         from edgedistill.export.onnx import check_opset
-        from edgedistill.limits import check_count
+        from edgedistill.limits import MAX_IMAGE_SIDE, check_count
 
+        if img_size is not None and not 1 <= int(img_size) <= MAX_IMAGE_SIDE:
+            raise EdgeDistillError(f"--img-size must be between 1 and {MAX_IMAGE_SIDE}, got {img_size}")
         check_opset(self.opset)
         if int(self.calib_size) < 1 or int(self.batch_size) < 1:
             raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
@@ -156,11 +159,7 @@ def _check_run(run: RunDir) -> None:
 
 def _check_options(o: ExportOptions, planned: list[tuple[Runtime, Variant]], run: RunDir,
                    img_size: int | None) -> None:
-    from edgedistill.limits import MAX_IMAGE_SIDE
-
-    o.check()
-    if img_size is not None and not 1 <= int(img_size) <= MAX_IMAGE_SIDE:
-        raise EdgeDistillError(f"--img-size must be between 1 and {MAX_IMAGE_SIDE}, got {img_size}")
+    o.check(img_size)
     for runtime in dict.fromkeys(r for r, _ in planned):
         runtime.check_options(o.build)
     if o.fp16 and not any(v.option == "fp16" for _, v in planned):
