@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the deploy examples' tests need beyond the Python venv (tests/test_deploy_examples.py):
-#   apt:  chromium (web example, bench --device browser), cmake + g++ (C++ example), libstb-dev (its PNG/JPEG decoder),
-#         fonts-dejavu-core (readable screenshots), nodejs + npm (when node is missing)
+#   apt:  chromium (web example, bench --device browser), cmake + g++ + nlohmann-json3-dev (C++ example: its
+#         manifest and gallery reader), libstb-dev (its PNG/JPEG decoder), fonts-dejavu-core (readable
+#         screenshots), nodejs + npm (when node is missing)
 #   npm:  deploy_examples/web/package-lock.json (onnxruntime-web, playwright-core)
 # Idempotent and quick when everything is present (no apt-get update then). It never fails
 # CI: whatever cannot be installed is reported, and the tests that need it skip.
@@ -17,6 +18,7 @@ command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chr
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 [ -f /usr/include/stb/stb_image.h ] || [ -f /usr/include/stb_image.h ] || missing+=(libstb-dev)
+[ -f /usr/include/nlohmann/json.hpp ] || missing+=(nlohmann-json3-dev)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

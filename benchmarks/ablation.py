@@ -45,7 +45,9 @@ from ablation_report import write_plot, write_table  # beside this script
 REPO = Path(__file__).resolve().parents[1]
 
 SAFETY = 0.9  # plan the schedule for 90% of the budget: the hard stop then rarely cuts its tail
-CALIBRATION_STEPS = 4  # optimizer steps timed per variant (the first one is warm-up, not counted)
+CALIBRATION_STEPS = 12  # optimizer steps timed per variant (the first two warm up, not counted): fewer
+# left the planned schedule 10-15% off the speed the cell then ran at
+WARMUP_STEPS = 2
 CURVE_POINTS = 6  # k-NN measurements within each cell (the curve), besides the final one
 QUICK = {  # --quick: the embedded digits, 2-block students, a 2-block teacher pretrained for 5 steps,
     # 3 s per cell: the machinery end to end in about a minute of CPU, not a measurement
@@ -152,9 +154,10 @@ class Ablation:
         shutil.rmtree(scratch)
         recipe = getattr(self.config(variant, 0), sec)
         per_step = recipe.effective_batch or cfg.data.batch_size
-        # images per budget-clock second, the first (warm-up) step left out
-        seconds = records[-1]["train_seconds"] - records[0]["train_seconds"]
-        rate = (len(records) - 1) * per_step / max(seconds, 1e-9)
+        # images per budget-clock second, the warm-up steps (data workers starting) left out
+        first = records[min(WARMUP_STEPS, len(records) - 2)]
+        seconds = records[-1]["train_seconds"] - first["train_seconds"]
+        rate = (records[-1]["step"] - first["step"]) * per_step / max(seconds, 1e-9)
         per_epoch = summary["total_steps"]  # epochs=1: the steps of one epoch
         total = max(1, int(self.budget * SAFETY * rate / per_step))
         plan = {"variant": variant.name, "calibration_img_per_clock_s": rate, "images_per_step": per_step,

@@ -46,7 +46,7 @@ def quantizer_for(scheme: str):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 
-    from edgedistill.export.executorch import int8_quantizer
+    from edgedistill.runtime.executorch.build import int8_quantizer
 
     if scheme == "default":
         return XNNPACKQuantizer().set_global(get_symmetric_quantization_config())
@@ -67,7 +67,7 @@ def quantizer_for(scheme: str):
 
 
 def load_images(data: Path, per_class: int, split: str, spec: dict) -> tuple[np.ndarray, np.ndarray]:
-    from edgedistill.runtime.preprocess import preprocess_batch
+    from edgedistill.runtime.preprocessing import preprocess_batch
 
     paths, labels = [], []
     for c, folder in enumerate(sorted(p for p in (data / split).iterdir() if p.is_dir())):
@@ -122,11 +122,11 @@ def main() -> int:
     import torch
 
     from edgedistill.data import eval_preprocessing
-    from edgedistill.export.executorch import export_executorch_fp32, export_executorch_int8
+    from edgedistill.runtime.executorch.build import export_executorch_fp32, export_executorch_int8
     from edgedistill.export.images import pick_indices
     from edgedistill.export.onnx import EmbeddingModel
     from edgedistill.models.vit import create_vit
-    from edgedistill.runtime.embedders import ExecuTorchEmbedder
+    from edgedistill.runtime.executorch.embedder import ExecuTorchEmbedder
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def peers(bundle: Path, out: Path, calib_dir: Path, threads: int) -> dict:
     from edgedistill.data import eval_preprocessing
     from edgedistill.eval.features import InMemorySplit, TorchEmbedder, knn_of
     from edgedistill.export.images import labeled_pair, load_arrays, pick_indices
-    from edgedistill.runtime.embedders import OnnxEmbedder, OpenVinoEmbedder
+    from edgedistill.runtime import OnnxEmbedder, OpenVinoEmbedder
     from edgedistill.utils import cpu_has_native_bf16, sha256_file
 
     if out.exists():

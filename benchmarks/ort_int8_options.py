@@ -4,7 +4,7 @@
                                           [--threads 2] [--rounds 40] [--burst 8] [--knn 1000]
 
 A ViT-T/16 at 224 px (random init, or the student of ``--run``) is exported twice, the plain
-graph and the fused-attention one (``export.ort_fused``), then quantized every way ONNX Runtime
+graph and the fused-attention one (``runtime.onnxruntime.fused``), then quantized every way ONNX Runtime
 offers: static or dynamic; QDQ or QOperator; S8S8 or U8S8; with or without ``quant_pre_process``;
 per-channel or not. Each candidate's p50 at batch 1 is measured in rounds that alternate the
 candidates (machine noise hits them alike), its cosine against torch FP32 on real images, and,
@@ -77,7 +77,7 @@ def build_graphs(run: str | None, work: Path) -> tuple[object, Path, Path]:
     import torch
 
     from edgedistill.export.onnx import EmbeddingModel, export_onnx
-    from edgedistill.export.ort_fused import export_fused_onnx
+    from edgedistill.runtime.onnxruntime.fused import export_fused_onnx
 
     if run:
         from edgedistill.models.backbone_io import load_backbone
@@ -90,7 +90,7 @@ def build_graphs(run: str | None, work: Path) -> tuple[object, Path, Path]:
     size = int(model.patch_embed.img_size[0])
     plain, fused = work / "plain.onnx", work / "fused.onnx"
     export_onnx(graph, plain, size, 18)
-    export_fused_onnx(graph, fused, size, 18)
+    export_fused_onnx(graph, fused, lambda module, path, extra: export_onnx(module, path, size, 18, **extra))
     return graph, plain, fused
 
 
@@ -102,7 +102,7 @@ def candidates(graph: object, plain: Path, fused: Path, calib: np.ndarray, work:
     from onnxruntime.transformers import optimizer
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgedistill.export.quantize import ArrayCalibrationReader
+    from edgedistill.runtime.onnxruntime.quantize import ArrayCalibrationReader
 
     out: dict[str, Path] = {"fp32 plain": plain, "fp32 fused": fused}
     pre = work / "plain_pre.onnx"
@@ -154,9 +154,9 @@ def candidates(graph: object, plain: Path, fused: Path, calib: np.ndarray, work:
 def measure(paths: dict[str, Path], image: np.ndarray, threads: int, rounds: int, burst: int) -> dict[str, float]:
     """p50 ms at batch 1 per candidate: ``rounds`` rounds of ``burst`` runs each, the candidates
     alternating in short bursts (order rotated) so the host's slow spells hit them alike."""
-    from edgedistill.runtime.sessions import onnxruntime_session
+    from edgedistill.runtime.onnxruntime.engine import open_session
 
-    sessions = {name: onnxruntime_session(path, threads=threads)[0] for name, path in paths.items()}
+    sessions = {name: open_session(str(path), threads=threads)[0] for name, path in paths.items()}
     times: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
     for r in range(rounds):
@@ -174,8 +174,8 @@ def fidelity(paths: dict[str, Path], graph: object, images: np.ndarray) -> dict[
     """Smallest cosine against torch FP32 over ``images``."""
     import torch
 
-    from edgedistill.export.gates import compare
-    from edgedistill.runtime.embedders import OnnxEmbedder
+    from edgedistill.runtime.knn import compare
+    from edgedistill.runtime import OnnxEmbedder
 
     with torch.inference_mode():
         ref = graph(torch.from_numpy(images)).numpy()
@@ -187,7 +187,7 @@ def knn(paths: dict[str, Path], data: str, count: int, size: int) -> dict[str, f
     from edgedistill.data import eval_preprocessing
     from edgedistill.eval.features import InMemorySplit, knn_of
     from edgedistill.export.images import labeled_pair
-    from edgedistill.runtime.embedders import OnnxEmbedder
+    from edgedistill.runtime import OnnxEmbedder
 
     bank, queries = labeled_pair(data, eval_preprocessing(size))
     pick = np.random.default_rng(0)

@@ -1,3 +1,3 @@
-"""edgedistill: self-supervised ViT teacher -> ViT-Tiny student -> ONNX/OpenVINO on the edge."""
+"""edgedistill: self-supervised ViT teacher -> ViT-Tiny student -> exported, gated and benchmarked on the edge."""
 
 __version__ = "0.1.0"

@@ -71,21 +71,10 @@ def image_memory(height: int, width: int) -> int:
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations (psutil, else /proc/meminfo)."""
-    try:
-        import psutil
+    """Bytes of memory available to new allocations (psutil, a dependency)."""
+    import psutil
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62  # unknown: do not refuse
+    return int(psutil.virtual_memory().available)
 
 
 def check_batch_memory(batch: int, per_image: int, option: str, copies: int = 1) -> None:

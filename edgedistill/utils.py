@@ -34,11 +34,12 @@ def _error(message: str) -> Exception:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+    """``1.3 MiB``: binary units, as the sizes here are of files and memory (rich.filesize)."""
+    from rich.filesize import pick_unit_and_suffix
+
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    unit, suffix = pick_unit_and_suffix(int(n), units, 1024)
+    return f"{int(n):,d} bytes" if unit == 1 else f"{n / unit:,.1f} {suffix}"
 
 
 def existing_folder(path: str | Path) -> Path:
@@ -138,6 +139,18 @@ def _registered(path: str | Path) -> Iterator[None]:
         yield
     finally:
         _TEMPORARIES.discard(str(path))
+
+
+@contextlib.contextmanager
+def temporary_directory(prefix: str) -> Iterator[Path]:
+    """A scratch folder removed at the end, also when SIGTERM ends the command
+    (:func:`remove_temporaries`)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with _registered(folder):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_temporaries() -> None:
@@ -300,46 +313,35 @@ def directory_lock(path: Path, instead: str = "another name") -> Iterator[list[s
     """Hold ``<parent>/.<name>.lock`` while ``path`` is written: a second writer fails at
     once, naming the holder's pid and ``instead`` (what else to choose), instead of racing
     this one. On entry the leftovers of killed writers are cleaned (yielded: the names
-    removed). The lock is an ``flock``: the kernel drops it when its holder dies, even by
-    SIGKILL (and its forked children, which share it, have exited). Platforms without
-    ``fcntl`` write unlocked."""
+    removed). The lock is ``filelock``'s (an ``flock`` on Unix, which the kernel drops when its
+    holder dies, even by SIGKILL, once the forked children that share it have exited); the lock
+    file stays, so that every writer locks the same inode, and holds the holder's pid."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")
+    lock = FileLock(lock_path, timeout=0)
     try:
-        import fcntl
-    except ImportError:  # Windows
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = lock_path.read_text().strip()
+        except OSError:
+            holder = ""
+        who = f"another process (pid {holder})" if holder.isdigit() else "another process"
+        raise _error(f"{who} is writing {path} (it holds {lock_path}): wait for it to finish, "
+                     f"or choose {instead}") from None
+    except OSError as exc:
+        raise _error(f"cannot lock {path}: {describe_os_error(exc, lock_path)}") from None
+    try:
+        with contextlib.suppress(OSError):
+            lock_path.write_text(f"{os.getpid()}\n")
         yield _clean_leftovers(path)
-        return
-    lock = path.with_name(f".{path.name}.lock")
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise _error(f"cannot lock {path}: {describe_os_error(exc, lock)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            who = f"another process (pid {holder})" if holder.isdigit() else "another process"
-            raise _error(f"{who} is writing {path} (it holds {lock}): wait for it to finish, "
-                         f"or choose {instead}") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
-    try:
-        with _registered(lock):
-            os.ftruncate(fd, 0)  # a killed holder's pid may be there
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield _clean_leftovers(path)
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
+            lock_path.write_text("")  # a pid left there would name a process that holds nothing
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -376,20 +378,17 @@ def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = ""
 
 # ----------------------------------------------------------------------------- third parties
 
-TELEMETRY_OPT_IN = "EDGEDISTILL_THIRD_PARTY_TELEMETRY"  # "1": leave the libraries' counters alone
 
-
-def quiet_third_party_counters() -> None:
-    """Stop OpenVINO and ONNX Runtime writing usage counters into ``$HOME`` (OpenVINO's
-    ``~/intel/stats`` and client id on import; ONNX Runtime's
-    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime``). Must run before either is imported;
-    the CLI and the bench workers call it. OpenVINO and NNCF fall back to their own stub when
-    ``openvino_telemetry`` cannot be imported; ONNX Runtime reads ``ORT_DISABLE_TELEMETRY``."""
-    if os.environ.get(TELEMETRY_OPT_IN) == "1":
+@contextlib.contextmanager
+def quiet_stdout(show: bool) -> Iterator[None]:
+    """Route a library's own prints and progress bars (quantizers, converters) to stderr, or
+    nowhere: stdout stays clean for whoever pipes the command."""
+    if show:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
         return
-    os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # "0" or "" would leave it on
-    if "openvino_telemetry" not in sys.modules:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 # ----------------------------------------------------------------------------- reading

@@ -97,3 +97,34 @@ def test_layers():
     assert graph["rundir"] <= {"errors", "config", "utils"}, graph["rundir"]
     assert "train" not in graph["eval"] and "train" not in graph["export"]
     assert not [p for p, deps in graph.items() if "cli" in deps and p != "cli"]
+
+
+def _naming(pattern: str) -> set[str]:
+    """The modules (paths under edgedistill/) whose text matches ``pattern``, case-insensitive."""
+    import re
+
+    regex = re.compile(pattern, re.IGNORECASE)
+    return {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if regex.search(path.read_text())}
+
+
+def test_runtimes_are_named_only_by_the_registry():
+    """One package per runtime: outside it, a runtime's name is the registry's list (and, for
+    the two whose embedders ``edgedistill.runtime`` exports by name, that export). Known
+    exceptions are someone else's names: ONNX Runtime's OpenVINO execution provider, and
+    onnxruntime-web (the browser runtime is that library)."""
+    from edgedistill.runtime import registry
+
+    exports = {"runtime/registry.py", "runtime/__init__.py"}
+    allowed = {
+        "onnxruntime": exports | {"runtime/browser/__init__.py", "runtime/browser/page.py"},
+        "openvino": exports | {"runtime/onnxruntime/__init__.py"},
+        "executorch": {"runtime/registry.py"},
+        "litert|tflite": {"runtime/registry.py"},
+        "browser": {"runtime/registry.py"},
+    }
+    packages = {r.name: type(r).__module__.split(".")[-1] for r in registry.RUNTIMES}
+    assert set(packages.values()) == {"onnxruntime", "openvino", "executorch", "litert", "browser"}
+    for pattern, outside in allowed.items():
+        own = packages.get(pattern.split("|")[0], pattern.split("|")[0])
+        found = {m for m in _naming(pattern) if not m.startswith(f"runtime/{own}/")}
+        assert found <= outside, (pattern, sorted(found - outside))

@@ -5,6 +5,7 @@ protocol, and one-line errors for unavailable devices and bad bundles. No timed 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -51,7 +52,9 @@ def one_line_error(run: subprocess.CompletedProcess) -> str:
 
 
 def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path):
+    from edgedistill.bench.plan import PRECISIONS, plan_rows
     from edgedistill.bench.report import CSV_COLUMNS
+    from edgedistill.runtime import read_manifest
     from edgedistill.utils import cpu_has_native_bf16
 
     out = {k: tmp_path / f"report.{k}" for k in ("json", "csv", "png")}
@@ -70,17 +73,21 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
     assert "torch eager fp32 unavailable" in run.stdout and "baseline" in run.stdout
 
     rows = {r["id"]: r for r in report["rows"]}
-    expected = {"onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
-                "onnxruntime:onnx_fused_int8:int8:1t", "openvino:openvino_fp32:fp32@f32:1t", "openvino:openvino_fp16:fp16@f32:1t",
-                "openvino:openvino_int8:int8@f32:1t"}
-    # OpenVINO also runs the ORT INT8 file where its operators are standard (the fused graph's are not)
+    # the plain graph's INT8 has standard operators, so OpenVINO runs it too; the fused graph's not
     variants = json.loads((bench_bundle / "manifest.json").read_text())["variants"]
-    assert "openvino" not in variants["onnx_fused_fp32"]["runtimes"] + variants["onnx_fused_int8"]["runtimes"]
-    if "openvino" in variants["onnx_int8"]["runtimes"]:
-        expected.add("openvino:onnx_int8:int8@f32:1t")
-    if cpu_has_native_bf16():
-        expected |= {"openvino:openvino_fp32:bf16@bf16:1t", "openvino:openvino_int8:int8@bf16:1t"}
-    assert set(rows) == expected
+    assert variants["onnx_int8"]["runtimes"] == ["onnxruntime", "openvino", "onnxruntime-web"]
+    assert variants["onnx_fused_fp32"]["runtimes"] == variants["onnx_fused_int8"]["runtimes"] == ["onnxruntime"]
+    assert {i for i in rows if "bf16" not in i} == {
+        "onnxruntime:onnx_fp32:fp32:1t", "onnxruntime:onnx_fused_fp32:fp32:1t", "onnxruntime:onnx_int8:int8:1t",
+        "onnxruntime:onnx_fused_int8:int8:1t", "openvino:openvino_fp32:fp32@f32:1t",
+        "openvino:openvino_fp16:fp16@f32:1t", "openvino:openvino_int8:int8@f32:1t", "openvino:onnx_int8:int8@f32:1t"}
+    # the bf16 rows depend on the CPU (test_bench_plan.py pins that rule on CPUs with and without
+    # bf16): every row the planner gives this machine was measured, and no other
+    planned, _ = plan_rows(read_manifest(bench_bundle), bench_bundle, backends=["onnxruntime", "openvino"],
+                           precisions=PRECISIONS, threads=[1], targets={"onnxruntime": "CPUExecutionProvider",
+                                                                        "openvino": "CPU"},
+                           reasons={}, native_bf16=cpu_has_native_bf16())
+    assert set(rows) == {r.id for r in planned}
     assert not any(r["backend"] == "torch" for r in report["rows"])
     for row in rows.values():
         assert set(row["batches"]) == {"1", "2"}
@@ -160,10 +167,10 @@ def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
 
     manifest = read_manifest(bench_bundle)
     source, sha, why = student_source(manifest, bench_bundle)
-    assert source is not None and source.name == "student.json" and sha == manifest["provenance"]["student"][
+    assert source is not None and source.name == "student.json" and sha == manifest.provenance["student"][
         "weights_sha256"] and why is None
 
-    moved = dict(manifest, provenance=dict(manifest["provenance"], student={"run_dir": str(tmp_path / "gone")}))
+    moved = manifest.model_copy(update={"provenance": dict(manifest.provenance, student={"run_dir": str(tmp_path / "gone")})})
     rows, skipped = plan_rows(moved, bench_bundle, backends=["torch", "onnxruntime"], precisions=["fp32"],
                               threads=[2], targets={"torch": "cpu", "onnxruntime": "CPUExecutionProvider"},
                               reasons={}, native_bf16=False)
@@ -173,7 +180,7 @@ def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
     # a bundle that carries the student itself needs no run directory
     own = tmp_path / "bundle"
     shutil.copytree(bench_bundle, own)
-    run_dir = Path(manifest["provenance"]["student"]["run_dir"])
+    run_dir = Path(manifest.provenance["student"]["run_dir"])
     for name in ("student.json", "student.safetensors"):
         shutil.copy(run_dir / name, own / name)
     assert student_source(moved, own)[0] == own / "student.json"
@@ -182,15 +189,23 @@ def test_student_weights_are_found_or_the_reason_given(bench_bundle, tmp_path):
 # ----------------------------------------------------------------------------- worker, report
 
 
-def test_worker_oneshot_protocol(bench_bundle, torch_blocked):
-    spec = {"backend": "onnxruntime", "model": str(bench_bundle / "onnx_int8.onnx"), "threads": 1,
-            "device": "CPUExecutionProvider", "batches": [1, 3], "input": {"name": "pixel_values", "shape": [3, 16, 16]},
-            "sample": str(bench_bundle / "sample.png"),
-            "preprocessing": json.loads((bench_bundle / "manifest.json").read_text())["preprocessing"],
-            "warmup": 1, "runs": 4, "mode": "oneshot"}
+def _sample_input(bundle: Path, tmp_path: Path) -> str:
+    """The bundle's sample through its preprocessing, as the runner hands it to the workers."""
+    from edgedistill.runtime import preprocess
+
+    path = tmp_path / "input.npy"
+    np.save(path, preprocess(bundle / "sample.png", json.loads((bundle / "manifest.json").read_text())["preprocessing"]))
+    return str(path)
+
+
+def test_worker_oneshot_protocol(bench_bundle, torch_blocked, tmp_path):
+    spec = {"engine": "edgedistill.runtime.onnxruntime.engine", "backend": "onnxruntime",
+            "model": str(bench_bundle / "onnx_int8.onnx"), "threads": 1, "device": "CPUExecutionProvider",
+            "batches": [1, 3], "input": {"name": "pixel_values", "shape": [3, 16, 16]},
+            "input_file": _sample_input(bench_bundle, tmp_path), "warmup": 1, "runs": 4, "mode": "oneshot"}
     env = {**os.environ, **torch_blocked}
     ballast = np.ones(40_000_000)  # 320 MB in the parent: a worker's peak memory must not inherit it
-    done = subprocess.run([sys.executable, "-m", "edgedistill.bench.worker"], input=json.dumps(spec) + "\n",
+    done = subprocess.run([sys.executable, "-m", "edgedistill.runtime.worker"], input=json.dumps(spec) + "\n",
                           capture_output=True, text=True, env=env, timeout=120)
     del ballast
     assert done.returncode == 0, done.stderr[-2000:]
@@ -200,12 +215,48 @@ def test_worker_oneshot_protocol(bench_bundle, torch_blocked):
     assert all(len(v) == 4 and min(v) > 0 for v in reply["times"].values())
     assert reply["output_shape"] == [1, 192] and 10 < reply["peak_rss_mb"] < 250
 
-    torch_spec = dict(spec, backend="torch", model=str(bench_bundle / "missing.json"))
-    done = subprocess.run([sys.executable, "-m", "edgedistill.bench.worker", json.dumps(torch_spec)],
+    torch_spec = dict(spec, engine="edgedistill.bench.torch_engine", backend="torch",
+                      model=str(bench_bundle / "missing.json"))
+    done = subprocess.run([sys.executable, "-m", "edgedistill.runtime.worker", json.dumps(torch_spec)],
                           capture_output=True, text=True, env=env, timeout=120)
     reply = json.loads(done.stdout.strip().splitlines()[-1])
     assert reply == {"event": "error", "error": reply["error"], "unavailable": True}
     assert "torch is blocked" in reply["error"]
+
+
+STANDALONE = """
+import json, sys
+sys.modules["edgedistill"] = sys.modules["torch"] = None  # neither may be imported, directly or not
+sys.path.insert(0, sys.argv[1])
+import worker
+code = worker.main([sys.argv[2]])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("edgedistill", "torch") and sys.modules[m] is not None)
+print(json.dumps({"loaded": loaded}), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_worker_runs_without_edgedistill(bench_bundle, tmp_path, runtime):
+    """The worker and a runtime's engine, copied alone into a folder, measure a row: what a
+    device without edgedistill (or torch) runs."""
+    from edgedistill.runtime import registry, worker
+
+    engine = registry.get(runtime).engine
+    folder = tmp_path / "device"
+    folder.mkdir()
+    shutil.copy(worker.__file__, folder / "worker.py")
+    shutil.copy(importlib.import_module(engine).__file__, folder / f"{runtime}_engine.py")
+    model = bench_bundle / ("onnx_fp32.onnx" if runtime == "onnxruntime" else "openvino_fp32.xml")
+    spec = {"engine": f"{runtime}_engine", "model": str(model), "threads": 1, "batches": [1, 2],
+            "input": {"name": "pixel_values", "shape": [3, 16, 16]}, "input_file": _sample_input(bench_bundle, tmp_path),
+            "inference_precision": "f32", "warmup": 1, "runs": 3, "mode": "oneshot"}
+    done = subprocess.run([sys.executable, "-c", STANDALONE, str(folder), json.dumps(spec)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    assert reply["event"] == "result" and reply["output_shape"] == [1, 192] and set(reply["times"]) == {"1", "2"}
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == {"loaded": []}
 
 
 def test_summaries_and_plot_needs_knn_figures(tmp_path):

@@ -22,7 +22,7 @@ def one_line_error(run) -> str:
 
 
 def test_browser_bench_rows_join_the_report(tmp_path, request):
-    from edgedistill.bench.browser import browser_problem
+    from edgedistill.runtime.browser.page import browser_problem
 
     why = browser_problem()
     if why:

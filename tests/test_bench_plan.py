@@ -19,11 +19,20 @@ def manifest(int8_hint: str = "bf16") -> dict:
         return {"file": f"{name}.{'onnx' if fmt == 'onnx' else 'xml'}", "format": fmt, "precision": precision,
                 "total_size_bytes": 1000, **extra}
 
-    return {"name": "t", "input": {"name": "pixel_values", "shape": [-1, 3, 16, 16]},
+    return {"format_version": 1, "name": "t", "input": {"name": "pixel_values", "shape": [-1, 3, 16, 16]},
+            "outputs": [{"name": "embedding", "dims": [-1, 192]}],
+            "preprocessing": {"resize": 18, "crop": 16, "mean": [0.5] * 3, "std": [0.25] * 3},
             "variants": {"onnx_fp32": var("onnx", "fp32"), "onnx_int8": var("onnx", "int8"),
                          "openvino_fp32": var("openvino", "fp32", inference_precision_hint="f32"),
                          "openvino_int8": var("openvino", "int8", inference_precision_hint=int8_hint)},
             "validation": {"knn": KNN}}
+
+
+def typed(manifest: dict):
+    """The manifest as every reader sees it (validated against the model)."""
+    from edgedistill.runtime.manifest import validate_manifest
+
+    return validate_manifest(manifest)
 
 
 @pytest.fixture
@@ -38,7 +47,7 @@ def plan(bundle_dir, native_bf16: bool, int8_hint: str = "bf16", **kw):
 
     targets, reasons = device_targets(kw.pop("device", "cpu"), {"onnxruntime": ["CPUExecutionProvider"],
                                                                 "openvino": ["CPU"]})
-    rows, skipped = plan_rows(manifest(int8_hint), bundle_dir, backends=kw.get("backends", ["torch", "onnxruntime",
+    rows, skipped = plan_rows(typed(manifest(int8_hint)), bundle_dir, backends=kw.get("backends", ["torch", "onnxruntime",
                                                                                           "openvino"]),
                               precisions=kw.get("precisions", ["fp32", "bf16", "fp16", "int8"]), threads=[1, 2],
                               targets=targets, reasons=reasons, native_bf16=native_bf16)
@@ -85,7 +94,7 @@ def test_device_targets():
     devices = {"onnxruntime": ["CUDAExecutionProvider", "CPUExecutionProvider"], "openvino": ["CPU", "GPU"]}
     targets, reasons = device_targets("gpu", devices)
     assert targets == {"onnxruntime": "CUDAExecutionProvider", "openvino": "GPU"} and "torch" in reasons
-    with pytest.raises(EdgeDistillError, match="OpenVINO devices: CPU; ONNX Runtime providers: CPUExecutionProvider"):
+    with pytest.raises(EdgeDistillError, match="ONNX Runtime providers: CPUExecutionProvider; OpenVINO devices: CPU"):
         device_targets("npu", {"onnxruntime": ["CPUExecutionProvider"], "openvino": ["CPU"]})
 
 
@@ -158,7 +167,7 @@ def test_browser_and_executorch_rows(bundle_dir):
     targets, reasons = device_targets("browser", devices)
     assert targets == {"torch": "cpu", "onnxruntime": "CPUExecutionProvider", "openvino": "CPU",
                        "executorch": "XNNPACK", "onnxruntime-web": "browser"}
-    rows, skipped = plan_rows(edge_manifest(), bundle_dir, backends=["onnxruntime-web", "executorch"],
+    rows, skipped = plan_rows(typed(edge_manifest()), bundle_dir, backends=["onnxruntime-web", "executorch"],
                               precisions=["fp32", "int8"], threads=[1, 2], targets=targets, reasons=reasons,
                               native_bf16=False)
     rows = {r.id: r for r in rows}
@@ -173,7 +182,7 @@ def test_browser_and_executorch_rows(bundle_dir):
 
     # --device cpu: ExecuTorch rows, no browser rows; without ExecuTorch they are skipped, saying why
     targets, reasons = device_targets("cpu", {k: v for k, v in devices.items() if k != "executorch"})
-    rows, skipped = plan_rows(edge_manifest(), bundle_dir, backends=["onnxruntime-web", "executorch"],
+    rows, skipped = plan_rows(typed(edge_manifest()), bundle_dir, backends=["onnxruntime-web", "executorch"],
                               precisions=["fp32"], threads=[1], targets=targets, reasons=reasons, native_bf16=False)
     assert rows == [] and {s["reason"] for s in skipped} == {"executorch is not installed"}
     # a device other than cpu/browser has neither

@@ -87,6 +87,39 @@ def test_parse_override_values():
     assert parse_override("a.b=x=y") == {"a": {"b": "x=y"}}
 
 
+def _same(resolved, written) -> bool:
+    """A resolved config value against what the YAML file wrote (YAML 1.1 reads ``1.5e-4`` as
+    text, and lists are tuples in the config)."""
+    if isinstance(written, (list, tuple)):
+        return isinstance(resolved, list) and len(resolved) == len(written) and all(map(_same, resolved, written))
+    if isinstance(resolved, float) and not isinstance(written, bool):
+        return resolved == pytest.approx(float(written))
+    return resolved == written
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
-def test_shipped_configs_are_valid(name):
-    build_config(CONFIGS / name)
+def test_shipped_configs_are_valid_and_mean_what_they_say(name, tmp_path):
+    """Every key a shipped config sets reaches the config with that value (none is dropped,
+    renamed or coerced into something else), and the config round-trips through config.yaml."""
+    written = load_yaml(CONFIGS / name)
+    cfg = build_config(CONFIGS / name)
+    resolved = to_dict(cfg)
+    assert written, f"{name} sets nothing"
+    for section, values in written.items():
+        for key, value in values.items():
+            assert _same(resolved[section][key], value), (f"{section}.{key}", resolved[section][key], value)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert to_dict(build_config(tmp_path / "config.yaml")) == resolved
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distill.blr=nan", "must be a finite number"),
+    ("distill.w_attn=inf", "must be a finite number"),
+    ("data.crop_scale=0.2,0.5,1", "needs 2 values, got 3"),
+    ("data.mean=x,y,z", "must be a number"),
+    ("distill.epochs=2.5", "must be an integer"),
+])
+def test_values_are_converted_to_the_declared_type_or_refused(override, message):
+    with pytest.raises(EdgeDistillError, match=message):
+        build_config(None, [override])
+    assert build_config(None, ["distill.epochs=4.0", "distill.compile=yes"]).distill.epochs == 4

@@ -4,8 +4,8 @@ the torch-free runtime on the same images and the same tiny bundle.
 - python_onnxruntime / python_openvino: subprocesses with torch made unimportable (they run
   on the torch-free ``edgedistill.runtime``); labels equal eval's k-NN predictions, variant by
   variant.
-- cpp_openvino: built with CMake against the openvino wheel (skipped without cmake/g++);
-  embeddings equal the runtime's, labels equal.
+- cpp_openvino: built with CMake against the openvino wheel (skipped without cmake, g++ or
+  nlohmann-json3-dev); embeddings equal the runtime's, labels equal.
 - web: served by serve.py on 127.0.0.1, driven by playwright-core in headless Chromium
   (skipped without chromium/node/npm packages: .ci/install-deploy-deps.sh installs them);
   labels read off the page equal the runtime's; a screenshot is saved.
@@ -190,6 +190,8 @@ def cpp_build(tmp_path_factory) -> dict:
     """The C++ example built with CMake; ``stb`` says whether the build found stb_image.h
     (PNG/JPEG decoding) or reads PPM/PGM only, as it does on a machine without libstb-dev."""
     missing = [tool for tool in ("cmake", "g++") if shutil.which(tool) is None]
+    if not any(Path(root, "nlohmann", "json.hpp").is_file() for root in ("/usr/include", "/usr/local/include")):
+        missing.append("nlohmann-json3-dev")
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (run .ci/install-deploy-deps.sh): C++ example not built")
     import openvino

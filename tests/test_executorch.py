@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_student_run
+from conftest import as_dict, run_cli, tiny_student_run
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "deploy_examples" / "python_executorch" / "classify.py"
@@ -31,7 +31,7 @@ def et_bundle(labeled, tmp_path_factory) -> dict:
     run = tiny_student_run(tmp_path_factory.mktemp("et_runs") / "tiny_student", projector=False)
     result = export_bundle(run, out_root=tmp_path_factory.mktemp("et_export"), name="tiny_et", formats="executorch",
                            int8=True, data=str(labeled), calib_size=12, threads=1, progress=False)
-    return {**result, "data": labeled, "bundle": Path(result["bundle"])}
+    return {**as_dict(result), "data": labeled, "bundle": result.bundle}
 
 
 @needs_executorch
@@ -40,7 +40,7 @@ def test_executorch_variants_pass_the_gates(et_bundle):
     from edgedistill.utils import sha256_file
 
     bundle = et_bundle["bundle"]
-    manifest = read_manifest(bundle, verify=True)
+    manifest = read_manifest(bundle, verify=True).as_json()
     assert list(manifest["variants"]) == ["executorch_fp32", "executorch_int8"]
     for name, entry in manifest["variants"].items():
         assert entry["format"] == "executorch" and entry["file"] == f"{name}.pte"

@@ -27,7 +27,14 @@ def bundle(tiny_bundle) -> dict:
 
 
 def leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """What is in ``root`` besides the empty lock files of finished exports (each free again)."""
+    from filelock import FileLock
+
+    names = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    for lock in [n for n in names if n.startswith(".") and n.endswith(".lock")]:
+        assert (root / lock).stat().st_size == 0
+        FileLock(root / lock, timeout=0).acquire().lock.release()  # Timeout if an export still held it
+    return [n for n in names if not (n.startswith(".") and n.endswith(".lock"))]
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -38,7 +45,7 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     from edgedistill.runtime import read_manifest
 
     path = Path(bundle["bundle"])
-    manifest = read_manifest(path, verify=True)
+    manifest = read_manifest(path, verify=True).as_json()
     assert manifest == json.loads((path / "manifest.json").read_text())
     assert list(manifest["variants"]) == ["onnx_fp32", "onnx_fused_fp32", "onnx_int8", "onnx_fused_int8",
                                           "openvino_fp32", "openvino_fp16", "openvino_int8"]
@@ -79,6 +86,23 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
         read_manifest(copy, verify=True)
     shutil.rmtree(copy)
 
+
+
+def test_shipped_schema_is_the_model_and_the_manifest_validates_against_it(bundle):
+    """``manifest.schema.json`` (shipped for apps) equals the schema generated from the typed
+    model, and what export wrote validates against it with jsonschema, as an app would check it."""
+    import jsonschema
+
+    from edgedistill.runtime.manifest import SCHEMA_PATH, manifest_schema
+
+    shipped = json.loads(SCHEMA_PATH.read_text())
+    assert shipped == manifest_schema(), "regenerate: python -m edgedistill.runtime.manifest > " + str(SCHEMA_PATH)
+    manifest = json.loads((Path(bundle["bundle"]) / "manifest.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    jsonschema.validate(manifest, shipped, cls=jsonschema.Draft202012Validator)
+    broken = dict(manifest, variants={"onnx_fp32": dict(manifest["variants"]["onnx_fp32"], precision="int4")})
+    with pytest.raises(jsonschema.ValidationError, match="int4"):
+        jsonschema.validate(broken, shipped, cls=jsonschema.Draft202012Validator)
 
 def test_parity_and_knn_figures(bundle):
     validation = bundle["manifest"]["validation"]
@@ -232,7 +256,7 @@ def test_projection_output_without_data_and_force(student_run, labeled, tmp_path
     kwargs = dict(out_root=tmp_path, name="proj", formats="onnx", int8=False, calib=str(labeled / "val"),
                   projection=True, threads=1, progress=False)
     result = export_bundle(student_run, **kwargs)
-    manifest = read_manifest(result["bundle"], verify=True)
+    manifest = read_manifest(result.bundle, verify=True).as_json()
     assert [(o["name"], o["dims"]) for o in manifest["outputs"]] == [("embedding", [-1, 192]),
                                                                      ("projection", [-1, TEACHER_DIM])]
     assert manifest["provenance"]["projector"] == {"depth": 1, "student_dim": 192, "teacher_dim": TEACHER_DIM}
@@ -240,7 +264,7 @@ def test_projection_output_without_data_and_force(student_run, labeled, tmp_path
     assert manifest["default_variant"] == "onnx_fp32"
     projection = manifest["validation"]["parity"]["variants"]["onnx_fp32"]["outputs"]["projection"]
     assert projection["batch_8"]["min_cosine"] >= 0.9999
-    session = ort.InferenceSession(str(Path(result["bundle"]) / "onnx_fp32.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(result.bundle / "onnx_fp32.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["embedding", "projection"]
     emb, proj = session.run(None, {"pixel_values": np.zeros((3, 3, 16, 16), np.float32)})
     assert emb.shape == (3, 192) and proj.shape == (3, TEACHER_DIM)
@@ -248,7 +272,7 @@ def test_projection_output_without_data_and_force(student_run, labeled, tmp_path
     with pytest.raises(EdgeDistillError, match="already exists.*--force"):
         export_bundle(student_run, **kwargs)
     again = export_bundle(student_run, **dict(kwargs, projection=False, formats="openvino", force=True))
-    manifest = read_manifest(again["bundle"], verify=True)
+    manifest = read_manifest(again.bundle, verify=True).as_json()
     assert [o["name"] for o in manifest["outputs"]] == ["embedding"]
     assert list(manifest["variants"]) == ["openvino_fp32"] and manifest["default_variant"] == "openvino_fp32"
     assert leftovers(tmp_path) == ["proj"]
@@ -268,7 +292,7 @@ def test_run_config_supplies_data_and_normalization(student_run, labeled, tmp_pa
     (run / "config.yaml").write_text(yaml.safe_dump({"data": {"path": str(labeled), "mean": [0.5, 0.5, 0.5],
                                                               "std": [0.25, 0.25, 0.25]}}))
     result = export_bundle(run, out_root=tmp_path / "out", formats="onnx", int8=False, threads=1, progress=False)
-    manifest = result["manifest"]
+    manifest = result.manifest.as_json()
     assert manifest["preprocessing"]["mean"] == [0.5] * 3 and manifest["preprocessing"]["std"] == [0.25] * 3
     assert manifest["validation"]["knn"]["source"] == str(labeled)
     assert manifest["validation"]["knn"]["variants"]["onnx_fp32"]["passed"]
@@ -332,7 +356,7 @@ def test_accuracy_gate_names_each_variant_that_lost_too_much():
 
 
 def test_interrupted_export_leaves_nothing(student_run, labeled, tmp_path, monkeypatch):
-    import edgedistill.export.quantize as quantize
+    import edgedistill.runtime.onnxruntime.quantize as quantize
     from edgedistill.export import export_bundle
 
     calls = []

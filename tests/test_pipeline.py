@@ -108,9 +108,10 @@ def test_report_shows_edge_rows(tmp_path):
     paths = PipelinePaths.for_config(cfg, runs_root=tmp_path / "runs", export_root=tmp_path / "export")
     paths.root.mkdir(parents=True)
 
-    def row(backend, device, variant, precision, p50, knn):
+    def row(backend, device, variant, precision, p50, knn, engine=None):
         stats = dict(summarize_times([[p50]], 1), speedup=10 / p50)
         return {"id": f"{backend}/{device}:{variant}", "label": variant, "backend": backend, "device": device,
+                "engine": engine or backend,
                 "variant": variant, "precision": precision, "inference_precision": None, "threads": 2,
                 "baseline": backend == "torch", "knn_top1": knn, "knn_drop": 0.1, "batches": {"1": stats}}
 
@@ -118,7 +119,7 @@ def test_report_shows_edge_rows(tmp_path):
              "bundle": {"name": "tiny", "knn": {"torch_fp32_top1": 60.0, "max_drop": 1.0, "k": 20}},
              "rows": [row("torch", "cpu", "student", "fp32", 10.0, 60.0),
                       row("executorch", "XNNPACK", "executorch_int8", "int8", 4.0, 59.9),
-                      row("onnxruntime-web", "wasm", "onnx_int8", "int8", 7.0, 59.8)]}
+                      row("onnxruntime-web", "wasm", "onnx_int8", "int8", 7.0, 59.8, "onnxruntime-web wasm")]}
     paths.bench.write_text(json.dumps(bench))
     summary = summarize(paths)
     assert [line["backend"] for line in summary["latency"]] == ["torch", "executorch", "onnxruntime-web (wasm)"]
@@ -137,9 +138,10 @@ def test_edge_targets_follow_the_config(monkeypatch):
     from edgedistill.pipeline import edge_targets
 
     cfg = Config()
-    assert edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="off"))) == {"executorch": False,
-                                                                                       "browser": False}
+    off = edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="off")))
+    assert off.formats == off.backends == () and off.device == "cpu"
     monkeypatch.setenv("CHROMIUM", "/nonexistent/chromium")
-    assert edge_targets(cfg)["browser"] is False  # auto: only where it can run
+    auto = edge_targets(cfg)  # auto: only where it can run
+    assert "onnxruntime-web" not in auto.backends and auto.device == "cpu"
     with pytest.raises(EdgeDistillError, match="install"):
         edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="on")))

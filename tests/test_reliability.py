@@ -37,6 +37,18 @@ def names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+def unlocked(out: Path, name: str = "v") -> list[str]:
+    """``names(out)`` once the export's lock is free: its empty lock file stays (every writer
+    locks that one inode), and a new writer must get the lock at once."""
+    from edgedistill.utils import directory_lock
+
+    with directory_lock(out / name):
+        pass
+    left = names(out)
+    assert f".{name}.lock" in left and (out / f".{name}.lock").stat().st_size == 0
+    return [n for n in left if n != f".{name}.lock"]
+
+
 def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
     """Poll until ``predicate()`` (a synchronisation point with a subprocess, not a timing check)."""
     deadline = time.monotonic() + timeout
@@ -211,7 +223,7 @@ def test_a_second_export_of_the_same_name_is_refused(student_run, labeled, tmp_p
         run = run_cli(*export_args(student_run, labeled, out))
         assert f"another process (pid {os.getpid()}) is writing {out / 'v'}" in one_line_error(run)
         assert names(out) == [".v.lock"]
-    assert names(out) == []
+    assert unlocked(out) == []
 
 
 def test_export_keeps_a_folder_that_appears_meanwhile(student_run, labeled, tmp_path, monkeypatch):
@@ -234,7 +246,7 @@ def test_export_keeps_a_folder_that_appears_meanwhile(student_run, labeled, tmp_
         export_bundle(student_run, out_root=out, name="v", formats="onnx", int8=False, data=str(labeled),
                       threads=1, progress=False)
     assert important.read_text() == "mine" and names(out / "v") == ["IMPORTANT.txt"]
-    assert names(out) == ["v"]  # no partial folder, no lock
+    assert unlocked(out) == ["v"]  # no partial folder, no lock held
 
     # --force replaces a bundle, never a folder of something else
     with pytest.raises(EdgeDistillError, match="not a bundle"):
@@ -265,7 +277,7 @@ def test_sigterm_export_cleans_up_and_says_so(student_run, labeled, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, stderr[-2000:])
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert lines == ["error: terminated (SIGTERM)"] and "Traceback" not in stderr, stderr[-2000:]
-    assert names(out) == []  # no bundle, no partial folder, no lock
+    assert unlocked(out) == []  # no bundle, no partial folder, no lock held
 
 
 def test_leftovers_of_a_killed_export_are_removed_by_the_next(student_run, labeled, tmp_path):
@@ -287,7 +299,7 @@ def test_leftovers_of_a_killed_export_are_removed_by_the_next(student_run, label
     export_bundle(student_run, out_root=out, name="v", formats="onnx", int8=False, data=str(labeled), threads=1,
                   console=log)
     assert f"removed what an interrupted export left: {left}" in log.file.getvalue()
-    assert names(out) == ["v"]  # ...until the next export of that name
+    assert unlocked(out) == ["v"]  # ...until the next export of that name (the killed one's lock was dropped)
 
 
 # ----------------------------------------------------------------------------- full and read-only disks
@@ -298,7 +310,7 @@ def test_export_to_a_full_disk_is_one_line(student_run, labeled, tmp_path, mount
     run = run_cli(*export_args(student_run, labeled, small))
     error = one_line_error(run)
     assert "not enough disk space for the bundle" in error and str(small) in error
-    assert names(small) == []
+    assert unlocked(small) == []
 
 
 def test_export_space_check_runs_before_any_work(student_run, labeled, tmp_path, monkeypatch):
@@ -309,7 +321,7 @@ def test_export_space_check_runs_before_any_work(student_run, labeled, tmp_path,
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=2 << 20))
     monkeypatch.setattr(bundle, "build_variants", lambda *a, **k: pytest.fail("the export started"))
-    with pytest.raises(EdgeDistillError, match=r"not enough disk space for the bundle .* 2\.0 MB free"):
+    with pytest.raises(EdgeDistillError, match=r"not enough disk space for the bundle .* 2\.0 MiB free"):
         export_bundle(student_run, out_root=tmp_path / "export", name="v", formats="onnx", int8=False,
                       data=str(labeled), threads=1, progress=False)
 

@@ -58,7 +58,7 @@ def strip_png(path: Path, width: int, height: int) -> Path:
 
 def test_a_long_thin_image_is_skipped_and_counted(tiny_bundle, tmp_path):
     from edgedistill.data.folders import ImageFolderDataset, verify_image
-    from edgedistill.runtime.preprocess import load_rgb
+    from edgedistill.runtime.preprocessing import load_rgb
 
     data = tmp_path / "data"
     make_image_folder(data / "train", classes=3, per_class=6, size=20, seed=0)

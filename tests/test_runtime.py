@@ -235,7 +235,7 @@ def test_open_embedder_dispatch(exported):
 def test_read_manifest_and_variant_path(exported):
     bundle = exported["bundle"]
     manifest = read_manifest(bundle, verify=True)
-    assert manifest["name"] == "tiny"
+    assert manifest.name == "tiny"
     assert variant_path(manifest, bundle, "openvino_fp32") == bundle / "model.xml"
     assert variant_path(manifest, bundle) == bundle / "model.onnx"
 
@@ -343,7 +343,7 @@ TORCH_FREE_SCRIPT = textwrap.dedent("""
 
     onnx_path, xml_path, bundle, image_path = sys.argv[1:5]
     manifest = rt.read_manifest(bundle, verify=True)
-    pixels = rt.preprocess_batch([image_path, Image.open(image_path).convert("L")], manifest["preprocessing"])
+    pixels = rt.preprocess_batch([image_path, Image.open(image_path).convert("L")], manifest.preprocessing.spec)
     embedders = [rt.OnnxEmbedder(onnx_path, threads=1), rt.OpenVinoEmbedder(xml_path, threads=1),
                  rt.open_embedder(bundle), rt.open_embedder(bundle, variant="openvino_fp32")]
     outs = {e.name: e.embed(pixels).tolist() for e in embedders}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def losses(run: Path) -> list[float]:
             if "loss" in json.loads(line)]
 
 
-def export(run: Path, labeled: Path, out: Path, int8: bool) -> dict:
+def export(run: Path, labeled: Path, out: Path, int8: bool) -> Any:
     from edgedistill.export import export_bundle
 
     # max_drop 100: on 12 val images one flip is 8.3 points; accuracy is checked below by cosine
@@ -77,7 +78,7 @@ def test_distill_from_each_family_then_export_parity(family, labeled, tmp_path):
     assert meta["teacher"]["arch"] == TEACHERS[family][0] and meta["teacher"]["load"]["layout"] in ("timm", "dinov2",
                                                                                                    "dinov3")
     bundle = export(run, labeled, tmp_path / "export", int8=False)
-    parity = bundle["validation"]["parity"]["variants"]
+    parity = bundle.validation["parity"]["variants"]
     assert set(parity) == {"onnx_fp32", "onnx_fused_fp32", "openvino_fp32"}
     assert all(v["passed"] and v["min_cosine"] > 0.9999 for v in parity.values()), parity
 
@@ -95,7 +96,7 @@ def test_students_with_registers_export_end_to_end(name, labeled, tmp_path):
     from edgedistill.data import eval_preprocessing
     from edgedistill.models.backbone_io import load_backbone
     from edgedistill.runtime import open_embedder
-    from edgedistill.runtime.preprocess import preprocess_batch
+    from edgedistill.runtime.preprocessing import preprocess_batch
 
     family, extra = STUDENTS[name]
     run = tmp_path / "run"
@@ -104,11 +105,11 @@ def test_students_with_registers_export_end_to_end(name, labeled, tmp_path):
     student, meta = load_backbone(run)
     assert meta["num_prefix_tokens"] == 5
     bundle = export(run, labeled, tmp_path / "export", int8=True)
-    variants = set(bundle["manifest"]["variants"])
+    variants = set(bundle.manifest.variants)
     # the fused-attention graph exists for timm Attention blocks (registers or not), not for Eva's
     assert variants - {"onnx_fused_fp32", "onnx_fused_int8"} == {"onnx_fp32", "onnx_int8", "openvino_fp32",
                                                                  "openvino_int8"}
-    assert bundle["validation"]["passed"]
+    assert bundle.validation["passed"]
     images = sorted((labeled / "val").rglob("*.png"))
     pixels = preprocess_batch([str(p) for p in images], eval_preprocessing(16, [0.485, 0.456, 0.406],
                                                                            [0.229, 0.224, 0.225]))
@@ -118,7 +119,7 @@ def test_students_with_registers_export_end_to_end(name, labeled, tmp_path):
                            ("onnx_int8", 0.95), ("onnx_fused_int8", 0.95), ("openvino_int8", 0.95)):
         if variant not in variants:
             continue
-        got = open_embedder(bundle["bundle"], variant=variant, threads=1).embed(pixels)
+        got = open_embedder(bundle.bundle, variant=variant, threads=1).embed(pixels)
         cosine = (got * reference).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))
         assert cosine.min() > floor, (variant, cosine.min())
 

@@ -14,8 +14,8 @@ per image (``--json`` for the votes and nearest gallery images). The app is
 
     manifest = read_manifest(bundle)                               # the contract, checked
     model = open_embedder(bundle, "executorch_int8", threads=2)    # an ExecuTorch program
-    gallery = Gallery.embed(model, "gallery/", manifest["preprocessing"])
-    queries = embed_paths(model, ["photo.jpg"], manifest["preprocessing"], batch_size=8)
+    gallery = Gallery.embed(model, "gallery/", manifest.preprocessing.spec)
+    queries = embed_paths(model, ["photo.jpg"], manifest.preprocessing.spec, batch_size=8)
     print(gallery.classify(queries, ["photo.jpg"])[0]["label"])
 """
 

@@ -12,8 +12,8 @@ The app is ``edgedistill.runtime.app``; in your own code the same steps are::
 
     manifest = read_manifest(bundle)                         # the contract, checked
     model = open_embedder(bundle, "onnx_int8", threads=2)    # an ONNX Runtime session
-    gallery = Gallery.embed(model, "gallery/", manifest["preprocessing"])
-    queries = embed_paths(model, ["photo.jpg"], manifest["preprocessing"], batch_size=8)
+    gallery = Gallery.embed(model, "gallery/", manifest.preprocessing.spec)
+    queries = embed_paths(model, ["photo.jpg"], manifest.preprocessing.spec, batch_size=8)
     print(gallery.classify(queries, ["photo.jpg"])[0]["label"])
 """
 

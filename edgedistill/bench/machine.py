@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
 from typing import Any
 
 from edgedistill.limits import usable_cpus  # noqa: F401  (re-exported: part of this module's API)
@@ -19,8 +18,7 @@ __all__ = ["describe_machine", "library_versions", "available_devices", "SIMD_FL
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
               "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
               "neon", "asimd", "asimddp", "sve", "i8mm", "bf16")
-LIBRARIES = ("edgedistill", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "executorch", "torch", "timm",
-             "pillow", "psutil", "nncf", "onnx")
+LIBRARIES = ("edgedistill", "numpy", "torch", "timm", "pillow", "psutil")  # and every runtime's (the registry)
 
 
 def cpu_model() -> str:
@@ -43,42 +41,23 @@ def physical_cores() -> int | None:
 
 def library_versions() -> dict[str, str | None]:
     """Installed versions from package metadata (None: not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    if versions.get("onnxruntime") is None and versions.pop("onnxruntime-gpu", None):
-        versions["onnxruntime"] = metadata.version("onnxruntime-gpu")
-    else:
-        versions.pop("onnxruntime-gpu", None)
-    return versions
+    from edgedistill.runtime import registry
+
+    return {"python": platform.python_version(), **registry.versions(LIBRARIES)}
 
 
 def available_devices() -> dict[str, Any]:
-    """``{"onnxruntime": [providers] | None, "openvino": [devices] | None, "executorch":
-    ["XNNPACK"] | None}`` (None: not installed or not importable, with the reason under
-    ``*_error``). ExecuTorch is only looked up, not imported: its runtime loads torch."""
+    """``{runtime: [devices or providers it sees] | None}`` for every runtime of the registry
+    (None: not installed or not importable, with the reason under ``<runtime>_error``). A
+    runtime whose Python runtime loads torch is only looked up, not imported."""
+    from edgedistill.runtime import registry
+
     out: dict[str, Any] = {}
-    try:
-        import onnxruntime as ort
-
-        out["onnxruntime"] = list(ort.get_available_providers())
-    except Exception as exc:  # ImportError, or a broken wheel
-        out["onnxruntime"], out["onnxruntime_error"] = None, f"{type(exc).__name__}: {exc}"
-    try:
-        import openvino as ov
-
-        out["openvino"] = list(ov.Core().available_devices)
-    except Exception as exc:
-        out["openvino"], out["openvino_error"] = None, f"{type(exc).__name__}: {exc}"
-    import importlib.util
-
-    if importlib.util.find_spec("executorch") is not None:
-        out["executorch"] = ["XNNPACK"]
-    else:
-        out["executorch"], out["executorch_error"] = None, "ModuleNotFoundError: no module named 'executorch'"
+    for runtime in registry.RUNTIMES:
+        found, error = runtime.probe()
+        out[runtime.name] = found
+        if found is None:
+            out[f"{runtime.name}_error"] = error
     return out
 
 

@@ -1,96 +1,69 @@
 """What a benchmark measures: ``--device`` mapped onto each backend, the torch baseline's
 weights, and the rows (backend x variant x precision x threads) with the reasons for those
-left out. ``--device browser`` adds onnxruntime-web rows (``bench.browser``) to the native CPU
-rows they are compared with."""
+left out. Every backend but torch is a runtime of the registry (``runtime.registry``), which
+decides its own rows; a runtime with a ``--device`` of its own adds its rows
+to the native CPU rows they are compared with."""
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgedistill.bench.records import RunSlice, Skip
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime import registry
+from edgedistill.runtime.rows import Row
+from edgedistill.runtime.manifest import Manifest, VariantEntry
 
-__all__ = ["BACKENDS", "PRECISIONS", "Row", "device_targets", "student_source", "plan_rows"]
+__all__ = ["BACKENDS", "PRECISIONS", "Row", "BenchOptions", "device_targets", "student_source", "plan_rows",
+           "plan_bench"]
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "executorch", "onnxruntime-web")
-BROWSER = "browser"  # the --device that adds the onnxruntime-web rows
+BACKENDS = ("torch", *registry.backends())
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-_ORT_ALIASES = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider"],
-    "gpu": ["CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider", "MIGraphXExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider"], "trt": ["TensorrtExecutionProvider"],
-    "rocm": ["ROCMExecutionProvider"], "migraphx": ["MIGraphXExecutionProvider"],
-    "dml": ["DmlExecutionProvider"], "directml": ["DmlExecutionProvider"],
-    "coreml": ["CoreMLExecutionProvider"], "xnnpack": ["XnnpackExecutionProvider"],
-    "npu": ["QNNExecutionProvider", "VitisAIExecutionProvider"], "qnn": ["QNNExecutionProvider"],
-    "openvino": ["OpenVINOExecutionProvider"],
-}
 
+
+def _cpu_like(device: str) -> bool:
+    """``cpu``, or a device of a runtime's own that brings the native CPU rows along."""
+    return device.lower() in ("cpu", *registry.devices())
 
 
 def device_targets(device: str, devices: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     """Map ``--device`` to what each backend calls it.
 
-    Returns ``(targets, reasons)``: ``targets[backend]`` is the torch device, the ONNX Runtime
-    execution provider or the OpenVINO device; ``reasons[backend]`` says why a backend cannot
-    serve it. A non-CPU device no backend has is an EdgeDistillError listing what is there.
+    Returns ``(targets, reasons)``: ``targets[backend]`` is the torch device or what the
+    runtime calls the device (``Runtime.target``);
+    ``reasons[backend]`` says why a backend cannot serve it. A non-CPU device no backend has
+    is an EdgeDistillError listing what each runtime sees.
     """
     wanted = device.strip()
-    key = wanted.lower()
-    targets: dict[str, str] = {}
-    reasons: dict[str, str] = {}
-    ort_providers = devices.get("onnxruntime")
-    ov_devices = devices.get("openvino")
-    if key in ("cpu", BROWSER):  # the browser's rows come with the native ones they are compared with
-        targets["torch"] = "cpu"
-        if ort_providers is not None:
-            targets["onnxruntime"] = "CPUExecutionProvider"
-        if ov_devices is not None:
-            targets["openvino"] = "CPU"
-        if devices.get("executorch") is not None:
-            targets["executorch"] = "XNNPACK"
-        if key == BROWSER:
-            targets["onnxruntime-web"] = BROWSER
-        else:
-            reasons["onnxruntime-web"] = "onnxruntime-web rows run with --device browser"
-        return targets, reasons
-
-    reasons["torch"] = "torch rows run on --device cpu only"
-    reasons["executorch"] = "ExecuTorch rows run on --device cpu (XNNPACK) only"
-    reasons["onnxruntime-web"] = "onnxruntime-web rows run with --device browser"
-    if ort_providers is not None:
-        candidates = _ORT_ALIASES.get(key, []) + [p for p in ort_providers if p.lower() == key]
-        match = next((p for p in candidates if p in ort_providers), None)
-        if match:
-            targets["onnxruntime"] = match
-        else:
-            reasons["onnxruntime"] = f"no ONNX Runtime provider for {wanted}"
-    if ov_devices is not None:
-        upper = wanted.upper()
-        if upper in ov_devices or any(d.split(".")[0] == upper for d in ov_devices) or \
-                upper.split(":")[0] in ("AUTO", "MULTI", "HETERO"):
-            targets["openvino"] = upper
-        else:
-            reasons["openvino"] = f"no OpenVINO device {upper}"
+    cpu_like = _cpu_like(wanted)
+    targets: dict[str, str] = {"torch": "cpu"} if cpu_like else {}
+    reasons: dict[str, str] = {} if cpu_like else {"torch": "torch rows run on --device cpu only"}
+    for runtime in registry.RUNTIMES:
+        found = devices.get(runtime.name)
+        asked = "cpu" if cpu_like and runtime.device != wanted.lower() else wanted
+        target, why = runtime.target(asked, list(found or []))
+        if target is not None and (found is not None or runtime.device):
+            targets[runtime.name] = target
+        elif why is not None:
+            reasons[runtime.name] = why
     if not targets:
-        ort_text = ", ".join(ort_providers) if ort_providers is not None else "not installed"
-        ov_text = ", ".join(ov_devices) if ov_devices is not None else "not installed"
-        raise EdgeDistillError(f"device {wanted!r} is not available on this machine: OpenVINO devices: {ov_text}; "
-                               f"ONNX Runtime providers: {ort_text}; torch: cpu")
+        seen = "; ".join(f"{r.label} {r.device_noun}: {', '.join(devices[r.name]) if devices.get(r.name) is not None else 'not installed'}"
+                         for r in registry.RUNTIMES if r.accelerators)
+        raise EdgeDistillError(f"device {wanted!r} is not available on this machine: {seen}; torch: cpu")
     return targets, reasons
 
 
-def student_source(manifest: dict[str, Any], bundle_dir: Path) -> tuple[Path | None, str | None, str | None]:
+def student_source(manifest: Manifest, bundle_dir: Path) -> tuple[Path | None, str | None, str | None]:
     """Where the torch baseline's weights are: ``(student.json, expected sha256, None)``, or
     ``(None, None, why not)``. The bundle's own ``student.json`` + ``.safetensors`` win;
     else the run directory ``provenance.student.run_dir`` names, when it is on this machine."""
     own = bundle_dir / "student.json"
     if own.is_file() and own.with_suffix(".safetensors").is_file():
         return own, None, None
-    student = (manifest.get("provenance") or {}).get("student") or {}
+    student = (manifest.provenance or {}).get("student") or {}
     run_dir = student.get("run_dir")
     if not run_dir:
         return None, None, "the bundle holds no student weights and its provenance names no run directory"
@@ -104,47 +77,15 @@ def student_source(manifest: dict[str, Any], bundle_dir: Path) -> tuple[Path | N
 # ----------------------------------------------------------------------------- rows
 
 
-@dataclass
-class Row:
-    """One measured configuration (one worker process)."""
-
-    backend: str
-    variant: str
-    precision: str
-    threads: int
-    device: str
-    model: str
-    weights: str | None = None
-    inference_precision: str | None = None
-    size_bytes: int | None = None
-    knn_top1: float | None = None
-    knn_drop: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def engine(self) -> str:
-        """The backend, with the browser's engine (wasm, webgpu) for onnxruntime-web rows."""
-        return f"{self.backend} {self.device}" if self.backend == "onnxruntime-web" else self.backend
-
-    @property
-    def id(self) -> str:
-        hint = f"@{self.inference_precision}" if self.inference_precision else ""
-        return f"{self.engine.replace(' ', '/')}:{self.variant}:{self.precision}{hint}:{self.threads}t"
-
-    @property
-    def label(self) -> str:
-        if self.backend == "torch":
-            return f"torch eager {self.precision}"
-        return f"{self.engine} {self.variant}"
-
-
-def _knn(manifest: dict[str, Any], variant: str | None, fallback: bool = False) -> tuple[float | None, float | None]:
+def _knn(manifest: Manifest, variant: str | None,
+         fallback: str | None = None) -> tuple[float | None, float | None]:
     """(top-1, drop) the export gate measured: of torch FP32 (``variant=None``), of a variant
-    at its recorded precision hint, or (``fallback``) of a bf16-hint variant run in f32."""
-    knn = ((manifest.get("validation") or {}).get("knn") or {})
+    as its manifest entry runs it, or under another setting the gate judged (``fallback``: its
+    key in the variant's figures, ``f32_fallback``)."""
+    knn = ((manifest.validation or {}).get("knn") or {})
     figures = knn.get("torch_fp32") if variant is None else (knn.get("variants") or {}).get(variant)
     if fallback and isinstance(figures, dict):
-        figures = figures.get("f32_fallback")
+        figures = figures.get(fallback)
     if not isinstance(figures, dict) or figures.get("top1") is None:
         return None, None
     return float(figures["top1"]), (float(figures["drop"]) if figures.get("drop") is not None else
@@ -166,7 +107,7 @@ class BenchOptions:
     static_shapes: bool
 
     @property
-    def per_round(self) -> dict[str, Any]:
+    def per_round(self) -> RunSlice:
         """What each interleaved round asks of a row: a share of the runs or of the seconds."""
         if self.runs is not None:
             return {"runs": -(-self.runs // self.rounds)}
@@ -175,8 +116,8 @@ class BenchOptions:
     @classmethod
     def parse(cls, backends: Any, precisions: Any, threads: Any, batches: Any, warmup: int, runs: int | None,
               seconds: float | None, rounds: int, static_shapes: bool, device: str = "cpu") -> "BenchOptions":
-        """The options, checked; the default threads are the usable CPUs (and 1 as well for
-        ``--device browser``: a page gets several only when it is cross-origin isolated)."""
+        """The options, checked; the default threads are the usable CPUs (and 1 as well on a
+        runtime's own device)."""
         from edgedistill.bench.machine import usable_cpus
         from edgedistill.options import parse_list
         from edgedistill.limits import check_count
@@ -191,7 +132,8 @@ class BenchOptions:
             raise EdgeDistillError("--warmup must be >= 0 and --rounds >= 1")
         if runs is None and seconds is None:
             seconds = 2.0
-        default_threads = sorted({1, usable_cpus()}) if device.strip().lower() == BROWSER else [usable_cpus()]
+        # a runtime's own device gets 1 thread too (a web page has several only when cross-origin isolated)
+        default_threads = sorted({1, usable_cpus()}) if device.strip().lower() in registry.devices() else [usable_cpus()]
         return cls(backends=parse_list(backends, "backends", choices=BACKENDS) or list(BACKENDS),
                    precisions=parse_list(precisions, "precision", choices=PRECISIONS) or list(PRECISIONS),
                    threads=[check_count(t, "--threads") for t in parse_list(threads, "threads", kind=int) or
@@ -202,26 +144,22 @@ class BenchOptions:
                    static_shapes=bool(static_shapes))
 
 
-def plan_bench(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
-               devices: dict[str, Any]) -> tuple[list["Row"], list[dict[str, Any]]]:
+def plan_bench(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,
+               devices: dict[str, Any]) -> tuple[list[Row], list[Skip]]:
     """The rows to measure for ``device`` and the ones left out with the reason; an error when
     nothing can be measured."""
     from edgedistill.utils import cpu_has_native_bf16
 
-    shape = manifest["input"]["shape"]
-    if manifest["input"].get("layout", "NCHW") != "NCHW" or not all(isinstance(v, int) and v > 0 for v in shape[1:]):
+    shape = manifest.input.shape
+    if manifest.input.layout != "NCHW" or not all(isinstance(v, int) and v > 0 for v in shape[1:]):
         raise EdgeDistillError(f"bench needs a static NCHW image input, the bundle has {shape}")
-    if device.strip().lower() == BROWSER and "onnxruntime-web" in opts.backends:
-        from edgedistill.bench.browser import require_browser
-
-        require_browser()
+    for runtime in registry.RUNTIMES:  # a device of a runtime's own needs that runtime
+        if runtime.device and device.strip().lower() == runtime.device and runtime.name in opts.backends:
+            runtime.require()
     targets, reasons = device_targets(device, devices)
-    for library in ("onnxruntime", "openvino", "executorch"):
-        if devices.get(library) is None:
-            error = str(devices.get(library + "_error") or "")
-            reasons.setdefault(library, f"{library} is not installed (pip install {library})"
-                               if error.startswith("ModuleNotFoundError") or not error
-                               else f"{library} cannot be loaded: {error}")
+    for runtime in registry.RUNTIMES:
+        if devices.get(runtime.name) is None:
+            reasons.setdefault(runtime.name, runtime.unavailable_reason(devices.get(runtime.name + "_error")))
     rows, skipped = plan_rows(manifest, bundle_dir, backends=opts.backends, precisions=opts.precisions,
                               threads=opts.threads, targets=targets, reasons=reasons, native_bf16=cpu_has_native_bf16())
     if not rows:
@@ -241,25 +179,32 @@ def _check_memory(shape: list[Any], opts: BenchOptions, rows: list["Row"]) -> No
 
 
 class _Planner:
-    """Collects rows and skips for one bundle (``plan_rows``)."""
+    """Collects rows and skips for one bundle (``plan_rows``): the ``RowPlanner`` each runtime
+    decides its rows with."""
 
-    def __init__(self, manifest: dict[str, Any], bundle_dir: Path, precisions: Sequence[str],
+    def __init__(self, manifest: Manifest, bundle_dir: Path, precisions: Sequence[str], threads: Sequence[int],
                  targets: dict[str, str], reasons: dict[str, str], native_bf16: bool) -> None:
         self.manifest, self.bundle_dir, self.precisions = manifest, bundle_dir, precisions
+        self.thread_counts = list(threads)
         self.targets, self.reasons, self.native_bf16 = targets, reasons, native_bf16
-        self.variants: dict[str, dict[str, Any]] = manifest["variants"]
-        self.cpu = targets.get("onnxruntime", "CPUExecutionProvider") == "CPUExecutionProvider" and \
-            targets.get("openvino", "CPU") == "CPU"
+        self.variants: dict[str, VariantEntry] = manifest.variants
+        self.cpu = all(targets[r.name] in (r.cpu_target, r.device) for r in registry.RUNTIMES if r.name in targets)
         self.rows: list[Row] = []
-        self.skipped: list[dict[str, Any]] = []
+        self.skipped: list[Skip] = []
+
+    def target(self, runtime: str) -> str | None:
+        return self.targets.get(runtime)
+
+    def reason(self, runtime: str) -> str:
+        return self.reasons.get(runtime, f"{runtime} is not installed")
 
     def skip(self, backend: str, variant: str, precision: str, reason: str) -> None:
-        entry = {"backend": backend, "variant": variant, "precision": precision, "reason": reason}
+        entry = Skip(backend=backend, variant=variant, precision=precision, reason=reason)
         if entry not in self.skipped:
             self.skipped.append(entry)
 
     def size(self, name: str) -> int:
-        total = self.variants[name].get("total_size_bytes")
+        total = self.variants[name].total_size_bytes
         if total is None:
             from edgedistill.runtime.manifest import variant_files
 
@@ -267,9 +212,15 @@ class _Planner:
                         if p.is_file())
         return int(total)
 
-    def add(self, t: int, **kw: Any) -> None:
+    def knn(self, variant: str | None, fallback: str | None = None) -> tuple[float | None, float | None]:
+        return _knn(self.manifest, variant, fallback)
+
+    def has_variant(self, fmt: str, precision: str) -> bool:
+        return any(v.format == fmt and v.precision == precision for v in self.variants.values())
+
+    def add(self, threads: int, **kw: Any) -> None:
         if kw["precision"] in self.precisions:
-            self.rows.append(Row(threads=t, **kw))
+            self.rows.append(Row(threads=threads, **kw))
 
     def torch(self, t: int) -> None:
         """The student in fp32 (and bf16 autocast where the CPU has it)."""
@@ -280,7 +231,7 @@ class _Planner:
         source, sha, why = student_source(self.manifest, self.bundle_dir)
         if source is None:
             return self.skip("torch", "student", "fp32", why or "no weights")
-        h, w = self.manifest["input"]["shape"][2:4]
+        h, w = self.manifest.input.shape[2:4]
         common = dict(backend="torch", variant="student", device="cpu", model=str(source),
                       size_bytes=source.with_suffix(".safetensors").stat().st_size,
                       extra={"weights_sha256": sha, "img_size": [h, w]})
@@ -291,103 +242,24 @@ class _Planner:
         elif self.native_bf16:
             self.add(t, precision="bf16", inference_precision="bf16", **common)
 
-    def onnxruntime(self, t: int, name: str, var: dict[str, Any]) -> None:
-        if "onnxruntime" not in self.targets:
-            return self.skip("onnxruntime", name, var["precision"],
-                             self.reasons.get("onnxruntime", "onnxruntime is not installed"))
-        top1, drop = _knn(self.manifest, name)
-        self.add(t, backend="onnxruntime", variant=name, precision=var["precision"],
-                 device=self.targets["onnxruntime"], model=str(self.bundle_dir / var["file"]),
-                 size_bytes=self.size(name), knn_top1=top1, knn_drop=drop)
 
-    def openvino(self, t: int, name: str, var: dict[str, Any]) -> None:
-        """An OpenVINO variant at its recorded hint (a bf16 one again in f32, its fallback on
-        CPUs without bf16); fp32 and f32-hint int8 again in bf16 where the CPU has it."""
-        from edgedistill.runtime.manifest import variant_files
-
-        prec, hint, device = var["precision"], var.get("inference_precision_hint", "f32"), self.targets["openvino"]
-        common = dict(backend="openvino", variant=name, device=device, model=str(self.bundle_dir / var["file"]),
-                      weights=str(variant_files(self.manifest, self.bundle_dir, name)[1][0]),
-                      size_bytes=self.size(name))
-        top1, drop = _knn(self.manifest, name)  # the gate measured each variant at its recorded hint
-        self.add(t, precision=prec, inference_precision=hint, knn_top1=top1, knn_drop=drop, **common)
-        if hint == "bf16":  # what a device without native bf16 runs
-            top1, drop = _knn(self.manifest, name, fallback=True)
-            self.add(t, precision=prec, inference_precision="f32", knn_top1=top1, knn_drop=drop, **common)
-        if prec == "fp32" and "bf16" in self.precisions:
-            if self.cpu and self.native_bf16:
-                self.add(t, precision="bf16", inference_precision="bf16", **common)
-            else:
-                self.skip("openvino", name, "bf16", "this CPU has no native bf16" if self.cpu else
-                          "bf16 rows run on CPU only")
-        if prec == "int8" and hint != "bf16" and self.cpu and self.native_bf16:
-            # the layers NNCF left in floating point (norms, softmax, GELU, residual adds)
-            # in bf16: faster here, but not what the accuracy gate validated (no k-NN)
-            self.add(t, precision="int8", inference_precision="bf16", **common)
-
-    def executorch(self, t: int, name: str, var: dict[str, Any]) -> None:
-        """An ExecuTorch program through ExecuTorch's Python runtime (XNNPACK's kernels)."""
-        if "executorch" not in self.targets:
-            return self.skip("executorch", name, var["precision"],
-                             self.reasons.get("executorch", "executorch is not installed"))
-        top1, drop = _knn(self.manifest, name)
-        self.add(t, backend="executorch", variant=name, precision=var["precision"], device="XNNPACK",
-                 model=str(self.bundle_dir / var["file"]), size_bytes=self.size(name), knn_top1=top1, knn_drop=drop)
-
-    def browser(self, t: int, first_threads: bool, name: str, var: dict[str, Any]) -> None:
-        """An ONNX variant in onnxruntime-web: WASM (SIMD) at ``t`` threads; WebGPU once, in the
-        first thread count's group (the page reports it unavailable where there is no adapter)."""
-        if "onnxruntime-web" not in self.targets:
-            return self.skip("onnxruntime-web", name, var["precision"], self.reasons["onnxruntime-web"])
-        if "onnxruntime-web" not in var.get("runtimes", ["onnxruntime-web"]):
-            return self.skip("onnxruntime-web", name, var["precision"],
-                             "its manifest entry does not list onnxruntime-web (ONNX Runtime contrib operators)")
-        top1, drop = _knn(self.manifest, name)  # the export gated these kernels' native twins
-        for engine in ("wasm", "webgpu") if first_threads else ("wasm",):
-            self.add(t, backend="onnxruntime-web", variant=name, precision=var["precision"],
-                     device=engine, model=str(self.bundle_dir / var["file"]), size_bytes=self.size(name),
-                     knn_top1=top1, knn_drop=drop, extra={"engine": engine, "model_url": var["file"]})
-
-    def onnx_on_openvino(self, t: int, name: str, var: dict[str, Any]) -> None:
-        """ONNX variants OpenVINO has no counterpart of (ORT's INT8 differs from NNCF's;
-        the FP32 graph is the one the FP32 IR came from)."""
-        prec = var["precision"]
-        twin = any(v["format"] == "openvino" and v["precision"] == prec for v in self.variants.values())
-        if "openvino" not in var.get("runtimes", ["openvino"]):
-            return  # contrib operators only ONNX Runtime has
-        if prec == "int8" or not twin:
-            self.add(t, backend="openvino", variant=name, precision=prec, device=self.targets["openvino"],
-                     model=str(self.bundle_dir / var["file"]), inference_precision="f32", size_bytes=self.size(name))
-
-
-def plan_rows(manifest: dict[str, Any], bundle_dir: Path, *, backends: Sequence[str], precisions: Sequence[str],
+def plan_rows(manifest: Manifest, bundle_dir: Path, *, backends: Sequence[str], precisions: Sequence[str],
               threads: Sequence[int], targets: dict[str, str], reasons: dict[str, str],
-              native_bf16: bool) -> tuple[list[Row], list[dict[str, Any]]]:
+              native_bf16: bool) -> tuple[list[Row], list[Skip]]:
     """The rows to measure, and the ones left out with the reason.
 
-    torch: the student in fp32 (and bf16 autocast where the CPU has it). ONNX Runtime: every
-    ONNX variant. OpenVINO: every OpenVINO variant with its manifest's precision hint (a bf16-hint
-    variant again in f32), fp32 and f32-hint int8 variants again with a bf16 hint where the CPU
-    has it, and the ONNX variants it has no own counterpart for. k-NN figures go only to rows
-    that run exactly as the export's accuracy gate ran them.
+    torch: the student in fp32 (and bf16 autocast where the CPU has it). Every other backend
+    is a runtime of the registry: for each variant of a format it reads, it adds its rows
+    (``Runtime.rows``). k-NN figures go only to rows that run exactly as the export's
+    accuracy gate ran them.
     """
-    planner = _Planner(manifest, bundle_dir, precisions, targets, reasons, native_bf16)
+    planner = _Planner(manifest, bundle_dir, precisions, threads, targets, reasons, native_bf16)
+    readers = [r for r in registry.RUNTIMES if r.name in backends]
     for t in threads:
         if "torch" in backends:
             planner.torch(t)
-        for name, var in planner.variants.items():
-            if var["format"] == "onnx" and "onnxruntime" in backends:
-                planner.onnxruntime(t, name, var)
-            if var["format"] == "onnx" and "onnxruntime-web" in backends and "onnxruntime-web" in targets:
-                planner.browser(t, t == threads[0], name, var)
-            if var["format"] == "executorch" and "executorch" in backends:
-                planner.executorch(t, name, var)
-            if "openvino" not in backends or var["format"] == "executorch":
-                continue
-            if "openvino" not in targets:
-                planner.skip("openvino", name, var["precision"], reasons.get("openvino", "openvino is not installed"))
-            elif var["format"] == "openvino":
-                planner.openvino(t, name, var)
-            elif var["format"] == "onnx":
-                planner.onnx_on_openvino(t, name, var)
+        for name, entry in planner.variants.items():
+            for runtime in readers:
+                if entry.format in runtime.reads:
+                    runtime.rows(planner, t, name, entry)
     return planner.rows, planner.skipped

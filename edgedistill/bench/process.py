@@ -1,6 +1,7 @@
-"""The runner's side of the worker processes: starting one per row, its JSON-lines protocol,
-loading every row of a thread count one after another, then interleaving their timed runs
-round by round (see ``bench.runner`` for why)."""
+"""The runner's side of the worker processes: starting one per row (``runtime.worker`` with
+the row's engine, or the command its runtime gives), their JSON-lines protocol, loading every
+row of a thread count one after another, then interleaving their timed runs round by round
+(see ``bench.runner`` for why)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgedistill.bench.plan import Row
+from edgedistill.bench.records import RowResult, RunSlice, Skip
 from edgedistill.bench.stats import summarize_times
+from edgedistill.runtime.rows import Row
+from edgedistill.runtime.manifest import Manifest
 
-__all__ = ["measure_group", "SETTLE_SECONDS"]
+__all__ = ["measure_group", "worker_spec", "SETTLE_SECONDS", "TORCH_ENGINE"]
 
 SETTLE_SECONDS = 0.05
+TORCH_ENGINE = "edgedistill.bench.torch_engine"  # the baseline's engine (it needs edgedistill and torch)
 
 
 class _WorkerDied(Exception):
@@ -31,12 +35,11 @@ class _Worker:
     """A worker process and a thread that reads its JSON replies into a queue."""
 
     def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
-        from edgedistill.bench.browser import BACKEND as BROWSER_BACKEND, worker_command
+        from edgedistill.runtime import registry
 
         self.stderr = tempfile.TemporaryFile()
-        # a browser row's worker is the page driver (node), speaking the same protocol
-        command = (worker_command(spec) if spec["backend"] == BROWSER_BACKEND
-                   else [sys.executable, "-m", "edgedistill.bench.worker", json.dumps(spec)])
+        command = ([sys.executable, "-m", "edgedistill.runtime.worker", json.dumps(spec)] if spec["backend"] == "torch"
+                   else registry.get(spec["backend"]).worker_command(spec, sys.executable))
         self.proc = subprocess.Popen(command,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
                                      text=True, bufsize=1)
@@ -107,16 +110,21 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _worker_spec(row: Row, manifest: dict[str, Any], opts: Any, sample: str | None) -> dict[str, Any]:
-    return {"backend": row.backend, "model": row.model, "weights": row.weights, "precision": row.precision,
-            "inference_precision": row.inference_precision, "threads": row.threads, "device": row.device,
-            "batches": opts.batches, "input": {"name": manifest["input"]["name"],
-                                               "shape": manifest["input"]["shape"][1:]},
-            "sample": sample, "preprocessing": manifest["preprocessing"], "static_shapes": opts.static_shapes,
-            "warmup": opts.warmup, "min_runs": 1, "mode": "rounds", **row.extra}
+def worker_spec(row: Row, manifest: Manifest, opts: Any, input_file: str | None) -> dict[str, Any]:
+    """What a row's worker is told (``runtime.worker``'s SPEC); ``input_file``: the bundle's
+    sample, preprocessed, as a .npy (None: the worker times seeded noise)."""
+    from edgedistill.runtime import registry
+
+    engine = TORCH_ENGINE if row.backend == "torch" else registry.get(row.backend).engine
+    return {"engine": engine, "backend": row.backend, "model": row.model, "weights": row.weights,
+            "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
+            "device": row.device, "batches": opts.batches,
+            "input": {"name": manifest.input.name, "shape": manifest.input.shape[1:]},
+            "input_file": input_file, "static_shapes": opts.static_shapes, "warmup": opts.warmup, "min_runs": 1,
+            "mode": "rounds", **row.extra}
 
 
-def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
+def _skip(row: Row, reason: str, unavailable: bool = False) -> Skip:
     return {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
             "device": row.device, "reason": reason, "unavailable": unavailable}
 
@@ -124,7 +132,7 @@ def _skip(row: Row, reason: str, unavailable: bool = False) -> dict[str, Any]:
 class _Group:
     """The workers of one thread count: loaded one at a time, then measured in rounds."""
 
-    def __init__(self, group: list[Row], skipped: list[dict[str, Any]], bar: Any) -> None:
+    def __init__(self, group: list[Row], skipped: list[Skip], bar: Any) -> None:
         self.rows = {r.id: r for r in group}
         self.threads = group[0].threads if group else 1
         self.skipped, self.bar = skipped, bar
@@ -132,12 +140,12 @@ class _Group:
         self.ready: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[int, list[list[float]]]] = {}
 
-    def load(self, manifest: dict[str, Any], opts: Any, sample: str | None, timeout: float) -> None:
+    def load(self, manifest: Manifest, opts: Any, input_file: str | None, timeout: float) -> None:
         env = _worker_env(self.threads)
         task = self.bar.add_task(f"loading ({self.threads} threads)", total=len(self.rows))
         for row in self.rows.values():
             self.bar.update(task, description=f"loading {row.label} {row.precision} ({self.threads} threads)")
-            worker = _Worker(_worker_spec(row, manifest, opts, sample), env)
+            worker = _Worker(worker_spec(row, manifest, opts, input_file), env)
             try:
                 reply = worker.receive(timeout)
             except _WorkerDied as exc:
@@ -151,7 +159,7 @@ class _Group:
             self.bar.advance(task)
         self.bar.update(task, description=f"loaded ({self.threads} threads)")
 
-    def _run(self, row_id: str, batch: int, per_round: dict[str, Any], timeout: float) -> bool:
+    def _run(self, row_id: str, batch: int, per_round: RunSlice, timeout: float) -> bool:
         """One slice of timed runs of one row; a failure drops the row (recorded)."""
         worker = self.workers[row_id]
         # let the previous row's spinning worker threads (OpenMP, TBB, ORT) go idle first
@@ -186,7 +194,7 @@ class _Group:
                         self.bar.advance(task)
         self.bar.update(task, description=f"measured ({self.threads} threads)")
 
-    def close(self) -> dict[str, dict[str, Any]]:
+    def close(self) -> dict[str, RowResult]:
         """Stop every worker; the figures of each row that lasted to the end."""
         closing = {row_id: w.close() for row_id, w in self.workers.items()}
         for w in self.workers.values():
@@ -195,7 +203,7 @@ class _Group:
                 for row_id in self.workers}
 
 
-def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, list[list[float]]]) -> dict[str, Any]:
+def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, list[list[float]]]) -> RowResult:
     return {
         "import_seconds": _r(ready.get("import_seconds")),
         "load_seconds": _r(ready.get("load_seconds")),
@@ -207,20 +215,20 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
         "peak_rss_mb": ready.get("peak_rss_mb"),
         "peak_rss_all_mb": final.get("peak_rss_all_mb", ready.get("peak_rss_all_mb")),
         "output_shape": ready.get("output_shape"),
-        "cold_start": ready.get("cold_start"),  # the browser's parts: fetch, wasm compile, session, first run
+        "cold_start": ready.get("cold_start"),  # in parts, where the engine tells them
         "settings": ready.get("settings"),
         "batches": {str(b): summarize_times(t, b) for b, t in times.items() if t},
     }
 
 
-def measure_group(group: list[Row], results: dict[str, dict[str, Any]], skipped: list[dict[str, Any]], *,
-                  manifest: dict[str, Any], opts: Any, sample: str | None, bar: Any, load_timeout: float,
+def measure_group(group: list[Row], results: dict[str, RowResult], skipped: list[Skip], *,
+                  manifest: Manifest, opts: Any, input_file: str | None, bar: Any, load_timeout: float,
                   run_timeout: float, round_loads: list[float | None]) -> None:
     """Load every row of one thread count (one at a time), then interleave their timed runs;
     the figures go into ``results`` by row id, failures into ``skipped``."""
     workers = _Group(group, skipped, bar)
     try:
-        workers.load(manifest, opts, sample, load_timeout)
+        workers.load(manifest, opts, input_file, load_timeout)
         workers.measure(opts, run_timeout, round_loads)
     finally:
         results.update(workers.close())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.bench.records import BenchReport
 
 __all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "csv_lines", "CSV_COLUMNS",
            "check_plot_support"]
@@ -26,7 +27,7 @@ def _mb(n: int | float | None) -> float | None:
     return None if n is None else round(n / 2**20, 2)
 
 
-def csv_lines(report: dict[str, Any]) -> list[dict[str, Any]]:
+def csv_lines(report: BenchReport) -> list[dict[str, Any]]:
     """One dict per (row, batch size), with the CSV_COLUMNS keys."""
     lines = []
     for row in report["rows"]:
@@ -39,7 +40,7 @@ def csv_lines(report: dict[str, Any]) -> list[dict[str, Any]]:
     return lines
 
 
-def write_csv(report: dict[str, Any], path: str | Path) -> None:
+def write_csv(report: BenchReport, path: str | Path) -> None:
     """The CSV lines into ``path`` (``utils.write_output``: ``-`` is stdout, a device or pipe is
     written in place)."""
     from edgedistill.utils import write_output
@@ -52,7 +53,7 @@ def write_csv(report: dict[str, Any], path: str | Path) -> None:
     write_output(path, buffer.getvalue())
 
 
-def write_json(report: dict[str, Any], path: str | Path) -> None:
+def write_json(report: BenchReport, path: str | Path) -> None:
     from edgedistill.utils import write_output
 
     write_output(path, json.dumps(report, indent=2) + "\n")
@@ -61,11 +62,17 @@ def write_json(report: dict[str, Any], path: str | Path) -> None:
 # ----------------------------------------------------------------------------- table
 
 
+def _runtimes() -> tuple[Any, ...]:
+    from edgedistill.runtime import registry
+
+    return registry.RUNTIMES
+
+
 def _f(value: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def render_table(report: dict[str, Any], console: Any) -> None:
+def render_table(report: BenchReport, console: Any) -> None:
     """One rich table per thread count: latency percentiles at the smallest batch, throughput
     at the others, speed-up against the baseline, cold start, memory, size, k-NN."""
     from rich.table import Table
@@ -113,8 +120,8 @@ def render_table(report: dict[str, Any], console: Any) -> None:
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
                    f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
-        if any(r["backend"] == "onnxruntime-web" for r in rows):
-            caption.append("onnxruntime-web: timed inside the page; peak MB: the browser's processes, summed")
+        caption += [f"{r.name}: {r.report_note}" for r in _runtimes() if r.report_note
+                    and any(row["backend"] == r.name for row in rows)]
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
         console.print(table)
@@ -165,7 +172,7 @@ def plot_labels(points: list[tuple[float, float, str]], near: float = 0.04) -> l
     return [(x, y, ", ".join(tags)) for x, y, tags in groups]
 
 
-def write_plot(report: dict[str, Any], path: str | Path) -> bool:
+def write_plot(report: BenchReport, path: str | Path) -> bool:
     """Latency (p50 at the smallest batch) against k-NN top-1 of every row whose accuracy the
     export measured. Returns False (nothing written) when the manifest has no k-NN figures."""
     check_plot_support()
@@ -180,7 +187,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
     points = [r for r in report["rows"] if r["knn_top1"] is not None and lat in r["batches"]]
     if not points:
         return False
-    markers = {"torch": "o", "onnxruntime": "s", "openvino": "D", "executorch": "P", "onnxruntime-web": "^"}
+    markers = {"torch": "o", **{r.name: r.marker for r in _runtimes()}}
     colors = {"fp32": "tab:blue", "bf16": "tab:purple", "fp16": "tab:green", "int8": "tab:orange"}
     threads = sorted({r["threads"] for r in points})
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
@@ -194,9 +201,9 @@ def write_plot(report: dict[str, Any], path: str | Path) -> bool:
                    label=f"{row['backend']} {row['precision']}" if key not in seen else None, zorder=3)
         seen.add(key)
         tag = row["variant"] if row["backend"] != "torch" else "torch"
-        if row.get("inference_precision") and row["backend"] == "openvino":
+        if row.get("inference_precision") and row["backend"] != "torch":
             tag += f"@{row['inference_precision']}"
-        if row["backend"] == "onnxruntime-web":
+        if row.get("engine", row["backend"]) != row["backend"]:  # an engine of the runtime (wasm, webgpu)
             tag += f" ({row['device']})"
         if len(threads) > 1:
             tag += f" {row['threads']}t"

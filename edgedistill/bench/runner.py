@@ -7,40 +7,41 @@ How a measurement is made, and why:
   another so that imports and session creation (the cold start) are timed alone. Each row's
   peak memory is its own process's (``VmHWM``: Linux carries ``ru_maxrss`` over from the
   parent across fork/exec), and no runtime shares thread pools or allocators with another.
-  Only the torch and ExecuTorch rows import torch (ExecuTorch's Python runtime loads libtorch).
+  A worker is ``runtime.worker`` with its runtime's engine (self-contained: no edgedistill, no
+  torch); only the torch baseline, and a runtime whose Python runtime loads libtorch, import torch.
 * **Interleaved rounds.** All rows stay loaded (idle, blocked on a pipe) while the runner asks
   them in turn for a slice of timed runs, rotating the order every round; each slice starts
   with one untimed run. Noise from a shared machine (other processes, frequency changes)
   then hits every row alike, and the ratios stay meaningful even when absolute figures drift.
   ``round_p50_ms`` per row shows how much they drifted.
-* **Threads fixed and recorded**: ONNX Runtime ``intra_op_num_threads`` (inter-op 1, sequential),
-  OpenVINO ``INFERENCE_NUM_THREADS`` (``PERFORMANCE_HINT=LATENCY``, one stream),
-  ``torch.set_num_threads`` (inter-op 1).
-* **Precision explicit**: OpenVINO fp32 rows compile with ``INFERENCE_PRECISION_HINT=f32``
-  (CPUs with bf16 would otherwise run them in bf16); the bf16 rows (OpenVINO hint ``bf16``,
-  torch CPU autocast) exist only where the CPU has native bf16; int8 variants run with the
-  hint their manifest records (what the accuracy gate validated).
-* **Static shapes** (default): OpenVINO compiles one model per batch size with a static input
-  shape (``model.reshape``), what an app serving a fixed batch does. ``static_shapes=False``
-  keeps the bundle's dynamic batch.
+* **Threads fixed and recorded**: each engine sets its runtime's thread count (and reads it
+  back where the runtime tells), ``torch.set_num_threads`` (inter-op 1) for the baseline.
+* **Precision explicit**: a row runs at the precision hint its manifest entry records (what the
+  accuracy gate validated); bf16 rows exist only where the CPU has native bf16.
+* **Static shapes** (default): a runtime that compiles per shape compiles one model per batch
+  size, what an app serving a fixed batch does. ``static_shapes=False`` keeps the bundle's
+  dynamic batch.
 * **Baseline**: torch eager FP32 (``torch.inference_mode``, the same threads), rebuilt from the
   student's safetensors: the bundle's own ``student.json``/``.safetensors`` when it holds
   them, else the run directory its ``provenance`` names (checked against the recorded
-  sha256). Without torch or the weights the baseline is ONNX Runtime FP32, and the report
-  says why.
+  sha256). Without torch or the weights the baseline is the first runtime's FP32 row, and the
+  report says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from edgedistill.bench.plan import BenchOptions, Row, plan_bench
 from edgedistill.bench.process import SETTLE_SECONDS, measure_group
+from edgedistill.bench.records import BenchReport, ReportRow, RowResult, Skip
 from edgedistill.bench.stats import add_ratios, baselines, best_rows, knn_meta
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["run_bench", "REPORT_FORMAT"]
 
@@ -65,23 +66,21 @@ def run_bench(
     console: Any = None,
     load_timeout: float = 900.0,
     run_timeout: float = 600.0,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Benchmark every variant of ``bundle`` (a directory with ``manifest.json``).
 
     Args:
-        device: "cpu", "browser" (onnxruntime-web in headless Chromium, beside the native CPU
-            rows), an OpenVINO device ("GPU", "NPU", "GPU.1") or an ONNX Runtime execution
-            provider ("cuda", "CUDAExecutionProvider", "tensorrt", "coreml", ...).
-        backends: subset of torch, onnxruntime, openvino, executorch, onnxruntime-web (default:
-            all that are installed).
+        device: "cpu", a runtime's own device (its rows beside the native CPU rows), or an
+            accelerator a runtime sees ("gpu", "npu", "cuda", ...).
+        backends: "torch" and runtimes of the registry (default: all that are installed).
         precisions: subset of fp32, bf16, fp16, int8 (default: all the bundle and CPU allow).
-        threads: thread counts, each measured separately (default: the usable CPUs; with
-            ``device="browser"`` 1 as well).
+        threads: thread counts, each measured separately (default: the usable CPUs; on a
+            runtime's own device 1 as well).
         batches: batch sizes; the smallest gives the latency percentiles, the others throughput.
         warmup: untimed runs per batch size after loading.
         runs / seconds: timed runs per row and batch size, or seconds per row and batch size
             (default: 2 s), split over ``rounds`` interleaved rounds.
-        static_shapes: OpenVINO compiles a static-shape model per batch size.
+        static_shapes: a runtime that compiles per shape compiles one model per batch size.
         verify: check every measured variant's files against the manifest's sha256 first.
 
     Returns:
@@ -101,19 +100,17 @@ def run_bench(
     devices = available_devices()
     rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
     settings = _settings(manifest, bundle_dir, opts, device, _verify(manifest, bundle_dir, rows) if verify else False)
-    con.print(f"benchmarking [bold]{manifest['name']}[/] ({bundle_dir}): {len(rows)} rows x "
+    con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
               f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, RowResult] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = load_average()
-    with progress_bar(con, enabled=progress) as bar, _browser_server(rows, bundle_dir) as url:
-        for row in rows:
-            if row.backend == "onnxruntime-web":
-                row.extra["url"] = url
+    with progress_bar(con, enabled=progress) as bar, _servers(rows, bundle_dir), \
+            _input_file(manifest, settings["sample"]) as input_file:
         for t in opts.threads:
             measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
-                          sample=settings["sample"], bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
+                          input_file=input_file, bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
                           round_loads=settings["load_average_per_round"].setdefault(str(t), []))
     report_rows = _measured_rows(rows, results, skipped)
     bases = baselines(report_rows, opts.threads, skipped)
@@ -123,8 +120,8 @@ def run_bench(
         "format": REPORT_FORMAT,
         "created": started.isoformat(timespec="seconds"),
         "seconds": round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 1),
-        "bundle": {"path": str(bundle_dir.resolve()), "name": manifest["name"], "input": manifest["input"],
-                   "default_variant": manifest.get("default_variant"), "knn": knn_meta(manifest)},
+        "bundle": {"path": str(bundle_dir.resolve()), "name": manifest.name, "input": manifest.input.as_json(),
+                   "default_variant": manifest.default_variant, "knn": knn_meta(manifest)},
         "machine": dict(describe_machine(devices), load_average_after=load_after),
         "settings": settings,
         "baselines": bases,
@@ -135,7 +132,7 @@ def run_bench(
     }
 
 
-def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool:
+def _verify(manifest: Manifest, bundle_dir: Path, rows: list[Row]) -> bool:
     """Every measured variant against its sha256: a flipped byte in a model gives finite, wrong
     figures, so it is caught before any measuring (the torch row checks its own weights)."""
     from edgedistill.runtime.manifest import verify_variant
@@ -145,20 +142,47 @@ def _verify(manifest: dict[str, Any], bundle_dir: Path, rows: list[Row]) -> bool
     return True
 
 
-def _browser_server(rows: list[Row], bundle_dir: Path) -> Any:
-    """The bench page's server while browser rows are measured (nothing otherwise)."""
-    import contextlib
+@contextlib.contextmanager
+def _servers(rows: list[Row], bundle_dir: Path) -> Iterator[None]:
+    """What a runtime's workers need running while its rows are measured (a page server); what it yields goes into each of its rows' spec as ``url``."""
+    from edgedistill.runtime import registry
 
-    from edgedistill.bench.browser import serve
+    with contextlib.ExitStack() as stack:
+        for name in dict.fromkeys(r.backend for r in rows if r.backend != "torch"):
+            url = stack.enter_context(registry.get(name).serve(bundle_dir))
+            if url is not None:
+                for row in rows:
+                    if row.backend == name:
+                        row.extra["url"] = url
+        yield
 
-    return serve(bundle_dir) if any(r.backend == "onnxruntime-web" for r in rows) else contextlib.nullcontext()
+
+@contextlib.contextmanager
+def _input_file(manifest: Manifest, sample: str | None) -> Iterator[str | None]:
+    """The bundle's sample image through its preprocessing, as the .npy every worker times
+    (the workers need no Pillow and no edgedistill); None: seeded noise."""
+    import numpy as np
+
+    from edgedistill.runtime.preprocessing import preprocess
+    from edgedistill.utils import temporary_directory
+
+    if not sample or not os.path.isfile(sample):
+        yield None
+        return
+    try:
+        image = preprocess(sample, manifest.preprocessing.spec)
+    except Exception:  # a sample that does not fit the model is not worth failing for
+        yield None
+        return
+    with temporary_directory("edgedistill-bench-") as folder:
+        np.save(folder / "input.npy", image.astype(np.float32))
+        yield str(folder / "input.npy")
 
 
-def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, device: str,
+def _settings(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,
               verified: bool) -> dict[str, Any]:
     """How the run measures, recorded in the report."""
-    sample = manifest.get("sample") or {}
-    sample_path = str(bundle_dir / sample["file"]) if sample.get("file") else None
+    sample_path = str(bundle_dir / manifest.sample.file) if manifest.sample and manifest.sample.file else None
     return {
         "device": device, "backends": opts.backends, "precisions": opts.precisions, "threads": opts.threads,
         "batches": opts.batches, "latency_batch": opts.batches[0], "warmup": opts.warmup, "runs": opts.runs,
@@ -172,8 +196,7 @@ def _settings(manifest: dict[str, Any], bundle_dir: Path, opts: BenchOptions, de
     }
 
 
-def _measured_rows(rows: list[Row], results: dict[str, dict[str, Any]],
-                   skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _measured_rows(rows: list[Row], results: dict[str, RowResult], skipped: list[Skip]) -> list[ReportRow]:
     measured = [r for r in rows if r.id in results]
     if not measured:
         why = "; ".join(f"{s['backend']} {s['variant']}: {s['reason']}" for s in skipped[:3])
@@ -181,7 +204,7 @@ def _measured_rows(rows: list[Row], results: dict[str, dict[str, Any]],
     return [dict(_row_fields(r), **results[r.id]) for r in measured]
 
 
-def _notes(rows: list[dict[str, Any]], loads: list[Any], round_loads: dict[str, list[Any]]) -> list[str]:
+def _notes(rows: list[ReportRow], loads: list[Any], round_loads: dict[str, list[Any]]) -> list[str]:
     """What a reader should know before trusting the figures: a busy or drifting machine."""
     from edgedistill.bench.machine import usable_cpus
 
@@ -200,7 +223,7 @@ def _notes(rows: list[dict[str, Any]], loads: list[Any], round_loads: dict[str, 
     return notes
 
 
-def _row_fields(row: Row) -> dict[str, Any]:
+def _row_fields(row: Row) -> ReportRow:
     return {"id": row.id, "label": row.label, "backend": row.backend, "engine": row.engine, "variant": row.variant,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "file": os.path.basename(row.model), "size_bytes": row.size_bytes,

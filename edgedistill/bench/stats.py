@@ -3,14 +3,19 @@ speed-ups and latency ratios (also paired round by round), the best row per prec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from edgedistill.bench.records import Baseline, BatchStats, ReportRow, Skip
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["summarize_times", "baselines", "add_ratios", "best_rows", "knn_meta"]
 
 
-def summarize_times(rounds: list[list[float]], batch: int) -> dict[str, Any]:
+def summarize_times(rounds: list[list[float]], batch: int) -> BatchStats:
     """Latency percentiles (ms) over every timed run, throughput (images/s, from the median)
     and the median of each round (how much the machine drifted during the run)."""
     flat = np.asarray([t for r in rounds for t in r], dtype=np.float64)
@@ -29,8 +34,8 @@ def summarize_times(rounds: list[list[float]], batch: int) -> dict[str, Any]:
     }
 
 
-def knn_meta(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    knn = (manifest.get("validation") or {}).get("knn") or {}
+def knn_meta(manifest: "Manifest") -> dict[str, Any] | None:
+    knn = (manifest.validation or {}).get("knn") or {}
     if not knn or knn.get("skipped") or not knn.get("torch_fp32"):
         return None
     meta = {k: knn.get(k) for k in ("source", "train_images", "val_images", "classes", "k", "max_drop")}
@@ -38,8 +43,12 @@ def knn_meta(manifest: dict[str, Any]) -> dict[str, Any] | None:
     return meta
 
 
-def baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per thread count: torch eager FP32, else ONNX Runtime FP32, else the first FP32 row."""
+def baselines(rows: list[ReportRow], threads: list[int], skipped: list[Skip]) -> list[Baseline]:
+    """Per thread count: torch eager FP32, else the FP32 row of the first runtime in the
+    registry's order that has one (ONNX Runtime's), else the first row."""
+    from edgedistill.runtime import registry
+
+    order = {name: i for i, name in enumerate(registry.backends())}
     out = []
     for t in threads:
         mine = [r for r in rows if r["threads"] == t]
@@ -51,15 +60,15 @@ def baselines(rows: list[dict[str, Any]], threads: list[int], skipped: list[dict
             continue
         why = next((s["reason"] for s in skipped if s["backend"] == "torch" and s["precision"] == "fp32"
                     and s.get("threads", t) == t), "torch was not asked for (--backends)")
-        chosen = (next((r for r in mine if r["backend"] == "onnxruntime" and r["precision"] == "fp32"), None)
-                  or next((r for r in mine if r["precision"] == "fp32"), None) or mine[0])
+        fp32 = sorted((r for r in mine if r["precision"] == "fp32"), key=lambda r: order.get(r["backend"], len(order)))
+        chosen = fp32[0] if fp32 else mine[0]
         label = chosen["label"] + ("" if chosen["precision"] in chosen["variant"] else f" {chosen['precision']}")
         out.append({"threads": t, "row": chosen["id"], "label": label,
                     "fallback_reason": f"torch eager fp32 unavailable: {why}"})
     return out
 
 
-def add_ratios(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> None:
+def add_ratios(rows: list[ReportRow], baselines: list[Baseline]) -> None:
     """speedup = baseline p50 / row p50 and latency_ratio = its inverse, per batch size, against
     the baseline with the same threads; latency_ratio_by_round: the same ratio within each round
     (median, min, max over rounds), a spread to judge the ratio by."""
@@ -83,9 +92,9 @@ def add_ratios(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> N
                 stats["speedup"] = stats["latency_ratio"] = stats["latency_ratio_by_round"] = None
 
 
-def best_rows(rows: list[dict[str, Any]], latency_batch: int) -> dict[str, Any]:
+def best_rows(rows: list[ReportRow], latency_batch: int) -> dict[str, dict[str, Any]]:
     """Per precision and thread count, the row with the lowest p50 at the latency batch."""
-    best: dict[str, Any] = {}
+    best: dict[str, dict[str, Any]] = {}
     for row in rows:
         stats = row["batches"].get(str(latency_batch))
         if not stats:

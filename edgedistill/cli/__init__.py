@@ -1,7 +1,7 @@
 """The ``edgedistill`` command group.
 
 Each command lives in its own module and only parses, validates, calls a plain function and
-renders the result. Heavy imports (torch, timm, onnx, openvino) happen inside the commands,
+renders the result. Heavy imports (torch, timm, the runtimes) happen inside the commands,
 so ``edgedistill --help`` and ``--version`` stay instant.
 """
 
@@ -53,11 +53,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         import warnings
 
-        from edgedistill.utils import DISK_ERRNOS, describe_os_error, quiet_third_party_counters
+        from edgedistill.runtime.registry import quiet_runtimes
+        from edgedistill.utils import DISK_ERRNOS, describe_os_error
 
         # Library warnings reach users as one line, not as a source excerpt.
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
-        quiet_third_party_counters()
+        quiet_runtimes()
         global _HANDLER_PID
         main_thread = threading.current_thread() is threading.main_thread()
         _HANDLER_PID = os.getpid()
@@ -90,7 +91,7 @@ def main() -> None:
       edgedistill pretrain   SSL (DINO) teacher on your own unlabeled images
       edgedistill distill    AttnDistill: teacher -> ViT-Tiny student
       edgedistill eval       k-NN, linear probe, attention maps
-      edgedistill export     ONNX + OpenVINO bundle, --int8, parity and accuracy gates
+      edgedistill export     a gated bundle (ONNX and the other runtimes' formats), --int8
       edgedistill bench      latency and throughput from a bundle
       edgedistill pipeline   all of the above from one YAML config
     """

@@ -1,5 +1,6 @@
-"""``edgedistill bench``: latency, throughput, cold start and memory of every variant of a bundle,
-against torch eager FP32. Runs without torch (the baseline is then ONNX Runtime FP32)."""
+"""``edgedistill bench``: latency, throughput, cold start and memory of every variant of a bundle
+on every runtime that runs it, against torch eager FP32. Runs without torch (the baseline is
+then the first runtime's FP32 row)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,29 @@ from pathlib import Path
 import click
 
 from edgedistill.cli.common import console
+from edgedistill.options import CommaList
+from edgedistill.runtime import registry
+
+
+def _device_help() -> str:
+    own = [f"{r.device} ({r.label}, beside the native CPU rows)" for r in registry.RUNTIMES if r.device]
+    accelerators = [f"a device {r.label} sees" for r in registry.RUNTIMES if r.accelerators]
+    return "; ".join(["cpu", *own, " or ".join(accelerators) + " (gpu, npu, cuda, tensorrt, coreml, ...)"]) + "."
 
 
 @click.command("bench")
 @click.option("--bundle", "bundle", required=True, type=click.Path(path_type=Path),
               help="Bundle directory (export/<name>/ with manifest.json).")
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu; browser (onnxruntime-web in headless Chromium, beside the native CPU rows); an OpenVINO "
-                   "device (GPU, NPU) or an ONNX Runtime provider (cuda, tensorrt, coreml, ...).")
-@click.option("--backends", default=None,
-              help="Comma-separated: torch, onnxruntime, openvino, executorch, onnxruntime-web (default: all "
-                   "installed).")
-@click.option("--precision", "precisions", default=None,
+@click.option("--device", default="cpu", show_default=True, help=_device_help())
+@click.option("--backends", type=CommaList(choices=lambda: ("torch", *registry.backends())), default=None,
+              help=f"Comma-separated: torch, {', '.join(registry.backends())} (default: all installed).")
+@click.option("--precision", "precisions", type=CommaList(choices=("fp32", "bf16", "fp16", "int8")), default=None,
               help="Comma-separated: fp32, bf16, fp16, int8 (default: all the bundle and CPU have; bf16 only "
                    "with native bf16).")
-@click.option("--threads", default=None,
-              help="Comma-separated thread counts, each measured (default: usable CPUs; --device browser: 1 too).")
-@click.option("--batch", "batches", default="1,8,32", show_default=True,
+@click.option("--threads", type=CommaList(kind=int), default=None,
+              help="Comma-separated thread counts, each measured (default: usable CPUs; on a runtime's own "
+                   "device, 1 too).")
+@click.option("--batch", "batches", type=CommaList(kind=int), default="1,8,32", show_default=True,
               help="Comma-separated batch sizes: the smallest gives p50/p90/p99 latency, the others throughput.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per batch size after loading.")
 @click.option("--runs", type=int, default=None, help="Timed runs per row and batch size.")
@@ -33,7 +40,7 @@ from edgedistill.cli.common import console
 @click.option("--rounds", type=int, default=5, show_default=True,
               help="Interleaved rounds the timed runs are split into (rows alternate; noise hits all alike).")
 @click.option("--shapes", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
-              help="OpenVINO: compile a static-shape model per batch size, or keep the dynamic batch.")
+              help="Runtimes that compile per shape: a static-shape model per batch size, or the dynamic batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full report (machine, settings, every row and batch) as JSON (- for stdout).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -43,8 +50,8 @@ from edgedistill.cli.common import console
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress while measuring.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check every measured file against the manifest's sha256 first.")
-def command(bundle: Path, device: str, backends: str | None, precisions: str | None, threads: str | None,
-            batches: str, warmup: int, runs: int | None, seconds: float | None, rounds: int, shapes: str,
+def command(bundle: Path, device: str, backends: list[str] | None, precisions: list[str] | None,
+            threads: list[int] | None, batches: list[int], warmup: int, runs: int | None, seconds: float | None, rounds: int, shapes: str,
             json_path: Path | None, csv_path: Path | None, plot_path: Path | None, progress: bool,
             verify: bool) -> None:
     """Benchmark every variant of a bundle on every available backend.
@@ -52,8 +59,8 @@ def command(bundle: Path, device: str, backends: str | None, precisions: str | N
     \b
     Each row (backend x variant x precision x threads) runs in its own fresh process; the rows
     take turns in interleaved rounds. Reported: p50/p90/p99 latency at the smallest batch,
-    throughput at the others, speed-up against torch eager FP32 (ONNX Runtime FP32 without
-    torch), session creation, peak memory, file size, k-NN top-1 from the manifest.
+    throughput at the others, speed-up against torch eager FP32 (the first runtime's FP32
+    without torch), session creation, peak memory, file size, k-NN top-1 from the manifest.
     """
     from edgedistill.bench.report import check_plot_support, render_table, write_csv, write_json, write_plot
     from edgedistill.bench.runner import run_bench

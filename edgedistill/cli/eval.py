@@ -1,7 +1,7 @@
 """``edgedistill eval``: k-NN, linear probe and attention maps of any model.
 
-``--model`` takes a run directory, a student/teacher ``.safetensors``, an ``.onnx`` file, an
-OpenVINO ``.xml``, or a bundle directory (``--variant`` picks the model), so a torch model and
+``--model`` takes a run directory, a student/teacher ``.safetensors``, a model file any runtime of
+the registry opens, or a bundle directory (``--variant`` picks the model), so a torch model and
 its exports are judged by the same numbers.
 """
 
@@ -15,15 +15,21 @@ from typing import Any, Iterator
 import click
 
 from edgedistill.cli.common import console
+from edgedistill.options import CommaList
 
-_MODEL_HELP = ("Run directory, student/teacher .safetensors, .onnx file, OpenVINO .xml, bundle directory, "
-               "checkpoint file (with --arch), timm hub name, or 'random'.")
+
+
+def _model_help() -> str:
+    from edgedistill.runtime import registry
+
+    return (f"Run directory, student/teacher .safetensors, a model file ({registry.model_files()}), bundle "
+            "directory, checkpoint file (with --arch), timm hub name, or 'random'.")
 
 
 def model_options(func):
     """--model and how to open it."""
     options = [
-        click.option("--model", "model", required=True, help=_MODEL_HELP),
+        click.option("--model", "model", required=True, help=_model_help()),
         click.option("--variant", default=None, help="Bundle variant (default: the manifest's default_variant)."),
         click.option("--arch", default="", help="timm architecture of a bare checkpoint file or 'random'."),
         click.option("--img-size", type=int, default=0,
@@ -31,7 +37,7 @@ def model_options(func):
         click.option("--patch-size", type=int, default=0, help="Patch size of a checkpoint/random model."),
         click.option("--depth", type=int, default=0, help="Depth of a checkpoint/random model (0: the arch's own)."),
         click.option("--device", default="auto", show_default=True, help="Torch device: auto, cpu, cuda[:N]. "
-                     "ONNX/OpenVINO models run on CPU."),
+                     "Exported models run on the CPU."),
         click.option("--threads", type=int, default=None, help="Intra-op threads (default: the backend's own)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Initialization seed of a 'random' model (the random-init baseline)."),
@@ -175,22 +181,20 @@ def command() -> None:
 @command.command("knn")
 @model_options
 @data_options
-@click.option("--k", "k_text", default="10,20,100,200", show_default=True,
+@click.option("--k", "ks", type=CommaList(kind=int), default="10,20,100,200", show_default=True,
               help="Neighbour counts (k=20 is the headline).")
 @click.option("--temperature", type=float, default=0.07, show_default=True, help="Vote weight exp(sim / T).")
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Rows per similarity block.")
 @click.option("--predictions", "with_predictions", is_flag=True,
               help="Also write the headline-k prediction of every val image into --json.")
-def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool, json_path: Path | None,
+def knn(ks: list[int], temperature: float, chunk_size: int, with_predictions: bool, json_path: Path | None,
         no_progress: bool, **opts: Any) -> None:
     """Weighted k-NN top-1/top-5 of a model's CLS features on a labeled train/val pair."""
     from rich.table import Table
 
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.evaluate import evaluate_knn
-    from edgedistill.options import parse_list
 
-    ks = parse_list(k_text, "k", kind=int)
     if not 0 < temperature < float("inf"):
         raise EdgeDistillError(f"--temperature must be a number > 0, got {temperature}")
     if chunk_size < 1:
@@ -223,20 +227,18 @@ def knn(k_text: str, temperature: float, chunk_size: int, with_predictions: bool
 @command.command("linear")
 @model_options
 @data_options
-@click.option("--c", "c_text", default="0.1,1,10,100", show_default=True,
+@click.option("--c", "cs", type=CommaList(kind=float, minimum=None), default="0.1,1,10,100", show_default=True,
               help="Inverse regularization strengths; several: chosen on 20%% of train held out.")
 @click.option("--max-iter", type=int, default=1000, show_default=True)
-def linear(c_text: str, max_iter: int, json_path: Path | None, no_progress: bool, **opts: Any) -> None:
+def linear(cs: list[float], max_iter: int, json_path: Path | None, no_progress: bool, **opts: Any) -> None:
     """Linear probe: logistic regression on frozen L2-normalized features."""
     from rich.table import Table
 
     from edgedistill.errors import EdgeDistillError
     from edgedistill.eval.evaluate import evaluate_linear
-    from edgedistill.options import parse_list
 
-    cs = parse_list(c_text, "c", kind=float, minimum=None)
     if min(cs) <= 0:
-        raise EdgeDistillError(f"--c values must be > 0, got {c_text!r}")
+        raise EdgeDistillError(f"--c values must be > 0, got {','.join(map(str, cs))}")
     if max_iter < 1:
         raise EdgeDistillError(f"--max-iter must be >= 1, got {max_iter}")
     _check_json_path(json_path)

@@ -1,4 +1,5 @@
-"""``edgedistill export``: a distilled student -> a gated ONNX/OpenVINO (/ExecuTorch) bundle in ``export/<name>/``."""
+"""``edgedistill export``: a distilled student -> a gated bundle in ``export/<name>/``, one
+family of variants per format of the runtime registry."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ import click
 
 from edgedistill.cli.common import console
 from edgedistill.config import INT8_HINTS, ExportConfig
+from edgedistill.options import CommaList
+from edgedistill.runtime import registry
 
 _DEFAULTS = ExportConfig()
+
+
+def _formats_help() -> str:
+    parts = [f"{r.format} ({r.label}" + (f"; pip install 'edgedistill[{r.extra}]'" if not r.default and r.extra
+                                          else "") + ")" for r in registry.RUNTIMES if r.format]
+    return "Comma-separated: " + ", ".join(parts) + "."
 
 
 @click.command("export")
@@ -19,18 +28,18 @@ _DEFAULTS = ExportConfig()
 @click.option("--out", "out_root", type=click.Path(file_okay=False, path_type=Path), default=Path("export"),
               show_default=True, help="Bundle root; the bundle is <out>/<name>/.")
 @click.option("--name", default=None, help="Bundle name (default: the run directory's name).")
-@click.option("--formats", default=",".join(_DEFAULTS.formats), show_default=True,
-              help="Comma-separated: onnx, openvino, executorch (XNNPACK .pte; pip install 'edgedistill[executorch]').")
+@click.option("--formats", type=CommaList(choices=registry.formats, noun="export format"),
+              default=",".join(_DEFAULTS.formats), show_default=True, help=_formats_help())
 @click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True, help="ONNX opset (17-20).")
 @click.option("--img-size", type=int, default=None, help="Input size (default: the student's).")
 @click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True,
-              help="Add INT8 variants (ONNX Runtime static QDQ, NNCF for OpenVINO, PT2E for ExecuTorch).")
-@click.option("--fp16", is_flag=True, help="Add an OpenVINO variant with FP16 weights.")
+              help="Add each format's INT8 variants (calibrated on --calib images where the recipe needs it).")
+@click.option("--fp16", is_flag=True, help="Add the FP16-weight variants (the formats that have one).")
 @click.option("--calib", default=None, help="Calibration image folder (default: the train split of --data).")
 @click.option("--calib-size", type=int, default=_DEFAULTS.calib_size, show_default=True,
               help="Calibration images.")
 @click.option("--calib-method", default="minmax", show_default=True,
-              help="ONNX Runtime calibration: minmax, entropy or percentile.")
+              help="Static calibration: minmax, entropy or percentile.")
 @click.option("--data", default=None,
               help="Labeled folder with train/ and val/ (or 'digits') for the k-NN accuracy gate "
                    "(default: the run's data when labeled and present).")
@@ -39,8 +48,9 @@ _DEFAULTS = ExportConfig()
 @click.option("--min-cosine", type=float, default=_DEFAULTS.parity_min_cosine, show_default=True,
               help="Parity threshold for the FP32 variants (batch 1 and 8).")
 @click.option("--int8-hint", type=click.Choice(INT8_HINTS), default=_DEFAULTS.int8_precision_hint,
-              show_default=True, help="OpenVINO INT8: precision of the non-quantized ops (auto: bf16 where this "
-              "CPU has native bf16). A bf16 variant is also gated in f32, the fallback on CPUs without bf16.")
+              show_default=True, help="INT8 variants with a precision hint: precision of the non-quantized ops "
+              "(auto: bf16 where this CPU has native bf16). A bf16 variant is also gated in f32, the fallback on "
+              "CPUs without bf16.")
 @click.option("--recovery-attempts", type=int, default=_DEFAULTS.int8_recovery_attempts, show_default=True,
               help="An INT8 variant over --max-drop is requantized with its most sensitive layers kept in float "
                    "and measured again, up to this many times (0: fail at once).")
@@ -49,15 +59,15 @@ _DEFAULTS = ExportConfig()
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for k-NN features.")
 @click.option("--workers", "num_workers", type=int, default=0, show_default=True,
               help="Image-decoding worker processes for k-NN.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime / OpenVINO threads (default: theirs).")
+@click.option("--threads", type=int, default=None, help="Threads of the runtimes that judge the variants (default: theirs).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the validation figures to this JSON file (written on gate failure too; - for stdout).")
-def command(model_dir: Path, out_root: Path, name: str | None, formats: str, opset: int, img_size: int | None,
+def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str], opset: int, img_size: int | None,
             int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
             max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
             batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
-    """Export a student to ONNX and OpenVINO (and ExecuTorch: --formats), FP32 and INT8, gate every variant.
+    """Export a student to every format asked for (--formats), FP32 and INT8, and gate every variant.
 
     \b
     Parity gate: FP32 outputs vs torch on real images at batch 1 and 8 (cosine >= --min-cosine).
@@ -67,43 +77,33 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: str, ops
     import json
 
     from edgedistill.cli.common import check_outputs
-    from edgedistill.export.bundle import GateFailed, export_bundle, summary_rows
+    from edgedistill.export.bundle import ExportOptions, GateFailed, export_bundle, summary_rows
     from edgedistill.utils import write_output
 
     check_outputs({"--json": json_path})
     con = console()
+    options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size, calib_method=calib_method,
+                            projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
+                            recovery_attempts=recovery_attempts, batch_size=batch_size, num_workers=num_workers,
+                            threads=threads)
     try:
-        result = export_bundle(
-            model_dir, out_root=out_root, name=name, formats=formats, int8=int8, fp16=fp16, calib=calib,
-            calib_size=calib_size, calib_method=calib_method, data=data, opset=opset, img_size=img_size,
-            projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
-            recovery_attempts=recovery_attempts, force=force,
-            batch_size=batch_size,
-            num_workers=num_workers, threads=threads, console=con,
-        )
+        result = export_bundle(model_dir, out_root=out_root, name=name, formats=formats, calib=calib, data=data,
+                               img_size=img_size, force=force, options=options, console=con)
     except GateFailed as exc:
-        render_summary(con, summary_rows(exc.report, {}), title="export FAILED (no bundle written)")
+        render_summary(con, summary_rows(exc.report), title="export FAILED (no bundle written)")
         if json_path is not None:
             write_output(json_path, json.dumps(exc.report, indent=2) + "\n")
         raise
-    render_summary(con, result["rows"], title=f"export: {result['bundle']}", default=result["default_variant"])
+    render_summary(con, result.rows, title=f"export: {result.bundle}", default=result.default_variant)
     if json_path is not None:
-        write_output(json_path, json.dumps(result["validation"], indent=2) + "\n")
-
-
-def _size(n: Any) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        write_output(json_path, json.dumps(result.validation, indent=2) + "\n")
 
 
 def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: str | None = None) -> None:
     """Variant, file size, parity cosine / max-abs, k-NN top-1 and drop, gate status."""
     from rich.table import Table
+
+    from edgedistill.utils import human_bytes
 
     table = Table(title=title, caption=f"default variant: {default}" if default else None)
     for column, justify in (("variant", "left"), ("size", "right"), ("cosine", "right"), ("max-abs", "right"),
@@ -112,7 +112,7 @@ def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: st
     for row in rows:
         cos = "-" if row["cosine"] is None else f"{row['cosine']:.6f}" + ("" if row["parity_gated"] else "*")
         status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[row["passed"]]
-        table.add_row(row["variant"], _size(row["size_bytes"]), cos,
+        table.add_row(row["variant"], "-" if row["size_bytes"] is None else human_bytes(row["size_bytes"]), cos,
                       "-" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
                       "-" if row["top1"] is None else f"{row['top1']:.2f}",
                       "-" if row["drop"] is None else f"{row['drop']:.2f}", status)

@@ -1,8 +1,9 @@
 """Typed configuration: dataclass defaults, YAML files, ``--set a.b=v`` overrides, validation.
 
 Every key lives in a section (``data.*``, ``teacher.*``, ``student.*``, ``distill.*``, ...).
-Unknown keys are rejected with a suggestion, values are coerced to the declared type, and
-the resolved config is written as ``config.yaml`` into every run directory.
+Unknown keys are rejected with a suggestion, values are converted to the declared type by
+pydantic (``_coerce``), and the resolved config is written as ``config.yaml`` into every run
+directory.
 
 The checks behind ``validate`` live in ``checks.py``. This package imports no torch: the CLI
 validates a config before any heavy import.
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from edgedistill.config.checks import auto_local_crop_size, check_pretrain_sizes, patch_size_in_name, validate
 from edgedistill.errors import EdgeDistillError
@@ -172,21 +173,34 @@ class EvalConfig:
 INT8_HINTS = ("auto", "bf16", "f32")  # export.int8_precision_hint / export --int8-hint
 
 
+def _default_formats() -> tuple[str, ...]:
+    from edgedistill.runtime.registry import default_formats
+
+    return default_formats()
+
+
+def _default_backends() -> tuple[str, ...]:
+    from edgedistill.runtime.registry import default_backends
+
+    return ("torch", *default_backends())
+
+
 @dataclass
 class ExportConfig:
-    formats: tuple[str, ...] = ("onnx", "openvino")
+    # the registry's default formats; the opt-in ones (their own extras) by name, or pipeline.edge
+    formats: tuple[str, ...] = field(default_factory=_default_formats)
     int8: bool = True
     opset: int = 18
     calib_size: int = 64
     parity_min_cosine: float = 0.9999
     max_knn_drop: float = 1.0
-    int8_precision_hint: str = "auto"  # OpenVINO INT8's non-quantized ops: auto (bf16 where native) | bf16 | f32
+    int8_precision_hint: str = "auto"  # an INT8 variant's non-quantized ops: auto (bf16 where native) | bf16 | f32
     int8_recovery_attempts: int = 4  # requantize with sensitive layers in float when INT8 misses the gate
 
 
 @dataclass
 class BenchConfig:
-    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    backends: tuple[str, ...] = field(default_factory=_default_backends)
     threads: tuple[int, ...] = (2,)
     batch: tuple[int, ...] = (1, 8)
     runs: int = 50
@@ -198,9 +212,9 @@ class PipelineConfig:
     # Stages of `edgedistill pipeline`, in order. Without `pretrain`, distill uses teacher.source.
     stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
     attention_images: int = 4  # val images drawn in the report's attention-map figure
-    # Edge targets: the ExecuTorch variants (export) and the browser rows (bench). auto: each
-    # where it can run here (edgedistill[executorch] installed; Chromium + the web example's
-    # npm packages present); on: required (an error otherwise); off: neither.
+    # Edge targets: the registry's opt-in runtimes, their formats (export) and rows (bench). auto:
+    # each where it can run here (its extra installed, or what its own device needs, such as Chromium and the web
+    # example's npm packages); on: all required (an error otherwise); off: none.
     edge: str = "auto"
 
 
@@ -233,59 +247,43 @@ def _suggest(name: str, choices: list[str], prefix: str = "") -> str:
     return f"; known keys: {', '.join(prefix + c for c in sorted(choices))}"
 
 
+@functools.lru_cache(maxsize=None)
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    # nan and inf would pass every "> 0" check downstream
+    return TypeAdapter(tp, config=ConfigDict(allow_inf_nan=False))
+
+
+_MESSAGES = {"int_parsing": "must be an integer", "int_from_float": "must be an integer", "int_type": "must be an integer",
+             "float_parsing": "must be a number", "float_type": "must be a number",
+             "finite_number": "must be a finite number", "bool_parsing": "must be true or false",
+             "bool_type": "must be true or false", "string_type": "must be a string"}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the declared field type, or fail clearly."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise EdgeDistillError(f"config key '{key}' needs {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise EdgeDistillError(f"config key '{key}' must be true or false, got '{value}'")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise EdgeDistillError(f"config key '{key}' must be a number, got '{value}'")
-        try:
-            number = float(value) if tp is float else _to_int(value)
-        except (TypeError, ValueError, OverflowError):
-            kind = "an integer" if tp is int else "a number"
-            raise EdgeDistillError(f"config key '{key}' must be {kind}, got '{value}'") from None
-        if tp is float and not math.isfinite(number):  # nan/inf pass every "> 0" check
-            raise EdgeDistillError(f"config key '{key}' must be a finite number, got '{value}'")
-        return number
-    if tp is str:
-        if isinstance(value, bool):  # YAML 1.1 reads a bare `off` / `on` as a boolean
-            return "on" if value else "off"
-        if isinstance(value, (dict, list)):
-            raise EdgeDistillError(f"config key '{key}' must be a string, got {type(value).__name__}")
-        return "" if value is None else str(value)
-    return value
-
-
-def _to_int(value: Any) -> int:
-    as_float = float(value)
-    if not as_float.is_integer():
-        raise ValueError(value)
-    return int(as_float)
+    """A YAML or command-line value as the declared field type (pydantic's lax conversion:
+    "3" -> 3, "on" -> True, ["0.3", "1"] -> (0.3, 1.0)), or a one-line error naming the key.
+    Two spellings are the command line's own: ``a,b`` (or ``[a, b]``) for a tuple, and YAML
+    1.1's bare on/off, which reaches a text field as a boolean."""
+    is_tuple = typing.get_origin(tp) is tuple
+    if is_tuple and isinstance(value, str):
+        value = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
+    elif is_tuple and not isinstance(value, (list, tuple)):
+        value = [value]
+    if tp is str and isinstance(value, bool):
+        value = "on" if value else "off"
+    if tp is str and value is None:
+        value = ""
+    if tp in (int, float) and isinstance(value, bool):  # YAML's true is not a number
+        raise EdgeDistillError(f"config key '{key}' must be a number, got '{value}'")
+    try:
+        return _adapter(tp).validate_python(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] in ("too_short", "too_long") and is_tuple:
+            raise EdgeDistillError(f"config key '{key}' needs {len(typing.get_args(tp))} values, got "
+                                   f"{len(value)}") from None
+        what = _MESSAGES.get(error["type"], error["msg"][0].lower() + error["msg"][1:])
+        raise EdgeDistillError(f"config key '{key}' {what}, got '{error.get('input', value)}'") from None
 
 
 def _field_types(cls: type) -> dict[str, Any]:

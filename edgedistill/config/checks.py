@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.limits import MAX_IMAGE_SIDE, check_device
+from edgedistill.runtime import registry
 
 if TYPE_CHECKING:  # the package imports this module
     from edgedistill.config import Config
@@ -162,8 +163,9 @@ def _check_eval_and_export(cfg: Config) -> None:
     _need(0 < e.parity_min_cosine <= 1, f"export.parity_min_cosine must be in (0, 1], got {e.parity_min_cosine}")
     _need(e.max_knn_drop >= 0, f"export.max_knn_drop must be >= 0 (points), got {e.max_knn_drop}")
     _need(cfg.export.opset >= 17, f"export.opset must be >= 17, got {cfg.export.opset}")
-    _need(set(cfg.export.formats) <= {"onnx", "openvino", "executorch"},
-          f"export.formats must be a subset of onnx,openvino,executorch, got {cfg.export.formats}")
+    formats = registry.formats()
+    _need(set(cfg.export.formats) <= set(formats),
+          f"export.formats must be a subset of {','.join(formats)}, got {cfg.export.formats}")
     _need(cfg.export.int8_precision_hint in INT8_HINTS, f"export.int8_precision_hint must be one of {', '.join(INT8_HINTS)}, got '{cfg.export.int8_precision_hint}'")
 
 
@@ -173,3 +175,6 @@ def _check_pipeline_and_bench(cfg: Config) -> None:
     _need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
     _need(all(t >= 1 for t in cfg.bench.threads) and all(b >= 1 for b in cfg.bench.batch), "bench.threads and bench.batch must be >= 1")
     _need(cfg.bench.runs >= 1 and cfg.bench.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
+    backends = ("torch", *registry.backends())
+    _need(set(cfg.bench.backends) <= set(backends),
+          f"bench.backends must be a subset of {','.join(backends)}, got {cfg.bench.backends}")

@@ -36,7 +36,7 @@ from edgedistill.data.transforms import (
     train_transform,
 )
 from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.preprocess import load_rgb, to_rgb
+from edgedistill.runtime.preprocessing import load_rgb, to_rgb
 
 ImageDataset = ImageFolderDataset | DigitsDataset
 

@@ -50,7 +50,7 @@ from edgedistill.data.transforms import seeded_call, split_item
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.folders import (IMG_EXTENSIONS, SPLIT_DIRS, check_folder, has_split_layout,  # noqa: F401
                                          is_image_file, list_images, scan_folder)
-from edgedistill.runtime.preprocess import check_image_size, load_rgb
+from edgedistill.runtime.preprocessing import check_image_size, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def resolve_split(path: str, split: str, val_path: str = "") -> str:
 
 def verify_image(path: str) -> str | None:
     """Cheap check: ``None`` when the header (and PNG checksums) look sound and the size is
-    within bounds (``runtime.preprocess.check_image_size``), else the reason."""
+    within bounds (``runtime.preprocessing.check_image_size``), else the reason."""
     try:
         with Image.open(path) as img:
             refused = check_image_size(*img.size)

@@ -1,6 +1,6 @@
 """Evaluation: features and weighted k-NN (DINO protocol) over any embedder, opening
-``--model`` as torch/ONNX Runtime/OpenVINO, offline k-NN and linear probe, online k-NN,
-attention maps."""
+``--model`` as torch or through a runtime of the registry, offline k-NN and linear probe,
+online k-NN, attention maps."""
 
 from edgedistill.eval.evaluate import Splits, evaluate_knn, evaluate_linear, load_splits
 from edgedistill.eval.features import (

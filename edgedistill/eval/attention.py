@@ -12,12 +12,15 @@ from __future__ import annotations
 import io
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from edgedistill.errors import EdgeDistillError
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
 
 __all__ = ["cls_attention_maps", "attention_figure", "plot_attention"]
 
@@ -73,7 +76,7 @@ def _load_images(paths: Sequence[str | Path]) -> list[Any]:
     return out
 
 
-def _display(img: Any, spec: dict[str, Any]) -> np.ndarray:
+def _display(img: Any, spec: PreprocessSpec) -> np.ndarray:
     """The crop the model sees, in [0, 1] (H, W, 3)."""
     from edgedistill.eval.models import spec_transform
 
@@ -148,7 +151,7 @@ def attention_figure(
     images: Sequence[str | Path],
     out: str | Path,
     *,
-    teacher_spec: dict[str, Any] | None = None,
+    teacher_spec: PreprocessSpec | None = None,
     teacher_arch: str = "teacher",
     temperature: float = 10.0,
 ) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 accuracy gate all call :func:`knn_of`.
 
 An *embedder* maps a float32 NCHW batch (already preprocessed) to (B, D) embeddings:
-:class:`TorchEmbedder` for a timm ViT, the runtime embedders (``runtime.embedders``) for ONNX
-Runtime and OpenVINO. A *split* is a labeled dataset whose items are ``(model input, label)``.
+:class:`TorchEmbedder` for a timm ViT, the runtime embedders (``runtime.embedders``) for every
+runtime of the registry. A *split* is a labeled dataset whose items are ``(model input, label)``.
 
 * :func:`extract_features` embeds batches with a rich progress bar (rate and ETA).
 * :func:`embed_split` embeds a whole split; under ``torch.distributed`` each rank embeds

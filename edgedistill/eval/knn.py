@@ -10,8 +10,8 @@ Ties are resolved deterministically:
   * neighbours: larger similarity first, then lower training (bank) index;
   * classes: more votes first, then lower class index.
 
-``eval.features.knn_of`` feeds it the features of any embedder (torch, ONNX Runtime,
-OpenVINO), so every backend is judged by this one function; ``runtime.knn`` is its numpy
+``eval.features.knn_of`` feeds it the features of any embedder (torch, or any runtime of
+the registry), so every backend is judged by this one function; ``runtime.knn`` is its numpy
 twin for machines without torch (same tie rules, same figures).
 """
 

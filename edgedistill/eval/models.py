@@ -1,18 +1,17 @@
-"""``--model`` as an embedder: one interface over torch, ONNX Runtime and OpenVINO.
+"""``--model`` as an embedder: one interface over torch and every runtime of the registry.
 
 A model argument is one of
 
 - a run directory (``student.*`` from ``distill``, ``teacher.*`` from ``pretrain``), a saved
   backbone ``.safetensors``/``.json`` pair                         -> torch;
-- an ``.onnx`` file                                                -> ONNX Runtime;
-- an OpenVINO ``.xml`` (its ``.bin`` beside it)                    -> OpenVINO (true fp32 by default);
-- a bundle directory (``manifest.json``), ``variant`` picks a model -> ONNX Runtime or OpenVINO;
+- a model file a runtime of the registry opens (``registry.suffixes()``) -> that runtime;
+- a bundle directory (``manifest.json``), ``variant`` picks a model -> the variant's runtime;
 - anything ``--teacher`` accepts besides (a checkpoint file with ``arch``, a timm hub name,
   ``random``)                                                      -> torch.
 
 Whatever the backend, the preprocessing is described by one spec dict (the manifest's
-``preprocessing`` format): a bundle brings its own, an ``.onnx``/``.xml`` inside a bundle
-directory takes the bundle's, a run directory takes ``data.mean``/``data.std`` from its
+``preprocessing`` format): a bundle brings its own, a model file inside a bundle directory
+takes the bundle's, a run directory takes ``data.mean``/``data.std`` from its
 ``config.yaml``, and everything else the eval transform at the model's input size with
 ImageNet mean and std.
 """
@@ -22,17 +21,25 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["EvalModel", "open_model", "open_torch_module", "spec_transform", "standard_spec", "MODEL_HELP"]
+if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
+    from edgedistill.runtime.manifest import Manifest
 
-MODEL_HELP = ("run directory, student/teacher .safetensors, .onnx file, OpenVINO .xml, bundle directory "
-              "(with --variant), checkpoint file (with --arch), timm hub name, or 'random'")
+__all__ = ["EvalModel", "open_model", "open_torch_module", "spec_transform", "standard_spec", "model_help"]
 
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-_MODEL_SUFFIXES = (".onnx", ".xml", ".safetensors", ".json")
+
+
+def model_help() -> str:
+    """What ``--model`` takes (the runtimes' model files from the registry)."""
+    from edgedistill.runtime import registry
+
+    return (f"run directory, student/teacher .safetensors, a model file ({registry.model_files()}), bundle "
+            "directory (with --variant), checkpoint file (with --arch), timm hub name, or 'random'")
 
 
 @dataclass
@@ -44,9 +51,9 @@ class EvalModel:
     """
 
     embedder: Any
-    backend: str  # "torch" | "onnxruntime" | "openvino"
+    backend: str  # "torch" or the name of the runtime that runs it
     source: str
-    preprocessing: dict[str, Any]  # runtime.preprocess spec: resize, crop, interpolation, mean, std, ...
+    preprocessing: PreprocessSpec
     module: Any = None  # the torch nn.Module (torch backend only)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -71,16 +78,16 @@ class EvalModel:
         return json.loads(json.dumps(summary, default=str))  # loader details may hold paths, tuples
 
 
-def standard_spec(img_size: int, mean: Any = None, std: Any = None) -> dict[str, Any]:
+def standard_spec(img_size: int, mean: Any = None, std: Any = None) -> PreprocessSpec:
     """The eval transform at ``img_size`` as a validated preprocessing spec (ImageNet mean/std
     unless given)."""
     from edgedistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_preprocessing
-    from edgedistill.runtime.preprocess import validate_spec
+    from edgedistill.runtime.preprocessing import validate_spec
 
     return validate_spec(eval_preprocessing(int(img_size), mean or IMAGENET_MEAN, std or IMAGENET_STD))
 
 
-def _is_standard(spec: dict[str, Any]) -> bool:
+def _is_standard(spec: PreprocessSpec) -> bool:
     """True when torchvision's eval transform reproduces ``spec`` (then it is used as is)."""
     from edgedistill.data.transforms import resize_size
 
@@ -90,15 +97,15 @@ def _is_standard(spec: dict[str, Any]) -> bool:
             and abs(spec["scale"] - 1 / 255) < 1e-12)
 
 
-def spec_transform(spec: dict[str, Any]) -> Callable[[Any], Any]:
+def spec_transform(spec: Mapping[str, Any]) -> Callable[[Any], Any]:
     """PIL RGB image -> model input, per a preprocessing spec.
 
     The standard spec (what ``export`` writes for the eval transform) maps to
     :func:`edgedistill.data.eval_transform` itself; anything else (BGR, NHWC, another resize
-    rule) to the torch-free :func:`edgedistill.runtime.preprocess.preprocess`, which a bundle's
+    rule) to the torch-free :func:`edgedistill.runtime.preprocessing.preprocess`, which a bundle's
     apps use too. The two agree bit for bit on the standard spec.
     """
-    from edgedistill.runtime.preprocess import validate_spec
+    from edgedistill.runtime.preprocessing import validate_spec
 
     spec = validate_spec(spec)
     if _is_standard(spec):
@@ -109,15 +116,15 @@ def spec_transform(spec: dict[str, Any]) -> Callable[[Any], Any]:
 
 
 class _NumpyTransform:
-    """Picklable (DataLoader workers) wrapper around ``runtime.preprocess.preprocess``."""
+    """Picklable (DataLoader workers) wrapper around ``runtime.preprocessing.preprocess``."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: PreprocessSpec) -> None:
         self.spec = spec
 
     def __call__(self, img: Any) -> Any:
         import torch
 
-        from edgedistill.runtime.preprocess import preprocess
+        from edgedistill.runtime.preprocessing import preprocess
 
         return torch.from_numpy(preprocess(img, self.spec))
 
@@ -130,7 +137,7 @@ def _run_mean_std(folder: Path) -> tuple[Any, Any]:
     return (list(cfg.data.mean), list(cfg.data.std)) if cfg is not None else (None, None)
 
 
-def _bundle_of(path: Path) -> tuple[dict[str, Any], str] | None:
+def _bundle_of(path: Path) -> tuple[Manifest, str] | None:
     """(manifest, variant) when ``path`` is a model file listed in the bundle it sits in."""
     from edgedistill.runtime.manifest import MANIFEST_NAME, read_manifest
 
@@ -140,29 +147,13 @@ def _bundle_of(path: Path) -> tuple[dict[str, Any], str] | None:
         manifest = read_manifest(path.parent)
     except EdgeDistillError:
         return None
-    for name, var in manifest["variants"].items():
-        if (path.parent / var["file"]).resolve() == path.resolve():
+    for name, var in manifest.variants.items():
+        if (path.parent / var.file).resolve() == path.resolve():
             return manifest, name
     return None
 
 
-def _input_size_of(embedder: Any, path: Path) -> int | None:
-    """The static square input size of an ONNX/OpenVINO model, if it declares one."""
-    shape: list[Any] = []
-    if hasattr(embedder, "input_shape"):  # ONNX Runtime
-        shape = list(embedder.input_shape)
-    elif hasattr(embedder, "compiled"):  # OpenVINO
-        partial = embedder.compiled.inputs[0].get_partial_shape()
-        shape = [d.get_length() if d.is_static else None for d in partial]
-    if len(shape) != 4:
-        return None
-    h, w = (shape[2], shape[3]) if shape[1] == 3 else (shape[1], shape[2])
-    if isinstance(h, int) and isinstance(w, int) and h == w and h > 0:
-        return h
-    return None
-
-
-def open_torch_module(module: Any, source: str, spec: dict[str, Any] | None = None, device: str = "auto",
+def open_torch_module(module: Any, source: str, spec: PreprocessSpec | None = None, device: str = "auto",
                       threads: int | None = None, info: dict[str, Any] | None = None) -> EvalModel:
     """An :class:`EvalModel` of a timm ViT already built (``spec``: the eval transform at its
     input size unless given)."""
@@ -206,27 +197,29 @@ def open_model(
         threads: intra-op threads for any backend (None: the backend's default).
         arch, img_size, patch_size, depth: the architecture of a checkpoint file, ``random``
             or a hub name (as for ``--teacher``); ``img_size`` also sets the input size of an
-            ONNX/OpenVINO model whose input size is dynamic.
-        precision: OpenVINO inference precision (``f32`` = true fp32, ``bf16``, ``f16``, None).
+            exported model whose input size is dynamic.
+        precision: the inference precision hint of a runtime that takes one (``f32`` = true
+            fp32, ``bf16``, ``f16``; None: the manifest's, else the runtime's default).
         seed: initialization seed of ``random`` (a reproducible random-init baseline).
         verify: check a bundle variant's files against the manifest's sha256 before loading.
     """
-    from edgedistill.runtime.manifest import MANIFEST_NAME
     from edgedistill.limits import check_device
+    from edgedistill.runtime import registry
+    from edgedistill.runtime.manifest import MANIFEST_NAME
 
     device = check_device(device, "--device")
 
     text = str(source).strip()
     if not text:
-        raise EdgeDistillError(f"--model is empty (expected a {MODEL_HELP})")
+        raise EdgeDistillError(f"--model is empty (expected a {model_help()})")
     path = Path(text).expanduser()
     is_bundle = path.is_dir() and (path / MANIFEST_NAME).is_file()
     if variant is not None and not is_bundle:
         raise EdgeDistillError(f"--variant {variant} needs a bundle directory (with {MANIFEST_NAME}), got {text}")
 
-    if is_bundle or (path.is_file() and path.suffix.lower() in (".onnx", ".xml")):
+    if is_bundle or (path.is_file() and registry.for_suffix(path.suffix) is not None):
         if device not in ("auto", "cpu"):
-            raise EdgeDistillError(f"--device {device}: ONNX Runtime and OpenVINO models are evaluated on the CPU "
+            raise EdgeDistillError(f"--device {device}: exported models are evaluated on the CPU "
                                    "(`edgedistill bench --device` measures them on accelerators)")
         return _open_exported(path, text, is_bundle, variant, threads, img_size, precision, verify)
     if path.is_dir() or (path.is_file() and (path.suffix == ".json" or (
@@ -237,20 +230,21 @@ def open_model(
 
 def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, threads: int | None,
                    img_size: int, precision: str | None, verify: bool) -> EvalModel:
-    """A bundle variant, or an .onnx / .xml file (the bundle it sits in supplies the
-    preprocessing)."""
+    """A bundle variant, or a model file (the bundle it sits in supplies the preprocessing)."""
+    from edgedistill.runtime import registry
     from edgedistill.runtime.embedders import open_embedder
     from edgedistill.runtime.manifest import default_variant, read_manifest
 
     kwargs: dict[str, Any] = {"threads": threads, "verify": verify}
-    info: dict[str, Any] = {}
+    if precision is not None:
+        kwargs["precision"] = precision  # for a runtime that takes a precision hint; the others ignore it
     if is_bundle:
         manifest = read_manifest(path)
         variant = variant or default_variant(manifest)
-        if variant not in manifest["variants"]:
-            raise EdgeDistillError(f"bundle {manifest['name']!r} has no variant {variant!r} "
-                                   f"(available: {', '.join(manifest['variants'])})")
-        bundle: tuple[dict[str, Any], str] | None = (manifest, variant)
+        if variant not in manifest.variants:
+            raise EdgeDistillError(f"bundle {manifest.name!r} has no variant {variant!r} "
+                                   f"(available: {', '.join(manifest.variants)})")
+        bundle: tuple[Manifest, str] | None = (manifest, variant)
     else:
         bundle = _bundle_of(path)
         if bundle is not None and verify:  # a model file of a bundle: checked like the bundle
@@ -258,35 +252,31 @@ def _open_exported(path: Path, text: str, is_bundle: bool, variant: str | None, 
 
             verify_variant(bundle[0], path.parent, bundle[1])
         kwargs.pop("verify")
-    fmt = (bundle[0]["variants"][bundle[1]]["format"] if bundle
-           else ("onnx" if path.suffix.lower() == ".onnx" else "openvino"))
-    if fmt == "openvino":
-        kwargs["precision"] = precision
+    runtime = (registry.for_format(bundle[0].variants[bundle[1]].format) if bundle
+               else registry.for_suffix(path.suffix))
+    assert runtime is not None  # open_model dispatched on the suffix
     embedder = open_embedder(path, variant, **kwargs) if is_bundle else open_embedder(path, **kwargs)
     if bundle:
         manifest, variant = bundle
-        from edgedistill.runtime.preprocess import validate_spec
-
-        spec = validate_spec(manifest["preprocessing"])
+        spec = manifest.preprocessing.spec
         if img_size and spec["crop"] != [img_size, img_size]:
             raise EdgeDistillError(f"--img-size {img_size} contradicts the bundle's preprocessing "
                                    f"(crop {spec['crop']}); leave it out")
-        var = manifest["variants"][variant]
-        info = {"bundle": manifest["name"], "variant": variant, "format": var["format"],
-                "precision": var["precision"]}
+        var = manifest.variants[variant]
+        info: dict[str, Any] = {"bundle": manifest.name, "variant": variant, "format": var.format,
+                                "precision": var.precision}
     else:
-        size = _input_size_of(embedder, path)
+        size = runtime.input_size(embedder)
         if size and img_size and size != img_size:
             raise EdgeDistillError(f"--img-size {img_size} contradicts {path.name}, whose input is {size}x{size}")
         size = size or img_size
         if not size:
             raise EdgeDistillError(f"{path.name} has a dynamic input size: pass --img-size")
         spec = standard_spec(size)
-        info = {"format": fmt}
-    if fmt == "openvino":
-        info["ov_precision"] = precision
-    backend = "onnxruntime" if fmt == "onnx" else "openvino"
-    return EvalModel(embedder, backend, text, spec, info=info)
+        info = {"format": runtime.format}
+    if precision is not None and getattr(embedder, "precision", None) is not None:
+        info["inference_precision"] = embedder.precision
+    return EvalModel(embedder, runtime.name, text, spec, info=info)
 
 
 def _open_saved(path: Path, text: str, device: str, threads: int | None, img_size: int) -> EvalModel:
@@ -305,18 +295,25 @@ def _open_saved(path: Path, text: str, device: str, threads: int | None, img_siz
     return open_torch_module(module, text, standard_spec(size, mean, std), device, threads, info)
 
 
+def _registry_suffixes() -> tuple[str, ...]:
+    from edgedistill.runtime import registry
+
+    return registry.suffixes()
+
+
 def _open_loadable(path: Path, text: str, device: str, threads: int | None, arch: str, img_size: int,
                    patch_size: int, depth: int, seed: int) -> EvalModel:
     """What ``--teacher`` accepts besides: a checkpoint file with ``arch``, a hub name, ``random``."""
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix not in _CHECKPOINT_SUFFIXES + (".safetensors",):
-            raise EdgeDistillError(f"cannot tell the model format of {path}: expected a {MODEL_HELP}")
+            raise EdgeDistillError(f"cannot tell the model format of {path}: expected a {model_help()}")
         if not arch:
             raise EdgeDistillError(f"{path.name} is a bare checkpoint: pass its architecture with --arch "
                                    "(e.g. --arch vit_small_patch16_224 --patch-size 16)")
     elif text.lower() != "random" and ("/" in text or "\\" in text or text.startswith((".", "~"))
-                                       or path.suffix.lower() in _CHECKPOINT_SUFFIXES + _MODEL_SUFFIXES):
+                                       or path.suffix.lower() in (*_CHECKPOINT_SUFFIXES, ".safetensors", ".json",
+                                                                  *_registry_suffixes())):
         raise EdgeDistillError(f"model not found: {text}")
 
     # --- torch: checkpoint file + arch, timm hub name, random

@@ -1,17 +1,19 @@
 """Export: a distilled student -> a gated bundle (``export/<name>/`` with ``manifest.json``).
 
 ``bundle.export_bundle`` is the stage function the CLI and ``pipeline`` call; it reads as its
-steps: ``plan`` (inputs), ``variants`` (one builder per variant: ``onnx``, ``openvino``,
-``quantize``), ``gates`` (parity and k-NN accuracy), ``manifest`` (writing the bundle's
-contract). Importing this package is cheap: torch, onnx, onnxruntime, openvino and nncf load
-only when a stage runs.
+steps: ``plan`` (inputs, the variants the registry's runtimes build for the formats asked for),
+``onnx`` (the torch graph and its FP32 ONNX export, which several runtimes start from),
+``variants`` (each built by its runtime, ``runtime.registry``), ``gates`` (parity and k-NN
+accuracy), ``recovery`` (accuracy-controlled INT8), ``manifest`` (writing the bundle's
+contract). Importing this package is cheap: torch and the runtimes' converters load only when
+a stage runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export_bundle", "GateFailed", "VARIANTS", "FORMATS", "summary_rows"]
+__all__ = ["export_bundle", "ExportOptions", "GateFailed", "VARIANTS", "FORMATS", "summary_rows"]
 
 
 def __getattr__(name: str) -> Any:

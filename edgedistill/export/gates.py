@@ -11,39 +11,64 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypedDict
 
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.base import Build
+from edgedistill.runtime.knn import compare
 
-__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "compare", "parity_of", "parity_failures",
-           "knn_failures", "ParityGate", "AccuracyGate", "gate_report"]
+__all__ = ["PARITY_BATCHES", "PARITY_IMAGES", "GateFailed", "ParityFigures", "KnnFigures", "Validation", "parity_of",
+           "parity_failures", "knn_failures", "ParityGate", "AccuracyGate", "gate_report"]
 
 PARITY_BATCHES = (1, 8)
 PARITY_IMAGES = 8
 
 
+class ParityFigures(TypedDict, total=False):
+    """One variant's parity: the worst figures over outputs and batch sizes, then each."""
+
+    min_cosine: float
+    max_abs: float
+    images: int
+    batch_sizes: list[int]
+    outputs: dict[str, dict[str, dict[str, float]]]  # output -> "batch_8" -> min_cosine, mean_cosine, max_abs
+    gated: bool
+    passed: bool | None
+
+
+class KnnFigures(TypedDict, total=False):
+    """One variant's k-NN (``eval.features.knn_of``'s figures) against torch FP32's; a variant
+    judged under a further setting carries its figures too, keyed ``<setting>_fallback``."""
+
+    top1: float
+    top5: float | None
+    per_k: dict[str, dict[str, float | None]]
+    k: int
+    k_used: int
+    temperature: float
+    reference_top1: float
+    drop: float
+    passed: bool
+    inference_precision_hint: str
+    f32_fallback: KnnFigures
+
+
+class Validation(TypedDict, total=False):
+    """The manifest's ``validation``: both gates' figures and the verdict."""
+
+    passed: bool
+    parity: dict[str, Any]  # min_cosine, source, variants: {name: ParityFigures}
+    knn: dict[str, Any]  # the protocol and data, torch_fp32, max_drop, variants: {name: KnnFigures} (or skipped)
+
+
 class GateFailed(EdgeDistillError):
     """A gate failed; ``report`` holds every figure measured (for --json and the table)."""
 
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
+    def __init__(self, message: str, report: Validation) -> None:
         super().__init__(message)
         self.report = report
-
-
-def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """Row-wise cosine similarity (min and mean) and max-abs difference of (N, D) arrays."""
-    ref = np.asarray(reference, dtype=np.float64)
-    out = np.asarray(output, dtype=np.float64)
-    if ref.shape != out.shape:
-        raise RuntimeError(f"output shape {out.shape} differs from the torch model's {ref.shape}")
-    if not np.isfinite(out).all():
-        return {"min_cosine": float("nan"), "mean_cosine": float("nan"), "max_abs": float("inf")}
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cos = (ref * out).sum(axis=1) / np.maximum(norms, 1e-30)
-    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-            "max_abs": float(np.abs(ref - out).max())}
 
 
 def _run_batches(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int) -> np.ndarray:
@@ -52,7 +77,7 @@ def _run_batches(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, 
 
 
 def parity_of(embedders: dict[str, Any], references: dict[int, dict[str, np.ndarray]], images: np.ndarray,
-              batches: Sequence[int] = PARITY_BATCHES) -> dict[str, Any]:
+              batches: Sequence[int] = PARITY_BATCHES) -> ParityFigures:
     """Parity of one variant: ``embedders`` maps output name -> embedder of that output,
     ``references[batch][output]`` the torch outputs for ``images`` run at that batch size.
 
@@ -72,7 +97,7 @@ def parity_of(embedders: dict[str, Any], references: dict[int, dict[str, np.ndar
             "batch_sizes": list(batches), "outputs": outputs}
 
 
-def parity_failures(parity: dict[str, dict[str, Any]], min_cosine: float) -> list[str]:
+def parity_failures(parity: dict[str, ParityFigures], min_cosine: float) -> list[str]:
     """One phrase per gated variant below ``min_cosine`` (NaN fails too)."""
     failed = []
     for variant, figures in parity.items():
@@ -85,14 +110,16 @@ def parity_failures(parity: dict[str, dict[str, Any]], min_cosine: float) -> lis
     return failed
 
 
-def knn_failures(knn: dict[str, dict[str, Any]], max_drop: float) -> list[str]:
+def knn_failures(knn: dict[str, KnnFigures], max_drop: float) -> list[str]:
     """One phrase per variant whose k-NN top-1 dropped by more than ``max_drop`` points."""
     failed = []
     for variant, figures in knn.items():
         checks = [(variant, figures)]
-        if "f32_fallback" in figures:  # a variant gated under two precision hints
-            checks = [(f"{variant} ({figures['inference_precision_hint']})", figures),
-                      (f"{variant} (f32 fallback)", figures["f32_fallback"])]
+        fallbacks = [k for k, v in figures.items() if k.endswith("_fallback") and isinstance(v, dict)]
+        if fallbacks:  # a variant gated under several settings
+            hint = figures.get("inference_precision_hint")
+            checks = [(f"{variant} ({hint})" if hint else variant, figures),
+                      *((f"{variant} ({k.replace('_', ' ')})", figures[k]) for k in fallbacks)]
         for label, result in checks:
             if not (result["drop"] <= max_drop):
                 failed.append(f"{label} lost {result['drop']:.2f} points of k-NN top-1 "
@@ -116,14 +143,14 @@ class ParityGate:
             max(PARITY_BATCHES): {o: whole[o].numpy() for o in self.output_names},
             1: {o: np.concatenate([s[o].numpy() for s in singles]) for o in self.output_names},
         }
-        self.figures: dict[str, dict[str, Any]] = {}
+        self.figures: dict[str, ParityFigures] = {}
 
-    def check(self, built: Any, name: str) -> None:
+    def check(self, build: Build, name: str) -> None:
         from edgedistill.export.variants import embedders_for
 
-        figures = parity_of(embedders_for(built, name, self.output_names, self.threads), self.references,
+        figures = parity_of(embedders_for(build, name, self.output_names, self.threads), self.references,
                             self.images)
-        figures["gated"] = built.entries[name]["precision"] == "fp32"
+        figures["gated"] = build.entries[name].precision == "fp32"
         figures["passed"] = bool(figures["min_cosine"] >= self.min_cosine) if figures["gated"] else None
         self.figures[name] = figures
 
@@ -132,7 +159,7 @@ class ParityGate:
 
 
 class AccuracyGate:
-    """k-NN top-1 of torch FP32 once, then of each variant (and a bf16-hint OpenVINO variant
+    """k-NN top-1 of torch FP32 once, then of each variant (and a bf16-hint variant
     again in f32, what a CPU without native bf16 runs)."""
 
     def __init__(self, model: Any, bank: Any, queries: Any, *, max_drop: float, batch_size: int,
@@ -149,9 +176,9 @@ class AccuracyGate:
             queries = InMemorySplit(queries, progress=progress, description="k-NN query images")
         self.bank, self.queries = bank, queries
         self.reference = self._knn(TorchEmbedder(model, name="torch_fp32"), "torch_fp32")
-        self.figures: dict[str, dict[str, Any]] = {}
+        self.figures: dict[str, KnnFigures] = {}
 
-    def _knn(self, embedder: Any, label: str) -> dict[str, Any]:
+    def _knn(self, embedder: Any, label: str) -> KnnFigures:
         from edgedistill.eval.features import knn_of
 
         figures = knn_of(embedder, self.bank, self.queries, label=label, **self.common)
@@ -159,28 +186,33 @@ class AccuracyGate:
         figures["k"] = figures.pop("headline_k")
         return figures
 
-    def _gate(self, built: Any, name: str, hint: str | None = None) -> dict[str, Any]:
+    def _gate(self, build: Build, name: str, label: str, **settings: Any) -> KnnFigures:
         from edgedistill.export.onnx import EMBEDDING
         from edgedistill.export.variants import embedders_for
 
-        embedder = embedders_for(built, name, [EMBEDDING], self.threads, hint=hint)[EMBEDDING]
-        figures = self._knn(embedder, name + (f" ({hint})" if hint else ""))
+        embedder = embedders_for(build, name, [EMBEDDING], self.threads, **settings)[EMBEDDING]
+        figures = self._knn(embedder, label)
         figures["reference_top1"] = self.reference["top1"]
         figures["drop"] = round(self.reference["top1"] - figures["top1"], 6)
         figures["passed"] = bool(figures["drop"] <= self.max_drop)
         return figures
 
-    def check(self, built: Any, name: str) -> None:
-        from edgedistill.export.openvino import INFERENCE_PRECISION_HINT
+    def check(self, build: Build, name: str) -> KnnFigures:
+        """The variant's k-NN figures (also kept in :attr:`figures`): as its manifest entry
+        says to run it, and under each setting its runtime says another device may run it
+        with (``runtime.gate_fallbacks``), all of which must pass."""
+        from edgedistill.runtime import registry
 
-        figures = self._gate(built, name)
-        hint = built.hint(name)
-        if hint is not None and hint != INFERENCE_PRECISION_HINT:
-            # a device without native bf16 runs this variant in f32: gate that path too
-            figures["inference_precision_hint"] = hint
-            figures["f32_fallback"] = self._gate(built, name, INFERENCE_PRECISION_HINT)
-            figures["passed"] = figures["passed"] and figures["f32_fallback"]["passed"]
+        entry = build.entries[name]
+        figures = self._gate(build, name, name)
+        fallbacks = registry.for_format(entry.format).gate_fallbacks(entry)
+        if fallbacks and entry.inference_precision_hint:
+            figures["inference_precision_hint"] = entry.inference_precision_hint
+        for key, settings in fallbacks.items():
+            figures[key] = self._gate(build, name, f"{name} ({key.replace('_', ' ')})", **settings)
+            figures["passed"] = figures["passed"] and figures[key]["passed"]
         self.figures[name] = figures
+        return figures
 
     def failures(self) -> list[str]:
         return knn_failures(self.figures, self.max_drop)
@@ -192,7 +224,7 @@ class AccuracyGate:
                 "protocol": "DINO weighted k-NN on L2-normalized embeddings", "torch_fp32": self.reference}
 
 
-def gate_report(parity: ParityGate, accuracy: AccuracyGate | None, max_drop: float, *, passed: bool) -> dict[str, Any]:
+def gate_report(parity: ParityGate, accuracy: AccuracyGate | None, max_drop: float, *, passed: bool) -> Validation:
     """The ``validation`` section of the manifest (and ``--json``)."""
     knn_variants = accuracy.figures if accuracy is not None else {}
     return {

@@ -1,6 +1,6 @@
 """Real images for calibration and the gates, preprocessed exactly as an app does.
 
-Every image the export stage feeds a model goes through ``edgedistill.runtime.preprocess``
+Every image the export stage feeds a model goes through ``edgedistill.runtime.preprocessing``
 with the bundle's own ``preprocessing`` dict (numpy + Pillow, no torchvision): calibration
 statistics, parity references and k-NN figures all see the input an app will produce.
 """
@@ -8,11 +8,14 @@ statistics, parity references and k-NN figures all see the input an app will pro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
 
 __all__ = ["Preprocess", "open_split", "pick_indices", "load_arrays", "labeled_pair"]
 
@@ -20,16 +23,16 @@ __all__ = ["Preprocess", "open_split", "pick_indices", "load_arrays", "labeled_p
 class Preprocess:
     """A picklable ``PIL image -> (3, H, W) float32`` transform from a preprocessing dict."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: PreprocessSpec) -> None:
         self.spec = spec
 
     def __call__(self, image: Any) -> np.ndarray:
-        from edgedistill.runtime.preprocess import preprocess
+        from edgedistill.runtime.preprocessing import preprocess
 
         return preprocess(image, self.spec)
 
 
-def open_split(path: str, split: str, spec: dict[str, Any], *, require_labels: bool = False,
+def open_split(path: str, split: str, spec: PreprocessSpec, *, require_labels: bool = False,
                scan: bool = True) -> Any:
     """The ``split`` of an image folder (or ``"digits"``) with the numpy transform:
     ``dataset[i] -> ((3, H, W) float32, label)``, ``dataset.load(i) -> (RGB PIL, label)``.
@@ -42,7 +45,7 @@ def open_split(path: str, split: str, spec: dict[str, Any], *, require_labels: b
                          scan=scan)
 
 
-def labeled_pair(path: str, spec: dict[str, Any], option: str = "--data") -> tuple[Any, Any]:
+def labeled_pair(path: str, spec: PreprocessSpec, option: str = "--data") -> tuple[Any, Any]:
     """(train, val) labeled splits of ``path`` with the same classes, for the k-NN gate."""
     from edgedistill.data import check_same_classes, has_split_layout
 
@@ -67,10 +70,10 @@ def pick_indices(total: int, count: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(total, size=count, replace=False))
 
 
-def load_arrays(dataset: Any, indices: np.ndarray, spec: dict[str, Any], *, progress: Any = None,
+def load_arrays(dataset: Any, indices: np.ndarray, spec: PreprocessSpec, *, progress: Any = None,
                 description: str = "images") -> tuple[np.ndarray, list[Any]]:
     """Preprocess ``dataset`` images at ``indices`` -> ((N, 3, H, W) float32, the RGB PIL images)."""
-    from edgedistill.runtime.preprocess import preprocess
+    from edgedistill.runtime.preprocessing import preprocess
 
     images, arrays = [], []
     task = progress.add_task(description, total=len(indices)) if progress is not None else None

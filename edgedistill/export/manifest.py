@@ -7,29 +7,22 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import edgedistill
+from edgedistill.export.gates import KnnFigures, Validation
 from edgedistill.export.plan import ExportPlan
-from edgedistill.export.variants import Built
-from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS
+from edgedistill.runtime import registry
+from edgedistill.runtime.base import Build
+from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS, Manifest, VariantEntry, validate_manifest
 
-__all__ = ["build_manifest", "default_variant", "summary_rows"]
-
-_VERSIONED = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torchao", "numpy",
-              "pillow")
+__all__ = ["build_manifest", "default_variant", "summary_rows", "SummaryRow"]
 
 
 def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version(), "edgedistill": edgedistill.__version__}
-    for package in _VERSIONED:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+    return {"python": platform.python_version(), "edgedistill": edgedistill.__version__,
+            **registry.versions(("torch", "torchvision", "timm", "numpy", "pillow"))}
 
 
 def _file_entry(bundle: Path, path: Path) -> dict[str, Any]:
@@ -38,30 +31,34 @@ def _file_entry(bundle: Path, path: Path) -> dict[str, Any]:
     return {"file": path.relative_to(bundle).as_posix(), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
 
 
-def _variant_entries(built: Built) -> dict[str, dict[str, Any]]:
-    """Each built variant's files (sha256, sizes) beside what its builder recorded, in schema order."""
+def _variant_entries(build: Build) -> dict[str, VariantEntry]:
+    """Each built variant's entry with its files' sha256 and sizes filled in, in manifest
+    order; a second file (weights beside a graph) as ``weights_*``."""
     entries = {}
-    for name, path in built.files.items():
-        entry = _file_entry(built.work, path)
-        if built.entries[name]["format"] == "openvino":
-            weights = _file_entry(built.work, path.with_suffix(".bin"))
-            entry.update(weights_file=weights["file"], weights_sha256=weights["sha256"],
-                         weights_size_bytes=weights["size_bytes"])
-        entry["total_size_bytes"] = entry["size_bytes"] + entry.get("weights_size_bytes", 0)
-        entries[name] = {**entry, **built.entries[name]}
+    for name, path in build.files.items():
+        entry = build.entries[name]
+        files = _file_entry(build.work, path)
+        for key, extra in registry.for_format(entry.format).manifest_files(path).items():
+            other = _file_entry(build.work, extra)
+            files.update({f"{key}_file": other["file"], f"{key}_sha256": other["sha256"],
+                          f"{key}_size_bytes": other["size_bytes"]})
+        files["total_size_bytes"] = sum(v for k, v in files.items() if k.endswith("size_bytes"))
+        entries[name] = VariantEntry.model_validate({**files, **entry.as_json(), **files})
     return {v: entries[v] for v in VARIANTS if v in entries}
 
 
-def default_variant(variants: dict[str, Any], knn: dict[str, Any]) -> str:
-    """The most accurate INT8 variant that passed its accuracy gate (ONNX on a tie: it runs
-    wherever ONNX Runtime does), else the FP32 ONNX model, else the first variant."""
-    passed = [v for v in ("onnx_int8", "openvino_int8") if v in variants and knn.get(v, {}).get("passed")]
+def default_variant(variants: dict[str, VariantEntry], knn: dict[str, KnnFigures]) -> str:
+    """The most accurate INT8 variant among the registry's default candidates that passed its
+    accuracy gate (the earlier in the registry's order on a tie: ONNX, which runs wherever ONNX
+    Runtime does), else the first FP32 variant, else the first variant."""
+    candidates = [v.name for _, v in registry.variants() if v.default_candidate]
+    passed = [v for v in candidates if v in variants and knn.get(v, {}).get("passed")]
     if passed:
-        return max(passed, key=lambda v: (knn[v]["top1"], v == "onnx_int8"))
-    return "onnx_fp32" if "onnx_fp32" in variants else next(iter(variants))
+        return max(passed, key=lambda v: (knn[v]["top1"], -candidates.index(v)))
+    return next((v for v, e in variants.items() if e.precision == "fp32"), next(iter(variants)))
 
 
-def _sample(plan: ExportPlan, built: Built, image: Any, outputs: dict[str, Any]) -> dict[str, Any]:
+def _sample(plan: ExportPlan, built: Build, image: Any, outputs: dict[str, Any]) -> dict[str, Any]:
     """One real image and its torch FP32 outputs: an app's self-test."""
     path = built.work / "sample.png"
     image.save(path, format="PNG")
@@ -71,7 +68,7 @@ def _sample(plan: ExportPlan, built: Built, image: Any, outputs: dict[str, Any])
                     "self-test (expect cosine >= the parity threshold for fp32 variants)"}
 
 
-def _provenance(plan: ExportPlan, built: Built) -> dict[str, Any]:
+def _provenance(plan: ExportPlan, built: Build) -> dict[str, Any]:
     from edgedistill.config import to_dict
 
     o, meta, model = plan.options, plan.meta, plan.model
@@ -85,48 +82,64 @@ def _provenance(plan: ExportPlan, built: Built) -> dict[str, Any]:
         "teacher": meta.get("teacher"),
         "projector": plan.projector_info,
         "config": to_dict(plan.config) if plan.config is not None else None,
-        "export": {"formats": list(plan.formats), "int8": bool(o["int8"]), "fp16": bool(o["fp16"]),
-                   "opset": int(o["opset"]), "calib": plan.calib_source, "calib_size": int(o["calib_size"]),
-                   "calib_method": o["calib_method"], "data": plan.knn_source, "min_cosine": o["min_cosine"],
-                   "max_drop": o["max_drop"], "onnx_exporter": dict(built.onnx_export, api="torch.onnx.export")},
+        "export": {"formats": list(plan.formats), "int8": bool(o.int8), "fp16": bool(o.fp16),
+                   "opset": int(o.opset), "calib": plan.calib_source, "calib_size": int(o.calib_size),
+                   "calib_method": o.calib_method, "data": plan.knn_source, "min_cosine": o.min_cosine,
+                   "max_drop": o.max_drop, "onnx_exporter": dict(built.onnx_export, api="torch.onnx.export")},
         "versions": _versions(),
     }
 
 
-def build_manifest(plan: ExportPlan, built: Built, report: dict[str, Any], sample_image: Any,
-                   sample_outputs: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a bundle whose variants all passed their gates."""
+def build_manifest(plan: ExportPlan, built: Build, report: Validation, sample_image: Any,
+                   sample_outputs: dict[str, Any]) -> Manifest:
+    """The manifest of a bundle whose variants all passed their gates, validated as every reader
+    validates it."""
     from edgedistill.export.onnx import INPUT_NAME
 
     variants = _variant_entries(built)
-    return {
+    return validate_manifest({
         "format_version": FORMAT_VERSION,
         "name": plan.name,
         "input": {"name": INPUT_NAME, "layout": "NCHW", "shape": [-1, 3, plan.img_size, plan.img_size],
                   "dtype": "float32"},
-        "outputs": plan.outputs,
+        "outputs": [o.as_json() for o in plan.outputs],
         "preprocessing": plan.spec,
-        "variants": variants,
+        "variants": {name: entry.as_json() for name, entry in variants.items()},
         "default_variant": default_variant(variants, report["knn"]["variants"]),
         "sample": _sample(plan, built, sample_image, sample_outputs),
         "provenance": _provenance(plan, built),
         "validation": report,
-    }
+    })
 
 
-def summary_rows(manifest_or_report: dict[str, Any], variants: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per variant: size, parity (cosine, max-abs), k-NN top-1 and drop, gate status.
-    Takes a manifest, or a validation report (then without sizes)."""
-    validation = manifest_or_report.get("validation", manifest_or_report)
-    variants = variants if variants is not None else manifest_or_report.get("variants", {})
+class SummaryRow(TypedDict):
+    """One line of export's table."""
+
+    variant: str
+    precision: str
+    size_bytes: int | None
+    cosine: float | None
+    max_abs: float | None
+    parity_gated: bool
+    top1: float | None
+    drop: float | None
+    passed: bool | None
+
+
+def summary_rows(validation: Validation | dict[str, Any],
+                 variants: dict[str, VariantEntry] | None = None) -> list[SummaryRow]:
+    """One row per variant: size (when ``variants`` are given), parity (cosine, max-abs),
+    k-NN top-1 and drop, gate status, from a validation report (``Manifest.validation``)."""
+    variants = variants or {}
     parity = validation.get("parity", {}).get("variants", {})
     knn = validation.get("knn", {}).get("variants", {})
     rows = []
     for v in [v for v in VARIANTS if v in variants or v in parity or v in knn]:
         p, k = parity.get(v, {}), knn.get(v, {})
         status = [s for s in (p.get("passed"), k.get("passed")) if s is not None]
-        rows.append({"variant": v, "precision": variants.get(v, {}).get("precision", v.rsplit("_", 1)[-1]),
-                     "size_bytes": variants.get(v, {}).get("total_size_bytes"), "cosine": p.get("min_cosine"),
+        entry = variants.get(v)
+        rows.append({"variant": v, "precision": entry.precision if entry else v.rsplit("_", 1)[-1],
+                     "size_bytes": entry.total_size_bytes if entry else None, "cosine": p.get("min_cosine"),
                      "max_abs": p.get("max_abs"), "parity_gated": bool(p.get("gated")), "top1": k.get("top1"),
                      "drop": k.get("drop"), "passed": all(status) if status else None})
     ref = validation.get("knn", {}).get("torch_fp32")

@@ -1,6 +1,7 @@
 """What an export will do, decided before any work: every input a user can get wrong fails
 here with a one-line error, and the rest of the export reads its choices off an
-:class:`ExportPlan` (the student, the images for each gate, the variants, the outputs)."""
+:class:`ExportPlan` (the student, the images for each gate, the variants, the outputs). The
+variants are the registry's (``runtime.registry``) for the formats asked for."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
-from edgedistill.runtime.manifest import FORMATS, VARIANTS
+from edgedistill.runtime import registry
+from edgedistill.runtime.base import BuildOptions, Runtime, Variant
 
-__all__ = ["ExportPlan", "plan_export", "parse_formats", "bundle_target", "check_out_root", "OUTPUT_DESCRIPTIONS"]
+if TYPE_CHECKING:
+    from edgedistill.runtime.manifest import OutputSpec
+    from edgedistill.runtime.preprocessing import PreprocessSpec
+
+__all__ = ["ExportOptions", "ExportPlan", "plan_export", "parse_formats", "require_formats", "bundle_target",
+           "check_out_root", "OUTPUT_DESCRIPTIONS"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 OUTPUT_DESCRIPTIONS = {
@@ -25,6 +32,64 @@ OUTPUT_DESCRIPTIONS = {
 
 
 @dataclass
+class ExportOptions:
+    """What ``export`` may be asked, besides the paths and formats (``export_bundle``'s
+    keyword arguments and the CLI's options)."""
+
+    int8: bool = True
+    fp16: bool = False
+    opset: int = 18
+    calib_size: int = 64
+    calib_method: str = "minmax"
+    projection: bool = False
+    min_cosine: float = 0.9999
+    max_drop: float = 1.0
+    int8_hint: str = "auto"
+    recovery_attempts: int = 4
+    batch_size: int = 64
+    num_workers: int = 0
+    threads: int | None = None
+
+    def check(self, img_size: int | None = None) -> "ExportOptions":
+        """One-line errors for values that cannot work (and an ``--img-size`` out of range);
+        gates that cannot pass (or always pass) fail here, not after the whole export.
+        Returns the options, numbers as floats."""
+        import math
+
+        from edgedistill.config import INT8_HINTS
+        from edgedistill.export.onnx import check_opset
+        from edgedistill.limits import MAX_IMAGE_SIDE, check_count
+
+        if img_size is not None and not 1 <= int(img_size) <= MAX_IMAGE_SIDE:
+            raise EdgeDistillError(f"--img-size must be between 1 and {MAX_IMAGE_SIDE}, got {img_size}")
+        check_opset(self.opset)
+        if int(self.calib_size) < 1 or int(self.batch_size) < 1:
+            raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
+        if int(self.recovery_attempts) < 0:
+            raise EdgeDistillError(f"--recovery-attempts must be >= 0, got {self.recovery_attempts}")
+        if not 0 < float(self.min_cosine) <= 1:
+            raise EdgeDistillError(f"--min-cosine must be in (0, 1] (a cosine similarity), got {self.min_cosine}")
+        if not (math.isfinite(float(self.max_drop)) and float(self.max_drop) >= 0):
+            raise EdgeDistillError(f"--max-drop must be a number >= 0 (k-NN points), got {self.max_drop}")
+        if self.int8_hint not in INT8_HINTS:
+            raise EdgeDistillError(f"--int8-hint must be one of {', '.join(INT8_HINTS)}, got {self.int8_hint!r}")
+        if self.threads is not None:
+            check_count(self.threads, "--threads")
+        check_count(self.num_workers, "--workers", minimum=0)
+        self.min_cosine, self.max_drop = float(self.min_cosine), float(self.max_drop)
+        return self
+
+    @property
+    def build(self) -> BuildOptions:
+        """What the runtimes' build steps read."""
+        return BuildOptions(opset=int(self.opset), threads=self.threads, int8_hint=self.int8_hint,
+                            calib_method=self.calib_method)
+
+    def wants(self, variant: Variant) -> bool:
+        return variant.option is None or bool(getattr(self, variant.option))
+
+
+@dataclass
 class ExportPlan:
     """The resolved inputs of one export."""
 
@@ -32,14 +97,14 @@ class ExportPlan:
     name: str
     bundle_dir: Path
     formats: tuple[str, ...]
-    variants: list[str]  # planned, in manifest order
+    planned: list[tuple[Runtime, Variant]]  # in manifest order
     model: Any  # the student (eval mode, at img_size)
     meta: dict[str, Any]  # its backbone JSON
     graph: Any  # export.onnx.EmbeddingModel: embedding (+ projection)
     projector_info: dict[str, int] | None
     img_size: int
     trained_size: int
-    spec: dict[str, Any]  # the bundle's preprocessing
+    spec: PreprocessSpec  # the bundle's preprocessing
     config: Any  # the run's typed config, or None
     knn_source: str | None
     knn_pair: tuple[Any, Any] | None  # labeled (train, val) splits for the accuracy gate
@@ -47,25 +112,38 @@ class ExportPlan:
     calib_ds: Any
     parity_source: str
     parity_ds: Any
-    options: dict[str, Any] = field(default_factory=dict)  # opset, int8, fp16, thresholds, ...
+    options: ExportOptions = field(default_factory=ExportOptions)
+    replace: bool = False  # an existing bundle is replaced (--force, and one was there when the export started)
 
     @property
-    def outputs(self) -> list[dict[str, Any]]:
+    def variants(self) -> list[str]:
+        return [v.name for _, v in self.planned]
+
+    @property
+    def outputs(self) -> list[OutputSpec]:
+        from edgedistill.runtime.manifest import OutputSpec
+
         dims = {"embedding": int(self.model.embed_dim)}
         if self.projector_info is not None:
             dims["projection"] = self.projector_info["teacher_dim"]
-        return [{"name": n, "dims": [-1, d], "description": OUTPUT_DESCRIPTIONS[n]} for n, d in dims.items()]
+        return [OutputSpec(name=n, dims=[-1, d], description=OUTPUT_DESCRIPTIONS[n]) for n, d in dims.items()]
 
     @property
     def output_names(self) -> list[str]:
-        return [o["name"] for o in self.outputs]
+        return [o.name for o in self.outputs]
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     from edgedistill.options import parse_list
 
-    items = parse_list(formats, "formats", choices=FORMATS, noun="export format")
-    return tuple(f for f in FORMATS if f in items)
+    items = parse_list(formats, "formats", choices=registry.formats(), noun="export format")
+    return tuple(f for f in registry.formats() if f in items)
+
+
+def require_formats(formats: tuple[str, ...]) -> None:
+    """A one-line error naming the install command for a format whose converters are missing."""
+    for fmt in formats:
+        registry.for_format(fmt).require(build=True)
 
 
 def _check_run(run: RunDir) -> None:
@@ -79,38 +157,15 @@ def _check_run(run: RunDir) -> None:
                                f"student.safetensors{hint}")
 
 
-def _check_options(o: dict[str, Any], formats: tuple[str, ...], run: RunDir, img_size: int | None) -> None:
-    import math
-
-    from edgedistill.export.onnx import check_opset
-    from edgedistill.export.quantize import ORT_CALIB_METHODS
-    from edgedistill.limits import MAX_IMAGE_SIDE, check_count
-
-    check_opset(o["opset"])
-    if o["int8"] and o["calib_method"] not in ORT_CALIB_METHODS:
-        raise EdgeDistillError(f"unknown calibration method {o['calib_method']!r}: choose "
-                               f"{', '.join(ORT_CALIB_METHODS)}")
-    if int(o["calib_size"]) < 1 or int(o["batch_size"]) < 1:
-        raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
-    if int(o["recovery_attempts"]) < 0:
-        raise EdgeDistillError(f"--recovery-attempts must be >= 0, got {o['recovery_attempts']}")
-    # gates that cannot pass (or always pass) fail here, not after the whole export
-    if not 0 < float(o["min_cosine"]) <= 1:
-        raise EdgeDistillError(f"--min-cosine must be in (0, 1] (a cosine similarity), got {o['min_cosine']}")
-    if not (math.isfinite(float(o["max_drop"])) and float(o["max_drop"]) >= 0):
-        raise EdgeDistillError(f"--max-drop must be a number >= 0 (k-NN points), got {o['max_drop']}")
-    if img_size is not None and not 1 <= int(img_size) <= MAX_IMAGE_SIDE:
-        raise EdgeDistillError(f"--img-size must be between 1 and {MAX_IMAGE_SIDE}, got {img_size}")
-    if o["threads"] is not None:
-        check_count(o["threads"], "--threads")
-    check_count(o["num_workers"], "--workers", minimum=0)
-    if "executorch" in formats:
-        from edgedistill.export.executorch import require_executorch
-
-        require_executorch()
-    if o["fp16"] and "openvino" not in formats:
-        raise EdgeDistillError("--fp16 makes an OpenVINO FP16 variant: add openvino to --formats")
-    if o["projection"] and not run.projector.is_file():
+def _check_options(o: ExportOptions, planned: list[tuple[Runtime, Variant]], run: RunDir,
+                   img_size: int | None) -> None:
+    o.check(img_size)
+    for runtime in dict.fromkeys(r for r, _ in planned):
+        runtime.check_options(o.build)
+    if o.fp16 and not any(v.option == "fp16" for _, v in planned):
+        makers = [f"{v.name} ({r.format})" for r, v in registry.variants() if v.option == "fp16"]
+        raise EdgeDistillError(f"--fp16 makes {', '.join(makers)}: add its format to --formats")
+    if o.projection and not run.projector.is_file():
         raise EdgeDistillError(f"--projection needs {run.projector.name} in {run.path} (written by "
                                "`edgedistill distill`); this run has none")
 
@@ -143,16 +198,14 @@ def _check_target(bundle_dir: Path, force: bool) -> None:
                                    "it, even with --force")
 
 
-def _check_space(bundle_dir: Path, graph: Any, fmts: tuple[str, ...], o: dict[str, Any]) -> None:
+def _check_space(bundle_dir: Path, graph: Any, planned: list[tuple[Runtime, Variant]]) -> None:
     """The bundle's size, known from the parameter count: fail now rather than on a full disk
-    minutes later. FP32 ONNX is built even for an OpenVINO-only bundle (OpenVINO converts it)."""
+    minutes later. An FP32 ONNX graph is written whatever the formats (the ONNX-based
+    conversions start from it)."""
     from edgedistill.utils import check_free_space
 
     params = sum(p.numel() for p in graph.parameters())
-    # FP32 ONNX (+ its fused-attention twin), FP32 IR, FP16 IR
-    per_param = 4.0 + (4.0 if "onnx" in fmts else 0.0) + (4.0 if "openvino" in fmts else 0.0) + (2.0 if o["fp16"] else 0.0)
-    if o["int8"]:  # int8 weights plus the float tensors left around them; ONNX's two graphs
-        per_param += 1.3 * (len(fmts) + ("onnx" in fmts))
+    per_param = 4.0 + sum(v.bytes_per_param for _, v in planned)
     check_free_space(bundle_dir.parent, int(params * per_param * 1.1) + (1 << 20), f"the bundle {bundle_dir}")
 
 
@@ -175,12 +228,6 @@ def _student(run: RunDir, img_size: int | None, projection: bool) -> tuple[Any, 
     return model, meta, EmbeddingModel(model, projector).eval(), info, trained
 
 
-def _unfusable(model: Any) -> str | None:
-    from edgedistill.export.ort_fused import fusable
-
-    return fusable(model)
-
-
 def _config_data(cfg: Any) -> tuple[str | None, str | None]:
     """(labeled k-NN data, any images) the run's own config points at, where they exist here:
     the defaults for ``data`` and ``calib``."""
@@ -198,7 +245,7 @@ def _config_data(cfg: Any) -> tuple[str | None, str | None]:
     return labeled, (path if usable(path) else None)
 
 
-def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: dict[str, Any], console: Any,
+def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: PreprocessSpec, console: Any,
             int8: bool) -> dict[str, Any]:
     """The images each gate reads: the accuracy gate's labeled pair, calibration, parity."""
     from edgedistill.export.images import labeled_pair, open_split
@@ -242,12 +289,27 @@ def _images(plan_data: str | None, calib: str | None, cfg: Any, spec: dict[str, 
             "parity_source": parity_source, "parity_ds": parity_ds}
 
 
+def _planned(fmts: tuple[str, ...], options: ExportOptions, model: Any,
+             console: Any) -> list[tuple[Runtime, Variant]]:
+    """The registry's variants of ``fmts`` the options ask for and this student allows."""
+    planned, left_out = [], {}
+    for runtime, variant in registry.variants(fmts):
+        if not options.wants(variant):
+            continue
+        why = runtime.unbuildable(variant, model)
+        if why:
+            left_out.setdefault(why, []).append(variant.name)
+            continue
+        planned.append((runtime, variant))
+    for why, names in left_out.items():
+        console.print(f"[yellow]note:[/] {', '.join(names)} left out: {why}")
+    return planned
+
+
 def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None, formats: str | Sequence[str],
                 data: str | Path | None, calib: str | Path | None, img_size: int | None, force: bool,
-                console: Any, **options: Any) -> ExportPlan:
-    """Check everything, load the student, pick the images; ``options``: int8, fp16, opset,
-    calib_size, calib_method, projection, min_cosine, max_drop, int8_hint, batch_size,
-    num_workers, threads."""
+                console: Any, options: ExportOptions) -> ExportPlan:
+    """Check everything, load the student, pick the images and the variants."""
     from edgedistill.data import eval_preprocessing
     from edgedistill.limits import check_batch_memory, image_memory
 
@@ -257,26 +319,19 @@ def plan_export(model_dir: str | Path, *, out_root: str | Path, name: str | None
     bundle_dir = bundle_target(run.path, out_root, name)
     name = bundle_dir.name
     _check_target(bundle_dir, force)
-    _check_options(options, fmts, run, img_size)
-    options["min_cosine"], options["max_drop"] = float(options["min_cosine"]), float(options["max_drop"])
+    _check_options(options, [(r, v) for r, v in registry.variants(fmts) if options.wants(v)], run, img_size)
     # replace only what was there when the export started: a folder that appears meanwhile is kept
-    options["replace"] = bool(force and bundle_dir.exists())
+    replace = bool(force and bundle_dir.exists())
 
-    model, meta, graph, projector_info, trained = _student(run, img_size, options["projection"])
+    model, meta, graph, projector_info, trained = _student(run, img_size, options.projection)
     size = int(img_size or trained)
-    _check_space(bundle_dir, graph, fmts, options)
-    check_batch_memory(options["batch_size"], image_memory(size, size), "--batch-size")
+    planned = _planned(fmts, options, model, console)
+    _check_space(bundle_dir, graph, planned)
+    check_batch_memory(options.batch_size, image_memory(size, size), "--batch-size")
     cfg = run.config_or_none()  # supplies mean/std and the default data; ImageNet's without one
     spec = eval_preprocessing(size, *((cfg.data.mean, cfg.data.std) if cfg is not None else ()))
     images = _images(str(data) if data is not None else None, str(calib) if calib is not None else None, cfg, spec,
-                     console, options["int8"])
-    variants = [v for v in VARIANTS if v.split("_")[0] in fmts and
-                (v.endswith("fp32") or (v.endswith("int8") and options["int8"])
-                 or (v.endswith("fp16") and options["fp16"]))]
-    unfusable = _unfusable(model)
-    if unfusable and "onnx_fused_fp32" in variants:
-        variants = [v for v in variants if not v.startswith("onnx_fused_")]
-        console.print(f"[yellow]note:[/] no fused-attention ONNX graph: {unfusable}")
-    return ExportPlan(run=run, name=name, bundle_dir=bundle_dir, formats=fmts, variants=variants, model=model,
+                     console, options.int8)
+    return ExportPlan(run=run, name=name, bundle_dir=bundle_dir, formats=fmts, planned=planned, model=model,
                       meta=meta, graph=graph, projector_info=projector_info, img_size=size, trained_size=trained,
-                      spec=spec, config=cfg, options=options, **images)
+                      spec=spec, config=cfg, options=options, replace=replace, **images)

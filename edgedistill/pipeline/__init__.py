@@ -3,8 +3,8 @@
   runs/<name>/teacher/   pretrain (DINO)         skipped when teacher.safetensors exists
   runs/<name>/student/   distill (AttnDistill)   skipped when student.safetensors exists
   runs/<name>/eval.json  k-NN: teacher, student, random-init student (and teacher, when pretrained)
-  export/<name>/         ONNX + OpenVINO (+ INT8) bundle with its gates (+ ExecuTorch: pipeline.edge)
-  runs/<name>/bench.json latency per backend and precision (+ the browser's rows: pipeline.edge)
+  export/<name>/         the bundle of export.formats (+ INT8) with its gates (+ the opt-in formats: pipeline.edge)
+  runs/<name>/bench.json latency per backend and precision (+ the opt-in runtimes' rows: pipeline.edge)
   runs/<name>/report/    README.md + loss curves, attention maps, latency vs k-NN (PNG)
 
 A stage interrupted half-way resumes from its checkpoint on the next run; a stage already done
@@ -17,13 +17,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 from edgedistill.config import Config, check_pretrain_sizes
+from edgedistill.pipeline.report import StageRecord, Summary
 from edgedistill.rundir import RUNS_ROOT, RunDir
 from edgedistill.utils import atomic_write_json, directory_lock, read_json
 
-__all__ = ["PipelinePaths", "run_pipeline", "pipeline_teacher", "edge_targets"]
+if TYPE_CHECKING:
+    from edgedistill.bench.records import BenchReport
+
+__all__ = ["PipelinePaths", "EdgeTargets", "PipelineResult", "run_pipeline", "pipeline_teacher", "edge_targets"]
 
 EXPORT_ROOT = Path("export")
 
@@ -56,10 +60,16 @@ def pipeline_teacher(cfg: Config, paths: PipelinePaths) -> Config:
     return replace(cfg, teacher=replace(cfg.teacher, source=str(paths.teacher.path)))
 
 
+class PipelineResult(TypedDict):
+    stages: list[StageRecord]
+    summary: Summary
+    report: str  # report/README.md
+    bench: BenchReport | None
+
+
 def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path = EXPORT_ROOT,
-                 console: Any = None) -> dict[str, Any]:
-    """Run the configured stages; returns ``{"stages": [...], "summary": {...}, "report": path,
-    "bench": the bench report or None}``."""
+                 console: Any = None) -> PipelineResult:
+    """Run the configured stages; returns what they left (:class:`PipelineResult`)."""
     paths = PipelinePaths.for_config(cfg, runs_root, export_root)
     if "pretrain" in cfg.pipeline.stages and not paths.teacher.has_backbone("teacher"):
         check_pretrain_sizes(cfg)
@@ -67,24 +77,24 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
         return _run_stages(cfg, paths, console)
 
 
-def _run_stages(cfg: Config, paths: PipelinePaths, console: Any) -> dict[str, Any]:
+def _run_stages(cfg: Config, paths: PipelinePaths, console: Any) -> PipelineResult:
     from edgedistill.pipeline.report import summarize, write_report
     from edgedistill.train.stages import distill, pretrain
 
     paths.root.mkdir(parents=True, exist_ok=True)
-    stages: list[dict[str, Any]] = []
+    stages: list[StageRecord] = []
 
     def stage(name: str, done: bool, work: Callable[[], Any]) -> None:
         if name not in cfg.pipeline.stages:
             return
         if done:
-            stages.append({"stage": name, "status": "skipped (already done)", "seconds": 0.0})
+            stages.append(StageRecord(stage=name, status="skipped (already done)", seconds=0.0))
             return
         if console is not None:
             console.rule(f"[bold]{name}")
         started = time.perf_counter()
         work()
-        stages.append({"stage": name, "status": "done", "seconds": time.perf_counter() - started})
+        stages.append(StageRecord(stage=name, status="done", seconds=time.perf_counter() - started))
 
     taught = pipeline_teacher(cfg, paths)
     stage("pretrain", paths.teacher.has_backbone("teacher"),
@@ -98,7 +108,7 @@ def _run_stages(cfg: Config, paths: PipelinePaths, console: Any) -> dict[str, An
     summary = summarize(paths)
     report = write_report(taught, paths, summary, stages)
     bench = read_json(paths.bench) if paths.bench.exists() else None
-    return {"stages": stages, "summary": summary, "report": str(report), "bench": bench}
+    return PipelineResult(stages=stages, summary=summary, report=str(report), bench=bench)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -143,22 +153,34 @@ def _evaluate(cfg: Config, paths: PipelinePaths, console: Any) -> None:
     atomic_write_json(paths.eval, results)
 
 
-def edge_targets(cfg: Config) -> dict[str, bool]:
-    """Which edge targets the pipeline adds (``pipeline.edge``): the ExecuTorch variants and the
-    browser rows; ``on`` makes a missing one an error naming what to install."""
-    import importlib.util
+@dataclass(frozen=True)
+class EdgeTargets:
+    """What ``pipeline.edge`` adds to the configured export and bench: the opt-in runtimes of
+    the registry (their own install extra, or a device of their own)."""
 
-    from edgedistill.bench.browser import browser_problem, require_browser
-    from edgedistill.export.executorch import require_executorch
+    formats: tuple[str, ...] = ()  # export formats added
+    backends: tuple[str, ...] = ()  # bench backends added
+    device: str = "cpu"  # a runtime's own device when its rows are added, else cpu
+
+
+def edge_targets(cfg: Config) -> EdgeTargets:
+    """``pipeline.edge``: ``auto`` adds each opt-in runtime installed here, ``on`` requires
+    them all (an error naming what to install), ``off`` adds none."""
+    from edgedistill.runtime import registry
 
     mode = cfg.pipeline.edge
+    opt_in = [r for r in registry.RUNTIMES if not r.default]
     if mode == "off":
-        return {"executorch": False, "browser": False}
+        return EdgeTargets()
     if mode == "on":
-        require_executorch()
-        require_browser()
-        return {"executorch": True, "browser": True}
-    return {"executorch": importlib.util.find_spec("executorch") is not None, "browser": browser_problem() is None}
+        for runtime in opt_in:
+            runtime.require(build=bool(runtime.format))
+        chosen = opt_in
+    else:
+        chosen = [r for r in opt_in if r.missing(build=bool(r.format)) is None]
+    device = next((r.device for r in chosen if r.device), None)
+    return EdgeTargets(formats=tuple(r.format for r in chosen if r.format), backends=tuple(r.name for r in chosen),
+                       device=device or "cpu")
 
 
 def _export(cfg: Config, paths: PipelinePaths, console: Any) -> None:
@@ -166,14 +188,15 @@ def _export(cfg: Config, paths: PipelinePaths, console: Any) -> None:
 
     # data=None: the accuracy gate takes the student run's own data when it is labeled (and
     # is skipped with a warning, INT8 then never the default variant, when it is not).
+    from edgedistill.export.plan import ExportOptions
+
     e = cfg.export
-    formats = tuple(e.formats) + (("executorch",) if edge_targets(cfg)["executorch"] and "executorch" not in e.formats
-                                  else ())
-    export_bundle(paths.student.path, out_root=paths.export_root, name=cfg.run.name, formats=formats,
-                  int8=e.int8, data=None, calib_size=e.calib_size, opset=e.opset,
-                  min_cosine=e.parity_min_cosine, max_drop=e.max_knn_drop, int8_hint=e.int8_precision_hint,
-                  recovery_attempts=e.int8_recovery_attempts, force=True, num_workers=cfg.data.num_workers,
-                  console=console)
+    formats = tuple(dict.fromkeys((*e.formats, *edge_targets(cfg).formats)))
+    options = ExportOptions(int8=e.int8, calib_size=e.calib_size, opset=e.opset, min_cosine=e.parity_min_cosine,
+                            max_drop=e.max_knn_drop, int8_hint=e.int8_precision_hint,
+                            recovery_attempts=e.int8_recovery_attempts, num_workers=cfg.data.num_workers)
+    export_bundle(paths.student.path, out_root=paths.export_root, name=cfg.run.name, formats=formats, data=None,
+                  force=True, options=options, console=console)
 
 
 def _bench(cfg: Config, paths: PipelinePaths, console: Any) -> None:
@@ -182,12 +205,9 @@ def _bench(cfg: Config, paths: PipelinePaths, console: Any) -> None:
     from edgedistill.bench.runner import run_bench
 
     b = cfg.bench
-    edge = edge_targets(cfg)
-    # the edge rows join the configured ones: ExecuTorch's programs, and the browser's beside them
-    backends = tuple(b.backends) + tuple(x for x, on in (("executorch", edge["executorch"]),
-                                                         ("onnxruntime-web", edge["browser"]))
-                                         if on and x not in b.backends)
-    report = run_bench(paths.bundle, device="browser" if edge["browser"] else "cpu", backends=backends,
+    edge = edge_targets(cfg)  # the opt-in runtimes' rows join the configured ones
+    backends = tuple(dict.fromkeys((*b.backends, *edge.backends)))
+    report = run_bench(paths.bundle, device=edge.device, backends=backends,
                        threads=b.threads, batches=b.batch, runs=b.runs, warmup=b.warmup,
                        progress=console is not None, console=console)
     atomic_write_json(paths.bench, report)

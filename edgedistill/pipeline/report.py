@@ -4,48 +4,67 @@ latency tables, loss curves, attention maps and latency vs k-NN (PNG)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from edgedistill.config import Config
 from edgedistill.utils import atomic_write_text, read_json
 
 if TYPE_CHECKING:
-    from edgedistill.pipeline import PipelinePaths
+    from edgedistill.pipeline import PipelinePaths, PipelineResult
 
 __all__ = ["summarize", "write_report", "render_summary"]
 
 
 
-def summarize(paths: "PipelinePaths") -> dict[str, Any]:
+class Summary(TypedDict):
+    """The figures a newcomer wants on one screen: k-NN top-1 by model, the latency lines of
+    the smallest batch (bench's CSV lines), file sizes by variant."""
+
+    knn: dict[str, float]
+    latency: list[dict[str, Any]]
+    files: dict[str, int | None]
+
+
+class StageRecord(TypedDict):
+    stage: str
+    status: str
+    seconds: float
+
+
+def summarize(paths: "PipelinePaths") -> Summary:
     """The figures a newcomer wants on one screen, from whatever the stages left."""
-    summary: dict[str, Any] = {"knn": {}, "latency": [], "files": {}}
+    summary = Summary(knn={}, latency=[], files={})
     if paths.eval.exists():
         for name, result in read_json(paths.eval).items():
             summary["knn"][name] = result["top1"]
     manifest_path = paths.bundle / "manifest.json"
     if manifest_path.exists():
-        manifest = read_json(manifest_path)
-        knn = ((manifest.get("validation") or {}).get("knn") or {}).get("variants") or {}
-        for variant, entry in manifest.get("variants", {}).items():
-            summary["files"][variant] = entry.get("total_size_bytes", entry.get("size_bytes"))
+        from edgedistill.runtime.manifest import validate_manifest
+
+        manifest = validate_manifest(read_json(manifest_path), manifest_path)
+        knn = ((manifest.validation or {}).get("knn") or {}).get("variants") or {}
+        for variant, entry in manifest.variants.items():
+            summary["files"][variant] = entry.total_size_bytes if entry.total_size_bytes is not None else entry.size_bytes
             score = knn.get(variant, {})
             if isinstance(score, dict) and score.get("top1") is not None:
                 summary["knn"][f"bundle:{variant}"] = score["top1"]
     if paths.bench.exists():
         from edgedistill.bench.report import csv_lines
 
-        lines = csv_lines(read_json(paths.bench))
+        bench = read_json(paths.bench)
+        engines = {row["id"]: row.get("engine", row["backend"]) for row in bench["rows"]}
+        lines = csv_lines(bench)
         smallest = min((line["batch"] for line in lines), default=1)
         summary["latency"] = [line for line in lines if line["batch"] == smallest]
-        for line in summary["latency"]:  # OpenVINO rows differ by precision hint: say which
-            if line.get("backend") == "openvino" and line.get("inference_precision"):
+        for line in summary["latency"]:  # rows of one variant differ by precision hint: say which
+            if line.get("backend") != "torch" and line.get("inference_precision"):
                 line["precision"] = f"{line['precision']}@{line['inference_precision']}"
-            if line.get("backend") == "onnxruntime-web":  # the browser's engine: wasm, webgpu
-                line["backend"] = f"onnxruntime-web ({line['device']})"
+            if engines.get(line["id"], line["backend"]) != line["backend"]:  # an engine of the runtime (wasm, webgpu)
+                line["backend"] = f"{line['backend']} ({line['device']})"
     return summary
 
 
-def write_report(cfg: Config, paths: "PipelinePaths", summary: dict[str, Any], stages: list[dict[str, Any]]) -> Path:
+def write_report(cfg: Config, paths: "PipelinePaths", summary: Summary, stages: list[StageRecord]) -> Path:
     """``report/README.md`` plus loss curves, attention maps and latency vs k-NN (PNG)."""
     report = paths.report
     report.mkdir(parents=True, exist_ok=True)
@@ -142,7 +161,7 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render_summary(console: Any, result: dict[str, Any]) -> None:
+def render_summary(console: Any, result: PipelineResult) -> None:
     from rich.table import Table
 
     summary = result["summary"]

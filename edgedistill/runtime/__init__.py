@@ -1,35 +1,29 @@
-"""The torch-free side: bundle manifests, numpy preprocessing, ONNX Runtime and OpenVINO
-embedders, numpy k-NN. Nothing here imports torch (a test enforces it), so ``bench`` and the
-deploy examples run on a device where only onnxruntime (and optionally openvino) is installed.
-ONNX Runtime and OpenVINO themselves are imported only when an embedder is created."""
+"""The torch-free side, and every runtime: bundle manifests, numpy preprocessing, numpy k-NN,
+the embedders, the bench worker, and the registry of runtimes (``registry``: one package per
+runtime beside it). Importing it loads no torch and no runtime library (a test enforces it),
+so ``bench`` and the deploy examples run on a device where only the runtimes it uses are
+installed; a runtime's library is imported when one of its embedders is created, and only
+the build steps ``export`` runs load torch. The names below load on first use, so that the
+registry (``edgedistill.runtime.registry``) stays cheap to import for the CLI's help."""
 
-from edgedistill.runtime.embedders import Embedder, OnnxEmbedder, OpenVinoEmbedder, open_embedder
-from edgedistill.runtime.knn import knn_predict, l2_normalize
-from edgedistill.runtime.manifest import (
-    MANIFEST_NAME,
-    default_variant,
-    read_manifest,
-    validate_manifest,
-    variant_files,
-    variant_path,
-)
-from edgedistill.runtime.preprocess import load_rgb, preprocess, preprocess_batch, validate_spec
+from __future__ import annotations
 
-__all__ = [
-    "Embedder",
-    "MANIFEST_NAME",
-    "OnnxEmbedder",
-    "OpenVinoEmbedder",
-    "default_variant",
-    "knn_predict",
-    "l2_normalize",
-    "load_rgb",
-    "open_embedder",
-    "preprocess",
-    "preprocess_batch",
-    "read_manifest",
-    "validate_manifest",
-    "validate_spec",
-    "variant_files",
-    "variant_path",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "Embedder": "embedders", "open_embedder": "embedders",
+    "knn_predict": "knn", "l2_normalize": "knn",
+    "MANIFEST_NAME": "manifest", "default_variant": "manifest", "read_manifest": "manifest",
+    "validate_manifest": "manifest", "variant_files": "manifest", "variant_path": "manifest",
+    "OnnxEmbedder": "onnxruntime.embedder", "OpenVinoEmbedder": "openvino.embedder",
+    "load_rgb": "preprocessing", "preprocess": "preprocessing", "preprocess_batch": "preprocessing",
+    "validate_spec": "preprocessing",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"edgedistill.runtime.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'edgedistill.runtime' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """``classify``: images -> labels by k-NN against a labeled gallery, with a bundle. The app the
 Python deploy examples run (``deploy_examples/python_*/classify.py``), on the torch-free
-runtime: manifest (sha256 verified), preprocessing, a session from ``runtime.sessions``, the
-gallery and its k-NN (``runtime.gallery``).
+runtime: manifest (sha256 verified), preprocessing, the runtime's embedder (its package in the
+registry), the gallery and its k-NN (``runtime.gallery``).
 
     python classify.py --bundle export/my_student --gallery gallery/ --images photo.jpg more/
 
@@ -20,9 +20,7 @@ from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["classify_main", "RUNTIME_FORMATS"]
-
-RUNTIME_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch"}
+__all__ = ["classify_main"]
 
 
 def _arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -50,15 +48,16 @@ def _arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
 
 
 def _classify(args: argparse.Namespace, runtime: str) -> dict[str, Any] | None:
+    from edgedistill.runtime import registry
     from edgedistill.runtime.embedders import open_embedder
     from edgedistill.runtime.gallery import Gallery, embed_paths, expand_images
     from edgedistill.runtime.manifest import pick_variant, read_manifest, verify_variant
 
     manifest = read_manifest(args.bundle)
-    variant = pick_variant(manifest, RUNTIME_FORMATS[runtime], args.variant)
+    variant = pick_variant(manifest, str(registry.get(runtime).format), args.variant)
     hashes = verify_variant(manifest, args.bundle, variant)  # checked against the manifest
-    spec = manifest["preprocessing"]
-    shape = manifest["input"].get("shape", [-1])
+    spec = manifest.preprocessing.spec
+    shape = manifest.input.shape
     batch_size = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else args.batch_size  # a static batch
     model = open_embedder(args.bundle, variant, threads=args.threads, verify=False)  # verified above
     queries = expand_images(args.images)
@@ -83,7 +82,7 @@ def _classify(args: argparse.Namespace, runtime: str) -> dict[str, Any] | None:
 
 
 def classify_main(argv: list[str] | None, runtime: str, description: str | None = None) -> int:
-    """The whole of a ``classify.py``; ``runtime`` is "onnxruntime", "openvino" or "executorch"."""
+    """The whole of a ``classify.py``; ``runtime`` names a runtime of the registry that builds a format."""
     args = _arguments(argv, description or f"Classify images by k-NN with an edgedistill bundle on {runtime}.")
     try:
         result = _classify(args, runtime)

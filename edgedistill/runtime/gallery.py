@@ -6,13 +6,13 @@ an app that recognizes things does with a bundle (``deploy_examples/`` use it).
 
     manifest = read_manifest("export/my_student", verify=True)
     model = open_embedder("export/my_student", "onnx_int8", threads=2)
-    gallery = Gallery.embed(model, "gallery/", manifest["preprocessing"], cache_key="...")
-    for result in gallery.classify(model, ["photo.jpg"], manifest["preprocessing"]):
+    gallery = Gallery.embed(model, "gallery/", manifest.preprocessing.spec, cache_key="...")
+    for result in gallery.classify(model, ["photo.jpg"], manifest.preprocessing.spec):
         print(result["path"], result["label"])
 
 The gallery is an image folder with one subfolder per class (the layout rules of
 ``runtime.folders``); its embeddings can be cached beside it and written as JSON for the
-C++ and browser examples.
+C++ and web examples.
 """
 
 from __future__ import annotations
@@ -23,20 +23,24 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime.knn import _top_k, knn_predict, l2_normalize
-from edgedistill.runtime.preprocess import preprocess
+from edgedistill.runtime.preprocessing import preprocess
+
+if TYPE_CHECKING:
+    from edgedistill.runtime.preprocessing import PreprocessSpec
+    from edgedistill.runtime.manifest import Manifest
 
 __all__ = ["Gallery", "embed_paths", "expand_images", "GALLERY_FORMAT"]
 
 GALLERY_FORMAT = "edgedistill-gallery"
 
 
-def embed_paths(model: Any, paths: Sequence[str | Path], spec: dict[str, Any], batch_size: int) -> np.ndarray:
+def embed_paths(model: Any, paths: Sequence[str | Path], spec: PreprocessSpec, batch_size: int) -> np.ndarray:
     """(N, D) float32 embeddings of image files, ``batch_size`` images per model call."""
     chunks = [np.asarray(model.embed(np.stack([preprocess(p, spec) for p in paths[i:i + batch_size]])),
                          dtype=np.float32) for i in range(0, len(paths), batch_size)]
@@ -82,7 +86,7 @@ class Gallery:
     embeddings: np.ndarray
 
     @classmethod
-    def embed(cls, model: Any, root: str | Path, spec: dict[str, Any], *, batch_size: int = 16,
+    def embed(cls, model: Any, root: str | Path, spec: PreprocessSpec, *, batch_size: int = 16,
               cache_key: str | None = None) -> "Gallery":
         """Embed ``root``; with ``cache_key`` (e.g. the model files' sha256) the embeddings are
         kept in ``<root>/.embeddings-<key>.npz``, reused while the model, the preprocessing and
@@ -113,21 +117,21 @@ class Gallery:
                                  "similarity": float(s)} for c, s in zip(cols[i], sims[i])]}
                 for i, (q, p) in enumerate(zip(paths, preds))]
 
-    def write_json(self, path: str | Path, manifest: dict[str, Any], variant: str, model_sha256: str) -> None:
-        """The gallery for the C++ and browser examples: L2-normalized embeddings (9 significant
+    def write_json(self, path: str | Path, manifest: Manifest, variant: str, model_sha256: str) -> None:
+        """The gallery for the C++ and web examples: L2-normalized embeddings (9 significant
         digits: float32 round-trips), labels, classes and what model made them."""
         from edgedistill.utils import write_output
 
-        head = {"format": GALLERY_FORMAT, "version": 1, "bundle": manifest.get("name"), "variant": variant,
-                "model_file": manifest["variants"][variant]["file"], "model_sha256": model_sha256,
-                "output": manifest["outputs"][0]["name"], "dim": int(self.embeddings.shape[1]),
+        head = {"format": GALLERY_FORMAT, "version": 1, "bundle": manifest.name, "variant": variant,
+                "model_file": manifest.variants[variant].file, "model_sha256": model_sha256,
+                "output": manifest.outputs[0].name, "dim": int(self.embeddings.shape[1]),
                 "classes": self.classes, "labels": [int(v) for v in self.labels],
                 "paths": [p.relative_to(self.root).as_posix() for p in self.paths]}
         rows = ",\n".join("[" + ",".join(f"{v:.9g}" for v in row) + "]" for row in l2_normalize(self.embeddings))
         write_output(path, json.dumps(head)[:-1] + ',\n"embeddings": [\n' + rows + "\n]}\n")
 
 
-def _cache_path(root: Path, paths: list[Path], spec: dict[str, Any], model_key: str) -> Path:
+def _cache_path(root: Path, paths: list[Path], spec: PreprocessSpec, model_key: str) -> Path:
     listing = [(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     key = hashlib.sha256(json.dumps([model_key, spec, listing], sort_keys=True).encode()).hexdigest()[:20]
     return root / f".embeddings-{key}.npz"

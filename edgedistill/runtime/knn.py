@@ -13,7 +13,7 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["knn_predict", "knn_classify", "l2_normalize"]
+__all__ = ["knn_predict", "knn_classify", "l2_normalize", "compare"]
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -136,3 +136,18 @@ def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, val_featu
     return {"per_k": per_k, "headline_k": int(headline_k), "headline_k_used": headline_used,
             "top1": head["top1"], "top5": head["top5"], "predictions": predictions, "num_train": n_train,
             "num_val": n_val, "num_classes": num_classes, "temperature": float(temperature)}
+
+
+def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """Row-wise cosine similarity (min and mean) and max-abs difference of (N, D) arrays: how
+    far a model's outputs are from a reference's (the parity gate, accuracy control)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)
+    if ref.shape != out.shape:
+        raise RuntimeError(f"output shape {out.shape} differs from the reference's {ref.shape}")
+    if not np.isfinite(out).all():
+        return {"min_cosine": float("nan"), "mean_cosine": float("nan"), "max_abs": float("inf")}
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cos = (ref * out).sum(axis=1) / np.maximum(norms, 1e-30)
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+            "max_abs": float(np.abs(ref - out).max())}

@@ -19,12 +19,17 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <openvino/openvino.hpp>
 
 #include "image.hpp"
-#include "json.hpp"
 
 namespace {
+
+using json = nlohmann::json;
+
+// A JSON string literal for output (the numbers are printed with %.9g: float32 round-trips).
+std::string quote(const std::string& s) { return json(s).dump(); }
 
 struct Options {
     std::string bundle, variant, gallery, device = "CPU";
@@ -71,68 +76,71 @@ Options parse_args(int argc, char** argv) {
     return o;
 }
 
-std::string read_text(const std::string& path) {
+json read_json(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     if (!f) throw std::runtime_error("cannot read " + path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
+    try {
+        return json::parse(f);
+    } catch (const json::parse_error& e) {
+        throw std::runtime_error(path + " is not valid JSON (" + e.what() + ")");
+    }
 }
+
+std::string text(const json& object, const std::string& key) { return object.at(key).get<std::string>(); }
 
 // The variant to run: the one asked for, else the manifest's default when it is OpenVINO,
 // else the first fp32 OpenVINO variant, else any OpenVINO variant.
-std::string pick_variant(const minijson::Value& manifest, const std::string& wanted) {
-    const auto& variants = manifest.at("variants").object;
+std::string pick_variant(const json& manifest, const std::string& wanted) {
+    const json& variants = manifest.at("variants");
     if (!wanted.empty()) {
-        auto it = variants.find(wanted);
-        if (it == variants.end()) throw std::runtime_error("the bundle has no variant " + wanted);
-        if (it->second.at("format").str() != "openvino")
+        if (!variants.contains(wanted)) throw std::runtime_error("the bundle has no variant " + wanted);
+        if (text(variants.at(wanted), "format") != "openvino")
             throw std::runtime_error("variant " + wanted + " is not an OpenVINO IR");
         return wanted;
     }
-    if (manifest.has("default_variant") && manifest.at("default_variant").is_string()) {
-        auto it = variants.find(manifest.at("default_variant").str());
-        if (it != variants.end() && it->second.at("format").str() == "openvino") return it->first;
+    if (manifest.contains("default_variant") && manifest.at("default_variant").is_string()) {
+        const std::string name = text(manifest, "default_variant");
+        if (variants.contains(name) && text(variants.at(name), "format") == "openvino") return name;
     }
     std::string any;
-    for (const auto& [name, var] : variants) {  // std::map: alphabetical, which is fine here
-        if (var.at("format").str() != "openvino") continue;
-        if (var.at("precision").str() == "fp32") return name;
+    for (const auto& [name, var] : variants.items()) {  // alphabetical, which is fine here
+        if (text(var, "format") != "openvino") continue;
+        if (text(var, "precision") == "fp32") return name;
         if (any.empty()) any = name;
     }
     if (any.empty()) throw std::runtime_error("the bundle has no OpenVINO variant");
     return any;
 }
 
-void pair_of(const minijson::Value& v, int& h, int& w) {
-    if (v.is_number()) { h = w = static_cast<int>(v.num()); return; }
-    h = static_cast<int>(v.at(0).num());
-    w = static_cast<int>(v.at(v.size() - 1).num());
+void pair_of(const json& v, int& h, int& w) {
+    if (v.is_number()) { h = w = v.get<int>(); return; }
+    h = v.at(0).get<int>();
+    w = v.at(v.size() - 1).get<int>();
 }
 
-edgeimage::Spec spec_of(const minijson::Value& pp) {
+edgeimage::Spec spec_of(const json& pp) {
     edgeimage::Spec s;
-    const auto& resize = pp.at("resize");
-    if (resize.is_number()) s.resize_h = static_cast<int>(resize.num());
-    else if (resize.is_array() && resize.size() == 1) s.resize_h = static_cast<int>(resize.at(0).num());
+    const json& resize = pp.at("resize");
+    if (resize.is_number()) s.resize_h = resize.get<int>();
+    else if (resize.is_array() && resize.size() == 1) s.resize_h = resize.at(0).get<int>();
     else if (resize.is_array()) pair_of(resize, s.resize_h, s.resize_w);
     pair_of(pp.at("crop"), s.crop_h, s.crop_w);
-    if (pp.has("interpolation")) s.interpolation = pp.at("interpolation").str();
+    s.interpolation = pp.value("interpolation", s.interpolation);
     for (int c = 0; c < 3; ++c) {
-        s.mean[c] = static_cast<float>(pp.at("mean").at(c).num());
-        s.std[c] = static_cast<float>(pp.at("std").at(c).num());
+        s.mean[c] = pp.at("mean").at(c).get<float>();
+        s.std[c] = pp.at("std").at(c).get<float>();
     }
-    if (pp.has("scale")) {
-        const auto& sc = pp.at("scale");
-        if (sc.is_number()) s.scale = sc.num();
+    if (pp.contains("scale")) {
+        const json& sc = pp.at("scale");
+        if (sc.is_number()) s.scale = sc.get<double>();
         else {  // "1/255"
-            const std::string& t = sc.str();
+            const std::string t = sc.get<std::string>();
             auto slash = t.find('/');
             s.scale = slash == std::string::npos ? std::stod(t) : std::stod(t.substr(0, slash)) / std::stod(t.substr(slash + 1));
         }
     }
-    if (pp.has("channel_order")) s.bgr = pp.at("channel_order").str() == "BGR";
-    if (pp.has("layout")) s.nchw = pp.at("layout").str() != "NHWC";
+    s.bgr = pp.value("channel_order", std::string("RGB")) == "BGR";
+    s.nchw = pp.value("layout", std::string("NCHW")) != "NHWC";
     return s;
 }
 
@@ -145,19 +153,19 @@ struct Gallery {
 };
 
 Gallery read_gallery(const std::string& path) {
-    const auto doc = minijson::parse(read_text(path));
-    if (!doc.has("format") || doc.at("format").str() != "edgedistill-gallery")
+    const json doc = read_json(path);
+    if (doc.value("format", std::string()) != "edgedistill-gallery")
         throw std::runtime_error(path + " is not an edgedistill gallery .json (write one with classify.py --gallery-json)");
     Gallery g;
-    for (const auto& c : doc.at("classes").array) g.classes.push_back(c.str());
-    for (const auto& l : doc.at("labels").array) g.labels.push_back(static_cast<int>(l.num()));
-    g.dim = static_cast<int>(doc.at("dim").num());
-    g.variant = doc.has("variant") ? doc.at("variant").str() : "";
-    const auto& rows = doc.at("embeddings").array;
+    g.classes = doc.at("classes").get<std::vector<std::string>>();
+    g.labels = doc.at("labels").get<std::vector<int>>();
+    g.dim = doc.at("dim").get<int>();
+    g.variant = doc.value("variant", std::string());
+    const json& rows = doc.at("embeddings");
     if (rows.size() != g.labels.size()) throw std::runtime_error(path + ": as many embeddings as labels expected");
-    for (const auto& row : rows) {
+    for (const json& row : rows) {
         if (static_cast<int>(row.size()) != g.dim) throw std::runtime_error(path + ": an embedding has the wrong length");
-        for (const auto& v : row.array) g.embeddings.push_back(static_cast<float>(v.num()));
+        for (const json& v : row) g.embeddings.push_back(v.get<float>());
     }
     for (int label : g.labels)
         if (label < 0 || label >= static_cast<int>(g.classes.size())) throw std::runtime_error(path + ": label out of range");
@@ -207,16 +215,15 @@ std::string fmt(double v) {
 
 int run(const Options& o) {
     const std::string sep = o.bundle.back() == '/' ? "" : "/";
-    const auto manifest = minijson::parse(read_text(o.bundle + sep + "manifest.json"));
-    if (!manifest.has("format_version") || manifest.at("format_version").num() != 1)
-        throw std::runtime_error("this program reads bundle format_version 1");
+    const json manifest = read_json(o.bundle + sep + "manifest.json");
+    if (manifest.value("format_version", 0) != 1) throw std::runtime_error("this program reads bundle format_version 1");
     const std::string variant = pick_variant(manifest, o.variant);
-    const auto& var = manifest.at("variants").at(variant);
-    const std::string xml = o.bundle + sep + var.at("file").str();
+    const json& var = manifest.at("variants").at(variant);
+    const std::string xml = o.bundle + sep + text(var, "file");
     std::string bin = xml.substr(0, xml.size() - 4) + ".bin";
-    if (var.has("weights_file")) bin = o.bundle + sep + var.at("weights_file").str();
-    const std::string input_name = manifest.at("input").at("name").str();
-    const std::string output_name = manifest.at("outputs").at(0).at("name").str();
+    if (var.contains("weights_file")) bin = o.bundle + sep + text(var, "weights_file");
+    const std::string input_name = text(manifest.at("input"), "name");
+    const std::string output_name = text(manifest.at("outputs").at(0), "name");
     const edgeimage::Spec spec = spec_of(manifest.at("preprocessing"));
 
     Gallery gallery;
@@ -228,8 +235,7 @@ int run(const Options& o) {
 
     // The recorded precision hint ("f32"): without it OpenVINO runs an FP32 IR in bf16 on
     // CPUs that have bf16, which is not what the bundle validated.
-    ov::AnyMap config{{"INFERENCE_PRECISION_HINT",
-                       var.has("inference_precision_hint") ? var.at("inference_precision_hint").str() : std::string("f32")}};
+    ov::AnyMap config{{"INFERENCE_PRECISION_HINT", var.value("inference_precision_hint", std::string("f32"))}};
     if (o.threads > 0) config["INFERENCE_NUM_THREADS"] = o.threads;
     ov::Core core;
     ov::CompiledModel compiled = core.compile_model(core.read_model(xml, bin), o.device, config);
@@ -237,8 +243,8 @@ int run(const Options& o) {
     const ov::Output<const ov::Node> output = compiled.output(output_name);
 
     std::ostringstream json;
-    json << "{\"bundle\": " << minijson::quote(o.bundle) << ", \"variant\": " << minijson::quote(variant)
-         << ", \"device\": " << minijson::quote(o.device) << ", \"results\": [";
+    json << "{\"bundle\": " << quote(o.bundle) << ", \"variant\": " << quote(variant)
+         << ", \"device\": " << quote(o.device) << ", \"results\": [";
     for (size_t i = 0; i < o.images.size(); ++i) {
         const std::string& path = o.images[i];
         std::vector<float> x = edgeimage::preprocess(edgeimage::load_rgb(path), spec);
@@ -265,14 +271,14 @@ int run(const Options& o) {
             std::cout << "\n";
             continue;
         }
-        json << (i ? ",\n  " : "\n  ") << "{\"path\": " << minijson::quote(path) << ", \"embedding\": [";
+        json << (i ? ",\n  " : "\n  ") << "{\"path\": " << quote(path) << ", \"embedding\": [";
         for (size_t d = 0; d < embedding.size(); ++d) json << (d ? "," : "") << fmt(embedding[d]);
         json << "]";
         if (classify) {
-            json << ", \"label\": " << minijson::quote(gallery.classes[pred.label]) << ", \"class_index\": " << pred.label
+            json << ", \"label\": " << quote(gallery.classes[pred.label]) << ", \"class_index\": " << pred.label
                  << ", \"votes\": {";
             for (size_t c = 0; c < gallery.classes.size(); ++c)
-                json << (c ? ", " : "") << minijson::quote(gallery.classes[c]) << ": " << fmt(pred.votes[c]);
+                json << (c ? ", " : "") << quote(gallery.classes[c]) << ": " << fmt(pred.votes[c]);
             json << "}, \"neighbours\": [";
             for (size_t j = 0; j < std::min<size_t>(5, pred.neighbours.size()); ++j)
                 json << (j ? ", " : "") << "{\"index\": " << pred.neighbours[j].first << ", \"similarity\": "

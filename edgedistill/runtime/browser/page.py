@@ -1,4 +1,4 @@
-"""``bench --device browser``: the bundle's ONNX variants in onnxruntime-web, in headless Chromium.
+"""The bench page: the bundle's ONNX variants in onnxruntime-web, in headless Chromium.
 
 What it reuses from the web deploy example (``deploy_examples/web``), so there is one server
 and one way of starting the browser: ``serve.py --bench`` serves the bench page, onnxruntime-web's
@@ -25,9 +25,8 @@ from typing import Any, Iterator
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["BACKEND", "ENGINES", "web_dir", "browser_problem", "require_browser", "serve", "worker_command"]
+__all__ = ["ENGINES", "web_dir", "browser_problem", "serve", "worker_command"]
 
-BACKEND = "onnxruntime-web"
 ENGINES = ("wasm", "webgpu")
 _PACKAGES = ("onnxruntime-web/dist/ort.wasm.min.mjs", "playwright-core/package.json")
 
@@ -35,7 +34,7 @@ _PACKAGES = ("onnxruntime-web/dist/ort.wasm.min.mjs", "playwright-core/package.j
 def web_dir() -> Path:
     """The web example's folder: ``$EDGEDISTILL_WEB_DIR``, else the checkout's ``deploy_examples/web``."""
     configured = os.environ.get("EDGEDISTILL_WEB_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "deploy_examples" / "web"
+    return Path(configured) if configured else Path(__file__).resolve().parents[3] / "deploy_examples" / "web"
 
 
 def chromium_path() -> str:
@@ -55,12 +54,6 @@ def browser_problem() -> str | None:
     if missing:
         return f"the npm packages {', '.join(missing)} are missing: run `npm ci` in {web}"
     return None
-
-
-def require_browser() -> None:
-    problem = browser_problem()
-    if problem:
-        raise EdgeDistillError(f"--device browser needs headless Chromium with onnxruntime-web: {problem}")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""ExecuTorch programs (``.pte``) with the XNNPACK delegate: FP32, and INT8 through PT2E
-quantization (design.md §7). XNNPACK is the backend ExecuTorch runs on Android, iOS and
+"""ExecuTorch's bundle variants: programs (``.pte``) with the XNNPACK delegate, FP32 and INT8
+through PT2E quantization (design.md §7). XNNPACK is the backend ExecuTorch runs on Android, iOS and
 Arm Linux; its Python runtime runs the same kernels here, which is how the gates judge it.
 
 The graph is ``torch.export``-ed with a dynamic batch axis (1 to :data:`MAX_BATCH`), lowered
@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.base import Build
 
-__all__ = ["MAX_BATCH", "INT8_SCHEME", "require_executorch", "export_executorch_fp32", "export_executorch_int8",
+__all__ = ["MAX_BATCH", "INT8_SCHEME", "build_variant", "export_executorch_fp32", "export_executorch_int8",
            "int8_quantizer", "executorch_version"]
 
 MAX_BATCH = 64  # the dynamic batch axis's upper bound (XNNPACK plans memory for it)
@@ -37,16 +38,6 @@ INT8_SCHEME = {
     "activations": "int8, per tensor, affine, static (HistogramObserver)",
     "float": "LayerNorm, softmax, GELU, attention matmuls, residual adds",
 }
-INSTALL_HINT = "pip install 'edgedistill[executorch]'"
-
-
-def require_executorch() -> None:
-    """A one-line error when ExecuTorch (export side) is not installed."""
-    try:
-        import executorch  # noqa: F401  (a namespace package: cheap)
-        import torchao  # noqa: F401  (PT2E quantization)
-    except ImportError as exc:
-        raise EdgeDistillError(f"the executorch format needs ExecuTorch ({exc}): {INSTALL_HINT}") from None
 
 
 def executorch_version() -> str | None:
@@ -89,7 +80,6 @@ def _lower(exported: Any, path: Path) -> dict[str, Any]:
 
 def export_executorch_fp32(graph: Any, path: str | Path, img_size: int) -> dict[str, Any]:
     """``graph`` (``export.onnx.EmbeddingModel``) as an FP32 XNNPACK program at ``path``."""
-    require_executorch()
     with _quiet():
         return _lower(_export(graph.eval(), img_size), Path(path))
 
@@ -117,7 +107,6 @@ def export_executorch_int8(graph: Any, path: str | Path, img_size: int, images: 
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    require_executorch()
     if len(images) == 0:
         raise EdgeDistillError("INT8 calibration needs at least one image")
     with _quiet():
@@ -131,3 +120,23 @@ def export_executorch_int8(graph: Any, path: str | Path, img_size: int, images: 
                     on_batch(len(chunk))
         lowering = _lower(_export(convert_pt2e(prepared), img_size), Path(path))
     return {**INT8_SCHEME, "calibration_images": int(len(images)), "lowering": lowering}
+
+
+def _entry(precision: str, settings: dict[str, Any]) -> dict[str, Any]:
+    runtime = {"library": "executorch", "version": executorch_version(), "delegate": "XNNPACK",
+               "python": "executorch.runtime.Runtime (loads libtorch)",
+               "android": "org.pytorch.executorch.Module", "ios": "ExecuTorch.framework Module"}
+    return {"format": "executorch", "precision": precision, "runtime": runtime, **settings}
+
+
+def build_variant(name: str, build: Build) -> None:
+    path = build.work / f"{name}.pte"
+    if name == "executorch_fp32":
+        settings = export_executorch_fp32(build.graph, path, build.img_size)
+        build.add(name, path, _entry("fp32", {"lowering": settings}))
+        return
+    calib = build.calibration_images
+    assert calib is not None, "INT8 variants are built after the calibration images are loaded"
+    advance = build.task(f"calibrating {name} (PT2E)", total=len(calib))
+    settings = export_executorch_int8(build.graph, path, build.img_size, calib, on_batch=advance)
+    build.add(name, path, _entry("int8", {"quantization": dict(settings, calibration=build.calibration)}))

@@ -1,5 +1,5 @@
-"""The ONNX Runtime graph: each block's attention exported as one fused
-``com.microsoft.Attention`` node.
+"""The ONNX Runtime graph with each block's attention exported as one fused
+``com.microsoft.Attention`` node (``onnx_fused_fp32``; its INT8 twin ``onnx_fused_int8``).
 
 ONNX Runtime's fusions (its session optimizer and ``onnxruntime.transformers.optimizer``)
 recognise BERT-style attention subgraphs, not the one timm's packed ``qkv`` projection
@@ -12,8 +12,8 @@ skip-LayerNorm and bias-GELU fusions at load time, and its dynamic quantizer tur
 into ``QAttention``.
 
 The graph needs ONNX Runtime's contrib operators: ONNX Runtime (CPU, mobile, the
-``onnxruntime`` wheel) loads it; OpenVINO and other ONNX runtimes do not, so the bundle keeps
-the plain graph (``onnx_fp32``) for them and for onnxruntime-web.
+``onnxruntime`` wheel) loads it; the other runtimes that read ONNX do not, so the bundle keeps
+the plain graph (``onnx_fp32``) for them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,25 +77,20 @@ def fusable(backbone: nn.Module) -> str | None:
     return None
 
 
-def export_fused_onnx(graph: nn.Module, path: str | Path, img_size: int, opset: int) -> dict[str, Any]:
-    """Export ``graph`` (``export.onnx.EmbeddingModel``) with fused attention to ``path``; the
-    model itself is not touched (a copy is). Returns the exporter settings."""
+def export_fused_onnx(graph: nn.Module, path: str | Path, export_onnx: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Export a copy of ``graph`` (``export.onnx.EmbeddingModel``) with fused attention to
+    ``path`` through ``export_onnx`` (the export's ONNX exporter, ``runtime.base.Build``);
+    ``graph`` itself is not touched. Returns the exporter settings."""
     import onnx
-
-    from edgedistill.export.onnx import exporter_settings
 
     fused = copy.deepcopy(graph).eval()
     for block in fused.backbone.blocks:
         block.attn = _FusedAttention(block.attn)
-    settings = exporter_settings(opset, fused.output_names)
-    kwargs = dict(settings, training=torch.onnx.TrainingMode.EVAL, custom_opsets={"com.microsoft": 1})
-    dummy = torch.zeros(2, 3, img_size, img_size)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notes, as for the plain graph
-        torch.onnx.export(fused, (dummy,), str(path), verbose=False, **kwargs)
+        settings = export_onnx(fused, Path(path), {"custom_opsets": {"com.microsoft": 1}})
     proto = onnx.load(str(path))
-    onnx.checker.check_model(proto)  # contrib ops: full_check's shape inference does not know them
     count = sum(node.op_type == "Attention" and node.domain == "com.microsoft" for node in proto.graph.node)
     if count != len(graph.backbone.blocks):
         raise RuntimeError(f"fused export wrote {count} Attention nodes for {len(graph.backbone.blocks)} blocks")
-    return dict(settings, custom_opsets={"com.microsoft": 1}, fused_attention_nodes=count)
+    return dict(settings, fused_attention_nodes=count)

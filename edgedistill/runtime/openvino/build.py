@@ -1,4 +1,5 @@
-"""OpenVINO IR conversion and NNCF INT8 post-training quantization (design.md §7).
+"""OpenVINO's bundle variants: IR conversion of the FP32 ONNX graph, NNCF INT8 post-training
+quantization and its accuracy control (design.md §7).
 
 Pitfalls handled here and in the manifest:
 
@@ -26,8 +27,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.runtime.base import Build, Recovery, RecoveryRecord
 
-__all__ = ["convert_openvino", "quantize_openvino", "int8_precision_hint", "INFERENCE_PRECISION_HINT"]
+__all__ = ["build_variant", "recover", "convert_openvino", "quantize_openvino", "quantize_openvino_controlled",
+           "int8_precision_hint", "INFERENCE_PRECISION_HINT"]
 
 INFERENCE_PRECISION_HINT = "f32"  # FP32/FP16 variants: true fp32 arithmetic
 
@@ -35,11 +38,10 @@ INFERENCE_PRECISION_HINT = "f32"  # FP32/FP16 variants: true fp32 arithmetic
 def int8_precision_hint(requested: str = "auto") -> str:
     """The hint recorded for the OpenVINO INT8 variant: ``auto`` = bf16 where this CPU has
     native bf16 (AVX512-BF16/AMX; elsewhere bf16 is emulated and slower), else f32."""
-    from edgedistill.config import INT8_HINTS
     from edgedistill.utils import cpu_has_native_bf16
 
-    if requested not in INT8_HINTS:
-        raise EdgeDistillError(f"the INT8 precision hint must be one of {', '.join(INT8_HINTS)}, got {requested!r}")
+    if requested not in ("auto", "bf16", "f32"):
+        raise EdgeDistillError(f"the INT8 precision hint must be auto, bf16 or f32, got {requested!r}")
     if requested == "auto":
         return "bf16" if cpu_has_native_bf16() else "f32"
     return requested
@@ -75,7 +77,7 @@ def quantize_openvino(fp32_xml: str | Path, out_xml: str | Path, images: np.ndar
         import nncf
     except ImportError:
         raise EdgeDistillError("INT8 for OpenVINO needs NNCF: pip install nncf (or --no-int8)") from None
-    from edgedistill.export.quantize import quiet_stdout
+    from edgedistill.utils import quiet_stdout
 
     if len(images) == 0:
         raise EdgeDistillError("INT8 calibration needs at least one image")
@@ -124,8 +126,8 @@ def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, imag
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    from edgedistill.export.quantize import quiet_stdout
-    from edgedistill.sigstack import keep_signal_stack
+    from edgedistill.runtime.openvino.sigstack import keep_signal_stack
+    from edgedistill.utils import quiet_stdout
 
     items, metric = validation
     calibration = [np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))]
@@ -146,3 +148,62 @@ def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, imag
     return {"tool": "nncf.quantize_with_accuracy_control", "nncf_version": nncf.__version__,
             "model_type": "TRANSFORMER", "preset": "performance", "max_drop": max_drop,
             "float_layers": _float_layers(quantized)}
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def build_variant(name: str, build: Build) -> None:
+    if name in ("openvino_fp32", "openvino_fp16"):
+        fp16 = name.endswith("fp16")
+        path = build.work / f"{name}.xml"
+        settings = convert_openvino(build.onnx_graph(), path, fp16=fp16)
+        build.add(name, path, {"format": "openvino", "precision": "fp16" if fp16 else "fp32",
+                               "inference_precision_hint": INFERENCE_PRECISION_HINT, "conversion": settings})
+        return
+    calib = build.calibration_images
+    assert calib is not None, "INT8 variants are built after the calibration images are loaded"
+    advance = build.task(f"calibrating {name} (NNCF passes)", total=None)
+    path = build.work / f"{name}.xml"
+    hint = int8_precision_hint(build.options.int8_hint)
+    settings = quantize_openvino(build.files["openvino_fp32"], path, calib, on_item=advance)
+    build.add(name, path, {"format": "openvino", "precision": "int8", "inference_precision_hint": hint,
+                           "quantization": dict(settings, calibration=build.calibration)})
+
+
+def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
+    """NNCF's ``quantize_with_accuracy_control`` with the export's k-NN top-1 as its metric;
+    NNCF ranks the quantized operations itself and reverts them one by one."""
+    settings = quantize_openvino_controlled(build.files["openvino_fp32"], build.files[name], recovery.calibration,
+                                            _validation(recovery), max_drop=recovery.max_drop,
+                                            max_layers=recovery.attempts * 4)
+    quantization = build.entries[name].quantization
+    assert quantization is not None, "an INT8 variant records its quantization"
+    quantization.update({k: v for k, v in settings.items() if k != "float_layers"})
+    figures = recovery.check(name)
+    return {"method": "nncf.quantize_with_accuracy_control, k-NN top-1 as the metric",
+            "float_layers": settings["float_layers"],
+            "attempts": [{"float_nodes": len(settings["float_layers"]), "top1": figures["top1"],
+                          "drop": figures["drop"]}]}
+
+
+def _validation(recovery: Recovery) -> tuple[list[Any], Callable[[Any, Any], tuple[float, None]]]:
+    """NNCF's validation set (the k-NN queries, as (input, label) items) and its metric: the
+    k-NN top-1 of a compiled model, with the bank embedded by that same model."""
+    from edgedistill.runtime.knn import knn_classify
+
+    queries = [recovery.queries[i] for i in range(len(recovery.queries))]
+    bank = [recovery.bank[i] for i in range(len(recovery.bank))]
+
+    def embed(compiled: Any, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        output = compiled.outputs[0]
+        feats = [np.asarray(compiled(np.ascontiguousarray(x[None], np.float32))[output]) for x, _ in items]
+        return np.concatenate(feats), np.asarray([y for _, y in items])
+
+    def metric(compiled: Any, items: Any) -> tuple[float, None]:
+        bank_f, bank_y = embed(compiled, bank)
+        query_f, query_y = embed(compiled, list(items))
+        result = knn_classify(bank_f, bank_y, query_f, recovery.num_classes, ks=(20,), val_labels=query_y)
+        return float(result["top1"]), None
+
+    return queries, metric

@@ -1,6 +1,7 @@
-"""ONNX Runtime static INT8 (QDQ) post-training quantization (design.md §7).
+"""ONNX Runtime INT8: the dynamic quantization the bundle ships (:data:`ORT_INT8`), and the
+static QDQ one ``benchmarks/ort_int8_options.py`` compares it with (design.md §7).
 
-Settings, and why:
+Static QDQ settings, and why:
 
 * ``QuantFormat.QDQ``: QuantizeLinear/DequantizeLinear pairs around float ops, the format
   every ONNX Runtime execution provider (and onnxruntime-web) understands.
@@ -20,34 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.utils import quiet_stdout
 
 __all__ = ["ORT_CALIB_METHODS", "ORT_OP_TYPES", "ORT_INT8", "ArrayCalibrationReader", "quantize_onnx",
-           "quantize_onnx_dynamic", "quantize_ort_int8", "quiet_stdout"]
+           "quantize_onnx_dynamic", "quantize_ort_int8"]
 
 ORT_CALIB_METHODS = ("minmax", "entropy", "percentile")
 ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")
 PERCENTILE = 99.999
-
-
-@contextlib.contextmanager
-def quiet_stdout(show: bool) -> Iterator[None]:
-    """Route a library's own prints and progress bars (ORT calibration, NNCF) to stderr, or
-    nowhere: stdout stays clean for whoever pipes the command."""
-    import os
-
-    if show:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-        return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        yield
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, TypedDict, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,7 +34,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.limits import MAX_IMAGE_SIDE
 
 __all__ = ["preprocess", "preprocess_batch", "load_rgb", "resized_size", "center_crop_box",
-           "validate_spec", "check_image_size", "INTERPOLATIONS", "MAX_PIXELS", "MAX_ASPECT"]
+           "validate_spec", "PreprocessSpec", "check_image_size", "INTERPOLATIONS", "MAX_PIXELS", "MAX_ASPECT"]
 
 # Decoded-size bounds, checked on the header before decoding. Pillow's own bomb check counts
 # pixels only: a 1 x 2,000,000 1-bit PNG (321 bytes) passes it, and resizing its short side to
@@ -85,14 +85,29 @@ def _scale(value: Any) -> float:
     raise EdgeDistillError(f"preprocessing.scale must be a positive number, got {value!r}")
 
 
-def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Check a preprocessing dict and return it normalized (defaults filled in)."""
-    if not isinstance(spec, dict):
+class PreprocessSpec(TypedDict):
+    """A preprocessing spec, normalized (:func:`validate_spec`): what :func:`preprocess` takes,
+    the manifest's ``preprocessing`` (``runtime.manifest.Preprocessing``) with defaults filled in."""
+
+    resize: int | list[int] | None  # short side, [h, w], or no resize
+    crop: list[int]  # [h, w]
+    interpolation: str
+    mean: list[float]
+    std: list[float]
+    channel_order: str  # RGB | BGR
+    layout: str  # NCHW | NHWC
+    dtype: str  # float32 | float16
+    scale: float
+
+
+def validate_spec(spec: Mapping[str, Any]) -> PreprocessSpec:
+    """Check a preprocessing mapping and return it normalized (defaults filled in)."""
+    if not isinstance(spec, Mapping):
         raise EdgeDistillError("preprocessing must be a mapping")
     missing = [k for k in ("resize", "crop", "mean", "std") if k not in spec]
     if missing:
         raise EdgeDistillError(f"preprocessing lacks {', '.join(missing)}")
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {}  # becomes the PreprocessSpec
     resize = spec["resize"]
     if resize is None or resize == 0:
         out["resize"] = None
@@ -129,7 +144,7 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
         raise EdgeDistillError(f"preprocessing.dtype must be float32 or float16, got {dtype!r}")
     out["dtype"] = dtype
     out["scale"] = _scale(spec.get("scale", 1 / 255))
-    return out
+    return PreprocessSpec(**out)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -212,7 +227,7 @@ def _center_crop(img: Image.Image, crop_h: int, crop_w: int) -> Image.Image:
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
-def preprocess(image: ImageLike, spec: dict[str, Any]) -> np.ndarray:
+def preprocess(image: ImageLike, spec: Mapping[str, Any]) -> np.ndarray:
     """One image (PIL or path) -> (3, H, W) float32 (or (H, W, 3) for layout NHWC)."""
     spec = validate_spec(spec)
     img = load_rgb(image)
@@ -233,7 +248,7 @@ def preprocess(image: ImageLike, spec: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.dtype(spec["dtype"]))
 
 
-def preprocess_batch(images: Sequence[ImageLike], spec: dict[str, Any]) -> np.ndarray:
+def preprocess_batch(images: Sequence[ImageLike], spec: Mapping[str, Any]) -> np.ndarray:
     """Several images (PIL or paths) -> (B, 3, H, W) float32 (or (B, H, W, 3) for NHWC)."""
     if len(images) == 0:
         raise EdgeDistillError("preprocess_batch got no images")
