@@ -117,6 +117,10 @@ class RunDir:
         if self.checkpoint.exists() or any(self.weights(r).exists() for r in ROLES):
             raise EdgeDistillError(f"{self.path} already holds a run: pass --resume to continue it, "
                                    "or choose another --out")
+        self.check_not_foreign()
+
+    def check_not_foreign(self) -> None:
+        """A folder of the user's (anything no run wrote) is never taken for a run."""
         foreign = self.foreign_entries()
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

@@ -107,6 +107,7 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
     info = distmod.setup(cfg.run.device)
     held = contextlib.ExitStack()
     try:
+        run.check_not_foreign()  # a user's folder is refused before a lock file is made beside it
         _hold(run, info, held)
         run.check_writable(resume, artifact)
         configure_threads(cfg)
