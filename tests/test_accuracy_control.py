@@ -108,3 +108,52 @@ def test_openvino_accuracy_control_keeps_layers_in_float(tiny_bundle, tmp_path):
     # NNCF swaps in a signal stack it then unmaps; left there, the next SIGCHLD or Ctrl-C was a SIGSEGV
     assert _signal_stack() == stack_before
     assert (tmp_path / "controlled.bin").is_file()
+
+
+def test_accuracy_control_stops_at_its_time_bound_and_says_so(hard, tmp_path):
+    """A recovery past --recovery-seconds stops (the gate's verdict stands, one line naming the
+    bound); each step printed the time spent and an ETA. Before: no bound, no progress."""
+    import io
+
+    from rich.console import Console
+
+    from edgedistill.export import export_bundle
+
+    log = io.StringIO()
+    with pytest.raises(EdgeDistillError) as stopped:
+        export_bundle(hard["run"], out_root=tmp_path, name="bounded", formats="onnx", int8=True,
+                      data=str(hard["data"]), calib_size=12, threads=1, progress=False, max_drop=0.0,
+                      recovery_attempts=4, recovery_seconds=1e-3, console=Console(file=log, width=300))
+    message, printed = str(stopped.value), log.getvalue()
+    assert "onnx_int8 lost" in message and "stopped at the time bound of 0.001 s" in message, message
+    assert "accuracy control: step 1/" in printed and "ETA" in printed, printed
+    assert not (tmp_path / "bounded").exists()
+
+
+def test_openvino_accuracy_control_embeds_the_bank_once_per_validation(tiny_bundle, tmp_path):
+    """NNCF called the k-NN metric once per query image, each call embedding the whole bank
+    (25 minutes on the quickstart); now the metric also returns each query's embedding, so
+    NNCF ranks layers by output damage and the bank is embedded once per validation."""
+    from edgedistill.runtime.base import Recovery
+    from edgedistill.runtime.openvino.build import _validation, quantize_openvino_controlled
+
+    images = np.random.default_rng(0).standard_normal((30, 3, 16, 16)).astype(np.float32)
+    reads = []
+
+    class Bank(list):
+        def __getitem__(self, i):
+            reads.append(i)
+            return super().__getitem__(i)
+
+    bank = Bank((image, i % 3) for i, image in enumerate(images[:20]))
+    steps = []
+    recovery = Recovery(check=lambda name: {}, max_drop=0.0, calibration=images[:8], attempts=1, bank=bank,
+                        queries=[(image, i % 3) for i, image in enumerate(images[20:])], num_classes=3,
+                        progress=lambda done, total, note: steps.append((done, total)))
+    queries, metric, on_item = _validation(recovery, total=6)
+    quantize_openvino_controlled(Path(tiny_bundle["bundle"]) / "openvino_fp32.xml", tmp_path / "int8.xml",
+                                 images[:8], (queries, metric), max_drop=0.0, max_layers=4, on_item=on_item)
+    assert (1, 6) in steps  # FP32, then INT8, then one per reverted group
+    passes = len(reads) / len(bank) - 20 / len(bank)  # the labels are read once
+    validations = max(done for done, _ in steps)
+    assert passes <= validations + 1, (passes, steps)  # + NNCF's probe of one item

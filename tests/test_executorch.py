@@ -102,7 +102,7 @@ def test_bench_runs_the_programs(et_bundle):
     # batch 65: over the program's dynamic bound (64), run in chunks (before: set_inputs() error 0x10,
     # and the row's batch-1 figures lost with it)
     report = run_bench(et_bundle["bundle"], backends="executorch", precisions="int8", threads=[1], batches=[1, 65],
-                       runs=4, rounds=2, warmup=1, progress=False)
+                       runs=2, rounds=2, warmup=1, progress=False)
     rows = {r["id"]: r for r in report["rows"]}
     assert set(rows) == {"executorch:executorch_int8:int8:1t"}
     knn = et_bundle["manifest"]["validation"]["knn"]["variants"]
