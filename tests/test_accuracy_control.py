@@ -8,6 +8,7 @@ noise told apart by a weak colour shift, so the k-NN depends on fine feature det
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,25 @@ def test_openvino_accuracy_control_embeds_the_bank_once_per_validation(tiny_bund
     passes = len(reads) / len(bank) - 20 / len(bank)  # the labels are read once
     validations = max(done for done, _ in steps)
     assert passes <= validations + 1, (passes, steps)  # + NNCF's probe of one item
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="ExecuTorch is not installed")
+def test_a_failed_variant_without_accuracy_control_fails_before_the_long_step(hard, tmp_path):
+    """ExecuTorch INT8 has no accuracy control: when it fails, recovering the others cannot
+    change the verdict, so none is tried (before: the ONNX Runtime and OpenVINO recoveries ran
+    first, 17 minutes on the quickstart, and the export failed anyway)."""
+    from edgedistill.export import export_bundle
+
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(12):
+        Image.new("RGB", (20, 20)).save(black / f"{i}.png")
+    with pytest.raises(EdgeDistillError) as failed:
+        export_bundle(hard["run"], out_root=tmp_path, name="hopeless", formats="onnx,executorch", int8=True,
+                      data=str(hard["data"]), calib=str(black), calib_size=12, threads=1, progress=False,
+                      max_drop=0.0, recovery_attempts=4)
+    message = str(failed.value)
+    assert "onnx_int8 lost" in message and "executorch_int8 lost" in message, message
+    assert "executorch_int8 has no accuracy control: none was tried" in message, message
+    assert "accuracy control tried" not in message and not (tmp_path / "hopeless").exists()
