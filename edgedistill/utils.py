@@ -170,8 +170,8 @@ def start_child(command: list[str], **popen: Any) -> "subprocess.Popen[Any]":
 
 
 def _end_children() -> None:
-    """Kill the live children of :func:`start_child` and their descendants (a browser's
-    processes under its driver), and wait until they are gone, before their files are removed."""
+    """Kill the live children of :func:`start_child` and their descendants (the processes a
+    worker's driver started), and wait until they are gone, before their files are removed."""
     import psutil
 
     procs = []

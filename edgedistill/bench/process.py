@@ -100,7 +100,7 @@ class _Worker:
 def _worker_env(threads: int, scratch: Path) -> dict[str, str]:
     """The caller's environment (PYTHONPATH and all: a worker sees what the caller sees),
     with OpenMP/MKL pools sized like the row, this package importable, and temporary files
-    (a browser's profile, multiprocessing's folders) in ``scratch``, which the runner removes."""
+    (a driven app's profile, multiprocessing's folders) in ``scratch``, which the runner removes."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["TMPDIR"] = str(scratch)

@@ -107,7 +107,7 @@ def run_bench(
     results: dict[str, RowResult] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = load_average()
-    # the scratch folder also holds the workers' own temporary files (a browser's profile):
+    # the scratch folder also holds the workers' own temporary files (a driven app's profile):
     # removed with it at the end, and when SIGTERM ends the command
     with progress_bar(con, enabled=progress) as bar, _servers(rows, bundle_dir), \
             temporary_directory("edgedistill-bench-") as scratch:
