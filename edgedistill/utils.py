@@ -15,8 +15,12 @@ import shutil
 import stat
 import sys
 import tempfile
+import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+if TYPE_CHECKING:
+    import subprocess
 
 T = TypeVar("T")
 STDOUT = "-"  # an output path that means standard output
@@ -130,6 +134,7 @@ def check_writable(path: str | Path, what: str) -> None:
 # ----------------------------------------------------------------------------- writing
 
 _TEMPORARIES: set[str] = set()  # what this process's atomic writers hold right now
+_CHILDREN: "weakref.WeakSet[subprocess.Popen[Any]]" = weakref.WeakSet()  # start_child's processes
 
 
 @contextlib.contextmanager
@@ -153,10 +158,40 @@ def temporary_directory(prefix: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def start_child(command: list[str], **popen: Any) -> "subprocess.Popen[Any]":
+    """``subprocess.Popen(command, **popen)``, a child that :func:`remove_temporaries` ends (with
+    whatever it started) when SIGTERM ends the command: the handler exits without unwinding, so
+    no ``finally`` of the caller stops it."""
+    import subprocess
+
+    proc = subprocess.Popen(command, **popen)
+    _CHILDREN.add(proc)
+    return proc
+
+
+def _end_children() -> None:
+    """Kill the live children of :func:`start_child` and their descendants (the processes a
+    worker's driver started), and wait until they are gone, before their files are removed."""
+    import psutil
+
+    procs = []
+    for child in list(_CHILDREN):
+        if child.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                parent = psutil.Process(child.pid)
+                procs += [parent, *parent.children(recursive=True)]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=2)
+
+
 def remove_temporaries() -> None:
-    """Remove the temporary files, work folders and locks the atomic writers of this process
-    hold now: the CLI's SIGTERM handler calls it, then exits without unwinding (an exception
-    raised into an extension module's import or a C++ callback can crash the process)."""
+    """End the children of :func:`start_child`, then remove the temporary files, work folders
+    and locks the atomic writers of this process hold now: the CLI's SIGTERM handler calls it,
+    then exits without unwinding (an exception raised into an extension module's import or a
+    C++ callback can crash the process)."""
+    _end_children()
     for path in list(_TEMPORARIES):
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,7 @@ noise told apart by a weak colour shift, so the k-NN depends on fine feature det
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,74 @@ def test_openvino_accuracy_control_keeps_layers_in_float(tiny_bundle, tmp_path):
     # NNCF swaps in a signal stack it then unmaps; left there, the next SIGCHLD or Ctrl-C was a SIGSEGV
     assert _signal_stack() == stack_before
     assert (tmp_path / "controlled.bin").is_file()
+
+
+def test_accuracy_control_stops_at_its_time_bound_and_says_so(hard, tmp_path):
+    """A recovery past --recovery-seconds stops (the gate's verdict stands, one line naming the
+    bound); each step printed the time spent and an ETA. Before: no bound, no progress."""
+    import io
+
+    from rich.console import Console
+
+    from edgedistill.export import export_bundle
+
+    log = io.StringIO()
+    with pytest.raises(EdgeDistillError) as stopped:
+        export_bundle(hard["run"], out_root=tmp_path, name="bounded", formats="onnx", int8=True,
+                      data=str(hard["data"]), calib_size=12, threads=1, progress=False, max_drop=0.0,
+                      recovery_attempts=4, recovery_seconds=1e-3, console=Console(file=log, width=300))
+    message, printed = str(stopped.value), log.getvalue()
+    assert "onnx_int8 lost" in message and "stopped at the time bound of 0.001 s" in message, message
+    assert "accuracy control: step 1/" in printed and "ETA" in printed, printed
+    assert not (tmp_path / "bounded").exists()
+
+
+def test_openvino_accuracy_control_embeds_the_bank_once_per_validation(tiny_bundle, tmp_path):
+    """NNCF called the k-NN metric once per query image, each call embedding the whole bank
+    (25 minutes on the quickstart); now the metric also returns each query's embedding, so
+    NNCF ranks layers by output damage and the bank is embedded once per validation."""
+    from edgedistill.runtime.base import Recovery
+    from edgedistill.runtime.openvino.build import _validation, quantize_openvino_controlled
+
+    images = np.random.default_rng(0).standard_normal((30, 3, 16, 16)).astype(np.float32)
+    reads = []
+
+    class Bank(list):
+        def __getitem__(self, i):
+            reads.append(i)
+            return super().__getitem__(i)
+
+    bank = Bank((image, i % 3) for i, image in enumerate(images[:20]))
+    steps = []
+    recovery = Recovery(check=lambda name: {}, max_drop=0.0, calibration=images[:8], attempts=1, bank=bank,
+                        queries=[(image, i % 3) for i, image in enumerate(images[20:])], num_classes=3,
+                        progress=lambda done, total, note: steps.append((done, total)))
+    queries, metric, on_item = _validation(recovery, total=6)
+    quantize_openvino_controlled(Path(tiny_bundle["bundle"]) / "openvino_fp32.xml", tmp_path / "int8.xml",
+                                 images[:8], (queries, metric), max_drop=0.0, max_layers=4, on_item=on_item)
+    assert (1, 6) in steps  # FP32, then INT8, then one per reverted group
+    passes = len(reads) / len(bank) - 20 / len(bank)  # the labels are read once
+    validations = max(done for done, _ in steps)
+    assert passes <= validations + 1, (passes, steps)  # + NNCF's probe of one item
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="ExecuTorch is not installed")
+def test_a_failed_variant_without_accuracy_control_fails_before_the_long_step(hard, tmp_path):
+    """ExecuTorch INT8 has no accuracy control: when it fails, recovering the others cannot
+    change the verdict, so none is tried (before: the ONNX Runtime and OpenVINO recoveries ran
+    first, 17 minutes on the quickstart, and the export failed anyway)."""
+    from edgedistill.export import export_bundle
+
+    black = tmp_path / "black"
+    black.mkdir()
+    for i in range(12):
+        Image.new("RGB", (20, 20)).save(black / f"{i}.png")
+    with pytest.raises(EdgeDistillError) as failed:
+        export_bundle(hard["run"], out_root=tmp_path, name="hopeless", formats="onnx,executorch", int8=True,
+                      data=str(hard["data"]), calib=str(black), calib_size=12, threads=1, progress=False,
+                      max_drop=0.0, recovery_attempts=4)
+    message = str(failed.value)
+    assert "onnx_int8 lost" in message and "executorch_int8 lost" in message, message
+    assert "executorch_int8 has no accuracy control: none was tried" in message, message
+    assert "accuracy control tried" not in message and not (tmp_path / "hopeless").exists()

@@ -138,10 +138,10 @@ def test_edge_targets_follow_the_config(monkeypatch):
     from edgedistill.pipeline import edge_targets
 
     cfg = Config()
-    off = edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="off")))
+    off = edge_targets(cfg)  # by default the pipeline exports and benches what the config lists, as export does
     assert off.formats == off.backends == () and off.device == "cpu"
     monkeypatch.setenv("CHROMIUM", "/nonexistent/chromium")
-    auto = edge_targets(cfg)  # auto: only where it can run
+    auto = edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="auto")))  # auto: only where it can run
     assert "onnxruntime-web" not in auto.backends and auto.device == "cpu"
     with pytest.raises(EdgeDistillError, match="install"):
         edge_targets(replace(cfg, pipeline=replace(cfg.pipeline, edge="on")))

@@ -239,3 +239,27 @@ def test_eval_json_into_a_new_folder_is_written(labeled, tmp_path):
                           "--json", target)
     assert code == 0, stderr[-3000:]
     assert "top1" in json.loads(target.read_text())
+
+
+def test_one_deleted_variant_file_leaves_the_other_variants_usable(tiny_bundle, tmp_path):
+    """Before: every reader of the bundle (bench, eval, the apps) refused it whole."""
+    import shutil
+
+    from edgedistill.runtime.embedders import open_embedder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], bundle)
+    (bundle / "openvino_int8.bin").unlink()
+    assert open_embedder(bundle, "onnx_fp32", threads=1).embed is not None
+    with pytest.raises(EdgeDistillError, match="variant 'openvino_int8' needs openvino_int8.bin, which is missing"):
+        open_embedder(bundle, "openvino_int8", threads=1, verify=False)
+    out = tmp_path / "bench.json"
+    code, _, stderr = cli("bench", "--bundle", bundle, "--backends", "openvino", "--precision", "fp32,int8",
+                          "--threads", "1", "--batch", "1", "--runs", "2", "--rounds", "1", "--no-progress",
+                          "--json", out)
+    assert code == 0, stderr[-3000:]
+    report = json.loads(out.read_text())
+    measured = {r["variant"] for r in report["rows"]}
+    assert "openvino_fp32" in measured and "openvino_int8" not in measured, measured
+    assert any(s["variant"] == "openvino_int8" and s["reason"] == "openvino_int8.bin is missing from the bundle"
+               for s in report["skipped"]), report["skipped"]

@@ -15,7 +15,7 @@ from edgedistill.bench.records import RunSlice, Skip
 from edgedistill.errors import EdgeDistillError
 from edgedistill.runtime import registry
 from edgedistill.runtime.rows import Row
-from edgedistill.runtime.manifest import Manifest, VariantEntry
+from edgedistill.runtime.manifest import Manifest, VariantEntry, missing_file
 
 __all__ = ["BACKENDS", "PRECISIONS", "Row", "BenchOptions", "device_targets", "student_source", "plan_rows",
            "plan_bench"]
@@ -259,7 +259,11 @@ def plan_rows(manifest: Manifest, bundle_dir: Path, *, backends: Sequence[str], 
         if "torch" in backends:
             planner.torch(t)
         for name, entry in planner.variants.items():
+            lost = missing_file(manifest, bundle_dir, name)  # the bundle's other variants still run
             for runtime in readers:
                 if entry.format in runtime.reads:
-                    runtime.rows(planner, t, name, entry)
+                    if lost:
+                        planner.skip(runtime.name, name, entry.precision, f"{lost} is missing from the bundle")
+                    else:
+                        runtime.rows(planner, t, name, entry)
     return planner.rows, planner.skipped

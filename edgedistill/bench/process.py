@@ -20,6 +20,7 @@ from edgedistill.bench.records import RowResult, RunSlice, Skip
 from edgedistill.bench.stats import summarize_times
 from edgedistill.runtime.rows import Row
 from edgedistill.runtime.manifest import Manifest
+from edgedistill.utils import start_child
 
 __all__ = ["measure_group", "worker_spec", "SETTLE_SECONDS", "TORCH_ENGINE"]
 
@@ -40,9 +41,8 @@ class _Worker:
         self.stderr = tempfile.TemporaryFile()
         command = ([sys.executable, "-m", "edgedistill.runtime.worker", json.dumps(spec)] if spec["backend"] == "torch"
                    else registry.get(spec["backend"]).worker_command(spec, sys.executable))
-        self.proc = subprocess.Popen(command,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
-                                     text=True, bufsize=1)
+        self.proc = start_child(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                env=env, text=True, bufsize=1)
         self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -97,11 +97,13 @@ class _Worker:
             self.proc.wait()
 
 
-def _worker_env(threads: int) -> dict[str, str]:
+def _worker_env(threads: int, scratch: Path) -> dict[str, str]:
     """The caller's environment (PYTHONPATH and all: a worker sees what the caller sees),
-    with OpenMP/MKL pools sized like the row, and this package importable."""
+    with OpenMP/MKL pools sized like the row, this package importable, and temporary files
+    (a driven app's profile, multiprocessing's folders) in ``scratch``, which the runner removes."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env["TMPDIR"] = str(scratch)
     env["PYTHONUNBUFFERED"] = "1"
     root = str(Path(__file__).resolve().parents[2])
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -140,8 +142,8 @@ class _Group:
         self.ready: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[int, list[list[float]]]] = {}
 
-    def load(self, manifest: Manifest, opts: Any, input_file: str | None, timeout: float) -> None:
-        env = _worker_env(self.threads)
+    def load(self, manifest: Manifest, opts: Any, input_file: str | None, timeout: float, scratch: Path) -> None:
+        env = _worker_env(self.threads, scratch)
         task = self.bar.add_task(f"loading ({self.threads} threads)", total=len(self.rows))
         for row in self.rows.values():
             self.bar.update(task, description=f"loading {row.label} {row.precision} ({self.threads} threads)")
@@ -223,12 +225,13 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
 
 def measure_group(group: list[Row], results: dict[str, RowResult], skipped: list[Skip], *,
                   manifest: Manifest, opts: Any, input_file: str | None, bar: Any, load_timeout: float,
-                  run_timeout: float, round_loads: list[float | None]) -> None:
+                  run_timeout: float, round_loads: list[float | None], scratch: Path) -> None:
     """Load every row of one thread count (one at a time), then interleave their timed runs;
-    the figures go into ``results`` by row id, failures into ``skipped``."""
+    the figures go into ``results`` by row id, failures into ``skipped``; the workers' temporary
+    files go into ``scratch``."""
     workers = _Group(group, skipped, bar)
     try:
-        workers.load(manifest, opts, input_file, load_timeout)
+        workers.load(manifest, opts, input_file, load_timeout, scratch)
         workers.measure(opts, run_timeout, round_loads)
     finally:
         results.update(workers.close())

@@ -91,6 +91,7 @@ def run_bench(
     from edgedistill.bench.machine import available_devices, describe_machine, load_average
     from edgedistill.progress import progress_bar, stderr_console
     from edgedistill.runtime.manifest import read_manifest
+    from edgedistill.utils import temporary_directory
 
     con = console if console is not None else stderr_console(quiet=not progress)
     bundle_dir = Path(bundle).expanduser()
@@ -106,12 +107,15 @@ def run_bench(
     results: dict[str, RowResult] = {}
     started = _dt.datetime.now(_dt.timezone.utc)
     load_before = load_average()
+    # the scratch folder also holds the workers' own temporary files (a driven app's profile):
+    # removed with it at the end, and when SIGTERM ends the command
     with progress_bar(con, enabled=progress) as bar, _servers(rows, bundle_dir), \
-            _input_file(manifest, settings["sample"]) as input_file:
+            temporary_directory("edgedistill-bench-") as scratch:
+        input_file = _input_file(manifest, settings["sample"], scratch)
         for t in opts.threads:
             measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
                           input_file=input_file, bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
-                          round_loads=settings["load_average_per_round"].setdefault(str(t), []))
+                          round_loads=settings["load_average_per_round"].setdefault(str(t), []), scratch=scratch)
     report_rows = _measured_rows(rows, results, skipped)
     bases = baselines(report_rows, opts.threads, skipped)
     add_ratios(report_rows, bases)
@@ -157,26 +161,21 @@ def _servers(rows: list[Row], bundle_dir: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def _input_file(manifest: Manifest, sample: str | None) -> Iterator[str | None]:
-    """The bundle's sample image through its preprocessing, as the .npy every worker times
-    (the workers need no Pillow and no edgedistill); None: seeded noise."""
+def _input_file(manifest: Manifest, sample: str | None, folder: Path) -> str | None:
+    """The bundle's sample image through its preprocessing, as the .npy in ``folder`` every
+    worker times (the workers need no Pillow and no edgedistill); None: seeded noise."""
     import numpy as np
 
     from edgedistill.runtime.preprocessing import preprocess
-    from edgedistill.utils import temporary_directory
 
     if not sample or not os.path.isfile(sample):
-        yield None
-        return
+        return None
     try:
         image = preprocess(sample, manifest.preprocessing.spec)
     except Exception:  # a sample that does not fit the model is not worth failing for
-        yield None
-        return
-    with temporary_directory("edgedistill-bench-") as folder:
-        np.save(folder / "input.npy", image.astype(np.float32))
-        yield str(folder / "input.npy")
+        return None
+    np.save(folder / "input.npy", image.astype(np.float32))
+    return str(folder / "input.npy")
 
 
 def _settings(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,

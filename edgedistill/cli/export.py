@@ -54,6 +54,9 @@ def _formats_help() -> str:
 @click.option("--recovery-attempts", type=int, default=_DEFAULTS.int8_recovery_attempts, show_default=True,
               help="An INT8 variant over --max-drop is requantized with its most sensitive layers kept in float "
                    "and measured again, up to this many times (0: fail at once).")
+@click.option("--recovery-seconds", type=float, default=_DEFAULTS.int8_recovery_seconds, show_default=True,
+              help="Time bound of that accuracy control, all variants together (inf: none); past it the gate's "
+                   "verdict stands.")
 @click.option("--projection", is_flag=True, help="Add the teacher-space projection as a second output.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Batch size for k-NN features.")
@@ -64,7 +67,7 @@ def _formats_help() -> str:
               help="Also write the validation figures to this JSON file (written on gate failure too; - for stdout).")
 def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str], opset: int, img_size: int | None,
             int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
-            max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
+            max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, recovery_seconds: float, projection: bool, force: bool,
             batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
     """Export a student to every format asked for (--formats), FP32 and INT8, and gate every variant.
@@ -84,7 +87,8 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
     con = console()
     options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size, calib_method=calib_method,
                             projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
-                            recovery_attempts=recovery_attempts, batch_size=batch_size, num_workers=num_workers,
+                            recovery_attempts=recovery_attempts, recovery_seconds=recovery_seconds,
+                            batch_size=batch_size, num_workers=num_workers,
                             threads=threads)
     try:
         result = export_bundle(model_dir, out_root=out_root, name=name, formats=formats, calib=calib, data=data,

@@ -196,6 +196,7 @@ class ExportConfig:
     max_knn_drop: float = 1.0
     int8_precision_hint: str = "auto"  # an INT8 variant's non-quantized ops: auto (bf16 where native) | bf16 | f32
     int8_recovery_attempts: int = 4  # requantize with sensitive layers in float when INT8 misses the gate
+    int8_recovery_seconds: float = 180.0  # time bound of that accuracy control, all variants together
 
 
 @dataclass
@@ -212,10 +213,11 @@ class PipelineConfig:
     # Stages of `edgedistill pipeline`, in order. Without `pretrain`, distill uses teacher.source.
     stages: tuple[str, ...] = ("pretrain", "distill", "eval", "export", "bench")
     attention_images: int = 4  # val images drawn in the report's attention-map figure
-    # Edge targets: the registry's opt-in runtimes, their formats (export) and rows (bench). auto:
-    # each where it can run here (its extra installed, or what its own device needs, such as Chromium and the web
-    # example's npm packages); on: all required (an error otherwise); off: none.
-    edge: str = "auto"
+    # Edge targets: the registry's opt-in runtimes, their formats (export) and rows (bench), added to
+    # export.formats and bench.backends. off: none (the pipeline exports what the config lists, as
+    # `export` does); auto: each where it can run here (its extra installed, or what its own device
+    # needs, such as Chromium and the web example's npm packages); on: all required (an error otherwise).
+    edge: str = "off"
 
 
 @dataclass

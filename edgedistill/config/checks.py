@@ -156,6 +156,7 @@ def _check_eval_and_export(cfg: Config) -> None:
 
     _need(all(b_ > 0 for b_ in cfg.eval.k), "eval.k values must be positive")
     _need(cfg.export.int8_recovery_attempts >= 0, "export.int8_recovery_attempts must be >= 0")
+    _need(float(cfg.export.int8_recovery_seconds) > 0, "export.int8_recovery_seconds must be > 0 (.inf: no bound)")
     _need(cfg.eval.temperature > 0, f"eval.temperature must be > 0, got {cfg.eval.temperature}")
     _need(cfg.eval.batch_size >= 1 and cfg.eval.chunk_size >= 1, "eval.batch_size and eval.chunk_size must be >= 1")
     e = cfg.export

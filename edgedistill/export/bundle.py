@@ -20,6 +20,7 @@ folder that appears at the destination while an export runs is never replaced.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,11 +132,12 @@ def _write_bundle(plan: ExportPlan, con: Any, progress: bool) -> Manifest:
                                  gate_report(parity, None, o.max_drop, passed=False))
             for variant in _build_int8(plan, build, bar):
                 parity.check(build, variant)
-        accuracy = _accuracy_gate(plan, build, progress)
+        accuracy, not_tried = _accuracy_gate(plan, build, progress, con)
         report = gate_report(parity, accuracy, o.max_drop, passed=True)
         if accuracy is not None and accuracy.failures():
             report["passed"] = False
-            raise GateFailed("accuracy gate failed: " + "; ".join(accuracy.failures()) + _tried(build), report)
+            raise GateFailed("accuracy gate failed: " + "; ".join(accuracy.failures()) + _tried(plan, build, not_tried),
+                             report)
         build.finish()
         manifest = build_manifest(plan, build, report, parity_pil[0], parity.references[1])
         atomic_write_json(work / "manifest.json", manifest.as_json())
@@ -159,29 +161,42 @@ def _build_int8(plan: ExportPlan, build: Build, bar: Any) -> list[str]:
     return build_variants(plan, build, quantized=True)
 
 
-def _accuracy_gate(plan: ExportPlan, build: Build, progress: bool) -> AccuracyGate | None:
-    """Every variant's k-NN; an INT8 variant over the limit gets its layers restored to float
-    (``export.recovery``) before the verdict."""
-    from edgedistill.export.recovery import recover
+def _accuracy_gate(plan: ExportPlan, build: Build, progress: bool, con: Any) -> tuple[AccuracyGate | None, list[str]]:
+    """Every variant's k-NN; INT8 variants over the limit get their layers restored to float
+    (``export.recovery``) before the verdict, unless a failed variant has no accuracy control:
+    then the verdict stands at once. Returns the gate and those failed variants."""
+    from edgedistill.export.recovery import recover, recoverable
 
     if plan.knn_pair is None:
-        return None
+        return None, []
     o = plan.options
     gate = AccuracyGate(plan.model, *plan.knn_pair, max_drop=o.max_drop, batch_size=o.batch_size,
                         num_workers=o.num_workers, threads=o.threads, progress=progress, source=plan.knn_source)
     for variant in build.files:
         gate.check(build, variant)
-        if not gate.figures[variant]["passed"] and o.recovery_attempts > 0:
-            recover(plan, build, gate, variant)
-    return gate
+    failed = [v for v in build.files if not gate.figures[v]["passed"]]
+    hopeless = [v for v in failed if not recoverable(plan, build, v)]
+    if hopeless:  # accuracy control of the others cannot change the verdict: not worth its minutes
+        return gate, hopeless
+    deadline = time.monotonic() + float(o.recovery_seconds)  # one bound for all of them
+    for variant in failed:
+        recover(plan, build, gate, variant, con, deadline)
+    return gate, []
 
 
-def _tried(build: Build) -> str:
-    """What accuracy control tried, for the failure message."""
+def _tried(plan: ExportPlan, build: Build, not_tried: list[str]) -> str:
+    """What accuracy control tried, for the failure message (or why it tried nothing)."""
+    if not_tried and int(plan.options.recovery_attempts) == 0:
+        return " (accuracy control off: --recovery-attempts 0)"
+    if not_tried:
+        return f" ({', '.join(not_tried)} {'has' if len(not_tried) == 1 else 'have'} no accuracy control: none was tried)"
     tried = []
     for name, entry in build.entries.items():
         control = (entry.quantization or {}).get("accuracy_control")
         if control and not control["passed"]:
-            counts = ", ".join(str(a["float_nodes"]) for a in control["attempts"]) or "none"
+            if control.get("stopped"):
+                tried.append(f"{name}: {control['method']}, stopped {control['stopped']}")
+                continue
+            counts = ", ".join(str(a["float_nodes"]) for a in control["attempts"])
             tried.append(f"{name}: kept {counts} layer(s) in float ({control['method']})")
     return f" (accuracy control tried {'; '.join(tried)})" if tried else ""

@@ -46,6 +46,7 @@ class ExportOptions:
     max_drop: float = 1.0
     int8_hint: str = "auto"
     recovery_attempts: int = 4
+    recovery_seconds: float = 180.0  # accuracy control's time bound, all variants together
     batch_size: int = 64
     num_workers: int = 0
     threads: int | None = None
@@ -67,6 +68,8 @@ class ExportOptions:
             raise EdgeDistillError("--calib-size and --batch-size must be >= 1")
         if int(self.recovery_attempts) < 0:
             raise EdgeDistillError(f"--recovery-attempts must be >= 0, got {self.recovery_attempts}")
+        if not float(self.recovery_seconds) > 0:
+            raise EdgeDistillError(f"--recovery-seconds must be > 0 (inf: no bound), got {self.recovery_seconds}")
         if not 0 < float(self.min_cosine) <= 1:
             raise EdgeDistillError(f"--min-cosine must be in (0, 1] (a cosine similarity), got {self.min_cosine}")
         if not (math.isfinite(float(self.max_drop)) and float(self.max_drop) >= 0):

@@ -3,8 +3,8 @@
   runs/<name>/teacher/   pretrain (DINO)         skipped when teacher.safetensors exists
   runs/<name>/student/   distill (AttnDistill)   skipped when student.safetensors exists
   runs/<name>/eval.json  k-NN: teacher, student, random-init student (and teacher, when pretrained)
-  export/<name>/         the bundle of export.formats (+ INT8) with its gates (+ the opt-in formats: pipeline.edge)
-  runs/<name>/bench.json latency per backend and precision (+ the opt-in runtimes' rows: pipeline.edge)
+  export/<name>/         the bundle of export.formats (+ INT8) with its gates (+ the opt-in formats when pipeline.edge asks)
+  runs/<name>/bench.json latency per backend and precision (+ the opt-in runtimes' rows when pipeline.edge asks)
   runs/<name>/report/    README.md + loss curves, attention maps, latency vs k-NN (PNG)
 
 A stage interrupted half-way resumes from its checkpoint on the next run; a stage already done
@@ -194,7 +194,8 @@ def _export(cfg: Config, paths: PipelinePaths, console: Any) -> None:
     formats = tuple(dict.fromkeys((*e.formats, *edge_targets(cfg).formats)))
     options = ExportOptions(int8=e.int8, calib_size=e.calib_size, opset=e.opset, min_cosine=e.parity_min_cosine,
                             max_drop=e.max_knn_drop, int8_hint=e.int8_precision_hint,
-                            recovery_attempts=e.int8_recovery_attempts, num_workers=cfg.data.num_workers)
+                            recovery_attempts=e.int8_recovery_attempts, recovery_seconds=e.int8_recovery_seconds,
+                            num_workers=cfg.data.num_workers)
     export_bundle(paths.student.path, out_root=paths.export_root, name=cfg.run.name, formats=formats, data=None,
                   force=True, options=options, console=console)
 

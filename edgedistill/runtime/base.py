@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from edgedistill.runtime.manifest import VariantEntry
 
 __all__ = ["BackendUnavailable", "Variant", "BuildOptions", "Build", "Calibration", "Recovery", "RecoveryRecord",
-           "Runtime", "check_threads", "opened"]
+           "RecoveryTimeout", "Runtime", "check_threads", "opened"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -85,6 +87,8 @@ class RecoveryRecord(TypedDict, total=False):
     reason: str
     first_drop: float
     passed: bool
+    stopped: str  # why it ended before its attempts were spent (its time bound)
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,23 @@ class Recovery:
     bank: Sequence[Any]  # the labeled k-NN bank: (image, label) items by index
     queries: Sequence[Any]  # the labeled queries, likewise
     num_classes: int
+    deadline: float = math.inf  # time.monotonic() past which a runtime stops (RecoveryTimeout) and keeps what it had
+    progress: Callable[[int, int, str], None] = lambda done, total, note: None  # (done, total, figures) after a step
+
+    def step(self, done: int, total: int, note: str = "") -> None:
+        """Report a finished step (of at most ``total``); past the deadline, stop."""
+        self.progress(done, total, note)
+        self.check_time()
+
+    def check_time(self) -> None:
+        """Past the deadline, stop the recovery (:class:`RecoveryTimeout`)."""
+        if time.monotonic() > self.deadline:
+            raise RecoveryTimeout("accuracy control stopped at its time bound")
+
+
+class RecoveryTimeout(Exception):
+    """Accuracy control ran past its time bound (``Recovery.deadline``); the variant keeps the
+    quantization it had before the recovery, and the gate's verdict stands."""
 
 
 # ----------------------------------------------------------------------------- the runtime
@@ -245,12 +266,16 @@ class Runtime:
         """Files beside a built variant's main file the manifest lists (``{"weights": path}``)."""
         return {}
 
+    def recovers(self, variant: Variant) -> bool:
+        """Whether :meth:`recover` can do anything for ``variant`` (an INT8 variant of a runtime
+        whose package has ``build.recover``)."""
+        return variant.quantized and hasattr(self._part("build"), "recover")
+
     def recover(self, variant: Variant, build: Build, recovery: Recovery) -> RecoveryRecord | None:
         """Rebuild ``variant`` with its most sensitive layers in float until ``recovery.check``
-        passes it or the attempts are spent; what was tried (the package's ``build.recover``,
-        for INT8 variants). None: this runtime cannot."""
-        steps = self._part("build")
-        return steps.recover(variant.name, build, recovery) if variant.quantized and hasattr(steps, "recover") else None
+        passes it, the attempts are spent or ``recovery.deadline`` passes (``RecoveryTimeout``);
+        what was tried (the package's ``build.recover``). None: this runtime cannot."""
+        return self._part("build").recover(variant.name, build, recovery) if self.recovers(variant) else None
 
     # -------------------------------------------------------------- opening
 

@@ -39,7 +39,7 @@ __all__ = [
     "MANIFEST_NAME", "FORMAT_VERSION", "SUPPORTED_FORMAT_VERSIONS", "FORMATS", "VARIANTS", "PRECISIONS",
     "SCHEMA_PATH", "Manifest", "VariantEntry", "InputSpec", "OutputSpec", "Preprocessing", "Sample",
     "manifest_schema", "read_manifest", "validate_manifest", "verify_variant", "variant_path", "variant_files",
-    "default_variant", "pick_variant",
+    "missing_file", "default_variant", "pick_variant",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -247,9 +247,16 @@ def variant_files(manifest: Manifest, bundle_dir: Path | str, name: str) -> list
     return registry.for_format(entry.format).variant_files(entry, Path(bundle_dir))
 
 
-def _check_file(path: Path, bundle_dir: Path, where: Path, name: str) -> None:
-    """The file exists and is inside the bundle once symlinks are followed."""
+def missing_file(manifest: Manifest, bundle_dir: Path | str, name: str) -> str | None:
+    """The first file variant ``name`` needs that is not in the bundle (None: all there)."""
+    return next((p.name for p, _ in variant_files(manifest, bundle_dir, name) if not p.is_file()), None)
+
+
+def _check_file(path: Path, bundle_dir: Path, where: Path, name: str, *, present: bool = True) -> None:
+    """The file is inside the bundle once symlinks are followed and (``present``) exists."""
     if not path.is_file():
+        if not present and not path.is_symlink():
+            return
         raise _fail(where, f"variant {name!r} needs {path.name}, which is missing")
     real, root = os.path.realpath(path), os.path.realpath(bundle_dir)
     if os.path.commonpath([real, root]) != root:
@@ -273,8 +280,10 @@ def verify_variant(manifest: Manifest, bundle_dir: Path | str, name: str) -> lis
 
 
 def read_manifest(bundle_dir: Path | str, verify: bool = False) -> Manifest:
-    """Read ``<bundle_dir>/manifest.json``, validate it and check that its files exist inside
-    the bundle.
+    """Read ``<bundle_dir>/manifest.json``, validate it and check that its files lie inside
+    the bundle. A missing variant file fails only the reader of that variant
+    (:func:`variant_path`, :func:`verify_variant`; :func:`missing_file` tells): the others stay
+    usable.
 
     With ``verify=True`` also compare every file's sha256 with the recorded one; readers that
     load one variant verify just that one (:func:`verify_variant`, which ``open_embedder``
@@ -292,7 +301,7 @@ def read_manifest(bundle_dir: Path | str, verify: bool = False) -> Manifest:
             verify_variant(manifest, bundle_dir, name)
             continue
         for path, _ in variant_files(manifest, bundle_dir, name):
-            _check_file(path, bundle_dir, where, name)
+            _check_file(path, bundle_dir, where, name, present=False)
     sample = manifest.sample.file if manifest.sample is not None else None
     if sample and (bundle_dir / sample).exists():
         _check_file(bundle_dir / sample, bundle_dir, where, "sample")
@@ -315,6 +324,8 @@ def variant_path(manifest: Manifest, bundle_dir: Path | str, name: str | None = 
     if name not in manifest.variants:
         raise EdgeDistillError(f"bundle {manifest.name!r} has no variant {name!r} "
                                f"(available: {', '.join(manifest.variants)})")
+    for path, _ in variant_files(manifest, bundle_dir, name):
+        _check_file(path, Path(bundle_dir), Path(bundle_dir) / MANIFEST_NAME, name)
     return Path(bundle_dir) / manifest.variants[name].file
 
 

@@ -24,7 +24,7 @@ class ExecuTorchEmbedder:
                  outputs: Sequence[str] = ("embedding",), name: str | None = None, **_: Any) -> None:
         from edgedistill.runtime.base import check_threads, opened
         from edgedistill.runtime.executorch import RUNTIME
-        from edgedistill.runtime.executorch.engine import load_method
+        from edgedistill.runtime.executorch.engine import load_method, max_batch
 
         self.path = Path(path)
         if output not in outputs:
@@ -35,7 +35,7 @@ class ExecuTorchEmbedder:
         self._index = list(outputs).index(output)
         meta = self.method.metadata
         # a dynamic batch axis is planned up to a bound: larger batches go in chunks
-        self.max_batch = int(meta.input_tensor_meta(0).sizes()[0])
+        self.max_batch = max_batch(self.method)
         self.dim = static_dim(meta.output_tensor_meta(self._index).sizes()[-1])
         self.name = name or f"executorch:{self.path.name}"
 
@@ -43,7 +43,8 @@ class ExecuTorchEmbedder:
         """(B, 3, H, W) float32 -> (B, D) float32."""
         import torch  # the runtime takes and returns torch tensors
 
+        from edgedistill.runtime.executorch.engine import execute
+
         x = torch.from_numpy(as_batch(batch))
-        parts = [self.method.execute((x[i:i + self.max_batch],))[self._index] for i in range(0, len(x), self.max_batch)]
-        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts]) if parts else \
-            np.zeros((0, self.dim or 0), np.float32)
+        return execute(self.method, x, self.max_batch, self._index) if len(x) else np.zeros((0, self.dim or 0),
+                                                                                              np.float32)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["load_method", "import_runtime", "load"]
+__all__ = ["load_method", "max_batch", "execute", "import_runtime", "load"]
 
 
 def load_method(path: str, *, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
@@ -37,6 +37,20 @@ def load_method(path: str, *, threads: int | None = None) -> tuple[Any, dict[str
     return method, settings
 
 
+def max_batch(method: Any) -> int:
+    """The upper bound of the program's dynamic batch axis (XNNPACK planned memory for it)."""
+    return int(method.metadata.input_tensor_meta(0).sizes()[0])
+
+
+def execute(method: Any, x: Any, bound: int, index: int = 0) -> np.ndarray:
+    """Output ``index`` of ``method`` for the torch batch ``x``, run in chunks of ``bound`` (a
+    larger batch fails inside the runtime: ``set_inputs() ... error 0x10``), as an app must."""
+    if len(x) <= bound:
+        return np.asarray(method.execute((x,))[index], dtype=np.float32)
+    return np.concatenate([np.asarray(method.execute((x[i:i + bound],))[index], dtype=np.float32)
+                           for i in range(0, len(x), bound)])
+
+
 def import_runtime() -> None:
     import executorch.runtime  # noqa: F401
     import torch  # noqa: F401  (the Python runtime's tensors)
@@ -47,15 +61,14 @@ def load(spec: dict[str, Any], image: np.ndarray) -> tuple[Callable[[np.ndarray]
     import torch
 
     method, settings = load_method(spec["model"], threads=int(spec["threads"]))
+    bound = max_batch(method)
     info: dict[str, Any] = {"load_seconds": settings.pop("load_seconds"),
-                            "settings": {**settings, "delegate": "XNNPACK", "shapes": "dynamic batch (one program)"}}
+                            "settings": {**settings, "delegate": "XNNPACK", "max_batch": bound,
+                                         "shapes": f"dynamic batch 1 to {bound} (one program); a larger batch "
+                                                   f"runs in chunks of {bound}"}}
 
     def prepare(x: np.ndarray) -> Callable[[], Any]:
-        inputs = (torch.from_numpy(x),)
-
-        def run() -> np.ndarray:
-            return method.execute(inputs)[0].numpy()
-
-        return run
+        inputs = torch.from_numpy(x)
+        return lambda: execute(method, inputs, bound)
 
     return prepare, info

@@ -78,8 +78,8 @@ def _quantizable_nodes(path: Path) -> list[str]:
 
 
 def _sensitivity(build: Build, source: Path, nodes: list[str], images: np.ndarray,
-                 reference: np.ndarray) -> dict[str, float]:
-    """1 - cosine to FP32 when only that node is quantized."""
+                 reference: np.ndarray, recovery: Recovery) -> dict[str, float]:
+    """1 - cosine to FP32 when only that node is quantized (each node a step of ``recovery``)."""
     from edgedistill.runtime.knn import compare
     from edgedistill.runtime.onnxruntime.embedder import OnnxEmbedder
     from edgedistill.runtime.onnxruntime.quantize import quantize_ort_int8
@@ -91,6 +91,7 @@ def _sensitivity(build: Build, source: Path, nodes: list[str], images: np.ndarra
                           exclude=[n for n in nodes if n != node])
         output = OnnxEmbedder(probe, threads=build.options.threads).embed(images)
         damage[node] = 1.0 - compare(reference, output)["min_cosine"]
+        recovery.step(len(damage), len(nodes) + recovery.attempts, f"sensitivity of {node}")
     probe.unlink(missing_ok=True)
     return damage
 
@@ -109,7 +110,7 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
         reference = (reference[0] if isinstance(reference, tuple) else reference).numpy()
     source = build.files[_INT8_SOURCE[name]]
     nodes = _quantizable_nodes(source)
-    damage = _sensitivity(build, source, nodes, images, reference)
+    damage = _sensitivity(build, source, nodes, images, reference, recovery)
     ranked = sorted(nodes, key=lambda n: -damage[n])
     steps: list[dict[str, Any]] = []
     excluded = 0
@@ -124,6 +125,8 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
         steps.append({"float_nodes": excluded, "top1": figures["top1"], "drop": figures["drop"]})
         if figures["passed"]:
             break
+        recovery.step(len(nodes) + len(steps), len(nodes) + recovery.attempts,
+                      f"{excluded} in float: k-NN top-1 {figures['top1']:.2f}%")
     return {"method": "per-node sensitivity (output cosine, quantized alone), most sensitive kept in float",
             "float_layers": ranked[:excluded], "sensitivity": {n: round(damage[n], 6) for n in ranked[:excluded]},
             "attempts": steps}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,8 @@ __all__ = ["build_variant", "recover", "convert_openvino", "quantize_openvino", 
            "int8_precision_hint", "INFERENCE_PRECISION_HINT"]
 
 INFERENCE_PRECISION_HINT = "f32"  # FP32/FP16 variants: true fp32 arithmetic
+RANKING_ITEMS = 30  # validation items whose outputs rank the layers in accuracy control (NNCF's default: 300)
+EMBED_BATCH = 64  # the k-NN bank and queries in accuracy control's metric
 
 
 def int8_precision_hint(requested: str = "auto") -> str:
@@ -117,11 +119,15 @@ def _float_layers(model: Any) -> list[str]:
 
 
 def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, images: np.ndarray,
-                                 validation: tuple[list[Any], Callable[[Any, Any], tuple[float, None]]], *,
-                                 max_drop: float, max_layers: int) -> dict[str, Any]:
-    """NNCF INT8 with accuracy control: ``validation`` is (items, metric(compiled model, items));
-    at most ``max_layers`` operations are reverted to float to keep the metric within
-    ``max_drop`` (absolute, the metric's units) of FP32."""
+                                 validation: tuple[list[Any], Callable[[Any, Any], tuple[float, Any]]], *,
+                                 max_drop: float, max_layers: int, on_item: Callable[[], None] | None = None,
+                                 ranking_items: int = RANKING_ITEMS) -> dict[str, Any]:
+    """NNCF INT8 with accuracy control: ``validation`` is (items, metric(compiled model, items)),
+    items ``(image, label)``; at most ``max_layers`` operations are reverted to float to keep the
+    metric within ``max_drop`` (absolute, the metric's units) of FP32. A metric that also returns
+    each item's outputs puts NNCF in its outputs mode: it ranks the operations by how far each
+    moves the outputs of ``ranking_items`` items instead of calling the metric per item.
+    ``on_item`` runs before every inference NNCF makes on a validation item (it may raise to stop)."""
     ov = _openvino()
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -130,6 +136,12 @@ def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, imag
     from edgedistill.utils import quiet_stdout
 
     items, metric = validation
+
+    def transform(item: Any) -> np.ndarray:
+        if on_item is not None:
+            on_item()
+        return item[0][None]
+
     calibration = [np.ascontiguousarray(images[i:i + 1], dtype=np.float32) for i in range(len(images))]
     model = ov.Core().read_model(str(fp32_xml))
     previous = nncf.common.logging.nncf_logger.level
@@ -137,17 +149,18 @@ def quantize_openvino_controlled(fp32_xml: str | Path, out_xml: str | Path, imag
     try:
         with quiet_stdout(False), keep_signal_stack():  # it replaces the thread's signal stack, then frees it
             quantized = nncf.quantize_with_accuracy_control(
-                model, nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[0][None]), metric,
+                model, nncf.Dataset(calibration), nncf.Dataset(items, transform), metric,
                 max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.PERFORMANCE,
                 model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
                 advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                    max_num_iterations=max_layers))
+                    max_num_iterations=max_layers, ranking_subset_size=min(ranking_items, len(items)),
+                    num_ranking_workers=1))  # one: a stop raised from on_item reaches the caller
     finally:
         nncf.set_log_level(previous)
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return {"tool": "nncf.quantize_with_accuracy_control", "nncf_version": nncf.__version__,
             "model_type": "TRANSFORMER", "preset": "performance", "max_drop": max_drop,
-            "float_layers": _float_layers(quantized)}
+            "ranking_items": min(ranking_items, len(items)), "float_layers": _float_layers(quantized)}
 
 
 # ----------------------------------------------------------------------------- variants
@@ -173,10 +186,13 @@ def build_variant(name: str, build: Build) -> None:
 
 def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
     """NNCF's ``quantize_with_accuracy_control`` with the export's k-NN top-1 as its metric;
-    NNCF ranks the quantized operations itself and reverts them one by one."""
+    NNCF ranks the quantized operations by how far each moves the embeddings and reverts them
+    one by one. Each validation is a step of ``recovery`` (progress, and its time bound)."""
+    max_layers = recovery.attempts * 4
+    queries, metric, on_item = _validation(recovery, total=max_layers + 2)
     settings = quantize_openvino_controlled(build.files["openvino_fp32"], build.files[name], recovery.calibration,
-                                            _validation(recovery), max_drop=recovery.max_drop,
-                                            max_layers=recovery.attempts * 4)
+                                            (queries, metric), max_drop=recovery.max_drop, max_layers=max_layers,
+                                            on_item=on_item)
     quantization = build.entries[name].quantization
     assert quantization is not None, "an INT8 variant records its quantization"
     quantization.update({k: v for k, v in settings.items() if k != "float_layers"})
@@ -187,23 +203,43 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
                           "drop": figures["drop"]}]}
 
 
-def _validation(recovery: Recovery) -> tuple[list[Any], Callable[[Any, Any], tuple[float, None]]]:
+def _validation(recovery: Recovery, total: int) -> tuple[list[Any], Callable[[Any, Any], tuple[float, Any]],
+                                                         Callable[[], None]]:
     """NNCF's validation set (the k-NN queries, as (input, label) items) and its metric: the
-    k-NN top-1 of a compiled model, with the bank embedded by that same model."""
+    k-NN top-1 of a compiled model, with the bank embedded by that same model, in batches (the
+    IR's batch is dynamic), once per call; it also returns each query's embedding, so that NNCF
+    ranks layers by output damage rather than by a k-NN per query (a bank per query image: the
+    25-minute stall). A call on the whole query set is a step of ``recovery``; the third item,
+    run before each inference NNCF makes itself (its ranking), reports that and keeps the time bound."""
     from edgedistill.runtime.knn import knn_classify
 
     queries = [recovery.queries[i] for i in range(len(recovery.queries))]
-    bank = [recovery.bank[i] for i in range(len(recovery.bank))]
+    bank_y = np.asarray([recovery.bank[i][1] for i in range(len(recovery.bank))])
+    done = [0]
 
-    def embed(compiled: Any, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        output = compiled.outputs[0]
-        feats = [np.asarray(compiled(np.ascontiguousarray(x[None], np.float32))[output]) for x, _ in items]
-        return np.concatenate(feats), np.asarray([y for _, y in items])
+    def embed(compiled: Any, split: Sequence[Any]) -> np.ndarray:
+        output, feats = compiled.outputs[0], []
+        for start in range(0, len(split), EMBED_BATCH):
+            batch = np.stack([np.asarray(split[i][0], np.float32) for i in range(start, min(start + EMBED_BATCH,
+                                                                                              len(split)))])
+            feats.append(np.asarray(compiled(batch)[output]))
+            recovery.check_time()
+        return np.concatenate(feats)
 
-    def metric(compiled: Any, items: Any) -> tuple[float, None]:
-        bank_f, bank_y = embed(compiled, bank)
-        query_f, query_y = embed(compiled, list(items))
-        result = knn_classify(bank_f, bank_y, query_f, recovery.num_classes, ks=(20,), val_labels=query_y)
-        return float(result["top1"]), None
+    def metric(compiled: Any, items: Any) -> tuple[float, list[list[np.ndarray]]]:
+        items = list(items)
+        query_f = embed(compiled, items)
+        result = knn_classify(embed(compiled, recovery.bank), bank_y, query_f, recovery.num_classes, ks=(20,),
+                              val_labels=np.asarray([y for _, y in items]))
+        top1 = float(result["top1"])
+        if len(items) == len(queries):  # not NNCF's probe of one item
+            done[0] += 1
+            recovery.step(done[0], total, f"k-NN top-1 {top1:.2f}%")
+        return top1, [[f] for f in query_f]
 
-    return queries, metric
+    def on_item() -> None:
+        recovery.progress(done[0], total, f"NNCF ranks the layers by their damage to the embeddings ({RANKING_ITEMS} "
+                                          "queries per layer group)")
+        recovery.check_time()
+
+    return queries, metric, on_item
