@@ -97,7 +97,7 @@ def run_bench(
     """
     from edgedistill.bench.machine import available_devices, describe_machine, load_average
     from edgedistill.bench.remote import open_device
-    from edgedistill.progress import progress_bar, stderr_console
+    from edgedistill.progress import stderr_console
     from edgedistill.runtime.manifest import read_manifest
 
     con = console if console is not None else stderr_console(quiet=not progress)
@@ -107,8 +107,7 @@ def run_bench(
     opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes,
                               device=local)
     devices = available_devices()
-    results: dict[str, RowResult] = {}
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # the SSH devices stay connected until their rows are measured
         remotes = {}
         for url in urls:
             con.print(f"connecting to {url}")
@@ -117,23 +116,10 @@ def run_bench(
         rows, skipped = plan_bench(manifest, bundle_dir, opts, local, devices, list(remotes.values()))
         settings = _settings(manifest, bundle_dir, opts, ",".join([*([local] if local else []), *urls]),
                              _verify(manifest, bundle_dir, rows) if verify else False)
-        con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
-                  f"batch {','.join(map(str, opts.batches))} on {settings['device']}, "
-                  f"threads {','.join(map(str, opts.threads))}")
         started = _dt.datetime.now(_dt.timezone.utc)
         load_before = load_average()
-        with progress_bar(con, enabled=progress) as bar, _servers(rows, bundle_dir), \
-                _input_file(manifest, settings["sample"]) as input_file:
-            for label, remote in remotes.items():
-                mine = [r for r in rows if r.remote == label]
-                if mine:
-                    con.print(f"copying the files of {len(mine)} rows to {remote.target.url}")
-                    remote.upload(mine, bundle_dir, manifest, input_file)
-            for t in opts.threads:
-                measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
-                              input_file=input_file, bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
-                              round_loads=settings["load_average_per_round"].setdefault(str(t), []),
-                              devices=remotes)
+        results = _measure(rows, skipped, manifest, bundle_dir, opts, settings, remotes, con, progress,
+                           (load_timeout, run_timeout))
         described = {label: remote.describe() for label, remote in remotes.items()}
     report_rows = _measured_rows(rows, results, skipped)
     bases = baselines(report_rows, opts.threads, skipped)
@@ -154,6 +140,32 @@ def run_bench(
         "notes": _notes(report_rows, [load_before, load_after], settings["load_average_per_round"], described),
         "remotes": described,
     }
+
+
+def _measure(rows: list[Row], skipped: list[Skip], manifest: Manifest, bundle_dir: Path, opts: BenchOptions,
+             settings: dict[str, Any], remotes: dict[str, Any], con: Any, progress: bool,
+             timeouts: tuple[float, float]) -> dict[str, RowResult]:
+    """The files copied to each SSH device, then every thread count's rows loaded and measured
+    in interleaved rounds (``process.measure_group``); the figures by row id."""
+    from edgedistill.progress import progress_bar
+
+    results: dict[str, RowResult] = {}
+    with _servers(rows, bundle_dir), _input_file(manifest, settings["sample"]) as input_file:
+        for label, remote in remotes.items():
+            theirs = [r for r in rows if r.remote == label]
+            if theirs:
+                con.print(f"copying the files of {len(theirs)} rows to {remote.target.url}")
+                remote.upload(theirs, bundle_dir, manifest, input_file)
+        con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
+                  f"batch {','.join(map(str, opts.batches))} on {settings['device']}, "
+                  f"threads {','.join(map(str, opts.threads))}")
+        with progress_bar(con, enabled=progress) as bar:
+            for t in opts.threads:
+                measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
+                              input_file=input_file, bar=bar, load_timeout=timeouts[0], run_timeout=timeouts[1],
+                              round_loads=settings["load_average_per_round"].setdefault(str(t), []),
+                              devices=remotes)
+    return results
 
 
 def split_devices(device: str | Sequence[str]) -> tuple[str | None, list[str]]:

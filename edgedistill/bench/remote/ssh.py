@@ -198,7 +198,8 @@ class SshConnection:
         """Why a master connection ended before it was closed (None: all alive)."""
         for proc, _, log in self._masters:
             if proc.poll() is not None:
-                return explain(_read(log), self.target) if _read(log) else f"ssh exited ({proc.returncode})"
+                said = [ln.strip() for ln in _read(log).splitlines() if ln.strip()]
+                return said[-1].removesuffix(".") if said else f"ssh exited with status {proc.returncode}"
         return None
 
     def close(self) -> None:
