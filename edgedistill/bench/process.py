@@ -273,6 +273,10 @@ def measure_group(group: list[Row], results: dict[str, RowResult], skipped: list
     try:
         workers.load(manifest, opts, input_file, load_timeout)
         workers.measure(opts, run_timeout, round_loads)
+    except KeyboardInterrupt:  # Ctrl-C reaches a device's workers only through us: stop them now, mid-slice
+        for worker in workers.workers.values():
+            worker.kill()
+        raise
     finally:
         results.update(workers.close())
 

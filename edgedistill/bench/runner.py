@@ -110,7 +110,8 @@ def run_bench(
     with contextlib.ExitStack() as stack:  # the SSH devices stay connected until their rows are measured
         remotes = {}
         for url in urls:
-            con.print(f"connecting to {url}")
+            if progress:  # a failure to connect stays one line without it
+                con.print(f"connecting to {url}")
             remote = stack.enter_context(open_device(url, remote_python, ssh_config))
             remotes[remote.label] = remote
         rows, skipped = plan_bench(manifest, bundle_dir, opts, local, devices, list(remotes.values()))
