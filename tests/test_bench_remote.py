@@ -250,3 +250,27 @@ def test_interrupted_run_removes_the_device_folder(loopback, device_venv, bench_
     else:
         assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[how], err
     assert loopback.left_over() == [] and list(here.iterdir()) == []
+
+
+@needs_sshd
+@pytest.mark.slow  # about 25 s: a pipeline and eight rows
+def test_pipeline_reports_host_and_device_rows(loopback, device_venv, bench_bundle, tmp_path):
+    """``bench.devices: [cpu, ssh://board]``: one pipeline bench stage measures this machine's rows
+    and the device's, and its report lists them side by side (the device's marked @board)."""
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "run": {"name": bench_bundle.name, "threads": 1},
+        "bench": {"backends": ["onnxruntime"], "threads": [1], "batch": [1], "runs": 4, "warmup": 1,
+                  "devices": ["cpu", "ssh://board"], "remote_python": str(device_venv)},
+        "pipeline": {"stages": ["bench"], "edge": "off"}}))
+    run = run_cli("pipeline", str(config), "--runs", str(tmp_path / "runs"), "--export-root", str(bench_bundle.parent),
+                  cwd=tmp_path, env={"EDGEDISTILL_SSH_CONFIG": str(loopback.config), "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    bench = json.loads((tmp_path / "runs" / bench_bundle.name / "bench.json").read_text())
+    where = {(r["remote"], r["variant"]) for r in bench["rows"]}
+    assert {(None, "onnx_fp32"), ("board", "onnx_fp32"), (None, "onnx_int8"), ("board", "onnx_int8")} <= where
+    report = (tmp_path / "runs" / bench_bundle.name / "report" / "README.md").read_text()
+    assert "| onnxruntime | onnx_int8 |" in report and "| onnxruntime @board | onnx_int8 |" in report
+    assert loopback.left_over() == []
