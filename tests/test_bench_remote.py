@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from test_reliability import one_line_error, wait_for
+from test_reliability import mount_tmpfs, one_line_error, wait_for  # noqa: F401 (mount_tmpfs: a fixture)
 
 SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)),
                                     None)
@@ -156,9 +156,11 @@ def test_rows_measured_on_the_device(loopback, device_venv, bench_bundle, tmp_pa
     here = tmp_path / "tmp"
     here.mkdir()
     out = tmp_path / "report.json"
-    run = bench_on(loopback, "ssh://board", device_venv, "--bundle", str(bench_bundle),
+    (loopback.home / "ort").symlink_to(device_venv.parent.parent)  # ~/ort/bin/python: the device's home
+    run = bench_on(loopback, "ssh://board", "~/ort/bin/python", "--bundle", str(bench_bundle),
                    "--backends", "onnxruntime,openvino", "--precision", "fp32,int8", "--json", str(out),
                    "--csv", str(tmp_path / "report.csv"), tmp=here)
+    (loopback.home / "ort").unlink()
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = report["rows"]
@@ -166,10 +168,11 @@ def test_rows_measured_on_the_device(loopback, device_venv, bench_bundle, tmp_pa
     assert {r["precision"] for r in rows} == {"fp32", "int8"}
     assert all(r["batches"]["1"]["p50_ms"] > 0 for r in rows)
     device = report["remotes"]["board"]
-    assert device["arch"] == platform.machine() and device["python_path"] == str(device_venv)
+    assert device["arch"] == platform.machine() and device["python_path"] == "~/ort/bin/python"
     assert set(device["versions"]) == {"numpy", "onnxruntime"}  # no edgedistill, no torch there
     assert f"device board: {platform.machine()}" in run.stdout and "onnxruntime (board)" in run.stdout
-    pip = f"{device_venv} -m pip install openvino"
+    assert "p50 spread across rounds" in run.stdout  # the table says how steady the rounds were
+    pip = "~/ort/bin/python -m pip install openvino"
     assert any(s["backend"] == "openvino" and pip in s["reason"] for s in report["skipped"]), report["skipped"]
     assert pip in run.stdout
     lines = (tmp_path / "report.csv").read_text().splitlines()
@@ -186,13 +189,17 @@ def test_closed_port_is_one_line(bench_bundle, tmp_path):
 
 
 @needs_sshd
-@pytest.mark.parametrize("case", ["wrong key", "changed host key", "unknown host key", "no python", "no onnxruntime"])
-def test_device_failures_are_one_line(loopback, bench_bundle, tmp_path, case):
+@pytest.mark.parametrize("case", ["wrong key", "changed host key", "unknown host key", "no python", "no onnxruntime",
+                                  "disk full"])
+def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_path, case, request):
     """Each provoked for real against the loopback sshd: a key it does not accept, a host key that
     is not the one in known_hosts (or none there), a device Python path that does not exist, a
-    device Python with numpy but no runtime (no row can run: the pip lines say what to install)."""
+    device Python with numpy but no runtime (no row can run: the pip lines say what to install),
+    a device whose temporary directory is a 1 MB file system (a tmpfs: skipped without root)."""
     config = tmp_path / "ssh_config"
-    python: Path | str = "python3"
+    python: Path | str = device_venv
+    if case == "disk full":
+        request.getfixturevalue("mount_tmpfs")(loopback.tmp, size="1m")
     if case == "wrong key":
         config.write_text(loopback.alias("board", loopback.wrong_key))
     elif case in ("changed host key", "unknown host key"):
@@ -212,7 +219,8 @@ def test_device_failures_are_one_line(loopback, bench_bundle, tmp_path, case):
     expected = {"wrong key": "ssh://board refused the login", "changed host key": "does not match the one in known_hosts",
                 "unknown host key": "the host key of ssh://board is not known",
                 "no python": "no Python at '/nonexistent/bin/python3' on ssh://board",
-                "no onnxruntime": f"ONNX Runtime is not installed on ssh://board: {python} -m pip install onnxruntime"}
+                "no onnxruntime": f"ONNX Runtime is not installed on ssh://board: {python} -m pip install onnxruntime",
+                "disk full": f"not enough space on ssh://board: {loopback.tmp} has 1.0 MiB free"}
     assert expected[case] in line, line
     assert loopback.left_over() == [] and not list(tmp_path.glob("edgedistill-ssh-*"))
 

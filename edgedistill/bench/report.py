@@ -121,6 +121,7 @@ def render_table(report: BenchReport, console: Any) -> None:
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
                    f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
+        caption += _round_spread(rows, lat, settings)
         caption += [f"{r.name}: {r.report_note}" for r in _runtimes() if r.report_note
                     and any(row["backend"] == r.name for row in rows)]
         table.caption = "\n".join(caption)
@@ -142,6 +143,20 @@ def render_table(report: BenchReport, console: Any) -> None:
         console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}")
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _round_spread(rows: list[Any], lat: str, settings: dict[str, Any]) -> list[str]:
+    """The caption line on the rounds: how many, how long, and how far the p50 of one round
+    strayed from the row's p50 ((max - min) / p50 of the rounds' medians) in this run."""
+    spreads = sorted((row["batches"][lat]["round_spread"], row["label"]) for row in rows
+                     if (row["batches"].get(lat) or {}).get("round_spread") is not None)
+    if not spreads:
+        return []
+    per_round = settings.get("per_round") or {}
+    size = f"{per_round['seconds']:g} s" if "seconds" in per_round else f"{per_round.get('runs', '?')} runs"
+    median = spreads[len(spreads) // 2][0]
+    return [f"rounds: {settings['rounds']} x {size} per row, interleaved; p50 spread across rounds "
+            f"(max - min) / p50: median {median:.0%}, at most {spreads[-1][0]:.0%} ({spreads[-1][1]})"]
 
 
 def _places(report: BenchReport, rows: list[Any]) -> str:

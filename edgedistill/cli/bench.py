@@ -26,7 +26,8 @@ def _device_help() -> str:
               help="Bundle directory (export/<name>/ with manifest.json).")
 @click.option("--device", default="cpu", show_default=True, help=_device_help())
 @click.option("--remote-python", default=None, metavar="PATH",
-              help="The Python on the SSH devices (default python3): it needs numpy and the runtimes to measure.")
+              help="The Python on the SSH devices (default python3; ~/ is the device user's home): it needs numpy and "
+                   "the runtimes to measure.")
 @click.option("--ssh-config", default=None, metavar="FILE", envvar="EDGEDISTILL_SSH_CONFIG",
               type=click.Path(dir_okay=False, path_type=Path),
               help="An ssh_config file to use instead of ~/.ssh/config (ssh -F; env EDGEDISTILL_SSH_CONFIG).")

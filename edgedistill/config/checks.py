@@ -181,17 +181,10 @@ def _check_pipeline_and_bench(cfg: Config) -> None:
           f"bench.backends must be a subset of {','.join(backends)}, got {cfg.bench.backends}")
 
 
-def _check_bench_devices(devices: tuple[str, ...]) -> None:
-    """``bench.devices``: cpu at most once, and SSH devices that parse (checked before training,
-    not when the bench stage comes)."""
-    from edgedistill.bench.remote import is_ssh, parse_target
 
-    here = [d for d in devices if not is_ssh(d)]
-    _need(bool(devices) and all(d.strip().lower() == "cpu" for d in here) and len(here) <= 1,
+def _check_bench_devices(devices: tuple[str, ...]) -> None:
+    """``bench.devices``: cpu at most once, and ssh:// devices (each parsed when the pipeline
+    starts, before any stage: ``bench.runner.split_devices``)."""
+    names = [d.strip().lower() for d in devices]
+    _need(bool(names) and all(d == "cpu" or d.startswith("ssh://") for d in names) and names.count("cpu") <= 1,
           f"bench.devices must be cpu and/or ssh://[user@]host[:port] devices, got {list(devices)}")
-    for device in devices:
-        if is_ssh(device):
-            try:
-                parse_target(device)
-            except EdgeDistillError as exc:
-                raise EdgeDistillError(f"bench.devices: {exc}") from None

@@ -73,6 +73,10 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
     paths = PipelinePaths.for_config(cfg, runs_root, export_root)
     if "pretrain" in cfg.pipeline.stages and not paths.teacher.has_backbone("teacher"):
         check_pretrain_sizes(cfg)
+    if "bench" in cfg.pipeline.stages:
+        from edgedistill.bench.runner import split_devices
+
+        split_devices(cfg.bench.devices)  # a mistyped ssh:// device fails now, not after training
     with directory_lock(paths.root, instead="another run.name"):
         return _run_stages(cfg, paths, console)
 

@@ -146,7 +146,7 @@ class SshConnection:
             self._workers += 1
         control = self._master(index)
         return [*self._args(control), "-o", "ControlMaster=no", "-T", "--", self.target.host,
-                " ".join(shlex.quote(a) for a in remote)]
+                " ".join([_home_quote(remote[0]), *(shlex.quote(a) for a in remote[1:])])]
 
     # ---------------------------------------------------------------- masters
 
@@ -233,6 +233,14 @@ class SshConnection:
         if done.returncode == 255:
             raise SshError(self.lost() or explain(done.stderr.decode("utf-8", "replace"), self.target))
         return done
+
+
+def _home_quote(program: str) -> str:
+    """``program`` quoted for the device's shell, a leading ``~/`` left to it: ``--remote-python
+    '~/venv/bin/python'`` means the device user's home, not this machine's."""
+    if program.startswith("~/"):
+        return "~/" + shlex.quote(program[2:])
+    return shlex.quote(program)
 
 
 def _read(log: IO[bytes]) -> str:
