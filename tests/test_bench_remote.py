@@ -16,12 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, run_cli
+from edgedistill.errors import EdgeDistillError
 from test_reliability import mount_tmpfs, one_line_error, wait_for  # noqa: F401 (mount_tmpfs: a fixture)
 
 SSHD = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.path.exists(p)),
@@ -191,11 +193,13 @@ def test_closed_port_is_one_line(bench_bundle, tmp_path):
 @needs_sshd
 @pytest.mark.parametrize("case", ["wrong key", "changed host key", "unknown host key", "no python", "no onnxruntime",
                                   "disk full"])
-def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_path, case, request):
+def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_path, case, request, monkeypatch):
     """Each provoked for real against the loopback sshd: a key it does not accept, a host key that
     is not the one in known_hosts (or none there), a device Python path that does not exist, a
     device Python with numpy but no runtime (no row can run: the pip lines say what to install),
     a device whose temporary directory is a 1 MB file system (a tmpfs: skipped without root)."""
+    from edgedistill.bench.runner import run_bench
+
     config = tmp_path / "ssh_config"
     python: Path | str = device_venv
     if case == "disk full":
@@ -204,18 +208,22 @@ def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_p
         config.write_text(loopback.alias("board", loopback.wrong_key))
     elif case in ("changed host key", "unknown host key"):
         known = tmp_path / "known_hosts"
-        other = _keygen(tmp_path / "other_host_key")
-        known.write_text(f"[127.0.0.1]:{loopback.port} {(tmp_path / 'other_host_key.pub').read_text()}"
-                         if case == "changed host key" else "")
+        other = _keygen(tmp_path / "other_host_key").with_suffix(".pub")
+        known.write_text(f"[127.0.0.1]:{loopback.port} {other.read_text()}" if case == "changed host key" else "")
         config.write_text(loopback.alias("board", loopback.key, known))
-        assert other.exists()
     else:
         config.write_text(loopback.alias("board", loopback.key))
-        python = "/nonexistent/bin/python3" if case == "no python" else \
-            device_python(tmp_path / "numpy_only", ["numpy"])
-    run = run_cli(*BENCH, "--bundle", str(bench_bundle), "--device", "ssh://board", "--ssh-config", str(config),
-                  "--remote-python", str(python), env={"TMPDIR": str(tmp_path)}, timeout=120)
-    line = one_line_error(run)
+        if case == "no python":
+            python = "/nonexistent/bin/python3"
+        elif case == "no onnxruntime":
+            python = device_python(tmp_path / "numpy_only", ["numpy"])
+    # in this process (the CLI's one-line rendering of these errors: test_closed_port_is_one_line)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(EdgeDistillError) as error:
+        run_bench(bench_bundle, device="ssh://board", ssh_config=str(config), remote_python=str(python),
+                  batches=[1], seconds=0.5, rounds=2, progress=False)
+    line = str(error.value)
+    assert "\n" not in line
     expected = {"wrong key": "ssh://board refused the login", "changed host key": "does not match the one in known_hosts",
                 "unknown host key": "the host key of ssh://board is not known",
                 "no python": "no Python at '/nonexistent/bin/python3' on ssh://board",

@@ -155,7 +155,8 @@ def _measure(rows: list[Row], skipped: list[Skip], manifest: Manifest, bundle_di
         for label, remote in remotes.items():
             theirs = [r for r in rows if r.remote == label]
             if theirs:
-                con.print(f"copying the files of {len(theirs)} rows to {remote.target.url}")
+                if progress:
+                    con.print(f"copying the files of {len(theirs)} rows to {remote.target.url}")
                 remote.upload(theirs, bundle_dir, manifest, input_file)
         con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
                   f"batch {','.join(map(str, opts.batches))} on {settings['device']}, "
