@@ -59,6 +59,14 @@ def device_python(root: Path, packages: list[str]) -> Path:
     return root / "bin" / "python"
 
 
+def _old_python() -> str | None:
+    """A Python older than 3.8 on this machine (a system python2, a pyenv version), if any."""
+    found = sorted(str(p) for p in Path("~/.pyenv/versions").expanduser().glob("*/bin/python")
+                   if p.parent.parent.name.startswith(("2.", "3.6", "3.7")))
+    found += [shutil.which(n) for n in ("python2", "python2.7", "python3.7", "python3.6")]
+    return next((p for p in found if p and "/shims/" not in p), None)  # a pyenv shim may lead nowhere
+
+
 class Loopback:
     """An sshd on 127.0.0.1 (this user, key login only) and an ssh config naming it ``device``."""
 
@@ -191,13 +199,13 @@ def test_closed_port_is_one_line(bench_bundle, tmp_path):
 
 
 @needs_sshd
-@pytest.mark.parametrize("case", ["wrong key", "changed host key", "unknown host key", "no python", "no onnxruntime",
-                                  "disk full"])
+@pytest.mark.parametrize("case", ["wrong key", "changed host key", "unknown host key", "no python", "old python",
+                                  "no onnxruntime", "disk full"])
 def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_path, case, request, monkeypatch):
     """Each provoked for real against the loopback sshd: a key it does not accept, a host key that
     is not the one in known_hosts (or none there), a device Python path that does not exist, a
-    device Python with numpy but no runtime (no row can run: the pip lines say what to install),
-    a device whose temporary directory is a 1 MB file system (a tmpfs: skipped without root)."""
+    Python older than 3.8 (where one is installed), a device Python with numpy but no runtime
+    (no row can run: the pip lines say what to install), a device whose temporary directory is a 1 MB file system (a tmpfs: skipped without root)."""
     from edgedistill.bench.runner import run_bench
 
     config = tmp_path / "ssh_config"
@@ -215,6 +223,8 @@ def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_p
         config.write_text(loopback.alias("board", loopback.key))
         if case == "no python":
             python = "/nonexistent/bin/python3"
+        elif case == "old python":
+            python = _old_python() or pytest.skip("no Python older than 3.8 is installed here")
         elif case == "no onnxruntime":
             python = device_python(tmp_path / "numpy_only", ["numpy"])
     # in this process (the CLI's one-line rendering of these errors: test_closed_port_is_one_line)
@@ -227,6 +237,7 @@ def test_device_failures_are_one_line(loopback, device_venv, bench_bundle, tmp_p
     expected = {"wrong key": "ssh://board refused the login", "changed host key": "does not match the one in known_hosts",
                 "unknown host key": "the host key of ssh://board is not known",
                 "no python": "no Python at '/nonexistent/bin/python3' on ssh://board",
+                "old python": "the bench worker needs >= 3.8",
                 "no onnxruntime": f"ONNX Runtime is not installed on ssh://board: {python} -m pip install onnxruntime",
                 "disk full": f"not enough space on ssh://board: {loopback.tmp} has 1.0 MiB free"}
     assert expected[case] in line, line
