@@ -169,7 +169,7 @@ def test_rows_measured_on_the_device(loopback, device_venv, bench_bundle, tmp_pa
     (loopback.home / "ort").symlink_to(device_venv.parent.parent)  # ~/ort/bin/python: the device's home
     run = bench_on(loopback, "ssh://board", "~/ort/bin/python", "--bundle", str(bench_bundle),
                    "--backends", "onnxruntime,openvino", "--precision", "fp32,int8", "--json", str(out),
-                   "--csv", str(tmp_path / "report.csv"), tmp=here)
+                   "--csv", str(tmp_path / "report.csv"), "--plot", str(tmp_path / "report.png"), tmp=here)
     (loopback.home / "ort").unlink()
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -187,6 +187,7 @@ def test_rows_measured_on_the_device(loopback, device_venv, bench_bundle, tmp_pa
     assert pip in run.stdout
     lines = (tmp_path / "report.csv").read_text().splitlines()
     assert "remote" in lines[0].split(",") and all(",board," in ln for ln in lines[1:])
+    assert (tmp_path / "report.png").stat().st_size > 1000
     assert loopback.left_over() == [] and list(here.iterdir()) == []
 
 

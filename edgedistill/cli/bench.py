@@ -46,7 +46,8 @@ def _device_help() -> str:
 @click.option("--seconds", type=float, default=None,
               help="Seconds of timed runs per row and batch size (default 2 when --runs is not given).")
 @click.option("--rounds", type=int, default=5, show_default=True,
-              help="Interleaved rounds the timed runs are split into (rows alternate; noise hits all alike).")
+              help="Interleaved rounds the timed runs are split into (rows alternate; noise hits all alike; "
+                   "5 long rounds were steadier than 32 short ones: export/README.md).")
 @click.option("--shapes", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
               help="Runtimes that compile per shape: a static-shape model per batch size, or the dynamic batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
