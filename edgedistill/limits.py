@@ -45,8 +45,10 @@ def max_threads() -> int:
     return THREADS_PER_CPU * usable_cpus()
 
 
-def check_count(value: Any, option: str, minimum: int = 1) -> int:
-    """A thread or worker count, between ``minimum`` and :func:`max_threads`."""
+def check_count(value: Any, option: str, minimum: int = 1, cpus: int | None = None,
+                where: str = "this machine") -> int:
+    """A thread or worker count, between ``minimum`` and :func:`max_threads` (of ``where``
+    with ``cpus`` usable CPUs, when it is another machine)."""
     try:
         if isinstance(value, bool) or int(value) != float(value):
             raise ValueError(value)
@@ -55,9 +57,10 @@ def check_count(value: Any, option: str, minimum: int = 1) -> int:
         raise EdgeDistillError(f"{option} must be an integer, got {value!r}") from None
     if value < minimum:
         raise EdgeDistillError(f"{option} must be >= {minimum}, got {value}")
-    if value > max_threads():
-        raise EdgeDistillError(f"{option} {value} is more than this machine can use: at most {max_threads()} "
-                     f"({THREADS_PER_CPU} x the {usable_cpus()} CPUs this process may run on)")
+    cpus = usable_cpus() if cpus is None else max(int(cpus), 1)
+    if value > THREADS_PER_CPU * cpus:
+        raise EdgeDistillError(f"{option} {value} is more than {where} can use: at most {THREADS_PER_CPU * cpus} "
+                     f"({THREADS_PER_CPU} x the {cpus} CPUs this process may run on)")
     return value
 
 
@@ -77,15 +80,16 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_batch_memory(batch: int, per_image: int, option: str, copies: int = 1) -> None:
+def check_batch_memory(batch: int, per_image: int, option: str, copies: int = 1, available: int | None = None,
+                       where: str = "this machine") -> None:
     """Refuse a batch size whose working memory (``per_image`` bytes per image, ``copies``
-    processes holding it at once) exceeds the memory available now, naming the largest
-    batch that fits."""
-    available = available_memory()
+    processes holding it at once) exceeds the memory available now (here, or ``available``
+    on ``where``), naming the largest batch that fits."""
+    available = available_memory() if available is None else int(available)
     copies = max(int(copies), 1)
     need = int(batch) * int(per_image) * copies
     if need > available:
         fits = available // (int(per_image) * copies)
         held = f", {copies} processes holding it at once" if copies > 1 else ""
-        raise EdgeDistillError(f"{option} {batch} needs about {human_bytes(need)} of memory{held}; this machine has "
+        raise EdgeDistillError(f"{option} {batch} needs about {human_bytes(need)} of memory{held}; {where} has "
                      f"{human_bytes(available)} available: at most {fits} fits")

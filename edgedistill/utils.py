@@ -135,6 +135,7 @@ def check_writable(path: str | Path, what: str) -> None:
 
 _TEMPORARIES: set[str] = set()  # what this process's atomic writers hold right now
 _CHILDREN: "weakref.WeakSet[subprocess.Popen[Any]]" = weakref.WeakSet()  # start_child's processes
+_ON_TERMINATE: dict[int, Callable[[], None]] = {}  # what else must be undone (a device's temporary folder)
 
 
 @contextlib.contextmanager
@@ -186,11 +187,26 @@ def _end_children() -> None:
     psutil.wait_procs(procs, timeout=2)
 
 
+@contextlib.contextmanager
+def on_terminate(action: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, :func:`remove_temporaries` also calls ``action`` (what a context
+    manager's exit would undo: the temporary folder on a device reached over SSH)."""
+    key = id(action)
+    _ON_TERMINATE[key] = action
+    try:
+        yield
+    finally:
+        _ON_TERMINATE.pop(key, None)
+
+
 def remove_temporaries() -> None:
-    """End the children of :func:`start_child`, then remove the temporary files, work folders
-    and locks the atomic writers of this process hold now: the CLI's SIGTERM handler calls it,
-    then exits without unwinding (an exception raised into an extension module's import or a
-    C++ callback can crash the process)."""
+    """Run the :func:`on_terminate` actions, end the children of :func:`start_child`, then remove
+    the temporary files, work folders and locks the atomic writers of this process hold now: the
+    CLI's SIGTERM handler calls it, then exits without unwinding (an exception raised into an
+    extension module's import or a C++ callback can crash the process)."""
+    for action in list(_ON_TERMINATE.values()):
+        with contextlib.suppress(Exception):
+            action()
     _end_children()
     for path in list(_TEMPORARIES):
         if os.path.isdir(path) and not os.path.islink(path):
@@ -454,17 +470,23 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo, or ``cpuinfo``: its text from another
+    machine; empty elsewhere)."""
     try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
+        if cpuinfo is None:
+            with open("/proc/cpuinfo") as handle:
+                cpuinfo = handle.read()
     except OSError:
-        pass
+        return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
     return set()
 
 
 def cpu_has_native_bf16() -> bool:
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)

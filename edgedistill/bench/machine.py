@@ -21,16 +21,20 @@ SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
 LIBRARIES = ("edgedistill", "numpy", "torch", "timm", "pillow", "psutil")  # and every runtime's (the registry)
 
 
-def cpu_model() -> str:
-    """The marketing name of the CPU (``/proc/cpuinfo`` on Linux, else ``platform``)."""
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The marketing name of the CPU (``/proc/cpuinfo`` on Linux, else ``platform``); of
+    another machine from ``cpuinfo``, its ``/proc/cpuinfo`` text ("" when that names none)."""
+    theirs = cpuinfo is not None
     try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith(("model name", "Model", "Hardware")):
-                    return line.split(":", 1)[1].strip()
+        if cpuinfo is None:
+            with open("/proc/cpuinfo") as handle:
+                cpuinfo = handle.read()
+        for line in cpuinfo.splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return "" if theirs else platform.processor() or platform.machine()
 
 
 def physical_cores() -> int | None:

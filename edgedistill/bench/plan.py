@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from edgedistill.bench.records import RunSlice, Skip
 from edgedistill.errors import EdgeDistillError
@@ -105,6 +105,7 @@ class BenchOptions:
     seconds: float | None
     rounds: int
     static_shapes: bool
+    threads_asked: bool = True  # --threads given (else each machine's default: its usable CPUs)
 
     @property
     def per_round(self) -> RunSlice:
@@ -115,9 +116,10 @@ class BenchOptions:
 
     @classmethod
     def parse(cls, backends: Any, precisions: Any, threads: Any, batches: Any, warmup: int, runs: int | None,
-              seconds: float | None, rounds: int, static_shapes: bool, device: str = "cpu") -> "BenchOptions":
+              seconds: float | None, rounds: int, static_shapes: bool, device: str | None = "cpu") -> "BenchOptions":
         """The options, checked; the default threads are the usable CPUs (and 1 as well on a
-        runtime's own device)."""
+        runtime's own device). ``device`` None: no row runs here (only on SSH devices, which
+        check and default their thread counts themselves)."""
         from edgedistill.bench.machine import usable_cpus
         from edgedistill.options import parse_list
         from edgedistill.limits import check_count
@@ -133,39 +135,56 @@ class BenchOptions:
         if runs is None and seconds is None:
             seconds = 2.0
         # a runtime's own device gets 1 thread too (a web page has several only when cross-origin isolated)
-        default_threads = sorted({1, usable_cpus()}) if device.strip().lower() in registry.devices() else [usable_cpus()]
+        default_threads = [] if device is None else sorted({1, usable_cpus()}) \
+            if device.strip().lower() in registry.devices() else [usable_cpus()]
+        asked = parse_list(threads, "threads", kind=int) or []
         return cls(backends=parse_list(backends, "backends", choices=BACKENDS) or list(BACKENDS),
                    precisions=parse_list(precisions, "precision", choices=PRECISIONS) or list(PRECISIONS),
-                   threads=[check_count(t, "--threads") for t in parse_list(threads, "threads", kind=int) or
-                            default_threads],
+                   threads=[t if device is None else check_count(t, "--threads") for t in asked] or default_threads,
+                   threads_asked=bool(asked),
                    batches=sorted(parse_list(batches, "batch", kind=int) or [1]), warmup=int(warmup),
                    runs=None if runs is None else int(runs), seconds=seconds,
                    rounds=int(min(rounds, runs)) if runs is not None else int(rounds),
                    static_shapes=bool(static_shapes))
 
 
-def plan_bench(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str,
-               devices: dict[str, Any]) -> tuple[list[Row], list[Skip]]:
-    """The rows to measure for ``device`` and the ones left out with the reason; an error when
-    nothing can be measured."""
+class DevicePlanner(Protocol):
+    """An SSH device deciding its own rows (``bench.remote.RemoteDevice``)."""
+
+    def plan(self, manifest: Manifest, bundle_dir: Path, opts: BenchOptions) -> tuple[list[Row], list[Skip]]: ...
+
+
+def plan_bench(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, device: str | None,
+               devices: dict[str, Any], remotes: Sequence[DevicePlanner] = ()) -> tuple[list[Row], list[Skip]]:
+    """The rows to measure for ``device`` (None: none here) and on each SSH device of
+    ``remotes``, and the ones left out with the reason; an error when nothing can be measured."""
     from edgedistill.utils import cpu_has_native_bf16
 
     shape = manifest.input.shape
     if manifest.input.layout != "NCHW" or not all(isinstance(v, int) and v > 0 for v in shape[1:]):
         raise EdgeDistillError(f"bench needs a static NCHW image input, the bundle has {shape}")
-    for runtime in registry.RUNTIMES:  # a device of a runtime's own needs that runtime
-        if runtime.device and device.strip().lower() == runtime.device and runtime.name in opts.backends:
-            runtime.require()
-    targets, reasons = device_targets(device, devices)
-    for runtime in registry.RUNTIMES:
-        if devices.get(runtime.name) is None:
-            reasons.setdefault(runtime.name, runtime.unavailable_reason(devices.get(runtime.name + "_error")))
-    rows, skipped = plan_rows(manifest, bundle_dir, backends=opts.backends, precisions=opts.precisions,
-                              threads=opts.threads, targets=targets, reasons=reasons, native_bf16=cpu_has_native_bf16())
+    rows: list[Row] = []
+    skipped: list[Skip] = []
+    if device is not None:
+        for runtime in registry.RUNTIMES:  # a device of a runtime's own needs that runtime
+            if runtime.device and device.strip().lower() == runtime.device and runtime.name in opts.backends:
+                runtime.require()
+        targets, reasons = device_targets(device, devices)
+        for runtime in registry.RUNTIMES:
+            if devices.get(runtime.name) is None:
+                reasons.setdefault(runtime.name, runtime.unavailable_reason(devices.get(runtime.name + "_error")))
+        rows, skipped = plan_rows(manifest, bundle_dir, backends=opts.backends, precisions=opts.precisions,
+                                  threads=opts.threads, targets=targets, reasons=reasons,
+                                  native_bf16=cpu_has_native_bf16())
+        if rows:
+            _check_memory(shape, opts, rows)
+    for remote in remotes:
+        theirs, left_out = remote.plan(manifest, bundle_dir, opts)
+        rows, skipped = rows + theirs, skipped + left_out
     if not rows:
         why = "; ".join(sorted({s["reason"] for s in skipped})) or "nothing matches the options"
         raise EdgeDistillError(f"nothing to benchmark in {bundle_dir} with these options ({why})")
-    _check_memory(shape, opts, rows)
+    opts.threads = sorted({r.threads for r in rows})  # each machine's defaults, where --threads was not given
     return rows, skipped
 
 
@@ -174,7 +193,7 @@ def _check_memory(shape: list[Any], opts: BenchOptions, rows: list["Row"]) -> No
     measures: refuse batch sizes whose inputs and activations cannot fit in memory."""
     from edgedistill.limits import check_batch_memory, image_memory
 
-    loaded = max(sum(1 for r in rows if r.threads == t) for t in opts.threads)
+    loaded = max(sum(1 for r in rows if r.threads == t) for t in {r.threads for r in rows})
     check_batch_memory(max(opts.batches), image_memory(shape[2], shape[3]), "--batch", copies=loaded)
 
 

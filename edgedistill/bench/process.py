@@ -1,10 +1,11 @@
 """The runner's side of the worker processes: starting one per row (``runtime.worker`` with
-the row's engine, or the command its runtime gives), their JSON-lines protocol, loading every
-row of a thread count one after another, then interleaving their timed runs round by round
-(see ``bench.runner`` for why)."""
+the row's engine, or the command its runtime gives; on an SSH device, the command that device
+gives), their JSON-lines protocol, loading every row of a thread count one after another, then
+interleaving their timed runs round by round (see ``bench.runner`` for why)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -14,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Protocol, Sequence
 
 from edgedistill.bench.records import RowResult, RunSlice, Skip
 from edgedistill.bench.stats import summarize_times
@@ -32,19 +33,46 @@ class _WorkerDied(Exception):
     pass
 
 
+class Device(Protocol):
+    """Another machine the rows of which run there (``bench.remote.RemoteDevice``)."""
+
+    def worker(self, spec: dict[str, Any], threads: int) -> tuple[list[str], list[str]]:
+        """The local command running a row's worker there, and the lines to send it first."""
+        ...
+
+    def check(self) -> None:
+        """Raise a one-line EdgeDistillError when the device cannot be reached any more."""
+        ...
+
+
 class _Worker:
     """A worker process and a thread that reads its JSON replies into a queue."""
 
-    def __init__(self, spec: dict[str, Any], env: dict[str, str]) -> None:
-        from edgedistill.runtime import registry
-
+    def __init__(self, command: list[str], env: dict[str, str] | None, first: Sequence[str] = ()) -> None:
         self.stderr = tempfile.TemporaryFile()
-        command = ([sys.executable, "-m", "edgedistill.runtime.worker", json.dumps(spec)] if spec["backend"] == "torch"
-                   else registry.get(spec["backend"]).worker_command(spec, sys.executable))
-        self.proc = start_child(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                env=env, text=True, bufsize=1)
+        # a device's worker (an ssh client) runs in its own session: a Ctrl-C at the terminal
+        # reaches the runner, which then closes it in order
+        self.proc = start_child(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
+                                text=True, bufsize=1, start_new_session=bool(first))
         self.replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        with contextlib.suppress(_WorkerDied):  # a worker that died at once says why in its first reply
+            for line in first:
+                self.send_line(line)
+
+    @classmethod
+    def start(cls, row: Row, spec: dict[str, Any], env: dict[str, str],
+              devices: Mapping[str, Device]) -> "_Worker":
+        """A row's worker: here (``runtime.worker``, or the command its runtime gives), or on
+        the row's device."""
+        from edgedistill.runtime import registry
+
+        if row.remote is not None:
+            command, first = devices[row.remote].worker(spec, row.threads)
+            return cls(command, None, first)
+        command = ([sys.executable, "-m", "edgedistill.runtime.worker", json.dumps(spec)] if spec["backend"] == "torch"
+                   else registry.get(spec["backend"]).worker_command(spec, sys.executable))
+        return cls(command, env)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -72,9 +100,12 @@ class _Worker:
         return reply
 
     def send(self, command: dict[str, Any]) -> None:
+        self.send_line(json.dumps(command))
+
+    def send_line(self, line: str) -> None:
         assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps(command) + "\n")
+            self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise _WorkerDied(f"the worker exited: {self.stderr_tail() or 'no output'}") from None
@@ -127,17 +158,20 @@ def worker_spec(row: Row, manifest: Manifest, opts: Any, input_file: str | None)
 
 
 def _skip(row: Row, reason: str, unavailable: bool = False) -> Skip:
-    return {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
-            "device": row.device, "reason": reason, "unavailable": unavailable}
+    skip: Skip = {"backend": row.backend, "variant": row.variant, "precision": row.precision, "threads": row.threads,
+                  "device": row.device, "reason": reason, "unavailable": unavailable}
+    if row.remote is not None:
+        skip["remote"] = row.remote
+    return skip
 
 
 class _Group:
     """The workers of one thread count: loaded one at a time, then measured in rounds."""
 
-    def __init__(self, group: list[Row], skipped: list[Skip], bar: Any) -> None:
+    def __init__(self, group: list[Row], skipped: list[Skip], bar: Any, devices: Mapping[str, Device]) -> None:
         self.rows = {r.id: r for r in group}
         self.threads = group[0].threads if group else 1
-        self.skipped, self.bar = skipped, bar
+        self.skipped, self.bar, self.devices = skipped, bar, devices
         self.workers: dict[str, _Worker] = {}
         self.ready: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[int, list[list[float]]]] = {}
@@ -147,10 +181,11 @@ class _Group:
         task = self.bar.add_task(f"loading ({self.threads} threads)", total=len(self.rows))
         for row in self.rows.values():
             self.bar.update(task, description=f"loading {row.label} {row.precision} ({self.threads} threads)")
-            worker = _Worker(worker_spec(row, manifest, opts, input_file), env)
+            worker = _Worker.start(row, worker_spec(row, manifest, opts, input_file), env, self.devices)
             try:
                 reply = worker.receive(timeout)
             except _WorkerDied as exc:
+                self._reachable(row)
                 reply = {"event": "error", "error": str(exc), "unavailable": False}
             if reply.get("event") != "ready":
                 worker.close()
@@ -170,6 +205,7 @@ class _Group:
             worker.send({"cmd": "run", "batch": batch, "rewarm": 1, **per_round})
             reply = worker.receive(timeout)
         except _WorkerDied as exc:
+            self._reachable(self.rows[row_id])
             reply = {"event": "error", "error": str(exc)}
         if reply.get("event") != "times":
             self.skipped.append(_skip(self.rows[row_id], f"failed while measuring: {reply.get('error')}"))
@@ -177,6 +213,11 @@ class _Group:
             return False
         self.times[row_id][batch].append(reply["ms"])
         return True
+
+    def _reachable(self, row: Row) -> None:
+        """A worker died: when it ran on a device that cannot be reached any more, that ends the run."""
+        if row.remote is not None:
+            self.devices[row.remote].check()
 
     def measure(self, opts: Any, timeout: float, round_loads: list[float | None]) -> None:
         """Rounds of every batch size of every live row, the row order rotated each round;
@@ -225,14 +266,19 @@ def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, l
 
 def measure_group(group: list[Row], results: dict[str, RowResult], skipped: list[Skip], *,
                   manifest: Manifest, opts: Any, input_file: str | None, bar: Any, load_timeout: float,
-                  run_timeout: float, round_loads: list[float | None], scratch: Path) -> None:
+                  run_timeout: float, round_loads: list[float | None], scratch: Path,
+                  devices: Mapping[str, Device] | None = None) -> None:
     """Load every row of one thread count (one at a time), then interleave their timed runs;
     the figures go into ``results`` by row id, failures into ``skipped``; the workers' temporary
-    files go into ``scratch``."""
-    workers = _Group(group, skipped, bar)
+    files go into ``scratch``. ``devices``: the SSH devices of the rows that run on one, by label."""
+    workers = _Group(group, skipped, bar, devices or {})
     try:
         workers.load(manifest, opts, input_file, load_timeout, scratch)
         workers.measure(opts, run_timeout, round_loads)
+    except KeyboardInterrupt:  # Ctrl-C reaches a device's workers only through us: stop them now, mid-slice
+        for worker in workers.workers.values():
+            worker.kill()
+        raise
     finally:
         results.update(workers.close())
 

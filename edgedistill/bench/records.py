@@ -22,6 +22,7 @@ class Skip(_SkipRequired, total=False):
     threads: int
     device: str
     unavailable: bool
+    remote: str  # the SSH device (its label); absent: this machine
 
 
 class RunSlice(TypedDict, total=False):
@@ -87,6 +88,7 @@ class ReportRow(RowResult, total=False):
     knn_top1: float | None
     knn_drop: float | None
     baseline: bool
+    remote: str | None  # the SSH device it ran on (its label, a key of ``BenchReport.remotes``); None: this machine
 
 
 class Baseline(TypedDict):
@@ -111,3 +113,4 @@ class BenchReport(TypedDict):
     skipped: list[Skip]
     best: dict[str, Any]
     notes: list[str]
+    remotes: dict[str, dict[str, Any]]  # the SSH devices by label: arch, CPU, cores, OS, Python, versions

@@ -13,10 +13,10 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.bench.records import BenchReport
 
 __all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "csv_lines", "CSV_COLUMNS",
-           "check_plot_support"]
+           "check_plot_support", "describe_remote"]
 
 CSV_COLUMNS = (
-    "backend", "variant", "precision", "inference_precision", "device", "threads", "batch", "baseline",
+    "backend", "variant", "precision", "inference_precision", "device", "remote", "threads", "batch", "baseline",
     "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "round_spread",
     "throughput_ips", "speedup", "latency_ratio", "import_seconds", "load_seconds", "first_run_ms",
     "cold_start_seconds", "peak_rss_mb", "size_mb", "knn_top1", "knn_drop", "id",
@@ -84,7 +84,7 @@ def render_table(report: BenchReport, console: Any) -> None:
     for base in report["baselines"]:
         t = base["threads"]
         rows = [r for r in report["rows"] if r["threads"] == t]
-        title = (f"{report['bundle']['name']} on {machine['cpu']} ({settings['device']}), {t} thread"
+        title = (f"{report['bundle']['name']} on {_places(report, rows)}, {t} thread"
                  f"{'s' if t != 1 else ''}")
         table = Table(title=title, title_justify="left")
         for name, justify in (("backend", "left"), ("variant", "left"), ("precision", "left"),
@@ -107,7 +107,8 @@ def render_table(report: BenchReport, console: Any) -> None:
                 ratio = "-"
             knn = "-" if row["knn_top1"] is None else (
                 f"{row['knn_top1']:.1f}" + (f" ({-row['knn_drop']:+.1f})" if row["knn_drop"] else ""))
-            cells = [row.get("engine", row["backend"]), row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
+            engine = row.get("engine", row["backend"]) + (f" ({row['remote']})" if row.get("remote") else "")
+            cells = [engine, row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
                      _f(stats.get("p99_ms")), ratio]
             for b in others:
                 s = row["batches"].get(b, {})
@@ -120,6 +121,7 @@ def render_table(report: BenchReport, console: Any) -> None:
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
                    f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
+        caption += _round_spread(rows, lat, settings)
         caption += [f"{r.name}: {r.report_note}" for r in _runtimes() if r.report_note
                     and any(row["backend"] == r.name for row in rows)]
         table.caption = "\n".join(caption)
@@ -130,6 +132,8 @@ def render_table(report: BenchReport, console: Any) -> None:
                   f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}")
     versions = machine.get("versions", {})
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    for label, remote in (report.get("remotes") or {}).items():
+        console.print(f"device {label}: {describe_remote(remote)}")
     grouped: dict[tuple[str, str], list[str]] = {}
     for skip in report["skipped"]:
         what = f"{skip['variant']} {skip['precision']}" if skip["backend"] != "torch" else f"eager {skip['precision']}"
@@ -139,6 +143,40 @@ def render_table(report: BenchReport, console: Any) -> None:
         console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}")
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _round_spread(rows: list[Any], lat: str, settings: dict[str, Any]) -> list[str]:
+    """The caption line on the rounds: how many, how long, and how far the p50 of one round
+    strayed from the row's p50 ((max - min) / p50 of the rounds' medians) in this run."""
+    spreads = sorted((row["batches"][lat]["round_spread"], row["label"]) for row in rows
+                     if (row["batches"].get(lat) or {}).get("round_spread") is not None)
+    if not spreads:
+        return []
+    per_round = settings.get("per_round") or {}
+    size = f"{per_round['seconds']:g} s" if "seconds" in per_round else f"{per_round.get('runs', '?')} runs"
+    median = spreads[len(spreads) // 2][0]
+    return [f"rounds: {settings['rounds']} x {size} per row, interleaved; p50 spread across rounds "
+            f"(max - min) / p50: median {median:.0%}, at most {spreads[-1][0]:.0%} ({spreads[-1][1]})"]
+
+
+def _places(report: BenchReport, rows: list[Any]) -> str:
+    """Where a table's rows ran: this machine (its CPU and --device) and each SSH device."""
+    machine, remotes = report["machine"], report.get("remotes") or {}
+    here = [r for r in rows if not r.get("remote")]
+    local = [d for d in report["settings"].get("device", "cpu").split(",") if not d.startswith("ssh://")]
+    places = [f"{machine['cpu']} ({','.join(local)})"] if here or not remotes else []
+    for label in dict.fromkeys(r["remote"] for r in rows if r.get("remote")):
+        places.append(f"{label} ({remotes.get(label, {}).get('cpu') or '?'})")
+    return " and ".join(places)
+
+
+def describe_remote(remote: dict[str, Any]) -> str:
+    """An SSH device in one line: arch, CPU, cores, memory, OS, Python and library versions."""
+    cpus = f"{remote.get('usable_cpus') or '?'} usable CPUs"
+    memory = f", {remote['memory_gb']} GB" if remote.get("memory_gb") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in (remote.get("versions") or {}).items())
+    return (f"{remote.get('arch')}, {remote.get('cpu')}, {cpus}{memory}, {remote.get('os')}; "
+            f"Python {remote.get('python')} ({remote.get('python_path')}); {versions or 'no runtime'}")
 
 
 # ----------------------------------------------------------------------------- plot
@@ -207,6 +245,8 @@ def write_plot(report: BenchReport, path: str | Path) -> bool:
             tag += f" ({row['device']})"
         if len(threads) > 1:
             tag += f" {row['threads']}t"
+        if row.get("remote"):
+            tag += f" @{row['remote']}"
         tagged.append((x, y, tag))
     for x, y, text in plot_labels(tagged):
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
@@ -216,7 +256,8 @@ def write_plot(report: BenchReport, path: str | Path) -> bool:
                    label=f"accuracy gate (torch fp32 - {knn['max_drop']:g} pt)")
     ax.set_xlabel(f"p50 latency at batch {lat} (ms, lower is better)")
     ax.set_ylabel(f"k-NN top-1 (%, k={knn.get('k', 20)})")
-    ax.set_title(f"{report['bundle']['name']}: latency vs k-NN accuracy\n{report['machine']['cpu']}, "
+    where = _places(report, points) if report.get("remotes") else report["machine"]["cpu"]
+    ax.set_title(f"{report['bundle']['name']}: latency vs k-NN accuracy\n{where}, "
                  f"threads {','.join(map(str, threads))}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")

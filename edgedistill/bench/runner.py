@@ -51,7 +51,7 @@ REPORT_FORMAT = "edgedistill-bench/1"
 def run_bench(
     bundle: str | Path,
     *,
-    device: str = "cpu",
+    device: str | Sequence[str] = "cpu",
     backends: str | Sequence[str] | None = None,
     precisions: str | Sequence[str] | None = None,
     threads: str | Sequence[int] | None = None,
@@ -66,12 +66,16 @@ def run_bench(
     console: Any = None,
     load_timeout: float = 900.0,
     run_timeout: float = 600.0,
+    remote_python: str | None = None,
+    ssh_config: str | None = None,
 ) -> BenchReport:
     """Benchmark every variant of ``bundle`` (a directory with ``manifest.json``).
 
     Args:
         device: "cpu", a runtime's own device (its rows beside the native CPU rows), or an
-            accelerator a runtime sees ("gpu", "npu", "cuda", ...).
+            accelerator a runtime sees ("gpu", "npu", "cuda", ...); and/or SSH devices
+            ("ssh://[user@]host[:port]", comma-separated or a list), whose rows are measured
+            there and interleaved with the others (``bench.remote``).
         backends: "torch" and runtimes of the registry (default: all that are installed).
         precisions: subset of fp32, bf16, fp16, int8 (default: all the bundle and CPU allow).
         threads: thread counts, each measured separately (default: the usable CPUs; on a
@@ -82,6 +86,9 @@ def run_bench(
             (default: 2 s), split over ``rounds`` interleaved rounds.
         static_shapes: a runtime that compiles per shape compiles one model per batch size.
         verify: check every measured variant's files against the manifest's sha256 first.
+        remote_python: the Python on the SSH devices (default ``python3``).
+        ssh_config: an ssh_config file instead of ``~/.ssh/config`` (default: the
+            ``EDGEDISTILL_SSH_CONFIG`` environment variable, if set).
 
     Returns:
         The report (see ``edgedistill.bench.report``): machine, settings, baselines, rows with
@@ -89,33 +96,32 @@ def run_bench(
         Raises EdgeDistillError for a bad bundle, option or device.
     """
     from edgedistill.bench.machine import available_devices, describe_machine, load_average
-    from edgedistill.progress import progress_bar, stderr_console
+    from edgedistill.bench.remote import open_device
+    from edgedistill.progress import stderr_console
     from edgedistill.runtime.manifest import read_manifest
-    from edgedistill.utils import temporary_directory
 
     con = console if console is not None else stderr_console(quiet=not progress)
     bundle_dir = Path(bundle).expanduser()
     manifest = read_manifest(bundle_dir)
+    local, urls = split_devices(device)
     opts = BenchOptions.parse(backends, precisions, threads, batches, warmup, runs, seconds, rounds, static_shapes,
-                              device=device)
+                              device=local)
     devices = available_devices()
-    rows, skipped = plan_bench(manifest, bundle_dir, opts, device, devices)
-    settings = _settings(manifest, bundle_dir, opts, device, _verify(manifest, bundle_dir, rows) if verify else False)
-    con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
-              f"batch {','.join(map(str, opts.batches))} on {device}, threads {','.join(map(str, opts.threads))}")
-
-    results: dict[str, RowResult] = {}
-    started = _dt.datetime.now(_dt.timezone.utc)
-    load_before = load_average()
-    # the scratch folder also holds the workers' own temporary files (a driven app's profile):
-    # removed with it at the end, and when SIGTERM ends the command
-    with progress_bar(con, enabled=progress) as bar, _servers(rows, bundle_dir), \
-            temporary_directory("edgedistill-bench-") as scratch:
-        input_file = _input_file(manifest, settings["sample"], scratch)
-        for t in opts.threads:
-            measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
-                          input_file=input_file, bar=bar, load_timeout=load_timeout, run_timeout=run_timeout,
-                          round_loads=settings["load_average_per_round"].setdefault(str(t), []), scratch=scratch)
+    with contextlib.ExitStack() as stack:  # the SSH devices stay connected until their rows are measured
+        remotes = {}
+        for url in urls:
+            if progress:  # a failure to connect stays one line without it
+                con.print(f"connecting to {url}")
+            remote = stack.enter_context(open_device(url, remote_python, ssh_config))
+            remotes[remote.label] = remote
+        rows, skipped = plan_bench(manifest, bundle_dir, opts, local, devices, list(remotes.values()))
+        settings = _settings(manifest, bundle_dir, opts, ",".join([*([local] if local else []), *urls]),
+                             _verify(manifest, bundle_dir, rows) if verify else False)
+        started = _dt.datetime.now(_dt.timezone.utc)
+        load_before = load_average()
+        results = _measure(rows, skipped, manifest, bundle_dir, opts, settings, remotes, con, progress,
+                           (load_timeout, run_timeout))
+        described = {label: remote.describe() for label, remote in remotes.items()}
     report_rows = _measured_rows(rows, results, skipped)
     bases = baselines(report_rows, opts.threads, skipped)
     add_ratios(report_rows, bases)
@@ -132,8 +138,56 @@ def run_bench(
         "rows": report_rows,
         "skipped": skipped,
         "best": best_rows(report_rows, opts.batches[0]),
-        "notes": _notes(report_rows, [load_before, load_after], settings["load_average_per_round"]),
+        "notes": _notes(report_rows, [load_before, load_after], settings["load_average_per_round"], described),
+        "remotes": described,
     }
+
+
+def _measure(rows: list[Row], skipped: list[Skip], manifest: Manifest, bundle_dir: Path, opts: BenchOptions,
+             settings: dict[str, Any], remotes: dict[str, Any], con: Any, progress: bool,
+             timeouts: tuple[float, float]) -> dict[str, RowResult]:
+    """The files copied to each SSH device, then every thread count's rows loaded and measured
+    in interleaved rounds (``process.measure_group``); the figures by row id."""
+    from edgedistill.progress import progress_bar
+    from edgedistill.utils import temporary_directory
+
+    results: dict[str, RowResult] = {}
+    # the scratch folder also holds the workers' own temporary files (a driven app's profile):
+    # removed with it at the end, and when SIGTERM ends the command
+    with _servers(rows, bundle_dir), temporary_directory("edgedistill-bench-") as scratch:
+        input_file = _input_file(manifest, settings["sample"], scratch)
+        for label, remote in remotes.items():
+            theirs = [r for r in rows if r.remote == label]
+            if theirs:
+                if progress:
+                    con.print(f"copying the files of {len(theirs)} rows to {remote.target.url}")
+                remote.upload(theirs, bundle_dir, manifest, input_file)
+        con.print(f"benchmarking [bold]{manifest.name}[/] ({bundle_dir}): {len(rows)} rows x "
+                  f"batch {','.join(map(str, opts.batches))} on {settings['device']}, "
+                  f"threads {','.join(map(str, opts.threads))}")
+        with progress_bar(con, enabled=progress) as bar:
+            for t in opts.threads:
+                measure_group([r for r in rows if r.threads == t], results, skipped, manifest=manifest, opts=opts,
+                              input_file=input_file, bar=bar, load_timeout=timeouts[0], run_timeout=timeouts[1],
+                              round_loads=settings["load_average_per_round"].setdefault(str(t), []),
+                              scratch=scratch, devices=remotes)
+    return results
+
+
+def split_devices(device: str | Sequence[str]) -> tuple[str | None, list[str]]:
+    """``--device``: at most one device here ("cpu", a runtime's own, an accelerator; None when
+    only SSH devices are named) and the SSH devices, each once."""
+    from edgedistill.bench.remote import is_ssh, parse_target
+
+    names = [d.strip() for d in (device.split(",") if isinstance(device, str) else device) if d.strip()]
+    if not names:
+        raise EdgeDistillError("--device is empty: name cpu, a device or ssh://[user@]host[:port]")
+    here = list(dict.fromkeys(d for d in names if not is_ssh(d)))
+    if len(here) > 1:
+        raise EdgeDistillError(f"--device names {len(here)} devices of this machine ({', '.join(here)}): "
+                               "one at a time (SSH devices may join it)")
+    urls = list(dict.fromkeys(parse_target(d).url for d in names if is_ssh(d)))
+    return (here[0] if here else None), urls
 
 
 def _verify(manifest: Manifest, bundle_dir: Path, rows: list[Row]) -> bool:
@@ -203,11 +257,16 @@ def _measured_rows(rows: list[Row], results: dict[str, RowResult], skipped: list
     return [dict(_row_fields(r), **results[r.id]) for r in measured]
 
 
-def _notes(rows: list[ReportRow], loads: list[Any], round_loads: dict[str, list[Any]]) -> list[str]:
+def _notes(rows: list[ReportRow], loads: list[Any], round_loads: dict[str, list[Any]],
+           remotes: dict[str, dict[str, Any]]) -> list[str]:
     """What a reader should know before trusting the figures: a busy or drifting machine."""
     from edgedistill.bench.machine import usable_cpus
 
     notes = []
+    for label, remote in remotes.items():
+        load, cpus = (remote.get("load_average") or [0])[0], remote.get("usable_cpus") or 1
+        if any(r.get("remote") == label for r in rows) and load > cpus:
+            notes.append(f"{label} was busy when the run began (1-min load average {load:.1f} on {cpus} CPUs)")
     seen = [v for v in [(load or [0])[0] for load in loads] + sum(round_loads.values(), []) if v]
     busy = max(seen, default=0.0)
     if busy > usable_cpus():
@@ -226,4 +285,4 @@ def _row_fields(row: Row) -> ReportRow:
     return {"id": row.id, "label": row.label, "backend": row.backend, "engine": row.engine, "variant": row.variant,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "file": os.path.basename(row.model), "size_bytes": row.size_bytes,
-            "knn_top1": row.knn_top1, "knn_drop": row.knn_drop}
+            "knn_top1": row.knn_top1, "knn_drop": row.knn_drop, "remote": row.remote}

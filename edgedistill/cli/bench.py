@@ -16,13 +16,21 @@ from edgedistill.runtime import registry
 def _device_help() -> str:
     own = [f"{r.device} ({r.label}, beside the native CPU rows)" for r in registry.RUNTIMES if r.device]
     accelerators = [f"a device {r.label} sees" for r in registry.RUNTIMES if r.accelerators]
-    return "; ".join(["cpu", *own, " or ".join(accelerators) + " (gpu, npu, cuda, tensorrt, coreml, ...)"]) + "."
+    return ("; ".join(["cpu", *own, " or ".join(accelerators) + " (gpu, npu, cuda, tensorrt, coreml, ...)"]) +
+            ". And/or ssh://[user@]host[:port] (comma-separated, e.g. cpu,ssh://pi): the rows measured on that "
+            "device over SSH, beside this machine's.")
 
 
 @click.command("bench")
 @click.option("--bundle", "bundle", required=True, type=click.Path(path_type=Path),
               help="Bundle directory (export/<name>/ with manifest.json).")
 @click.option("--device", default="cpu", show_default=True, help=_device_help())
+@click.option("--remote-python", default=None, metavar="PATH",
+              help="The Python on the SSH devices (default python3; ~/ is the device user's home): it needs numpy and "
+                   "the runtimes to measure.")
+@click.option("--ssh-config", default=None, metavar="FILE", envvar="EDGEDISTILL_SSH_CONFIG",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="An ssh_config file to use instead of ~/.ssh/config (ssh -F; env EDGEDISTILL_SSH_CONFIG).")
 @click.option("--backends", type=CommaList(choices=lambda: ("torch", *registry.backends())), default=None,
               help=f"Comma-separated: torch, {', '.join(registry.backends())} (default: all installed).")
 @click.option("--precision", "precisions", type=CommaList(choices=("fp32", "bf16", "fp16", "int8")), default=None,
@@ -38,7 +46,8 @@ def _device_help() -> str:
 @click.option("--seconds", type=float, default=None,
               help="Seconds of timed runs per row and batch size (default 2 when --runs is not given).")
 @click.option("--rounds", type=int, default=5, show_default=True,
-              help="Interleaved rounds the timed runs are split into (rows alternate; noise hits all alike).")
+              help="Interleaved rounds the timed runs are split into (rows alternate; noise hits all alike; "
+                   "5 long rounds were steadier than 32 short ones: export/README.md).")
 @click.option("--shapes", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
               help="Runtimes that compile per shape: a static-shape model per batch size, or the dynamic batch.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -50,7 +59,7 @@ def _device_help() -> str:
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress while measuring.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check every measured file against the manifest's sha256 first.")
-def command(bundle: Path, device: str, backends: list[str] | None, precisions: list[str] | None,
+def command(bundle: Path, device: str, remote_python: str | None, ssh_config: Path | None, backends: list[str] | None, precisions: list[str] | None,
             threads: list[int] | None, batches: list[int], warmup: int, runs: int | None, seconds: float | None, rounds: int, shapes: str,
             json_path: Path | None, csv_path: Path | None, plot_path: Path | None, progress: bool,
             verify: bool) -> None:
@@ -72,7 +81,8 @@ def command(bundle: Path, device: str, backends: list[str] | None, precisions: l
     con = console()
     report = run_bench(bundle, device=device, backends=backends, precisions=precisions, threads=threads,
                        batches=batches, warmup=warmup, runs=runs, seconds=seconds, rounds=rounds,
-                       static_shapes=shapes == "static", verify=verify, progress=progress, console=con)
+                       static_shapes=shapes == "static", verify=verify, progress=progress, console=con,
+                       remote_python=remote_python, ssh_config=str(ssh_config) if ssh_config else None)
     # the results on stdout, progress on stderr; an output written to stdout ("-") moves the
     # table to stderr so that what is piped stays parseable
     render_table(report, con if outputs.to_stdout else results_console())

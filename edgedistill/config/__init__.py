@@ -206,6 +206,10 @@ class BenchConfig:
     batch: tuple[int, ...] = (1, 8)
     runs: int = 50
     warmup: int = 5
+    # Where the rows run: cpu (this machine) and/or ssh://[user@]host[:port] devices (an alias of
+    # ~/.ssh/config, or of $EDGEDISTILL_SSH_CONFIG), whose rows join this machine's in one report.
+    devices: tuple[str, ...] = ("cpu",)
+    remote_python: str = ""  # the Python on the SSH devices (empty: python3)
 
 
 @dataclass

@@ -176,6 +176,16 @@ def _check_pipeline_and_bench(cfg: Config) -> None:
     _need(not unknown, f"pipeline.stages has unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
     _need(all(t >= 1 for t in cfg.bench.threads) and all(b >= 1 for b in cfg.bench.batch), "bench.threads and bench.batch must be >= 1")
     _need(cfg.bench.runs >= 1 and cfg.bench.warmup >= 0, "bench.runs must be >= 1 and bench.warmup >= 0")
+    _check_bench_devices(cfg.bench.devices)
     backends = ("torch", *registry.backends())
     _need(set(cfg.bench.backends) <= set(backends),
           f"bench.backends must be a subset of {','.join(backends)}, got {cfg.bench.backends}")
+
+
+
+def _check_bench_devices(devices: tuple[str, ...]) -> None:
+    """``bench.devices``: cpu at most once, and ssh:// devices (each parsed when the pipeline
+    starts, before any stage: ``bench.runner.split_devices``)."""
+    names = [d.strip().lower() for d in devices]
+    _need(bool(names) and all(d == "cpu" or d.startswith("ssh://") for d in names) and names.count("cpu") <= 1,
+          f"bench.devices must be cpu and/or ssh://[user@]host[:port] devices, got {list(devices)}")

@@ -73,6 +73,10 @@ def run_pipeline(cfg: Config, *, runs_root: Path = RUNS_ROOT, export_root: Path 
     paths = PipelinePaths.for_config(cfg, runs_root, export_root)
     if "pretrain" in cfg.pipeline.stages and not paths.teacher.has_backbone("teacher"):
         check_pretrain_sizes(cfg)
+    if "bench" in cfg.pipeline.stages:
+        from edgedistill.bench.runner import split_devices
+
+        split_devices(cfg.bench.devices)  # a mistyped ssh:// device fails now, not after training
     with directory_lock(paths.root, instead="another run.name"):
         return _run_stages(cfg, paths, console)
 
@@ -208,7 +212,9 @@ def _bench(cfg: Config, paths: PipelinePaths, console: Any) -> None:
     b = cfg.bench
     edge = edge_targets(cfg)  # the opt-in runtimes' rows join the configured ones
     backends = tuple(dict.fromkeys((*b.backends, *edge.backends)))
-    report = run_bench(paths.bundle, device=edge.device, backends=backends,
+    # a runtime's own device stands in for cpu (its rows beside the native CPU rows); SSH devices join them
+    devices = [edge.device if d.strip().lower() == "cpu" else d for d in b.devices]
+    report = run_bench(paths.bundle, device=devices, backends=backends,
                        threads=b.threads, batches=b.batch, runs=b.runs, warmup=b.warmup,
-                       progress=console is not None, console=console)
+                       progress=console is not None, console=console, remote_python=b.remote_python or None)
     atomic_write_json(paths.bench, report)

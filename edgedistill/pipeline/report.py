@@ -61,6 +61,8 @@ def summarize(paths: "PipelinePaths") -> Summary:
                 line["precision"] = f"{line['precision']}@{line['inference_precision']}"
             if engines.get(line["id"], line["backend"]) != line["backend"]:  # an engine of the runtime (wasm, webgpu)
                 line["backend"] = f"{line['backend']} ({line['device']})"
+            if line.get("remote"):  # measured on an SSH device
+                line["backend"] = f"{line['backend']} @{line['remote']}"
     return summary
 
 

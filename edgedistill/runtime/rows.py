@@ -30,6 +30,7 @@ class Row:
     knn_drop: float | None = None
     engine_label: str | None = None  # the backend as the report shows it, when it says more (an engine of it)
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific keys of the worker's spec
+    remote: str | None = None  # the SSH device it runs on (its label); None: this machine
 
     @property
     def engine(self) -> str:
@@ -38,13 +39,14 @@ class Row:
     @property
     def id(self) -> str:
         hint = f"@{self.inference_precision}" if self.inference_precision else ""
-        return f"{self.engine.replace(' ', '/')}:{self.variant}:{self.precision}{hint}:{self.threads}t"
+        where = f"{self.remote}/" if self.remote else ""
+        return f"{where}{self.engine.replace(' ', '/')}:{self.variant}:{self.precision}{hint}:{self.threads}t"
 
     @property
     def label(self) -> str:
         if self.backend == "torch":
             return f"torch eager {self.precision}"
-        return f"{self.engine} {self.variant}"
+        return f"{self.engine} {self.variant}" + (f" on {self.remote}" if self.remote else "")
 
 
 class RowPlanner(Protocol):
