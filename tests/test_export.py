@@ -158,6 +158,41 @@ def test_onnx_runtime_graph_has_fused_attention(bundle):
     assert variants["onnx_int8"]["quantization"]["op_types"] == ["MatMul", "Attention"]
 
 
+def test_dynamic_int8_runs_one_image_per_call_whatever_the_batch(bundle):
+    """Dynamic INT8 takes each activation's range over the whole call, so a raw session's
+    output for an image depends on its batch mates. The manifest declares ``batch: 1`` for
+    those variants (with the measured dependence), every reader runs them one image per call,
+    and ``eval knn`` gives the manifest's figure at any --batch-size."""
+    from edgedistill.eval.evaluate import evaluate_knn, load_splits
+    from edgedistill.eval.models import open_model
+    from edgedistill.runtime import open_embedder
+    from edgedistill.runtime.onnxruntime.embedder import OnnxEmbedder
+
+    path, manifest = Path(bundle["bundle"]), bundle["manifest"]
+    for name in ("onnx_int8", "onnx_fused_int8"):
+        entry = manifest["variants"][name]
+        dependence = entry["quantization"]["batch_dependence"]
+        assert entry["batch"] == 1 and dependence["images"] == 12 and dependence["max_abs"] > 0
+        assert "calibration" not in entry["quantization"] or "none" in entry["quantization"]["calibration"]
+    assert all("batch" not in v for n, v in manifest["variants"].items() if n not in ("onnx_int8", "onnx_fused_int8"))
+
+    x = np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)
+    x[0] *= 20  # a batch mate with a wide range: it coarsens everyone's activation scale
+    raw = OnnxEmbedder(path / "onnx_int8.onnx", threads=1)
+    alone = np.concatenate([raw.embed(x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(raw.embed(x) - alone).max() > 1e-4  # the raw session depends on the batch
+    model = open_embedder(path, "onnx_int8", threads=1)
+    assert np.array_equal(model.embed(x), alone)  # the bundle's reader does not
+
+    data = bundle["data"]
+    splits = load_splits(data=str(data), img_size=16)
+    recorded = manifest["validation"]["knn"]["variants"]["onnx_int8"]["top1"]
+    evaluated = open_model(path, variant="onnx_int8", threads=1)
+    for batch_size in (1, 8, 32, 128):
+        figures = evaluate_knn(evaluated, splits, ks=(20,), batch_size=batch_size, num_workers=0, progress=False)
+        assert figures["top1"] == recorded, batch_size
+
+
 def test_openvino_ir_runs_fused_attention(bundle):
     """OpenVINO's conversion turns each block's attention into one ScaledDotProductAttention
     (its CPU plugin's fused kernel), in the FP32 IR and in the NNCF INT8 IR."""
@@ -313,7 +348,6 @@ def test_bad_inputs_are_one_line_errors(student_run, labeled, tmp_path):
         (dict(model_dir=tmp_path / "nope"), "not found"),
         (dict(model_dir=no_student), "student.json"),
         (dict(model_dir=student_run, formats="onnx,tflite"), "unknown export format tflite"),
-        (dict(model_dir=student_run, calib_method="kl"), "calibration method"),
         (dict(model_dir=student_run, opset=13), "--opset"),
         (dict(model_dir=student_run, data=str(unlabeled)), "not a labeled image folder"),
         (dict(model_dir=student_run, data=str(labeled / "train")), "train/ and val/"),

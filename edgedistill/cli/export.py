@@ -22,6 +22,11 @@ def _formats_help() -> str:
     return "Comma-separated: " + ", ".join(parts) + "."
 
 
+def _int8_help() -> str:
+    recipes = [f"{r.label}: {r.int8_recipe}" for r in registry.RUNTIMES if r.format and r.int8_recipe]
+    return "Add each format's INT8 variants (" + "; ".join(recipes) + ")."
+
+
 @click.command("export")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Run directory of a distilled student (student.json + student.safetensors).")
@@ -32,14 +37,11 @@ def _formats_help() -> str:
               default=",".join(_DEFAULTS.formats), show_default=True, help=_formats_help())
 @click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True, help="ONNX opset (17-20).")
 @click.option("--img-size", type=int, default=None, help="Input size (default: the student's).")
-@click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True,
-              help="Add each format's INT8 variants (calibrated on --calib images where the recipe needs it).")
+@click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True, help=_int8_help())
 @click.option("--fp16", is_flag=True, help="Add the FP16-weight variants (the formats that have one).")
 @click.option("--calib", default=None, help="Calibration image folder (default: the train split of --data).")
 @click.option("--calib-size", type=int, default=_DEFAULTS.calib_size, show_default=True,
               help="Calibration images.")
-@click.option("--calib-method", default="minmax", show_default=True,
-              help="Static calibration: minmax, entropy or percentile.")
 @click.option("--data", default=None,
               help="Labeled folder with train/ and val/ (or 'digits') for the k-NN accuracy gate "
                    "(default: the run's data when labeled and present).")
@@ -63,7 +65,7 @@ def _formats_help() -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the validation figures to this JSON file (written on gate failure too; - for stdout).")
 def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str], opset: int, img_size: int | None,
-            int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
+            int8: bool, fp16: bool, calib: str | None, calib_size: int, data: str | None,
             max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, projection: bool, force: bool,
             batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
@@ -82,7 +84,7 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
 
     check_outputs({"--json": json_path})
     con = console()
-    options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size, calib_method=calib_method,
+    options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size,
                             projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
                             recovery_attempts=recovery_attempts, batch_size=batch_size, num_workers=num_workers,
                             threads=threads)

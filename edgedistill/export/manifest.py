@@ -84,7 +84,7 @@ def _provenance(plan: ExportPlan, built: Build) -> dict[str, Any]:
         "config": to_dict(plan.config) if plan.config is not None else None,
         "export": {"formats": list(plan.formats), "int8": bool(o.int8), "fp16": bool(o.fp16),
                    "opset": int(o.opset), "calib": plan.calib_source, "calib_size": int(o.calib_size),
-                   "calib_method": o.calib_method, "data": plan.knn_source, "min_cosine": o.min_cosine,
+                   "data": plan.knn_source, "min_cosine": o.min_cosine,
                    "max_drop": o.max_drop, "onnx_exporter": dict(built.onnx_export, api="torch.onnx.export")},
         "versions": _versions(),
     }

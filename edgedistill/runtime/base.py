@@ -94,7 +94,6 @@ class BuildOptions:
     opset: int = 18  # the ONNX graph's
     threads: int | None = None  # of the embedders that judge a variant
     int8_hint: str = "auto"  # precision of the ops an INT8 variant leaves in floating point (auto | bf16 | f32)
-    calib_method: str = "minmax"
 
 
 @dataclass
@@ -187,6 +186,7 @@ class Runtime:
     device_noun: str = "devices"  # what its probe lists, for the "device not available" message
     marker: str = "o"  # its points on the latency plot
     report_note: str | None = None  # what the bench table's caption says about its rows
+    int8_recipe: str | None = None  # how its INT8 variants are made, for --int8's help ("dynamic, no calibration")
 
     # -------------------------------------------------------------- install
 
@@ -263,6 +263,15 @@ class Runtime:
         manifest entry, when it comes from a bundle; ``settings``: what the class takes besides)."""
         cls = getattr(self._part("embedder"), self.embedder_class)
         return cls(path, threads=threads, output=output, outputs=outputs, name=name, **settings)
+
+    def open_variant(self, path: Path, entry: "VariantEntry", **settings: Any) -> Any:
+        """The embedder of a bundle variant as its manifest entry says to run it: at most
+        ``entry.batch`` images per call where the entry declares one
+        (:class:`~edgedistill.runtime.embedders.PerCallBatch`)."""
+        from edgedistill.runtime.embedders import PerCallBatch
+
+        embedder = self.embedder(path, entry=entry, **settings)
+        return PerCallBatch(embedder, entry.batch) if entry.batch else embedder
 
     def variant_files(self, entry: "VariantEntry", bundle_dir: Path) -> list[tuple[Path, str | None]]:
         """Every file a manifest variant needs, with its expected sha256 (None: not recorded)."""

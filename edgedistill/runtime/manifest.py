@@ -138,7 +138,9 @@ class VariantEntry(_Model):
         default=None, description="the precision to compile with; what the gates validated")
     runtimes: list[str] | None = Field(default=None, description="the runtimes that load this file")
     graph: str | None = None
-    batch: int | None = Field(default=None, ge=1, description="a static batch size (absent: the input's)")
+    batch: int | None = Field(default=None, ge=1, description=(
+        "images per call: the model's static batch, or the batch a dynamic-INT8 model (activation ranges "
+        "taken over the whole call) was validated at; absent: any batch"))
     runtime: dict[str, Any] | None = Field(default=None, description="the runtime library, version, how apps load it")
     quantization: dict[str, Any] | None = None
 

@@ -38,6 +38,7 @@ class OpenVino(Runtime):
     cpu_target = "CPU"
     accelerators = True
     marker = "D"
+    int8_recipe = "NNCF static INT8, calibrated on --calib images"
 
     def manifest_files(self, path: Path) -> dict[str, Path]:
         return {"weights": path.with_suffix(".bin")}
