@@ -10,9 +10,11 @@
   data set's mean (how much of the image-specific part of the target the student reproduces).
 
   python benchmarks/distill_diagnostics.py --teacher runs/quickstart/teacher --data digits \\
-      --config configs/quickstart.yaml --epochs 16 --out runs/diag_digits
+      --config configs/quickstart.yaml --epochs 16 --out runs/diag_digits [--set distill.cls_target=raw]
+  python benchmarks/distill_diagnostics.py --plot runs/diag_raw runs/diag_std --out drift.png
 
-Writes ``diagnostics.jsonl`` (one record per evaluation) and ``diagnostics.png`` into --out.
+Writes ``diagnostics.jsonl`` (one record per evaluation, epoch 0 = the random init) and
+``diagnostics.png`` into --out; ``--plot`` draws several such runs side by side.
 """
 
 from __future__ import annotations
@@ -90,9 +92,45 @@ def measure(task: Any, bank_loader: Any, query_loader: Any, mean_t: torch.Tensor
     return rec
 
 
+PANELS = (("knn_cls", "k-NN top-1 of the student's CLS (%)"), ("val_r2", "R² of the target, val images"),
+          ("rank_cls", "effective rank of the student's CLS"), ("gap", "CLS loss, val / train images"))
+
+
+def plot_runs(runs: list[Path], out: Path) -> None:
+    """k-NN, R², effective rank and the val/train loss ratio (above 1: fitting the training
+    images' targets) against epochs, one line per run; the teacher's k-NN dashed (on the run's
+    target: standardizing the teacher's features changes its own k-NN)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import yaml
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
+    for run in runs:
+        records = [json.loads(line) for line in (run / "diagnostics.jsonl").read_text().splitlines()]
+        d = yaml.safe_load((run / "config.yaml").read_text())["distill"]
+        label = f"{run.name}: {d.get('cls_target', 'raw')} target, blr {d['blr']:g}"
+        for ax, (key, _) in zip(axes, PANELS):
+            points = [(r["epoch"], r["val_cls"] / r["train_cls"] if key == "gap" else r[key])
+                      for r in records if r["epoch"] > 0 or key == "knn_cls"]
+            ax.plot(*zip(*points), marker=".", label=label)
+        axes[0].axhline(records[0]["knn_t_cls"], color=axes[0].lines[-1].get_color(), linestyle="--", linewidth=1)
+    for ax, (key, title) in zip(axes, PANELS):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(-0.2, 1.0)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--plot", nargs="+", type=Path, help="draw these runs' diagnostics into --out (a .png)")
+    parser.add_argument("--teacher")
     parser.add_argument("--data", default="digits")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
     parser.add_argument("--epochs", type=int, default=16)
@@ -100,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.plot:
+        plot_runs(args.plot, Path(args.out))
+        return
+    if not args.teacher:
+        parser.error("--teacher is required (or --plot)")
 
     from edgedistill import distributed as distmod
     from edgedistill.config import build_config
@@ -150,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     log.write_text("")
     evaluate(None)  # epoch 0: the random-init student
     train(task, loader, loop_settings(cfg), run, info, knn_fn=evaluate)
+    plot_runs([out], out / "diagnostics.png")
 
 
 if __name__ == "__main__":
