@@ -49,7 +49,14 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     assert manifest == json.loads((path / "manifest.json").read_text())
     assert list(manifest["variants"]) == ["onnx_fp32", "onnx_fused_fp32", "onnx_int8", "onnx_fused_int8",
                                           "openvino_fp32", "openvino_fp16", "openvino_int8"]
-    assert manifest["default_variant"] in ("onnx_int8", "openvino_int8")
+    # the variant to ship: the fastest (the export's quick timing) of those within the gate
+    timing = manifest["validation"]["timing"]["p50_ms"]
+    assert set(timing) == set(manifest["variants"]) and min(timing.values()) > 0
+    assert timing[manifest["default_variant"]] <= 1.05 * min(timing.values())
+    recommended = manifest["recommended"]
+    assert set(recommended) == {"onnx", "openvino"}
+    for fmt, name in recommended.items():
+        assert timing[name] <= 1.05 * min(t for v, t in timing.items() if manifest["variants"][v]["format"] == fmt)
     assert manifest["input"] == {"name": "pixel_values", "layout": "NCHW", "shape": [-1, 3, 16, 16],
                                  "dtype": "float32"}
     assert [(o["name"], o["dims"]) for o in manifest["outputs"]] == [("embedding", [-1, 192])]
@@ -65,7 +72,7 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     if cpu_has_native_bf16():  # gated at its hint and again in f32, the fallback on CPUs without bf16
         fallback = int8_gate["f32_fallback"]
         assert int8_gate["inference_precision_hint"] == "bf16" and fallback["top1"] > 0
-        assert int8_gate["passed"] == (int8_gate["drop"] <= 1.0 and fallback["drop"] <= 1.0)
+        assert int8_gate["passed"] == (int8_gate["knn_delta"] >= -1.0 and fallback["knn_delta"] >= -1.0)
     else:
         assert "f32_fallback" not in int8_gate
     # an INT8 file is markedly smaller than the FP32 one
@@ -120,12 +127,18 @@ def test_parity_and_knn_figures(bundle):
     assert knn["k"] == 20 and knn["train_images"] == 30 and knn["val_images"] == 12
     reference = knn["torch_fp32"]["top1"]
     for variant, figures in knn["variants"].items():
-        assert figures["drop"] == pytest.approx(reference - figures["top1"])
+        assert figures["knn_delta"] == pytest.approx(figures["top1"] - reference)
         assert figures["passed"]
     # FP32 variants classify exactly as torch does
     assert knn["variants"]["onnx_fp32"]["top1"] == reference
-    rows = {row["variant"]: row for row in bundle["rows"]}
-    assert set(rows) == {"torch_fp32", *bundle["manifest"]["variants"]}
+    rows = {(row["variant"], row["precision"]): row for row in bundle["rows"]}
+    assert {v for v, _ in rows} == {"torch_fp32", *bundle["manifest"]["variants"]}
+    assert rows[("onnx_int8", "int8")]["knn_delta"] == knn["variants"]["onnx_int8"]["knn_delta"]
+    assert rows[("openvino_fp32", "fp32@f32")]["knn_delta"] == knn["variants"]["openvino_fp32"]["knn_delta"]
+    if cpu_has_native_bf16():  # the f32 fallback the gate judged is a row of its own, as in bench
+        fallback = knn["variants"]["openvino_int8"]["f32_fallback"]
+        assert rows[("openvino_int8", "int8@f32")]["top1"] == fallback["top1"]
+        assert rows[("openvino_int8", "int8@bf16")]["top1"] == knn["variants"]["openvino_int8"]["top1"]
 
 
 def test_onnx_runtime_graph_has_fused_attention(bundle):
@@ -383,8 +396,8 @@ def test_cli_failed_gate_exits_2_and_leaves_nothing(student_run, labeled, tmp_pa
 def test_accuracy_gate_names_each_variant_that_lost_too_much():
     from edgedistill.export.gates import knn_failures
 
-    knn = {"onnx_int8": {"top1": 60.0, "reference_top1": 62.5, "drop": 2.5},
-           "openvino_int8": {"top1": 62.0, "reference_top1": 62.5, "drop": 0.5}}
+    knn = {"onnx_int8": {"top1": 60.0, "reference_top1": 62.5, "knn_delta": -2.5},
+           "openvino_int8": {"top1": 62.0, "reference_top1": 62.5, "knn_delta": -0.5}}
     (failure,) = knn_failures(knn, max_drop=1.0)
     assert failure.startswith("onnx_int8 lost 2.50") and "max 1" in failure
 

@@ -73,8 +73,10 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
 
     \b
     Parity gate: FP32 outputs vs torch on real images at batch 1 and 8 (cosine >= --min-cosine).
-    Accuracy gate: k-NN top-1 of every variant vs torch FP32 on --data (drop <= --max-drop).
-    A failed gate exits non-zero and leaves no bundle.
+    Accuracy gate: k-NN top-1 of every variant vs torch FP32 on --data: knn_delta (variant minus
+    torch, in points) >= -max-drop.
+    A failed gate exits non-zero and leaves no bundle. One "Recommended" line per runtime names
+    the variant to ship: the fastest (a quick timing) within the gate (export/README.md).
     """
     import json
 
@@ -97,28 +99,37 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
             write_output(json_path, json.dumps(exc.report, indent=2) + "\n")
         raise
     render_summary(con, result.rows, title=f"export: {result.bundle}", default=result.default_variant)
+    for line in result.recommended_lines():
+        click.echo(line)
     if json_path is not None:
         write_output(json_path, json.dumps(result.validation, indent=2) + "\n")
 
 
 def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: str | None = None) -> None:
-    """Variant, file size, parity cosine / max-abs, k-NN top-1 and drop, gate status."""
+    """Variant, precision, file size, parity cosine / max-abs, k-NN top-1 and knn_delta, gate status."""
     from rich.table import Table
 
     from edgedistill.utils import human_bytes
 
     table = Table(title=title, caption=f"default variant: {default}" if default else None)
-    for column, justify in (("variant", "left"), ("size", "right"), ("cosine", "right"), ("max-abs", "right"),
-                            ("k-NN top-1", "right"), ("drop", "right"), ("gate", "center")):
+    for column, justify in (("variant", "left"), ("precision", "left"), ("size", "right"), ("cosine", "right"),
+                            ("max-abs", "right"), ("k-NN top-1", "right"), ("knn_delta", "right"),
+                            ("gate", "center")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
         cos = "-" if row["cosine"] is None else f"{row['cosine']:.6f}" + ("" if row["parity_gated"] else "*")
         status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[row["passed"]]
-        table.add_row(row["variant"], "-" if row["size_bytes"] is None else human_bytes(row["size_bytes"]), cos,
+        table.add_row(row["variant"], row["precision"],
+                      "-" if row["size_bytes"] is None else human_bytes(row["size_bytes"]), cos,
                       "-" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
                       "-" if row["top1"] is None else f"{row['top1']:.2f}",
-                      "-" if row["drop"] is None else f"{row['drop']:.2f}", status)
+                      "-" if row["knn_delta"] is None else f"{row['knn_delta']:+.2f}", status)
     con.print(table)
     if any(r["cosine"] is not None and not r["parity_gated"] for r in rows):
-        con.print("* parity reported, not gated (the k-NN accuracy gate judges this variant); "
-                  "drop = torch FP32 top-1 minus the variant's, in points")
+        con.print("* parity reported, not gated (the k-NN accuracy gate judges this variant)")
+    notes = ["knn_delta = the variant's k-NN top-1 minus torch FP32's, in points (positive: better)"
+             if any(r["knn_delta"] is not None for r in rows) else "",
+             "int8@bf16: the precision of the ops left in floating point (@f32: as a CPU without bf16 runs it)"
+             if any("@" in r["precision"] for r in rows) else ""]
+    for note in filter(None, notes):
+        con.print(note)

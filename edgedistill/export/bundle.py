@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgedistill.export.gates import PARITY_IMAGES, AccuracyGate, GateFailed, ParityGate, Validation, gate_report
-from edgedistill.export.manifest import SummaryRow, build_manifest, summary_rows
+from edgedistill.export.manifest import SummaryRow, build_manifest, recommendations, summary_rows
 from edgedistill.export.plan import (ExportOptions, ExportPlan, bundle_target, check_out_root, parse_formats,
                                      plan_export, require_formats)
 from edgedistill.export.variants import build_variants, new_build
@@ -60,6 +60,14 @@ class ExportResult:
     @property
     def rows(self) -> list[SummaryRow]:
         return summary_rows(self.validation, self.manifest.variants)
+
+    def recommended_lines(self) -> list[str]:
+        """One ``Recommended for <runtime>: ...`` line per format of the bundle."""
+        from edgedistill.runtime import registry
+        from edgedistill.runtime.recommend import recommend_line
+
+        return [recommend_line(choice, registry.for_format(fmt).label)
+                for fmt, choice in recommendations(self.manifest.variants, self.validation).items()]
 
 
 def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", name: str | None = None,

@@ -36,8 +36,8 @@ def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str) -> Re
     tried = runtime.recover(variant, build, recovery)
     if tried is None:
         return None
-    record: RecoveryRecord = {"reason": f"k-NN top-1 dropped {first['drop']:.2f} points (> {gate.max_drop:g}) with every layer "
-                        "quantized", "first_drop": first["drop"], **tried, "passed": bool(gate.figures[name]["passed"])}
+    record: RecoveryRecord = {"reason": f"k-NN top-1 dropped {-first['knn_delta']:.2f} points (> {gate.max_drop:g}) with every layer "
+                        "quantized", "first_knn_delta": first["knn_delta"], **tried, "passed": bool(gate.figures[name]["passed"])}
     entry = build.entries[name]
     entry.quantization = {**(entry.quantization or {}), "accuracy_control": record}
     return record

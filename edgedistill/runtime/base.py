@@ -59,7 +59,6 @@ class Variant:
     precision: str  # fp32 | fp16 | int8
     option: str | None = None  # None: always built; "int8": with --int8 (calibrated, after the parity gate); "fp16"
     bytes_per_param: float = 4.0  # what its files take, for the disk-space check before an export
-    default_candidate: bool = False  # may become the bundle's default_variant (the most accurate passing INT8)
 
     @property
     def quantized(self) -> bool:
@@ -81,9 +80,9 @@ class RecoveryRecord(TypedDict, total=False):
     method: str
     float_layers: list[str]
     sensitivity: dict[str, float]
-    attempts: list[dict[str, float]]  # float_nodes, top1, drop of each measurement
+    attempts: list[dict[str, float]]  # float_nodes, top1, knn_delta of each measurement
     reason: str
-    first_drop: float
+    first_knn_delta: float
     passed: bool
 
 
@@ -323,9 +322,9 @@ class Runtime:
         target = plan.target(self.name)
         if target is None:
             return plan.skip(self.name, name, entry.precision, plan.reason(self.name))
-        top1, drop = plan.knn(name)
+        top1, delta = plan.knn(name)
         plan.add(threads, backend=self.name, variant=name, precision=entry.precision, device=target,
-                 model=str(plan.bundle_dir / entry.file), size_bytes=plan.size(name), knn_top1=top1, knn_drop=drop)
+                 model=str(plan.bundle_dir / entry.file), size_bytes=plan.size(name), knn_top1=top1, knn_delta=delta)
 
     def worker_command(self, spec: dict[str, Any], python: str) -> list[str]:
         """The worker process of one row (its spec already holds ``engine``)."""

@@ -32,7 +32,7 @@ class OnnxRuntime(Runtime):
     variants = (
         Variant("onnx_fp32", "fp32"),
         Variant("onnx_fused_fp32", "fp32"),
-        Variant("onnx_int8", "int8", option="int8", bytes_per_param=1.3, default_candidate=True),
+        Variant("onnx_int8", "int8", option="int8", bytes_per_param=1.3),
         Variant("onnx_fused_int8", "int8", option="int8", bytes_per_param=1.3),
     )
     embedder_class = "OnnxEmbedder"

@@ -128,7 +128,7 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
         assert quantization is not None, "an INT8 variant records its quantization"
         quantization.update(settings)
         figures = recovery.check(name)
-        steps.append({"float_nodes": excluded, "top1": figures["top1"], "drop": figures["drop"]})
+        steps.append({"float_nodes": excluded, "top1": figures["top1"], "knn_delta": figures["knn_delta"]})
         if figures["passed"]:
             break
     return {"method": "per-node sensitivity (output cosine, quantized alone), most sensitive kept in float",
