@@ -113,7 +113,7 @@ def test_report_shows_edge_rows(tmp_path):
         return {"id": f"{backend}/{device}:{variant}", "label": variant, "backend": backend, "device": device,
                 "engine": engine or backend,
                 "variant": variant, "precision": precision, "inference_precision": None, "threads": 2,
-                "baseline": backend == "torch", "knn_top1": knn, "knn_drop": 0.1, "batches": {"1": stats}}
+                "baseline": backend == "torch", "knn_top1": knn, "knn_delta": -0.1, "batches": {"1": stats}}
 
     bench = {"settings": {"batches": [1]}, "machine": {"cpu": "test cpu"},
              "bundle": {"name": "tiny", "knn": {"torch_fp32_top1": 60.0, "max_drop": 1.0, "k": 20}},
