@@ -393,6 +393,27 @@ def test_cli_failed_gate_exits_2_and_leaves_nothing(student_run, labeled, tmp_pa
     assert json.loads(report.read_text())["passed"] is False
 
 
+def test_cli_prints_the_recommendation_and_knn_delta(student_run, labeled, tmp_path):
+    """export's stdout names the variant to ship (one Recommended line per runtime: the
+    manifest's choice); --json carries knn_delta = variant minus torch; --int8's help tells the
+    dynamic recipe and --calib-method is gone."""
+    out, report = tmp_path / "export", tmp_path / "gates.json"
+    run = run_cli("export", "--model", str(student_run), "--out", str(out), "--name", "r", "--data", str(labeled),
+                  "--formats", "onnx", "--int8", "--calib-size", "8", "--threads", "1", "--json", str(report))
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((out / "r" / "manifest.json").read_text())
+    (line,) = [line for line in run.stdout.splitlines() if line.startswith("Recommended")]
+    assert line.startswith(f"Recommended for ONNX Runtime: {manifest['recommended']['onnx']} (")
+    assert "the fastest within the 1-point k-NN gate of torch FP32" in line and "Recommended" not in run.stderr
+    gates = json.loads(report.read_text())
+    reference = gates["knn"]["torch_fp32"]["top1"]
+    assert gates["knn"]["variants"] == manifest["validation"]["knn"]["variants"]
+    for figures in gates["knn"]["variants"].values():
+        assert figures["knn_delta"] == round(figures["top1"] - reference, 6) and "drop" not in figures
+    help_text = " ".join(run_cli("export", "--help").stdout.split())
+    assert "ONNX Runtime: dynamic INT8, no calibration" in help_text and "--calib-method" not in help_text
+
+
 def test_accuracy_gate_names_each_variant_that_lost_too_much():
     from edgedistill.export.gates import knn_failures
 
