@@ -101,6 +101,11 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
             assert by_round["min"] <= by_round["median"] <= by_round["max"]
         assert row["load_seconds"] > 0 and row["first_run_ms"] > 0 and row["peak_rss_mb"] > 10
         assert row["size_bytes"] > 0 and row["output_shape"] == [1, 192] and row["threads"] == 1
+    # dynamic INT8 runs one image per call (its manifest batch), whichever runtime runs it
+    assert rows["onnxruntime:onnx_int8:int8:1t"]["settings"]["images_per_call"] == 1
+    assert rows["openvino:onnx_int8:int8@f32:1t"]["settings"]["images_per_call"] == 1
+    assert "images_per_call" not in rows["onnxruntime:onnx_fp32:fp32:1t"]["settings"]
+    assert "onnx_fused_int8, onnx_int8: one image per call" in " ".join(run.stdout.split())
     baseline = rows["onnxruntime:onnx_fp32:fp32:1t"]
     assert baseline["baseline"] and baseline["batches"]["1"]["speedup"] == 1.0
     assert sum(r["baseline"] for r in rows.values()) == 1

@@ -126,6 +126,10 @@ def render_table(report: BenchReport, console: Any) -> None:
                    "points; -: not validated (no gate figure for this path), listed after the validated rows"]
         caption += [f"{r.name}: {r.report_note}" for r in _runtimes() if r.report_note
                     and any(row["backend"] == r.name for row in rows)]
+        per_call = sorted({row["variant"] for row in rows if (row.get("settings") or {}).get("images_per_call")})
+        if per_call and others:
+            caption.append(f"{', '.join(per_call)}: one image per call, as the manifest's batch says (dynamic INT8's "
+                           "outputs depend on the batch): img/s at a larger batch is that many calls")
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
         console.print(table)

@@ -149,7 +149,7 @@ def summary_rows(validation: Validation | dict[str, Any],
                  variants: dict[str, VariantEntry] | None = None) -> list[SummaryRow]:
     """One row per variant: precision label, size (when ``variants`` are given), parity
     (cosine, max-abs), k-NN top-1 and ``knn_delta``, gate status, from a validation report
-    (``Manifest.validation``); a variant the gate also judged under another setting (OpenVINO's
+    (``Manifest.validation``); a variant the gate also judged under another setting (a runtime's
     f32 fallback of a bf16 hint) gets a row for it, as ``bench`` measures it."""
     from edgedistill.runtime.recommend import delta_of
     from edgedistill.runtime.rows import precision_label

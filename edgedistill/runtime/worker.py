@@ -204,6 +204,8 @@ def _load(spec: dict[str, Any]) -> tuple[dict[int, Callable[[], Any]], dict[str,
             info["peak_rss_mb"] = peak_rss_mb()
     info["peak_rss_all_mb"] = peak_rss_mb()
     info["warmup"] = warmup
+    if spec.get("call_batch"):  # the report says that a larger batch ran as several calls
+        info.setdefault("settings", {})["images_per_call"] = int(spec["call_batch"])
     info["pid"] = os.getpid()
     return runners, info
 

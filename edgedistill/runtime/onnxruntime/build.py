@@ -132,5 +132,5 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
         if figures["passed"]:
             break
     return {"method": "per-node sensitivity (output cosine, quantized alone), most sensitive kept in float",
-            "float_layers": ranked[:excluded], "sensitivity": {n: round(damage[n], 6) for n in ranked[:excluded]},
+            "float_layers": ranked[:excluded], "sensitivity": {n: float(f"{damage[n]:.3g}") for n in ranked[:excluded]},
             "attempts": steps}
