@@ -41,7 +41,7 @@ def _int8_help() -> str:
 @click.option("--fp16", is_flag=True, help="Add the FP16-weight variants (the formats that have one).")
 @click.option("--calib", default=None, help="Calibration image folder (default: the train split of --data).")
 @click.option("--calib-size", type=int, default=_DEFAULTS.calib_size, show_default=True,
-              help="Calibration images.")
+              help="Calibration images (for the INT8 recipes that calibrate, and the batch-dependence check).")
 @click.option("--data", default=None,
               help="Labeled folder with train/ and val/ (or 'digits') for the k-NN accuracy gate "
                    "(default: the run's data when labeled and present).")

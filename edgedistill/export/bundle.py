@@ -5,7 +5,8 @@ The steps, in order (the cheap gate first, so an impossible threshold fails fast
 1. plan: check every input, load the student, pick the images (``export.plan``);
 2. FP32 (and FP16) variants, each built by its runtime (``export.variants``, ``runtime.registry``);
 3. parity gate for the FP32 variants on real images, batch 1 and 8 (``export.gates``);
-4. INT8 variants calibrated on real images through the app's preprocessing;
+4. INT8 variants (calibrated on real images through the app's preprocessing where the recipe
+   calibrates; ONNX Runtime's dynamic INT8 runs one image per call, its batch dependence measured);
 5. accuracy gate: k-NN top-1 of torch FP32 and every variant on the labeled data;
 6. manifest.json, validation.json, sample.png (``export.manifest``), read back verified.
 

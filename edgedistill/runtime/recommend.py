@@ -101,7 +101,11 @@ def recommend(candidates: Iterable[Candidate], max_drop: float, noise: float = 0
         else:
             best = fastest
         runner_up = sorted((c for c in pool if c is not best), key=lambda c: c.ms)  # type: ignore[arg-type, return-value]
-        beats = f"; next {runner_up[0].variant} {runner_up[0].ms:.3g} ms" if runner_up else ""
+        beats = ""
+        if runner_up:
+            nxt = runner_up[0]
+            same = nxt.variant == best.variant  # the same file under another setting: say which
+            beats = f"; next {nxt.variant}{f' ({nxt.precision})' if same else ''} {nxt.ms:.3g} ms"
         out[target] = Choice(best, f"{why} ({timing} {best.ms:.3g} ms at batch {batch}{beats})")
     return out
 
