@@ -193,7 +193,8 @@ class Manifest(_Model):
                              f"({', '.join(self.variants)})")
         for fmt, name in (self.recommended or {}).items():
             if name not in self.variants or self.variants[name].format != fmt:
-                raise ValueError(f"recommended[{fmt!r}] {name!r} is not a {fmt} variant of the bundle")
+                raise ValueError(f"recommended[{fmt!r}] names {name!r}, which is no variant of format {fmt} "
+                                 "in the bundle")
         return self
 
 

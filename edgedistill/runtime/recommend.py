@@ -68,6 +68,10 @@ class Choice:
     reason: str
 
 
+def _ms(c: Candidate) -> float:
+    return c.ms if c.ms is not None else math.inf
+
+
 def _validated(c: Candidate, max_drop: float) -> bool:
     return c.knn_delta is not None and c.knn_delta >= -max_drop
 
@@ -92,21 +96,21 @@ def recommend(candidates: Iterable[Candidate], max_drop: float, noise: float = 0
             why = "the fastest FP32 variant (no k-NN figures: FP32 is held to torch by the parity gate)"
         if not pool:
             continue
-        fastest = min(pool, key=lambda c: c.ms)  # type: ignore[arg-type, return-value]
-        tied = [c for c in pool if c.ms <= fastest.ms * (1 + SPEED_TIE)]  # type: ignore[operator]
+        fastest = min(pool, key=_ms)
+        tied = [c for c in pool if _ms(c) <= _ms(fastest) * (1 + SPEED_TIE)]
         best = max(tied, key=lambda c: c.knn_delta if c.knn_delta is not None else -math.inf)
         if best is not fastest and (best.knn_delta or 0.0) - (fastest.knn_delta or 0.0) > noise:
             why = (f"as fast as {fastest.variant} (within {SPEED_TIE:.0%}) and more accurate by more than the "
                    f"validation set's resolution ({noise:.2f} points)")
         else:
             best = fastest
-        runner_up = sorted((c for c in pool if c is not best), key=lambda c: c.ms)  # type: ignore[arg-type, return-value]
+        runner_up = sorted((c for c in pool if c is not best), key=_ms)
         beats = ""
         if runner_up:
             nxt = runner_up[0]
             same = nxt.variant == best.variant  # the same file under another setting: say which
-            beats = f"; next {nxt.variant}{f' ({nxt.precision})' if same else ''} {nxt.ms:.3g} ms"
-        out[target] = Choice(best, f"{why} ({timing} {best.ms:.3g} ms at batch {batch}{beats})")
+            beats = f"; next {nxt.variant}{f' ({nxt.precision})' if same else ''} {_ms(nxt):.3g} ms"
+        out[target] = Choice(best, f"{why} ({timing} {_ms(best):.3g} ms at batch {batch}{beats})")
     return out
 
 
