@@ -85,14 +85,14 @@ def acceptance(report: dict) -> dict:
     rows = [r for r in report["rows"] if lat in r["batches"]]
     base = next(r for r in rows if r["baseline"])
     max_drop = (report["bundle"].get("knn") or {}).get("max_drop", 1.0)
-    gated = [r for r in rows if r["precision"] == "int8" and r["knn_drop"] is not None and r["knn_drop"] <= max_drop]
+    gated = [r for r in rows if r["precision"] == "int8" and r["knn_delta"] is not None and r["knn_delta"] >= -max_drop]
     best = min(gated, key=lambda r: r["batches"][lat]["p50_ms"]) if gated else None
     return {"baseline": base["id"], "baseline_p50_ms": base["batches"][lat]["p50_ms"],
             "best_int8_gated": best and {
                 "row": best["id"], "p50_ms": best["batches"][lat]["p50_ms"],
                 "ratio_p50": round(best["batches"][lat]["p50_ms"] / base["batches"][lat]["p50_ms"], 4),
                 "ratio_min": round(best["batches"][lat]["min_ms"] / base["batches"][lat]["min_ms"], 4),
-                "knn_drop": best["knn_drop"]},
+                "knn_delta": best["knn_delta"]},
             "ratios": {r["id"]: r["batches"][lat]["latency_ratio"] for r in rows},
             "load_average": [report["machine"]["load_average"], report["machine"].get("load_average_after")]}
 
@@ -154,7 +154,7 @@ def main() -> int:
         best = results[-1]["best_int8_gated"]
         if best:
             con.print(f"best gated INT8: {best['row']} p50 {best['p50_ms']:.2f} ms = {best['ratio_p50']:.3f}x "
-                      f"torch eager FP32 ({results[-1]['baseline_p50_ms']:.2f} ms); k-NN drop {best['knn_drop']}")
+                      f"torch eager FP32 ({results[-1]['baseline_p50_ms']:.2f} ms); knn_delta {best['knn_delta']}")
     if args.full:
         wait_for_quiet(args.quiet, args.max_wait)
         con.rule(f"full table: batch 1,8,32, {args.threads} threads")

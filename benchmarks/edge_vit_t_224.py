@@ -1,6 +1,6 @@
 """Edge targets on a ViT-T/16 at 224 px, batch 1, in one run: the browser (onnxruntime-web
 WASM at 1 and 2 threads) against native ONNX Runtime at the same threads, and ExecuTorch
-XNNPACK FP32 and INT8 against torch eager FP32; the INT8 program's parity cosine and k-NN drop
+XNNPACK FP32 and INT8 against torch eager FP32; the INT8 program's parity cosine and knn_delta
 from its export gates.
 
 Steps (the export is reused when done, unless --force-export):
@@ -54,8 +54,8 @@ def note(report: dict, manifest: dict) -> dict:
             "batch_1"]["mean_cosine"],
         "knn_top1": validation["knn"]["variants"]["executorch_int8"]["top1"],
         "torch_fp32_top1": validation["knn"]["torch_fp32"]["top1"],
-        "knn_drop": validation["knn"]["variants"]["executorch_int8"]["drop"]}
-    out["onnx_int8_knn_drop"] = validation["knn"]["variants"]["onnx_int8"]["drop"]
+        "knn_delta": validation["knn"]["variants"]["executorch_int8"]["knn_delta"]}
+    out["onnx_int8_knn_delta"] = validation["knn"]["variants"]["onnx_int8"]["knn_delta"]
     return out
 
 

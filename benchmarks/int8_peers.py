@@ -14,7 +14,7 @@ runs in the same interleaved rounds, each in its own fresh process:
 and, outside the bench, ``benchmark_app -hint latency`` on our OpenVINO INT8 IR (its median,
 in the same minutes). Each peer's k-NN top-1 comes from the export gate's own pipeline
 (``eval.features.knn_of``), so every row is judged by the same number. Printed: p50 per row
-and repeat, the ratio to torch eager FP32, and the k-NN drop.
+and repeat, the ratio to torch eager FP32, and the knn_delta.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def peers(bundle: Path, out: Path, calib_dir: Path, threads: int) -> dict:
     from edgedistill.eval.features import InMemorySplit, TorchEmbedder, knn_of
     from edgedistill.export.images import labeled_pair, load_arrays, pick_indices
     from edgedistill.runtime import OnnxEmbedder, OpenVinoEmbedder
+    from edgedistill.runtime.recommend import knn_delta
     from edgedistill.utils import cpu_has_native_bf16, sha256_file
 
     if out.exists():
@@ -77,7 +78,7 @@ def peers(bundle: Path, out: Path, calib_dir: Path, threads: int) -> dict:
         top1 = knn_of(embedder, bank, queries, num_classes=len(train.classes), progress=False)["top1"]
         entry["sha256"] = sha256_file(out / entry["file"])
         manifest["variants"][name] = entry
-        knn["variants"][name] = {"top1": top1, "drop": round(reference - top1, 6), "passed": None}
+        knn["variants"][name] = {"top1": top1, "knn_delta": knn_delta(top1, reference), "passed": None}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -153,12 +154,12 @@ def main() -> int:
             con.print(f"benchmark_app median {median:.2f} ms vs our openvino_int8 p50 "
                       f"{ours['batches']['1']['p50_ms']:.2f} ms (torch eager FP32 {base['batches']['1']['p50_ms']:.2f})")
     knn = manifest["validation"]["knn"]["variants"]
-    print("\n| row | ratio to torch eager FP32, per repeat | median | k-NN drop |\n| --- | --- | --- | --- |")
+    print("\n| row | ratio to torch eager FP32, per repeat | median | knn_delta |\n| --- | --- | --- | --- |")
     for row, values in sorted(table.items(), key=lambda kv: statistics.median(kv[1])):
         variant = row.split(":")[1]
-        drop = knn.get(variant, {}).get("drop")
+        delta = knn.get(variant, {}).get("knn_delta")
         print(f"| {row} | {', '.join(f'{v:.3f}' for v in values)} | {statistics.median(values):.3f} | "
-              f"{'-' if drop is None else f'{drop:+.2f}'} |")
+              f"{'-' if delta is None else f'{delta:+.2f}'} |")
     if app:
         print(f"| benchmark_app -hint latency, openvino_int8 | {', '.join(f'{v:.3f}' for v in app)} | "
               f"{statistics.median(app):.3f} | - |")

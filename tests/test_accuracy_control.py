@@ -50,8 +50,11 @@ def hard(tmp_path_factory) -> dict[str, Path]:
 
 def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
     """Both ONNX Runtime INT8 graphs miss a zero-drop gate with every layer quantized; one layer
-    in float is not enough (the export fails, naming what was tried), two are (the bundle
-    records which ones and why). 2 blocks x 4 weight layers: 4 attempts could float them all."""
+    in float is not enough (the export fails, naming what was tried); doubling the float layers
+    meets it (the bundle records which ones and why). 2 blocks x 4 weight layers: 4 attempts
+    float them all. Measured as apps run dynamic INT8, one image per call, the zero-drop gate
+    (one of 36 images flips it) is met only with all 8 in float (batched, it was 2: the gate
+    judged a batch-dependent figure)."""
     from edgedistill.export import export_bundle
 
     common = dict(out_root=tmp_path, formats="onnx", int8=True, data=str(hard["data"]), calib_size=12, threads=1,
@@ -73,10 +76,15 @@ def test_failing_onnx_int8_gate_is_met_or_explained(hard, tmp_path):
     for variant in ("onnx_int8", "onnx_fused_int8"):  # the fused graph's INT8 (QAttention) just the same
         quantization = manifest["variants"][variant]["quantization"]
         control = quantization["accuracy_control"]
-        assert control["passed"] and knn[variant]["passed"] and control["first_drop"] > 0.0
-        assert [a["float_nodes"] for a in control["attempts"]] == [1, 2] and control["attempts"][-1]["drop"] <= 0.0
-        assert len(control["float_layers"]) == 2 and quantization["nodes_excluded"] == control["float_layers"]
+        assert control["passed"] and knn[variant]["passed"] and control["first_knn_delta"] < 0.0
+        attempts = [a["float_nodes"] for a in control["attempts"]]
+        assert attempts == [1, 2, 4, 8][:len(attempts)] and control["attempts"][-1]["knn_delta"] >= 0.0
+        assert all(a["knn_delta"] < 0.0 for a in control["attempts"][:-1])
+        assert len(control["float_layers"]) == attempts[-1] and quantization["nodes_excluded"] == control["float_layers"]
+        ranked = list(control["sensitivity"].values())
+        assert ranked == sorted(ranked, reverse=True)  # the most sensitive first
         assert "dropped" in control["reason"] and set(control["sensitivity"]) == set(control["float_layers"])
+        assert min(control["sensitivity"].values()) > 0  # 1 - cosine, in significant digits: not rounded to 0
 
 
 def _signal_stack() -> tuple[int | None, int, int] | None:

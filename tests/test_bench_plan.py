@@ -8,9 +8,9 @@ import pytest
 from edgedistill.errors import EdgeDistillError
 
 KNN = {"torch_fp32": {"top1": 60.0}, "variants": {
-    "onnx_fp32": {"top1": 60.0, "drop": 0.0}, "onnx_int8": {"top1": 59.5, "drop": 0.5},
-    "openvino_fp32": {"top1": 60.0, "drop": 0.0},
-    "openvino_int8": {"top1": 59.0, "drop": 1.0, "f32_fallback": {"top1": 59.2, "drop": 0.8}}}}
+    "onnx_fp32": {"top1": 60.0, "knn_delta": 0.0}, "onnx_int8": {"top1": 59.5, "knn_delta": -0.5},
+    "openvino_fp32": {"top1": 60.0, "knn_delta": 0.0},
+    "openvino_int8": {"top1": 59.0, "knn_delta": -1.0, "f32_fallback": {"top1": 59.2, "knn_delta": -0.8}}}}
 
 
 def manifest(int8_hint: str = "bf16") -> dict:
@@ -68,7 +68,7 @@ def test_rows_on_a_cpu_with_native_bf16(bundle_dir):
     assert rows["openvino:openvino_int8:int8@f32:1t"].knn_top1 == 59.2
     assert rows["openvino:openvino_fp32:bf16@bf16:1t"].knn_top1 is None
     assert rows["openvino:onnx_int8:int8@f32:1t"].knn_top1 is None
-    assert rows["torch:student:fp32:1t"].knn_top1 == 60.0 and rows["torch:student:fp32:1t"].knn_drop == 0.0
+    assert rows["torch:student:fp32:1t"].knn_top1 == 60.0 and rows["torch:student:fp32:1t"].knn_delta == 0.0
 
 
 def test_rows_without_native_bf16_and_with_a_precision_filter(bundle_dir):
@@ -118,7 +118,8 @@ def row(rid: str, backend: str, precision: str, p50: list[float], threads: int =
     from edgedistill.bench.stats import summarize_times
 
     return {"id": rid, "label": rid, "backend": backend, "variant": rid, "precision": precision,
-            "threads": threads, "knn_top1": None, "knn_drop": None,
+            "threads": threads, "knn_top1": None, "knn_delta": None, "engine": backend,
+            "inference_precision": None,
             "batches": {"1": summarize_times([[v] for v in p50], 1)}}
 
 
@@ -136,8 +137,16 @@ def test_baseline_ratios_and_best():
     # paired round by round: 8/10 and 6/12
     assert stats["ort"]["latency_ratio_by_round"] == {"median": 0.65, "min": 0.5, "max": 0.8}
     assert stats["int8"]["speedup"] == pytest.approx(11.0 / 2.75, rel=1e-3)
-    best = best_rows(rows, 1)
-    assert best["fp32@1t"]["row"] == "ort" and best["int8@1t"]["row"] == "int8"
+    # without k-NN figures: the fastest FP32 row per backend (torch is no backend to ship)
+    best = best_rows(rows, 1, None)
+    assert set(best) == {"onnxruntime"} and best["onnxruntime"]["row"] == "ort"
+    assert "no k-NN figures" in best["onnxruntime"]["reason"]
+    # with them: the fastest within the gate, whatever its precision
+    for r, top1 in zip(rows, (60.0, 60.0, 59.5)):
+        r["knn_top1"], r["knn_delta"] = top1, top1 - 60.0
+    best = best_rows(rows, 1, {"torch_fp32_top1": 60.0, "val_images": 400, "max_drop": 1.0})
+    assert best["onnxruntime"]["row"] == "int8" and best["onnxruntime"]["knn_delta"] == -0.5
+    assert best_rows(rows, 1, {"torch_fp32_top1": 60.0, "max_drop": 0.25})["onnxruntime"]["row"] == "ort"
 
 
 def test_baseline_without_torch_says_why():
@@ -156,6 +165,7 @@ def edge_manifest() -> dict:
     for precision in ("fp32", "int8"):
         m["variants"][f"executorch_{precision}"] = {"file": f"executorch_{precision}.pte", "format": "executorch",
                                                     "precision": precision, "total_size_bytes": 1000}
+    # as a bundle written before knn_delta records it: drop = torch minus the variant
     m["validation"]["knn"]["variants"]["executorch_int8"] = {"top1": 59.6, "drop": 0.4}
     return m
 
@@ -178,7 +188,7 @@ def test_browser_and_executorch_rows(bundle_dir):
     assert not skipped
     web = rows["onnxruntime-web/wasm:onnx_int8:int8:2t"]
     assert web.label == "onnxruntime-web wasm onnx_int8" and web.extra == {"engine": "wasm", "model_url": "onnx_int8.onnx"}
-    assert web.knn_top1 == 59.5 and rows["executorch:executorch_int8:int8:1t"].knn_drop == 0.4
+    assert web.knn_top1 == 59.5 and rows["executorch:executorch_int8:int8:1t"].knn_delta == -0.4
 
     # --device cpu: ExecuTorch rows, no browser rows; without ExecuTorch they are skipped, saying why
     targets, reasons = device_targets("cpu", {k: v for k, v in devices.items() if k != "executorch"})
@@ -195,3 +205,27 @@ def test_browser_and_executorch_rows(bundle_dir):
     assert BenchOptions.parse(None, None, None, "1", 0, 2, None, 1, True, device="browser").threads == \
         sorted({1, usable_cpus()})
     assert BenchOptions.parse(None, None, None, "1", 0, 2, None, 1, True).threads == [usable_cpus()]
+
+
+def test_recommendation_rule():
+    """The fastest within the gate; a speed tie (within 5%) goes to accuracy only by more than the
+    validation set's resolution; a row without a k-NN figure is no candidate beside validated ones."""
+    from edgedistill.runtime.recommend import Candidate, recommend, recommend_line, resolution
+
+    def c(variant: str, ms: float, delta: float | None, precision: str = "int8") -> Candidate:
+        return Candidate("onnxruntime", variant, precision, ms, None if delta is None else 70.0 + delta, delta,
+                         fp32=precision == "fp32")
+
+    rows = [c("fp32", 10.0, 0.0, "fp32"), c("int8", 5.0, -0.9), c("fused_int8", 5.1, 0.5), c("lossy", 2.0, -1.5),
+            c("unvalidated", 1.0, None)]
+    assert resolution(70.0, 360) == pytest.approx(2.42, abs=0.01) and resolution(None, 360) == 0.0
+    assert recommend(rows, 1.0, noise=2.42)["onnxruntime"].candidate.variant == "int8"  # 1.4 points: noise
+    choice = recommend(rows, 1.0, noise=1.0)["onnxruntime"]
+    assert choice.candidate.variant == "fused_int8" and "more accurate" in choice.reason
+    assert recommend(rows, 2.0)["onnxruntime"].candidate.variant == "lossy"
+    line = recommend_line(recommend(rows, 1.0, noise=2.42)["onnxruntime"], "ONNX Runtime")
+    assert line.startswith("Recommended for ONNX Runtime: int8 (int8; k-NN top-1 69.10, knn_delta -0.90): "
+                           "the fastest within the 1-point k-NN gate of torch FP32")
+    # no k-NN figures at all: the fastest FP32 variant (held to torch by the parity gate)
+    bare = [Candidate("openvino", "ov_int8", "int8", 1.0), Candidate("openvino", "ov_fp32", "fp32", 3.0, fp32=True)]
+    assert recommend(bare, 1.0)["openvino"].candidate.variant == "ov_fp32"

@@ -138,11 +138,10 @@ def test_python_example_labels_equal_eval(deploy, kind, variants):
         assert out["variant"] == variant
         got = {str(Path(p["path"])): p["label"] for p in out["predictions"]}
         assert got == eval_predictions(deploy, variant), variant
-    # no --variant: the manifest's default when this runtime runs it, else its fp32 variant
+    # no --variant: the one the manifest recommends for this runtime's format
     out = classify_json(kind, deploy["bundle"], deploy["data"] / "train", [val])
-    default = deploy["manifest"]["default_variant"]
     fmt = "onnx" if kind == "python_onnxruntime" else "openvino"
-    assert out["variant"] == (default if deploy["manifest"]["variants"][default]["format"] == fmt else f"{fmt}_fp32")
+    assert out["variant"] == deploy["manifest"]["recommended"][fmt]
 
 
 def test_python_onnxruntime_odd_images_k_and_cache(deploy):

@@ -49,7 +49,14 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     assert manifest == json.loads((path / "manifest.json").read_text())
     assert list(manifest["variants"]) == ["onnx_fp32", "onnx_fused_fp32", "onnx_int8", "onnx_fused_int8",
                                           "openvino_fp32", "openvino_fp16", "openvino_int8"]
-    assert manifest["default_variant"] in ("onnx_int8", "openvino_int8")
+    # the variant to ship: the fastest (the export's quick timing) of those within the gate
+    timing = manifest["validation"]["timing"]["p50_ms"]
+    assert set(timing) == set(manifest["variants"]) and min(timing.values()) > 0
+    assert timing[manifest["default_variant"]] <= 1.05 * min(timing.values())
+    recommended = manifest["recommended"]
+    assert set(recommended) == {"onnx", "openvino"}
+    for fmt, name in recommended.items():
+        assert timing[name] <= 1.05 * min(t for v, t in timing.items() if manifest["variants"][v]["format"] == fmt)
     assert manifest["input"] == {"name": "pixel_values", "layout": "NCHW", "shape": [-1, 3, 16, 16],
                                  "dtype": "float32"}
     assert [(o["name"], o["dims"]) for o in manifest["outputs"]] == [("embedding", [-1, 192])]
@@ -65,7 +72,7 @@ def test_full_bundle_manifest_reads_back_verified(bundle):
     if cpu_has_native_bf16():  # gated at its hint and again in f32, the fallback on CPUs without bf16
         fallback = int8_gate["f32_fallback"]
         assert int8_gate["inference_precision_hint"] == "bf16" and fallback["top1"] > 0
-        assert int8_gate["passed"] == (int8_gate["drop"] <= 1.0 and fallback["drop"] <= 1.0)
+        assert int8_gate["passed"] == (int8_gate["knn_delta"] >= -1.0 and fallback["knn_delta"] >= -1.0)
     else:
         assert "f32_fallback" not in int8_gate
     # an INT8 file is markedly smaller than the FP32 one
@@ -120,12 +127,18 @@ def test_parity_and_knn_figures(bundle):
     assert knn["k"] == 20 and knn["train_images"] == 30 and knn["val_images"] == 12
     reference = knn["torch_fp32"]["top1"]
     for variant, figures in knn["variants"].items():
-        assert figures["drop"] == pytest.approx(reference - figures["top1"])
+        assert figures["knn_delta"] == pytest.approx(figures["top1"] - reference)
         assert figures["passed"]
     # FP32 variants classify exactly as torch does
     assert knn["variants"]["onnx_fp32"]["top1"] == reference
-    rows = {row["variant"]: row for row in bundle["rows"]}
-    assert set(rows) == {"torch_fp32", *bundle["manifest"]["variants"]}
+    rows = {(row["variant"], row["precision"]): row for row in bundle["rows"]}
+    assert {v for v, _ in rows} == {"torch_fp32", *bundle["manifest"]["variants"]}
+    assert rows[("onnx_int8", "int8")]["knn_delta"] == knn["variants"]["onnx_int8"]["knn_delta"]
+    assert rows[("openvino_fp32", "fp32@f32")]["knn_delta"] == knn["variants"]["openvino_fp32"]["knn_delta"]
+    if cpu_has_native_bf16():  # the f32 fallback the gate judged is a row of its own, as in bench
+        fallback = knn["variants"]["openvino_int8"]["f32_fallback"]
+        assert rows[("openvino_int8", "int8@f32")]["top1"] == fallback["top1"]
+        assert rows[("openvino_int8", "int8@bf16")]["top1"] == knn["variants"]["openvino_int8"]["top1"]
 
 
 def test_onnx_runtime_graph_has_fused_attention(bundle):
@@ -156,6 +169,41 @@ def test_onnx_runtime_graph_has_fused_attention(bundle):
     assert variants["onnx_fused_int8"]["graph"] == "fused attention" and variants["onnx_int8"]["graph"] == "plain"
     assert variants["onnx_fused_int8"]["quantization"]["source_graph"] == "onnx_fused_fp32"
     assert variants["onnx_int8"]["quantization"]["op_types"] == ["MatMul", "Attention"]
+
+
+def test_dynamic_int8_runs_one_image_per_call_whatever_the_batch(bundle):
+    """Dynamic INT8 takes each activation's range over the whole call, so a raw session's
+    output for an image depends on its batch mates. The manifest declares ``batch: 1`` for
+    those variants (with the measured dependence), every reader runs them one image per call,
+    and ``eval knn`` gives the manifest's figure at any --batch-size."""
+    from edgedistill.eval.evaluate import evaluate_knn, load_splits
+    from edgedistill.eval.models import open_model
+    from edgedistill.runtime import open_embedder
+    from edgedistill.runtime.onnxruntime.embedder import OnnxEmbedder
+
+    path, manifest = Path(bundle["bundle"]), bundle["manifest"]
+    for name in ("onnx_int8", "onnx_fused_int8"):
+        entry = manifest["variants"][name]
+        dependence = entry["quantization"]["batch_dependence"]
+        assert entry["batch"] == 1 and dependence["images"] == 12 and dependence["max_abs"] > 0
+        assert "calibration" not in entry["quantization"] or "none" in entry["quantization"]["calibration"]
+    assert all("batch" not in v for n, v in manifest["variants"].items() if n not in ("onnx_int8", "onnx_fused_int8"))
+
+    x = np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32)
+    x[0] *= 20  # a batch mate with a wide range: it coarsens everyone's activation scale
+    raw = OnnxEmbedder(path / "onnx_int8.onnx", threads=1)
+    alone = np.concatenate([raw.embed(x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(raw.embed(x) - alone).max() > 1e-4  # the raw session depends on the batch
+    model = open_embedder(path, "onnx_int8", threads=1)
+    assert np.array_equal(model.embed(x), alone)  # the bundle's reader does not
+
+    data = bundle["data"]
+    splits = load_splits(data=str(data), img_size=16)
+    recorded = manifest["validation"]["knn"]["variants"]["onnx_int8"]["top1"]
+    evaluated = open_model(path, variant="onnx_int8", threads=1)
+    for batch_size in (1, 8, 32, 128):
+        figures = evaluate_knn(evaluated, splits, ks=(20,), batch_size=batch_size, num_workers=0, progress=False)
+        assert figures["top1"] == recorded, batch_size
 
 
 def test_openvino_ir_runs_fused_attention(bundle):
@@ -261,7 +309,9 @@ def test_projection_output_without_data_and_force(student_run, labeled, tmp_path
                                                                      ("projection", [-1, TEACHER_DIM])]
     assert manifest["provenance"]["projector"] == {"depth": 1, "student_dim": 192, "teacher_dim": TEACHER_DIM}
     assert "skipped" in manifest["validation"]["knn"]
-    assert manifest["default_variant"] == "onnx_fp32"
+    # no k-NN figures: the fastest FP32 variant (the parity gate holds it to torch), never INT8
+    timing = manifest["validation"]["timing"]["p50_ms"]
+    assert manifest["default_variant"] == manifest["recommended"]["onnx"] == min(timing, key=timing.get)
     projection = manifest["validation"]["parity"]["variants"]["onnx_fp32"]["outputs"]["projection"]
     assert projection["batch_8"]["min_cosine"] >= 0.9999
     session = ort.InferenceSession(str(result.bundle / "onnx_fp32.onnx"), providers=["CPUExecutionProvider"])
@@ -313,7 +363,6 @@ def test_bad_inputs_are_one_line_errors(student_run, labeled, tmp_path):
         (dict(model_dir=tmp_path / "nope"), "not found"),
         (dict(model_dir=no_student), "student.json"),
         (dict(model_dir=student_run, formats="onnx,tflite"), "unknown export format tflite"),
-        (dict(model_dir=student_run, calib_method="kl"), "calibration method"),
         (dict(model_dir=student_run, opset=13), "--opset"),
         (dict(model_dir=student_run, data=str(unlabeled)), "not a labeled image folder"),
         (dict(model_dir=student_run, data=str(labeled / "train")), "train/ and val/"),
@@ -346,11 +395,32 @@ def test_cli_failed_gate_exits_2_and_leaves_nothing(student_run, labeled, tmp_pa
     assert json.loads(report.read_text())["passed"] is False
 
 
+def test_cli_prints_the_recommendation_and_knn_delta(student_run, labeled, tmp_path):
+    """export's stdout names the variant to ship (one Recommended line per runtime: the
+    manifest's choice); --json carries knn_delta = variant minus torch; --int8's help tells the
+    dynamic recipe and --calib-method is gone."""
+    out, report = tmp_path / "export", tmp_path / "gates.json"
+    run = run_cli("export", "--model", str(student_run), "--out", str(out), "--name", "r", "--data", str(labeled),
+                  "--formats", "onnx", "--int8", "--calib-size", "8", "--threads", "1", "--json", str(report))
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((out / "r" / "manifest.json").read_text())
+    (line,) = [line for line in run.stdout.splitlines() if line.startswith("Recommended")]
+    assert line.startswith(f"Recommended for ONNX Runtime: {manifest['recommended']['onnx']} (")
+    assert "the fastest within the 1-point k-NN gate of torch FP32" in line and "Recommended" not in run.stderr
+    gates = json.loads(report.read_text())
+    reference = gates["knn"]["torch_fp32"]["top1"]
+    assert gates["knn"]["variants"] == manifest["validation"]["knn"]["variants"]
+    for figures in gates["knn"]["variants"].values():
+        assert figures["knn_delta"] == round(figures["top1"] - reference, 6) and "drop" not in figures
+    help_text = " ".join(run_cli("export", "--help").stdout.split())
+    assert "ONNX Runtime: dynamic INT8, no calibration" in help_text and "--calib-method" not in help_text
+
+
 def test_accuracy_gate_names_each_variant_that_lost_too_much():
     from edgedistill.export.gates import knn_failures
 
-    knn = {"onnx_int8": {"top1": 60.0, "reference_top1": 62.5, "drop": 2.5},
-           "openvino_int8": {"top1": 62.0, "reference_top1": 62.5, "drop": 0.5}}
+    knn = {"onnx_int8": {"top1": 60.0, "reference_top1": 62.5, "knn_delta": -2.5},
+           "openvino_int8": {"top1": 62.0, "reference_top1": 62.5, "knn_delta": -0.5}}
     (failure,) = knn_failures(knn, max_drop=1.0)
     assert failure.startswith("onnx_int8 lost 2.50") and "max 1" in failure
 

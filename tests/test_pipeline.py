@@ -99,7 +99,7 @@ def test_pipeline_bad_config_is_one_line(tmp_path):
 
 def test_report_shows_edge_rows(tmp_path):
     """Where the edge targets ran, the report's latency table and plot carry their rows."""
-    from edgedistill.bench.stats import summarize_times
+    from edgedistill.bench.stats import best_rows, summarize_times
     from edgedistill.config import Config
     from edgedistill.pipeline import PipelinePaths
     from edgedistill.pipeline.report import summarize, write_report
@@ -113,20 +113,28 @@ def test_report_shows_edge_rows(tmp_path):
         return {"id": f"{backend}/{device}:{variant}", "label": variant, "backend": backend, "device": device,
                 "engine": engine or backend,
                 "variant": variant, "precision": precision, "inference_precision": None, "threads": 2,
-                "baseline": backend == "torch", "knn_top1": knn, "knn_drop": 0.1, "batches": {"1": stats}}
+                "baseline": backend == "torch", "knn_top1": knn, "knn_delta": -0.1, "batches": {"1": stats}}
 
     bench = {"settings": {"batches": [1]}, "machine": {"cpu": "test cpu"},
              "bundle": {"name": "tiny", "knn": {"torch_fp32_top1": 60.0, "max_drop": 1.0, "k": 20}},
              "rows": [row("torch", "cpu", "student", "fp32", 10.0, 60.0),
                       row("executorch", "XNNPACK", "executorch_int8", "int8", 4.0, 59.9),
+                      dict(row("openvino", "CPU", "openvino_fp32", "fp32", 3.0, None), inference_precision="bf16",
+                           knn_delta=None),
                       row("onnxruntime-web", "wasm", "onnx_int8", "int8", 7.0, 59.8, "onnxruntime-web wasm")]}
+    bench["best"] = best_rows(bench["rows"], 1, bench["bundle"]["knn"])
     paths.bench.write_text(json.dumps(bench))
     summary = summarize(paths)
-    assert [line["backend"] for line in summary["latency"]] == ["torch", "executorch", "onnxruntime-web (wasm)"]
+    # the row without a k-NN figure (fp32 compiled at bf16: never gated) comes last
+    assert [line["backend"] for line in summary["latency"]] == ["torch", "executorch", "onnxruntime-web (wasm)",
+                                                                 "openvino"]
     report = write_report(cfg, paths, summary, [])
     text = (report / "README.md").read_text()
-    assert "| executorch | executorch_int8 | int8 | 2 | 4.00 |" in text
+    assert "| executorch | executorch_int8 | int8 | 2 | 4.00 | 4.00 | 2.50 | 59.90 | -0.10 |" in text
     assert "| onnxruntime-web (wasm) | onnx_int8 | int8 | 2 | 7.00 |" in text
+    assert "| openvino | openvino_fp32 | fp32@bf16 | 2 | 3.00 | 3.00 | 3.33 | - | - |" in text
+    assert "Recommended for ExecuTorch, 2 threads: executorch_int8 (int8; k-NN top-1 59.90, knn_delta -0.10)" in text
+    assert "Recommended for OpenVINO" not in text  # its only row has no k-NN figure, beside validated ones
     assert (report / "latency_vs_knn.png").stat().st_size > 1000 and "(latency_vs_knn.png)" in text
 
 

@@ -274,6 +274,7 @@ def _set(path, value):
     (_set(["preprocessing", "crop"], 28), r"crop \[28, 28\] does not match input.shape"),
     (_set(["outputs"], []), "outputs must be a non-empty list"),
     (_set(["default_variant"], "int8"), "default_variant 'int8' is not among"),
+    (_set(["recommended"], {"onnx": "openvino_fp32"}), r"recommended\['onnx'\] names 'openvino_fp32', which is no variant of format onnx"),
 ])
 def test_manifest_validation_errors(exported, tmp_path, edit, message):
     bundle = _bundle_copy(exported, tmp_path, edit)

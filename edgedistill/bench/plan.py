@@ -79,7 +79,7 @@ def student_source(manifest: Manifest, bundle_dir: Path) -> tuple[Path | None, s
 
 def _knn(manifest: Manifest, variant: str | None,
          fallback: str | None = None) -> tuple[float | None, float | None]:
-    """(top-1, drop) the export gate measured: of torch FP32 (``variant=None``), of a variant
+    """(top-1, knn_delta) the export gate measured: of torch FP32 (``variant=None``), of a variant
     as its manifest entry runs it, or under another setting the gate judged (``fallback``: its
     key in the variant's figures, ``f32_fallback``)."""
     knn = ((manifest.validation or {}).get("knn") or {})
@@ -88,8 +88,9 @@ def _knn(manifest: Manifest, variant: str | None,
         figures = figures.get(fallback)
     if not isinstance(figures, dict) or figures.get("top1") is None:
         return None, None
-    return float(figures["top1"]), (float(figures["drop"]) if figures.get("drop") is not None else
-                                    (0.0 if variant is None else None))
+    from edgedistill.runtime.recommend import delta_of
+
+    return float(figures["top1"]), (0.0 if variant is None else delta_of(figures))
 
 
 @dataclass
@@ -254,8 +255,8 @@ class _Planner:
         common = dict(backend="torch", variant="student", device="cpu", model=str(source),
                       size_bytes=source.with_suffix(".safetensors").stat().st_size,
                       extra={"weights_sha256": sha, "img_size": [h, w]})
-        top1, drop = _knn(self.manifest, None)
-        self.add(t, precision="fp32", knn_top1=top1, knn_drop=drop, **common)
+        top1, delta = _knn(self.manifest, None)
+        self.add(t, precision="fp32", knn_top1=top1, knn_delta=delta, **common)
         if "bf16" in self.precisions and not self.native_bf16:
             self.skip("torch", "student", "bf16", "this CPU has no native bf16")
         elif self.native_bf16:

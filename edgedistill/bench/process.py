@@ -149,12 +149,13 @@ def worker_spec(row: Row, manifest: Manifest, opts: Any, input_file: str | None)
     from edgedistill.runtime import registry
 
     engine = TORCH_ENGINE if row.backend == "torch" else registry.get(row.backend).engine
+    entry = manifest.variants.get(row.variant) if row.backend != "torch" else None
     return {"engine": engine, "backend": row.backend, "model": row.model, "weights": row.weights,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "batches": opts.batches,
             "input": {"name": manifest.input.name, "shape": manifest.input.shape[1:]},
             "input_file": input_file, "static_shapes": opts.static_shapes, "warmup": opts.warmup, "min_runs": 1,
-            "mode": "rounds", **row.extra}
+            "call_batch": entry.batch if entry is not None else None, "mode": "rounds", **row.extra}
 
 
 def _skip(row: Row, reason: str, unavailable: bool = False) -> Skip:

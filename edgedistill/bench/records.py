@@ -86,7 +86,7 @@ class ReportRow(RowResult, total=False):
     file: str
     size_bytes: int | None
     knn_top1: float | None
-    knn_drop: float | None
+    knn_delta: float | None
     baseline: bool
     remote: str | None  # the SSH device it ran on (its label, a key of ``BenchReport.remotes``); None: this machine
 

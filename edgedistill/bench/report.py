@@ -11,6 +11,7 @@ from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.bench.records import BenchReport
+from edgedistill.runtime.rows import precision_label
 
 __all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "csv_lines", "CSV_COLUMNS",
            "check_plot_support", "describe_remote"]
@@ -19,7 +20,7 @@ CSV_COLUMNS = (
     "backend", "variant", "precision", "inference_precision", "device", "remote", "threads", "batch", "baseline",
     "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "round_spread",
     "throughput_ips", "speedup", "latency_ratio", "import_seconds", "load_seconds", "first_run_ms",
-    "cold_start_seconds", "peak_rss_mb", "size_mb", "knn_top1", "knn_drop", "id",
+    "cold_start_seconds", "peak_rss_mb", "size_mb", "knn_top1", "knn_delta", "id",
 )
 
 
@@ -95,10 +96,11 @@ def render_table(report: BenchReport, console: Any) -> None:
             table.add_column(f"img/s b{b}", justify="right")
         for name in ("session s", "peak MB", "size MB", "k-NN top-1"):
             table.add_column(name, justify="right")
-        for row in sorted(rows, key=lambda r: (not r["baseline"], r["batches"].get(lat, {}).get("p50_ms", 1e18))):
+        # the baseline, then the rows the export's gate validated, then the others (marked "-")
+        for row in sorted(rows, key=lambda r: (not r["baseline"], r["knn_top1"] is None,
+                                               r["batches"].get(lat, {}).get("p50_ms", 1e18))):
             stats = row["batches"].get(lat, {})
-            precision = row["precision"] + ("+bf16" if row["precision"] == "int8"
-                                            and row.get("inference_precision") == "bf16" else "")
+            precision = precision_label(row["precision"], row.get("inference_precision"))
             if row["baseline"]:
                 ratio = "[bold]baseline[/]"
             elif stats.get("speedup"):
@@ -106,7 +108,7 @@ def render_table(report: BenchReport, console: Any) -> None:
             else:
                 ratio = "-"
             knn = "-" if row["knn_top1"] is None else (
-                f"{row['knn_top1']:.1f}" + (f" ({-row['knn_drop']:+.1f})" if row["knn_drop"] else ""))
+                f"{row['knn_top1']:.2f}" + (f" ({row['knn_delta']:+.2f})" if row["knn_delta"] else ""))
             engine = row.get("engine", row["backend"]) + (f" ({row['remote']})" if row.get("remote") else "")
             cells = [engine, row["variant"], precision, _f(stats.get("p50_ms")), _f(stats.get("p90_ms")),
                      _f(stats.get("p99_ms")), ratio]
@@ -120,10 +122,16 @@ def render_table(report: BenchReport, console: Any) -> None:
         caption = [f"baseline: {base['label']}" + (f" ({base['fallback_reason']})" if base["fallback_reason"] else
                                                   ", torch.inference_mode, same threads"),
                    "vs base: speed-up (latency ratio) of the p50; img/s from the p50 at that batch (speed-up)",
-                   f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}"]
+                   f"session s: session creation / compile; peak MB: worker RSS serving batch {lat}",
+                   "k-NN top-1 (knn_delta): the export's gate figure and the variant's minus torch FP32's, in "
+                   "points; -: not validated (no gate figure for this path), listed after the validated rows"]
         caption += _round_spread(rows, lat, settings)
         caption += [f"{r.name}: {r.report_note}" for r in _runtimes() if r.report_note
                     and any(row["backend"] == r.name for row in rows)]
+        per_call = sorted({row["variant"] for row in rows if (row.get("settings") or {}).get("images_per_call")})
+        if per_call and others:
+            caption.append(f"{', '.join(per_call)}: one image per call, as the manifest's batch says (dynamic INT8's "
+                           "outputs depend on the batch): img/s at a larger batch is that many calls")
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
         console.print(table)
@@ -143,6 +151,23 @@ def render_table(report: BenchReport, console: Any) -> None:
         console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}")
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+    for line in recommended_lines(report):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def recommended_lines(report: BenchReport) -> list[str]:
+    """One ``Recommended for <backend>: ...`` line per backend family (the report's ``best``)."""
+    from edgedistill.runtime import registry
+    from edgedistill.runtime.recommend import Candidate, Choice, recommend_line
+
+    labels = {r.name: r.label for r in registry.RUNTIMES}
+    lines = []
+    for target, best in report.get("best", {}).items():
+        candidate = Candidate(target=target, variant=best["variant"], precision=best["precision"],
+                              ms=best["p50_ms"], top1=best["knn_top1"], knn_delta=best["knn_delta"])
+        label = labels.get(target, target) + f", {best['threads']} thread{'s' if best['threads'] != 1 else ''}"
+        lines.append(recommend_line(Choice(candidate, best["reason"]), label))
+    return lines
 
 
 def _round_spread(rows: list[Any], lat: str, settings: dict[str, Any]) -> list[str]:

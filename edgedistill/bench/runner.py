@@ -137,7 +137,7 @@ def run_bench(
         "baselines": bases,
         "rows": report_rows,
         "skipped": skipped,
-        "best": best_rows(report_rows, opts.batches[0]),
+        "best": best_rows(report_rows, opts.batches[0], knn_meta(manifest)),
         "notes": _notes(report_rows, [load_before, load_after], settings["load_average_per_round"], described),
         "remotes": described,
     }
@@ -285,4 +285,4 @@ def _row_fields(row: Row) -> ReportRow:
     return {"id": row.id, "label": row.label, "backend": row.backend, "engine": row.engine, "variant": row.variant,
             "precision": row.precision, "inference_precision": row.inference_precision, "threads": row.threads,
             "device": row.device, "file": os.path.basename(row.model), "size_bytes": row.size_bytes,
-            "knn_top1": row.knn_top1, "knn_drop": row.knn_drop, "remote": row.remote}
+            "knn_top1": row.knn_top1, "knn_delta": row.knn_delta, "remote": row.remote}

@@ -1,5 +1,6 @@
 """Statistics of a benchmark: latency percentiles per row, the baseline per thread count,
-speed-ups and latency ratios (also paired round by round), the best row per precision."""
+speed-ups and latency ratios (also paired round by round), the best row per backend family
+(``runtime.recommend``'s rule)."""
 
 from __future__ import annotations
 
@@ -92,17 +93,32 @@ def add_ratios(rows: list[ReportRow], baselines: list[Baseline]) -> None:
                 stats["speedup"] = stats["latency_ratio"] = stats["latency_ratio_by_round"] = None
 
 
-def best_rows(rows: list[ReportRow], latency_batch: int) -> dict[str, dict[str, Any]]:
-    """Per precision and thread count, the row with the lowest p50 at the latency batch."""
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        stats = row["batches"].get(str(latency_batch))
-        if not stats:
-            continue
-        key = f"{row['precision']}@{row['threads']}t"
-        if key not in best or stats["p50_ms"] < best[key]["p50_ms"]:
-            best[key] = {"row": row["id"], "p50_ms": stats["p50_ms"], "latency_ratio": stats.get("latency_ratio"),
-                         "speedup": stats.get("speedup"), "knn_top1": row["knn_top1"], "knn_drop": row["knn_drop"]}
+def best_rows(rows: list[ReportRow], latency_batch: int, knn: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per backend family (a runtime, or an engine of it) except torch, the row to ship by
+    ``runtime.recommend``'s rule: the fastest p50 at the latency batch whose k-NN is within the
+    gate (``knn``: ``knn_meta``), among its rows at the most threads measured for it."""
+    from edgedistill.runtime.recommend import Candidate, recommend, resolution
+    from edgedistill.runtime.rows import precision_label
+
+    ours = [r for r in rows if r["backend"] != "torch" and str(latency_batch) in r["batches"]]
+    most = {r["engine"]: max(o["threads"] for o in ours if o["engine"] == r["engine"]) for r in ours}
+    by_id = {r["id"]: r for r in ours}
+    candidates = [Candidate(target=r["engine"], variant=r["variant"],
+                            precision=precision_label(r["precision"], r["inference_precision"]),
+                            ms=r["batches"][str(latency_batch)]["p50_ms"], top1=r["knn_top1"],
+                            knn_delta=r["knn_delta"], key=r["id"],
+                            fp32=r["precision"] == "fp32" and r["inference_precision"] in (None, "f32"))
+                  for r in ours if r["threads"] == most[r["engine"]]]
+    knn = knn or {}
+    noise = resolution(knn.get("torch_fp32_top1"), knn.get("val_images"))
+    best = {}
+    for target, choice in recommend(candidates, float(knn.get("max_drop") or 1.0), noise,
+                                    batch=latency_batch).items():
+        row = by_id[choice.candidate.key]
+        stats = row["batches"][str(latency_batch)]
+        best[target] = {"row": row["id"], "variant": row["variant"], "precision": choice.candidate.precision,
+                        "threads": row["threads"], "p50_ms": stats["p50_ms"], "speedup": stats.get("speedup"),
+                        "knn_top1": row["knn_top1"], "knn_delta": row["knn_delta"], "reason": choice.reason}
     return best
 
 

@@ -22,6 +22,11 @@ def _formats_help() -> str:
     return "Comma-separated: " + ", ".join(parts) + "."
 
 
+def _int8_help() -> str:
+    recipes = [f"{r.label}: {r.int8_recipe}" for r in registry.RUNTIMES if r.format and r.int8_recipe]
+    return "Add each format's INT8 variants (" + "; ".join(recipes) + ")."
+
+
 @click.command("export")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Run directory of a distilled student (student.json + student.safetensors).")
@@ -32,14 +37,11 @@ def _formats_help() -> str:
               default=",".join(_DEFAULTS.formats), show_default=True, help=_formats_help())
 @click.option("--opset", type=int, default=_DEFAULTS.opset, show_default=True, help="ONNX opset (17-20).")
 @click.option("--img-size", type=int, default=None, help="Input size (default: the student's).")
-@click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True,
-              help="Add each format's INT8 variants (calibrated on --calib images where the recipe needs it).")
+@click.option("--int8/--no-int8", default=_DEFAULTS.int8, show_default=True, help=_int8_help())
 @click.option("--fp16", is_flag=True, help="Add the FP16-weight variants (the formats that have one).")
 @click.option("--calib", default=None, help="Calibration image folder (default: the train split of --data).")
 @click.option("--calib-size", type=int, default=_DEFAULTS.calib_size, show_default=True,
-              help="Calibration images.")
-@click.option("--calib-method", default="minmax", show_default=True,
-              help="Static calibration: minmax, entropy or percentile.")
+              help="Calibration images (for the INT8 recipes that calibrate, and the batch-dependence check).")
 @click.option("--data", default=None,
               help="Labeled folder with train/ and val/ (or 'digits') for the k-NN accuracy gate "
                    "(default: the run's data when labeled and present).")
@@ -66,16 +68,19 @@ def _formats_help() -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the validation figures to this JSON file (written on gate failure too; - for stdout).")
 def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str], opset: int, img_size: int | None,
-            int8: bool, fp16: bool, calib: str | None, calib_size: int, calib_method: str, data: str | None,
-            max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, recovery_seconds: float, projection: bool, force: bool,
+            int8: bool, fp16: bool, calib: str | None, calib_size: int, data: str | None,
+            max_drop: float, min_cosine: float, int8_hint: str, recovery_attempts: int, recovery_seconds: float,
+            projection: bool, force: bool,
             batch_size: int, num_workers: int,
             threads: int | None, json_path: Path | None) -> None:
     """Export a student to every format asked for (--formats), FP32 and INT8, and gate every variant.
 
     \b
     Parity gate: FP32 outputs vs torch on real images at batch 1 and 8 (cosine >= --min-cosine).
-    Accuracy gate: k-NN top-1 of every variant vs torch FP32 on --data (drop <= --max-drop).
-    A failed gate exits non-zero and leaves no bundle.
+    Accuracy gate: k-NN top-1 of every variant vs torch FP32 on --data: knn_delta (variant minus
+    torch, in points) >= -max-drop.
+    A failed gate exits non-zero and leaves no bundle. One "Recommended" line per runtime names
+    the variant to ship: the fastest (a quick timing) within the gate (export/README.md).
     """
     import json
 
@@ -85,7 +90,7 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
 
     check_outputs({"--json": json_path})
     con = console()
-    options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size, calib_method=calib_method,
+    options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size,
                             projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
                             recovery_attempts=recovery_attempts, recovery_seconds=recovery_seconds,
                             batch_size=batch_size, num_workers=num_workers,
@@ -99,28 +104,37 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
             write_output(json_path, json.dumps(exc.report, indent=2) + "\n")
         raise
     render_summary(con, result.rows, title=f"export: {result.bundle}", default=result.default_variant)
+    for line in result.recommended_lines():
+        click.echo(line)
     if json_path is not None:
         write_output(json_path, json.dumps(result.validation, indent=2) + "\n")
 
 
 def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: str | None = None) -> None:
-    """Variant, file size, parity cosine / max-abs, k-NN top-1 and drop, gate status."""
+    """Variant, precision, file size, parity cosine / max-abs, k-NN top-1 and knn_delta, gate status."""
     from rich.table import Table
 
     from edgedistill.utils import human_bytes
 
     table = Table(title=title, caption=f"default variant: {default}" if default else None)
-    for column, justify in (("variant", "left"), ("size", "right"), ("cosine", "right"), ("max-abs", "right"),
-                            ("k-NN top-1", "right"), ("drop", "right"), ("gate", "center")):
+    for column, justify in (("variant", "left"), ("precision", "left"), ("size", "right"), ("cosine", "right"),
+                            ("max-abs", "right"), ("k-NN top-1", "right"), ("knn_delta", "right"),
+                            ("gate", "center")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in rows:
         cos = "-" if row["cosine"] is None else f"{row['cosine']:.6f}" + ("" if row["parity_gated"] else "*")
         status = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "-"}[row["passed"]]
-        table.add_row(row["variant"], "-" if row["size_bytes"] is None else human_bytes(row["size_bytes"]), cos,
+        table.add_row(row["variant"], row["precision"],
+                      "-" if row["size_bytes"] is None else human_bytes(row["size_bytes"]), cos,
                       "-" if row["max_abs"] is None else f"{row['max_abs']:.1e}",
                       "-" if row["top1"] is None else f"{row['top1']:.2f}",
-                      "-" if row["drop"] is None else f"{row['drop']:.2f}", status)
+                      "-" if row["knn_delta"] is None else f"{row['knn_delta']:+.2f}", status)
     con.print(table)
     if any(r["cosine"] is not None and not r["parity_gated"] for r in rows):
-        con.print("* parity reported, not gated (the k-NN accuracy gate judges this variant); "
-                  "drop = torch FP32 top-1 minus the variant's, in points")
+        con.print("* parity reported, not gated (the k-NN accuracy gate judges this variant)")
+    notes = ["knn_delta = the variant's k-NN top-1 minus torch FP32's, in points (positive: better)"
+             if any(r["knn_delta"] is not None for r in rows) else "",
+             "int8@bf16: the precision of the ops left in floating point (@f32: as a CPU without bf16 runs it)"
+             if any("@" in r["precision"] for r in rows) else ""]
+    for note in filter(None, notes):
+        con.print(note)

@@ -5,7 +5,8 @@ The steps, in order (the cheap gate first, so an impossible threshold fails fast
 1. plan: check every input, load the student, pick the images (``export.plan``);
 2. FP32 (and FP16) variants, each built by its runtime (``export.variants``, ``runtime.registry``);
 3. parity gate for the FP32 variants on real images, batch 1 and 8 (``export.gates``);
-4. INT8 variants calibrated on real images through the app's preprocessing;
+4. INT8 variants (calibrated on real images through the app's preprocessing where the recipe
+   calibrates; ONNX Runtime's dynamic INT8 runs one image per call, its batch dependence measured);
 5. accuracy gate: k-NN top-1 of torch FP32 and every variant on the labeled data;
 6. manifest.json, validation.json, sample.png (``export.manifest``), read back verified.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgedistill.export.gates import PARITY_IMAGES, AccuracyGate, GateFailed, ParityGate, Validation, gate_report
-from edgedistill.export.manifest import SummaryRow, build_manifest, summary_rows
+from edgedistill.export.manifest import SummaryRow, build_manifest, recommendations, summary_rows
 from edgedistill.export.plan import (ExportOptions, ExportPlan, bundle_target, check_out_root, parse_formats,
                                      plan_export, require_formats)
 from edgedistill.export.variants import build_variants, new_build
@@ -61,6 +62,14 @@ class ExportResult:
     @property
     def rows(self) -> list[SummaryRow]:
         return summary_rows(self.validation, self.manifest.variants)
+
+    def recommended_lines(self) -> list[str]:
+        """One ``Recommended for <runtime>: ...`` line per format of the bundle."""
+        from edgedistill.runtime import registry
+        from edgedistill.runtime.recommend import recommend_line
+
+        return [recommend_line(choice, registry.for_format(fmt).label)
+                for fmt, choice in recommendations(self.manifest.variants, self.validation).items()]
 
 
 def export_bundle(model_dir: str | Path, *, out_root: str | Path = "export", name: str | None = None,

@@ -16,8 +16,9 @@ from edgedistill.export.plan import ExportPlan
 from edgedistill.runtime import registry
 from edgedistill.runtime.base import Build
 from edgedistill.runtime.manifest import FORMAT_VERSION, VARIANTS, Manifest, VariantEntry, validate_manifest
+from edgedistill.runtime.recommend import Candidate, Choice, recommend
 
-__all__ = ["build_manifest", "default_variant", "summary_rows", "SummaryRow"]
+__all__ = ["build_manifest", "recommendations", "summary_rows", "SummaryRow"]
 
 
 def _versions() -> dict[str, str | None]:
@@ -47,14 +48,31 @@ def _variant_entries(build: Build) -> dict[str, VariantEntry]:
     return {v: entries[v] for v in VARIANTS if v in entries}
 
 
-def default_variant(variants: dict[str, VariantEntry], knn: dict[str, KnnFigures]) -> str:
-    """The most accurate INT8 variant among the registry's default candidates that passed its
-    accuracy gate (the earlier in the registry's order on a tie: ONNX, which runs wherever ONNX
-    Runtime does), else the first FP32 variant, else the first variant."""
-    candidates = [v.name for _, v in registry.variants() if v.default_candidate]
-    passed = [v for v in candidates if v in variants and knn.get(v, {}).get("passed")]
-    if passed:
-        return max(passed, key=lambda v: (knn[v]["top1"], -candidates.index(v)))
+def recommendations(variants: dict[str, VariantEntry], report: Validation | dict[str, Any],
+                    per: str = "format") -> dict[str, Choice]:
+    """The variant to ship by ``runtime.recommend``'s rule, on the gate figures and the export's
+    quick timing: per manifest format (``per="format"``), or one over every variant
+    (``per="bundle"``: the bundle's ``default_variant``)."""
+    from edgedistill.runtime.recommend import delta_of, resolution
+    from edgedistill.runtime.rows import precision_label
+
+    knn = report.get("knn") or {}
+    figures: dict[str, KnnFigures] = knn.get("variants") or {}
+    timing = (report.get("timing") or {}).get("p50_ms") or {}
+    candidates = [Candidate(target=entry.format if per == "format" else "bundle", variant=name,
+                            precision=precision_label(entry.precision, entry.inference_precision_hint),
+                            ms=timing.get(name), top1=figures.get(name, {}).get("top1"),
+                            knn_delta=delta_of(figures.get(name, {})), fp32=entry.precision == "fp32")
+                  for name, entry in variants.items()]
+    noise = resolution((knn.get("torch_fp32") or {}).get("top1"), knn.get("val_images"))
+    return recommend(candidates, float(knn.get("max_drop", 1.0)), noise, timing="export's quick timing: p50")
+
+
+def _default_variant(variants: dict[str, VariantEntry], report: Validation) -> str:
+    """The rule's choice over every variant, else the first FP32 variant, else the first."""
+    choice = recommendations(variants, report, per="bundle").get("bundle")
+    if choice is not None:
+        return choice.candidate.variant
     return next((v for v, e in variants.items() if e.precision == "fp32"), next(iter(variants)))
 
 
@@ -84,7 +102,7 @@ def _provenance(plan: ExportPlan, built: Build) -> dict[str, Any]:
         "config": to_dict(plan.config) if plan.config is not None else None,
         "export": {"formats": list(plan.formats), "int8": bool(o.int8), "fp16": bool(o.fp16),
                    "opset": int(o.opset), "calib": plan.calib_source, "calib_size": int(o.calib_size),
-                   "calib_method": o.calib_method, "data": plan.knn_source, "min_cosine": o.min_cosine,
+                   "data": plan.knn_source, "min_cosine": o.min_cosine,
                    "max_drop": o.max_drop, "onnx_exporter": dict(built.onnx_export, api="torch.onnx.export")},
         "versions": _versions(),
     }
@@ -105,7 +123,8 @@ def build_manifest(plan: ExportPlan, built: Build, report: Validation, sample_im
         "outputs": [o.as_json() for o in plan.outputs],
         "preprocessing": plan.spec,
         "variants": {name: entry.as_json() for name, entry in variants.items()},
-        "default_variant": default_variant(variants, report["knn"]["variants"]),
+        "default_variant": _default_variant(variants, report),
+        "recommended": {fmt: c.candidate.variant for fmt, c in recommendations(variants, report).items()},
         "sample": _sample(plan, built, sample_image, sample_outputs),
         "provenance": _provenance(plan, built),
         "validation": report,
@@ -122,28 +141,40 @@ class SummaryRow(TypedDict):
     max_abs: float | None
     parity_gated: bool
     top1: float | None
-    drop: float | None
+    knn_delta: float | None  # top1 minus torch FP32's, in points (positive: better)
     passed: bool | None
 
 
 def summary_rows(validation: Validation | dict[str, Any],
                  variants: dict[str, VariantEntry] | None = None) -> list[SummaryRow]:
-    """One row per variant: size (when ``variants`` are given), parity (cosine, max-abs),
-    k-NN top-1 and drop, gate status, from a validation report (``Manifest.validation``)."""
+    """One row per variant: precision label, size (when ``variants`` are given), parity
+    (cosine, max-abs), k-NN top-1 and ``knn_delta``, gate status, from a validation report
+    (``Manifest.validation``); a variant the gate also judged under another setting (a runtime's
+    f32 fallback of a bf16 hint) gets a row for it, as ``bench`` measures it."""
+    from edgedistill.runtime.recommend import delta_of
+    from edgedistill.runtime.rows import precision_label
+
     variants = variants or {}
     parity = validation.get("parity", {}).get("variants", {})
     knn = validation.get("knn", {}).get("variants", {})
-    rows = []
+    rows: list[SummaryRow] = []
     for v in [v for v in VARIANTS if v in variants or v in parity or v in knn]:
         p, k = parity.get(v, {}), knn.get(v, {})
         status = [s for s in (p.get("passed"), k.get("passed")) if s is not None]
         entry = variants.get(v)
-        rows.append({"variant": v, "precision": entry.precision if entry else v.rsplit("_", 1)[-1],
+        precision = entry.precision if entry else v.rsplit("_", 1)[-1]
+        hint = (entry.inference_precision_hint if entry else None) or k.get("inference_precision_hint")
+        rows.append({"variant": v, "precision": precision_label(precision, hint),
                      "size_bytes": entry.total_size_bytes if entry else None, "cosine": p.get("min_cosine"),
                      "max_abs": p.get("max_abs"), "parity_gated": bool(p.get("gated")), "top1": k.get("top1"),
-                     "drop": k.get("drop"), "passed": all(status) if status else None})
+                     "knn_delta": delta_of(k), "passed": all(status) if status else None})
+        for key in [key for key, f in k.items() if key.endswith("_fallback") and isinstance(f, dict)]:
+            f = k[key]
+            rows.append({"variant": v, "precision": precision_label(precision, key.split("_", 1)[0]),
+                         "size_bytes": None, "cosine": None, "max_abs": None, "parity_gated": False,
+                         "top1": f.get("top1"), "knn_delta": delta_of(f), "passed": f.get("passed")})
     ref = validation.get("knn", {}).get("torch_fp32")
     if ref:
         rows.insert(0, {"variant": "torch_fp32", "precision": "fp32", "size_bytes": None, "cosine": None,
-                        "max_abs": None, "parity_gated": False, "top1": ref["top1"], "drop": 0.0, "passed": None})
+                        "max_abs": None, "parity_gated": False, "top1": ref["top1"], "knn_delta": 0.0, "passed": None})
     return rows

@@ -40,7 +40,6 @@ class ExportOptions:
     fp16: bool = False
     opset: int = 18
     calib_size: int = 64
-    calib_method: str = "minmax"
     projection: bool = False
     min_cosine: float = 0.9999
     max_drop: float = 1.0
@@ -85,8 +84,7 @@ class ExportOptions:
     @property
     def build(self) -> BuildOptions:
         """What the runtimes' build steps read."""
-        return BuildOptions(opset=int(self.opset), threads=self.threads, int8_hint=self.int8_hint,
-                            calib_method=self.calib_method)
+        return BuildOptions(opset=int(self.opset), threads=self.threads, int8_hint=self.int8_hint)
 
     def wants(self, variant: Variant) -> bool:
         return variant.option is None or bool(getattr(self, variant.option))

@@ -47,7 +47,7 @@ def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str, conso
     first = dict(gate.figures[name])
     bound = float(plan.options.recovery_seconds)
     started = time.monotonic()
-    console.print(f"{name} lost {first['drop']:.2f} points of k-NN top-1 (max {gate.max_drop:g}): accuracy control "
+    console.print(f"{name} lost {-first['knn_delta']:.2f} points of k-NN top-1 (max {gate.max_drop:g}): accuracy control "
                   f"keeps its most sensitive layers in float ({runtime.label}, at most {deadline - started:.0f} s)",
                   highlight=False)
     recovery = Recovery(check=lambda n: gate.check(build, n), max_drop=gate.max_drop,
@@ -61,8 +61,8 @@ def recover(plan: ExportPlan, build: Build, gate: AccuracyGate, name: str, conso
                  "stopped": f"at the time bound of {bound:g} s (--recovery-seconds)"}
     if tried is None:
         return None
-    record: RecoveryRecord = {"reason": f"k-NN top-1 dropped {first['drop']:.2f} points (> {gate.max_drop:g}) with every layer "
-                        "quantized", "first_drop": first["drop"], **tried, "passed": bool(gate.figures[name]["passed"]),
+    record: RecoveryRecord = {"reason": f"k-NN top-1 dropped {-first['knn_delta']:.2f} points (> {gate.max_drop:g}) with every layer "
+                        "quantized", "first_knn_delta": first["knn_delta"], **tried, "passed": bool(gate.figures[name]["passed"]),
                         "seconds": round(time.monotonic() - started, 1)}
     entry = build.entries[name]
     entry.quantization = {**(entry.quantization or {}), "accuracy_control": record}

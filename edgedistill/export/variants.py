@@ -42,6 +42,6 @@ def embedders_for(build: Build, name: str, outputs: Sequence[str], threads: int 
     """The app's path to a built variant: one runtime embedder per output (``settings``:
     what the runtime's embedder takes beyond the manifest entry, e.g. another precision)."""
     entry = build.entries[name]
-    open_one = functools.partial(registry.for_format(entry.format).embedder, build.files[name], threads=threads,
-                                 outputs=list(outputs), name=name, entry=entry, **settings)
+    open_one = functools.partial(registry.for_format(entry.format).open_variant, build.files[name], entry,
+                                 threads=threads, outputs=list(outputs), name=name, **settings)
     return {o: open_one(output=o) for o in outputs}

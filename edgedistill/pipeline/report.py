@@ -18,11 +18,12 @@ __all__ = ["summarize", "write_report", "render_summary"]
 
 class Summary(TypedDict):
     """The figures a newcomer wants on one screen: k-NN top-1 by model, the latency lines of
-    the smallest batch (bench's CSV lines), file sizes by variant."""
+    the smallest batch (bench's CSV lines), file sizes by variant, bench's ``Recommended`` lines."""
 
     knn: dict[str, float]
     latency: list[dict[str, Any]]
     files: dict[str, int | None]
+    recommended: list[str]
 
 
 class StageRecord(TypedDict):
@@ -33,7 +34,7 @@ class StageRecord(TypedDict):
 
 def summarize(paths: "PipelinePaths") -> Summary:
     """The figures a newcomer wants on one screen, from whatever the stages left."""
-    summary = Summary(knn={}, latency=[], files={})
+    summary = Summary(knn={}, latency=[], files={}, recommended=[])
     if paths.eval.exists():
         for name, result in read_json(paths.eval).items():
             summary["knn"][name] = result["top1"]
@@ -49,16 +50,20 @@ def summarize(paths: "PipelinePaths") -> Summary:
             if isinstance(score, dict) and score.get("top1") is not None:
                 summary["knn"][f"bundle:{variant}"] = score["top1"]
     if paths.bench.exists():
-        from edgedistill.bench.report import csv_lines
+        from edgedistill.bench.report import csv_lines, recommended_lines
+        from edgedistill.runtime.rows import precision_label
 
         bench = read_json(paths.bench)
         engines = {row["id"]: row.get("engine", row["backend"]) for row in bench["rows"]}
         lines = csv_lines(bench)
         smallest = min((line["batch"] for line in lines), default=1)
-        summary["latency"] = [line for line in lines if line["batch"] == smallest]
+        # the rows the export's gate validated first, then the others (no k-NN figure), as bench lists them
+        summary["latency"] = sorted((line for line in lines if line["batch"] == smallest),
+                                    key=lambda line: line.get("knn_top1") is None)
+        summary["recommended"] = recommended_lines(bench) if bench.get("best") else []
         for line in summary["latency"]:  # rows of one variant differ by precision hint: say which
-            if line.get("backend") != "torch" and line.get("inference_precision"):
-                line["precision"] = f"{line['precision']}@{line['inference_precision']}"
+            if line.get("backend") != "torch":
+                line["precision"] = precision_label(line["precision"], line.get("inference_precision"))
             if engines.get(line["id"], line["backend"]) != line["backend"]:  # an engine of the runtime (wasm, webgpu)
                 line["backend"] = f"{line['backend']} ({line['device']})"
             if line.get("remote"):  # measured on an SSH device
@@ -83,11 +88,16 @@ def write_report(cfg: Config, paths: "PipelinePaths", summary: Summary, stages: 
     lines += [f"| {name} | {value:.2f} |" for name, value in summary["knn"].items()]
     if summary["latency"]:
         lines += ["", f"## Latency, batch {summary['latency'][0]['batch']}", "",
-                  "| backend | variant | precision | threads | p50 ms | p90 ms | speed-up |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| backend | variant | precision | threads | p50 ms | p90 ms | speed-up | k-NN top-1 | knn_delta |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in summary["latency"]:
+            delta = row.get("knn_delta")
             lines.append(f"| {row['backend']} | {row['variant']} | {row['precision']} | {row['threads']} "
-                         f"| {_num(row['p50_ms'])} | {_num(row['p90_ms'])} | {_num(row['speedup'])} |")
+                         f"| {_num(row['p50_ms'])} | {_num(row['p90_ms'])} | {_num(row['speedup'])} "
+                         f"| {_num(row.get('knn_top1'))} | {'-' if delta is None else f'{delta:+.2f}'} |")
+        lines += ["", "knn_delta: the variant's k-NN top-1 minus torch FP32's, in points (positive: better); "
+                  "-: not validated by the export's gate (listed last)."]
+        lines += ["", *summary["recommended"]] if summary["recommended"] else []
     if summary["files"]:
         lines += ["", "## Bundle files", "", "| variant | MB |", "| --- | --- |"]
         lines += [f"| {v} | {(size or 0) / 1e6:.2f} |" for v, size in summary["files"].items()]
@@ -181,3 +191,5 @@ def render_summary(console: Any, result: PipelineResult) -> None:
         table.add_row(f"stage {stage['stage']}", f"{stage['status']} {stage['seconds']:.0f} s")
     table.add_row("report", result["report"])
     console.print(table)
+    for line in summary["recommended"]:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -28,7 +28,7 @@ def _arguments(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory (with manifest.json)")
     parser.add_argument("--gallery", required=True, type=Path, help="labeled folder: <class>/<image>")
     parser.add_argument("--images", nargs="*", default=[], help="image files or folders to classify")
-    parser.add_argument("--variant", default=None, help="bundle variant (default: the manifest's, if this runtime's)")
+    parser.add_argument("--variant", default=None, help="bundle variant (default: the one the manifest recommends for this runtime)")
     parser.add_argument("--k", type=int, default=20, help="neighbours that vote (default 20)")
     parser.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (default 0.07)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")

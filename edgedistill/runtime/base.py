@@ -61,7 +61,6 @@ class Variant:
     precision: str  # fp32 | fp16 | int8
     option: str | None = None  # None: always built; "int8": with --int8 (calibrated, after the parity gate); "fp16"
     bytes_per_param: float = 4.0  # what its files take, for the disk-space check before an export
-    default_candidate: bool = False  # may become the bundle's default_variant (the most accurate passing INT8)
 
     @property
     def quantized(self) -> bool:
@@ -83,9 +82,9 @@ class RecoveryRecord(TypedDict, total=False):
     method: str
     float_layers: list[str]
     sensitivity: dict[str, float]
-    attempts: list[dict[str, float]]  # float_nodes, top1, drop of each measurement
+    attempts: list[dict[str, float]]  # float_nodes, top1, knn_delta of each measurement
     reason: str
-    first_drop: float
+    first_knn_delta: float
     passed: bool
     stopped: str  # why it ended before its attempts were spent (its time bound)
     seconds: float
@@ -98,7 +97,6 @@ class BuildOptions:
     opset: int = 18  # the ONNX graph's
     threads: int | None = None  # of the embedders that judge a variant
     int8_hint: str = "auto"  # precision of the ops an INT8 variant leaves in floating point (auto | bf16 | f32)
-    calib_method: str = "minmax"
 
 
 @dataclass
@@ -208,6 +206,7 @@ class Runtime:
     device_noun: str = "devices"  # what its probe lists, for the "device not available" message
     marker: str = "o"  # its points on the latency plot
     report_note: str | None = None  # what the bench table's caption says about its rows
+    int8_recipe: str | None = None  # how its INT8 variants are made, for --int8's help ("dynamic, no calibration")
 
     # -------------------------------------------------------------- install
 
@@ -289,6 +288,15 @@ class Runtime:
         cls = getattr(self._part("embedder"), self.embedder_class)
         return cls(path, threads=threads, output=output, outputs=outputs, name=name, **settings)
 
+    def open_variant(self, path: Path, entry: "VariantEntry", **settings: Any) -> Any:
+        """The embedder of a bundle variant as its manifest entry says to run it: at most
+        ``entry.batch`` images per call where the entry declares one
+        (:class:`~edgedistill.runtime.embedders.PerCallBatch`)."""
+        from edgedistill.runtime.embedders import PerCallBatch
+
+        embedder = self.embedder(path, entry=entry, **settings)
+        return PerCallBatch(embedder, entry.batch) if entry.batch else embedder
+
     def variant_files(self, entry: "VariantEntry", bundle_dir: Path) -> list[tuple[Path, str | None]]:
         """Every file a manifest variant needs, with its expected sha256 (None: not recorded)."""
         files = [(bundle_dir / entry.file, entry.sha256)]
@@ -339,9 +347,9 @@ class Runtime:
         target = plan.target(self.name)
         if target is None:
             return plan.skip(self.name, name, entry.precision, plan.reason(self.name))
-        top1, drop = plan.knn(name)
+        top1, delta = plan.knn(name)
         plan.add(threads, backend=self.name, variant=name, precision=entry.precision, device=target,
-                 model=str(plan.bundle_dir / entry.file), size_bytes=plan.size(name), knn_top1=top1, knn_drop=drop)
+                 model=str(plan.bundle_dir / entry.file), size_bytes=plan.size(name), knn_top1=top1, knn_delta=delta)
 
     def worker_command(self, spec: dict[str, Any], python: str) -> list[str]:
         """The worker process of one row (its spec already holds ``engine``)."""

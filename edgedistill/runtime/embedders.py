@@ -16,7 +16,7 @@ import numpy as np
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["Embedder", "open_embedder", "as_batch", "static_dim"]
+__all__ = ["Embedder", "PerCallBatch", "open_embedder", "as_batch", "static_dim"]
 
 
 @runtime_checkable
@@ -39,6 +39,28 @@ def as_batch(batch: np.ndarray, dtype: np.dtype = np.dtype(np.float32)) -> np.nd
 
 def static_dim(dim: Any) -> int | None:
     return int(dim) if isinstance(dim, (int, np.integer)) and dim > 0 else None
+
+
+class PerCallBatch:
+    """An embedder whose model takes at most ``batch`` images per call (its manifest entry's
+    ``batch``): a static-batch model, or a dynamic-INT8 one whose activation ranges span the
+    whole call, so that an image's embedding depends on the images beside it. Larger batches
+    are split, so every caller (the gates, ``eval``, the deploy examples) gets the figures the
+    manifest records, whatever batch size it asks for. Everything else is the wrapped
+    embedder's."""
+
+    def __init__(self, inner: Any, batch: int) -> None:
+        self._inner, self.call_batch = inner, int(batch)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        b = self.call_batch
+        if len(batch) <= b:
+            return self._inner.embed(batch)
+        return np.concatenate([np.asarray(self._inner.embed(batch[i:i + b]), dtype=np.float32)
+                               for i in range(0, len(batch), b)])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, verify: bool = True,
@@ -69,7 +91,7 @@ def open_embedder(path_or_bundle: str | Path, variant: str | None = None, *, ver
         files = runtime.variant_files(entry, path)
         if len(files) > 1:
             kwargs.setdefault("weights", files[1][0])
-        return runtime.embedder(model, entry=entry, **kwargs)
+        return runtime.open_variant(model, entry, **kwargs)
     if variant is not None:
         raise EdgeDistillError(f"variant={variant!r} needs a bundle directory, got the file {path}")
     if not path.exists():

@@ -138,7 +138,9 @@ class VariantEntry(_Model):
         default=None, description="the precision to compile with; what the gates validated")
     runtimes: list[str] | None = Field(default=None, description="the runtimes that load this file")
     graph: str | None = None
-    batch: int | None = Field(default=None, ge=1, description="a static batch size (absent: the input's)")
+    batch: int | None = Field(default=None, ge=1, description=(
+        "images per call: the model's static batch, or the batch a dynamic-INT8 model (activation ranges "
+        "taken over the whole call) was validated at; absent: any batch"))
     runtime: dict[str, Any] | None = Field(default=None, description="the runtime library, version, how apps load it")
     quantization: dict[str, Any] | None = None
 
@@ -163,7 +165,10 @@ class Manifest(_Model):
     outputs: list[OutputSpec] = Field(min_length=1)
     preprocessing: Preprocessing
     variants: dict[str, VariantEntry] = Field(min_length=1)
-    default_variant: str | None = None
+    default_variant: str | None = Field(default=None, description=(
+        "the variant to ship: the fastest whose k-NN is within the accuracy gate (export/README.md)"))
+    recommended: dict[str, str] | None = Field(default=None, description=(
+        "per format, the variant to ship for an app of that format, by the same rule"))
     sample: Sample | None = None
     provenance: dict[str, Any] | None = Field(default=None, description="free-form: who made it, from what")
     validation: dict[str, Any] | None = Field(default=None, description="free-form: the gate figures")
@@ -186,6 +191,10 @@ class Manifest(_Model):
         if self.default_variant is not None and self.default_variant not in self.variants:
             raise ValueError(f"default_variant {self.default_variant!r} is not among the variants "
                              f"({', '.join(self.variants)})")
+        for fmt, name in (self.recommended or {}).items():
+            if name not in self.variants or self.variants[name].format != fmt:
+                raise ValueError(f"recommended[{fmt!r}] names {name!r}, which is no variant of format {fmt} "
+                                 "in the bundle")
         return self
 
 
@@ -331,8 +340,8 @@ def variant_path(manifest: Manifest, bundle_dir: Path | str, name: str | None = 
 
 def pick_variant(manifest: Manifest, fmt: str, wanted: str | None = None) -> str:
     """The variant an app running ``fmt`` (a manifest format) uses: ``wanted`` (which must be
-    of that format), else the default variant when it is, else the first fp32 variant of that
-    format, else any of it."""
+    of that format), else the one ``recommended`` for that format, else the default variant
+    when it is of it, else the first fp32 variant of that format, else any of it."""
     variants = manifest.variants
     if wanted:
         if wanted not in variants:
@@ -343,6 +352,9 @@ def pick_variant(manifest: Manifest, fmt: str, wanted: str | None = None) -> str
     ours = [v for v in variants if variants[v].format == fmt]
     if not ours:
         raise EdgeDistillError(f"the bundle has no {fmt} variant (it has {', '.join(variants)})")
+    recommended = (manifest.recommended or {}).get(fmt)
+    if recommended in ours:
+        return str(recommended)
     if manifest.default_variant in ours:
         return str(manifest.default_variant)
     return next((v for v in ours if variants[v].precision == "fp32"), ours[0])

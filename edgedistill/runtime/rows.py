@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 if TYPE_CHECKING:
     from edgedistill.runtime.manifest import Manifest
 
-__all__ = ["Row", "RowPlanner"]
+__all__ = ["Row", "RowPlanner", "precision_label"]
+
+
+def precision_label(precision: str, inference_precision: str | None = None) -> str:
+    """The one spelling of a precision in every table, id and plot: ``int8``, or ``int8@bf16``
+    where the runtime computes the ops it leaves in floating point at a precision of its own."""
+    return f"{precision}@{inference_precision}" if inference_precision else precision
 
 
 @dataclass
@@ -27,7 +33,7 @@ class Row:
     inference_precision: str | None = None
     size_bytes: int | None = None
     knn_top1: float | None = None
-    knn_drop: float | None = None
+    knn_delta: float | None = None  # top-1 minus torch FP32's, in points (the export's)
     engine_label: str | None = None  # the backend as the report shows it, when it says more (an engine of it)
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific keys of the worker's spec
     remote: str | None = None  # the SSH device it runs on (its label); None: this machine
@@ -38,9 +44,9 @@ class Row:
 
     @property
     def id(self) -> str:
-        hint = f"@{self.inference_precision}" if self.inference_precision else ""
         where = f"{self.remote}/" if self.remote else ""
-        return f"{where}{self.engine.replace(' ', '/')}:{self.variant}:{self.precision}{hint}:{self.threads}t"
+        return (f"{where}{self.engine.replace(' ', '/')}:{self.variant}:"
+                f"{precision_label(self.precision, self.inference_precision)}:{self.threads}t")
 
     @property
     def label(self) -> str:

@@ -63,11 +63,11 @@ class Browser(Runtime):
         if entry.runtimes is not None and self.name not in entry.runtimes:
             return plan.skip(self.name, name, entry.precision,
                              "its manifest entry does not list onnxruntime-web (ONNX Runtime contrib operators)")
-        top1, drop = plan.knn(name)  # the export gated these kernels' native twins
+        top1, delta = plan.knn(name)  # the export gated these kernels' native twins
         for engine in ENGINES if threads == plan.thread_counts[0] else ENGINES[:1]:
             plan.add(threads, backend=self.name, variant=name, precision=entry.precision, device=engine,
                      engine_label=f"{self.name} {engine}", model=str(plan.bundle_dir / entry.file),
-                     size_bytes=plan.size(name), knn_top1=top1, knn_drop=drop,
+                     size_bytes=plan.size(name), knn_top1=top1, knn_delta=delta,
                      extra={"engine": engine, "model_url": entry.file})
 
     def worker_command(self, spec: dict[str, Any], python: str) -> list[str]:

@@ -28,6 +28,7 @@ class ExecuTorch(Runtime):
     engine = "edgedistill.runtime.executorch.engine"
     cpu_target = "XNNPACK"
     marker = "P"
+    int8_recipe = "PT2E static INT8, calibrated on --calib images"
 
 
 RUNTIME = ExecuTorch()

@@ -29,6 +29,7 @@ class LiteRt(Runtime):
     engine = "edgedistill.runtime.litert.engine"
     cpu_target = "XNNPACK"
     marker = "v"
+    int8_recipe = "dynamic-range INT8: no calibration, batch 1"
 
 
 RUNTIME = LiteRt()

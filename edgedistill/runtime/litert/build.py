@@ -122,4 +122,6 @@ def build_variant(name: str, build: Build) -> None:
     calib = build.calibration_images
     advance = build.task(f"quantizing {name} (ai-edge-quantizer)", total=None if calib is None else len(calib))
     settings = quantize_litert(build.files["litert_fp32"], path, images=calib, on_item=advance)
-    build.add(name, path, _entry("int8", {"quantization": dict(settings, calibration=build.calibration)}))
+    if settings["calibration_images"]:  # a dynamic recipe calibrates on nothing: record none
+        settings["calibration"] = build.calibration
+    build.add(name, path, _entry("int8", {"quantization": settings}))

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgedistill.errors import EdgeDistillError
-from edgedistill.runtime.base import BuildOptions, Runtime, Variant
+from edgedistill.runtime.base import Runtime, Variant
 
 __all__ = ["RUNTIME", "OnnxRuntime"]
 
@@ -33,7 +32,7 @@ class OnnxRuntime(Runtime):
     variants = (
         Variant("onnx_fp32", "fp32"),
         Variant("onnx_fused_fp32", "fp32"),
-        Variant("onnx_int8", "int8", option="int8", bytes_per_param=1.3, default_candidate=True),
+        Variant("onnx_int8", "int8", option="int8", bytes_per_param=1.3),
         Variant("onnx_fused_int8", "int8", option="int8", bytes_per_param=1.3),
     )
     embedder_class = "OnnxEmbedder"
@@ -45,13 +44,7 @@ class OnnxRuntime(Runtime):
     accelerators = True
     device_noun = "providers"
     marker = "s"
-
-    def check_options(self, options: BuildOptions) -> None:
-        from edgedistill.runtime.onnxruntime.quantize import ORT_CALIB_METHODS
-
-        if options.calib_method not in ORT_CALIB_METHODS:
-            raise EdgeDistillError(f"unknown calibration method {options.calib_method!r}: choose "
-                                   f"{', '.join(ORT_CALIB_METHODS)}")
+    int8_recipe = "dynamic INT8, no calibration, validated one image per call"
 
     def unbuildable(self, variant: Variant, model: Any) -> str | None:
         if "fused" not in variant.name:

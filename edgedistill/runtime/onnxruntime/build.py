@@ -42,19 +42,27 @@ def build_variant(name: str, build: Build) -> None:
 
 
 def _build_int8(name: str, build: Build, source: str) -> None:
-    """ONNX Runtime INT8 (``quantize.ORT_INT8``) of the FP32 variant ``source``."""
-    from edgedistill.runtime.onnxruntime.quantize import quantize_ort_int8
+    """ONNX Runtime dynamic INT8 (``quantize.ORT_INT8``) of the FP32 variant ``source``.
 
-    calib = build.calibration_images
-    assert calib is not None, "INT8 variants are built after the calibration images are loaded"
-    advance = build.task(f"quantizing {name}", total=len(calib))
+    Dynamic INT8 takes each activation's range over the whole call, so an image's embedding
+    depends on the images beside it: the entry declares ``batch: 1`` (the gates, ``eval`` and
+    the deploy examples run it one image per call) and records how much a batched call of the
+    calibration images differs (``quantization.batch_dependence``)."""
+    from edgedistill.runtime.onnxruntime.embedder import OnnxEmbedder
+    from edgedistill.runtime.onnxruntime.quantize import batch_dependence, quantize_ort_int8
+
+    advance = build.task(f"quantizing {name}", total=1)
     path = build.work / f"{name}.onnx"
-    settings = quantize_ort_int8(build.files[source], path, calib, calib_method=build.options.calib_method,
-                                 on_batch=advance)
+    settings = quantize_ort_int8(build.files[source], path)
+    advance(1)
     portable = _standard_operators_only(path)  # no com.microsoft contrib operators: onnxruntime-web loads it
+    quantization = dict(settings, source_graph=source)
+    if build.calibration_images is not None and len(build.calibration_images) > 1:
+        embedder = OnnxEmbedder(path, threads=build.options.threads)
+        quantization["batch_dependence"] = batch_dependence(embedder.embed, build.calibration_images)
     build.add(name, path, {"format": "onnx", "precision": "int8", "graph": build.entries[source].graph,
-                           "runtimes": _any_onnx() if portable else list(ORT_ONLY),
-                           "quantization": dict(settings, source_graph=source, calibration=build.calibration)})
+                           "runtimes": _any_onnx() if portable else list(ORT_ONLY), "batch": 1,
+                           "quantization": quantization})
 
 
 def _standard_operators_only(path: Path) -> bool:
@@ -87,9 +95,9 @@ def _sensitivity(build: Build, source: Path, nodes: list[str], images: np.ndarra
     damage = {}
     probe = build.work / ".sensitivity.onnx"
     for node in nodes:
-        quantize_ort_int8(source, probe, images, calib_method=build.options.calib_method,
-                          exclude=[n for n in nodes if n != node])
-        output = OnnxEmbedder(probe, threads=build.options.threads).embed(images)
+        quantize_ort_int8(source, probe, exclude=[n for n in nodes if n != node])
+        embedder = OnnxEmbedder(probe, threads=build.options.threads)
+        output = np.concatenate([embedder.embed(images[i:i + 1]) for i in range(len(images))])  # as the gate runs it
         damage[node] = 1.0 - compare(reference, output)["min_cosine"]
         recovery.step(len(damage), len(nodes) + recovery.attempts, f"sensitivity of {node}")
     probe.unlink(missing_ok=True)
@@ -116,17 +124,16 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
     excluded = 0
     while len(steps) < recovery.attempts and excluded < len(ranked):
         excluded = min(len(ranked), max(1, 2 * excluded))
-        settings = quantize_ort_int8(source, build.files[name], recovery.calibration,
-                                     calib_method=build.options.calib_method, exclude=ranked[:excluded])
+        settings = quantize_ort_int8(source, build.files[name], exclude=ranked[:excluded])
         quantization = build.entries[name].quantization
         assert quantization is not None, "an INT8 variant records its quantization"
         quantization.update(settings)
         figures = recovery.check(name)
-        steps.append({"float_nodes": excluded, "top1": figures["top1"], "drop": figures["drop"]})
+        steps.append({"float_nodes": excluded, "top1": figures["top1"], "knn_delta": figures["knn_delta"]})
         if figures["passed"]:
             break
         recovery.step(len(nodes) + len(steps), len(nodes) + recovery.attempts,
                       f"{excluded} in float: k-NN top-1 {figures['top1']:.2f}%")
     return {"method": "per-node sensitivity (output cosine, quantized alone), most sensitive kept in float",
-            "float_layers": ranked[:excluded], "sensitivity": {n: round(damage[n], 6) for n in ranked[:excluded]},
+            "float_layers": ranked[:excluded], "sensitivity": {n: float(f"{damage[n]:.3g}") for n in ranked[:excluded]},
             "attempts": steps}

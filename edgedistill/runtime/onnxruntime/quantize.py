@@ -1,20 +1,12 @@
-"""ONNX Runtime INT8: the dynamic quantization the bundle ships (:data:`ORT_INT8`), and the
-static QDQ one ``benchmarks/ort_int8_options.py`` compares it with (design.md §7).
+"""ONNX Runtime INT8: the dynamic quantization the bundle ships (:data:`ORT_INT8`), chosen over
+static QDQ by ``benchmarks/ort_int8_options.py`` (figures in export/README.md; design.md §7).
 
-Static QDQ settings, and why:
-
-* ``QuantFormat.QDQ``: QuantizeLinear/DequantizeLinear pairs around float ops, the format
-  every ONNX Runtime execution provider (and onnxruntime-web) understands.
-* ``op_types_to_quantize=["MatMul", "Gemm", "Conv"]``: ORT's default list also quantizes
-  LayerNorm inputs, Reshape, Transpose and Softmax outputs; on a ViT that costs accuracy
-  (cosine about 0.90 against FP32 on this machine) for little speed. MatMul/Gemm/Conv are
-  where the time goes.
-* ``per_channel=True`` (weights): ViT projection weights have very different ranges per
-  output channel; one scale per tensor loses the small ones.
-* int8 activations and weights (S8S8), ``reduce_range=False``: ORT's recommended QDQ
-  default on x86 with VNNI.
-* Calibration on real images preprocessed exactly as an app does (the manifest's numpy
-  preprocessing), method minmax (default), entropy or percentile (99.999).
+Dynamic INT8 quantizes the weights once (int8, per tensor) and each activation at run time from
+its own range: nothing to calibrate, so no calibration set can be unrepresentative. The range is
+taken over the whole tensor of one call, the batch included, so an image's embedding depends
+slightly on the images run beside it: the bundle declares ``batch: 1`` for these variants and
+every gate figure is measured one image per call (:func:`batch_dependence` measures how much a
+batched call differs).
 """
 
 from __future__ import annotations
@@ -26,21 +18,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgedistill.errors import EdgeDistillError
-from edgedistill.utils import quiet_stdout
-
-__all__ = ["ORT_CALIB_METHODS", "ORT_OP_TYPES", "ORT_INT8", "ArrayCalibrationReader", "quantize_onnx",
-           "quantize_onnx_dynamic", "quantize_ort_int8"]
-
-ORT_CALIB_METHODS = ("minmax", "entropy", "percentile")
-ORT_OP_TYPES = ("MatMul", "Gemm", "Conv")
-PERCENTILE = 99.999
+__all__ = ["ORT_INT8", "ArrayCalibrationReader", "quantize_onnx_dynamic", "quantize_ort_int8", "batch_dependence"]
 
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    # quantize_static logs "please consider pre-processing" on the root logger every time;
-    # its advice (symbolic shape inference + graph fusion) changes the graph we validated
+    # the quantizer logs "please consider pre-processing" on the root logger every time; its
+    # advice (symbolic shape inference + graph fusion) changes the graph we validated
     root = logging.getLogger()
     previous = root.level
     root.setLevel(logging.ERROR)
@@ -51,7 +35,8 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 class ArrayCalibrationReader:
-    """An ONNX Runtime ``CalibrationDataReader`` over preprocessed images (N, 3, H, W).
+    """An ONNX Runtime ``CalibrationDataReader`` over preprocessed images (N, 3, H, W), for
+    static quantization (``benchmarks/ort_int8_options.py`` compares it with the dynamic one).
 
     Yields ``{input_name: images[i:i + batch_size]}``; ``on_batch(n)`` is called with the
     number of images of every batch handed out (progress)."""
@@ -80,67 +65,14 @@ class ArrayCalibrationReader:
         return -(-len(self.images) // self.batch_size)
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, images: np.ndarray, *, method: str = "minmax",
-                  input_name: str = "pixel_values", on_batch: Callable[[int], None] | None = None,
-                  show_library_output: bool = False, nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
-    """Static QDQ INT8 of ``fp32_path`` into ``out_path``, calibrated on ``images``
-    (N, 3, H, W) float32. Returns the settings (for the manifest)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    if method not in ORT_CALIB_METHODS:
-        raise EdgeDistillError(f"unknown calibration method {method!r} (choose {', '.join(ORT_CALIB_METHODS)})")
-    if len(images) == 0:
-        raise EdgeDistillError("INT8 calibration needs at least one image")
-
-    class _Reader(ArrayCalibrationReader, CalibrationDataReader):
-        pass
-
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
-    extra: dict[str, Any] = {}
-    if method == "percentile":
-        extra["CalibPercentile"] = PERCENTILE
-    reader = _Reader(images, input_name, on_batch=on_batch)
-    with _quiet_root_logger(), quiet_stdout(show_library_output):
-        quantize_static(
-            str(fp32_path), str(out_path), reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(ORT_OP_TYPES),
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=calibrate,
-            use_external_data_format=False,
-            extra_options=extra,
-            nodes_to_exclude=list(nodes_to_exclude or []),
-        )
-    settings: dict[str, Any] = {
-        "tool": "onnxruntime.quantization.quantize_static",
-        "format": "QDQ",
-        "op_types": list(ORT_OP_TYPES),
-        "per_channel": True,
-        "reduce_range": False,
-        "activation_type": "int8",
-        "weight_type": "int8",
-        "calibration_method": method,
-        "calibration_images": int(len(images)),
-        "nodes_excluded": list(nodes_to_exclude or []),
-    }
-    if method == "percentile":
-        settings["percentile"] = PERCENTILE
-    return settings
-
-
 def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, per_channel: bool = False,
                           op_types: Sequence[str] | None = None,
                           nodes_to_exclude: list[str] | None = None) -> dict[str, Any]:
     """Dynamic INT8 of ``fp32_path`` into ``out_path``: weights quantized once (int8), each
-    activation at run time from its own range, so no calibration set can be unrepresentative.
-    ``op_types`` limits which operators are quantized (None: ONNX Runtime's list, which turns
-    a fused ``Attention`` into ``QAttention``); ``nodes_to_exclude`` stay in float (accuracy
-    control). Returns the settings (for the manifest)."""
+    activation at run time from its own range. ``op_types`` limits which operators are
+    quantized (None: ONNX Runtime's list, which turns a fused ``Attention`` into
+    ``QAttention``); ``nodes_to_exclude`` stay in float (accuracy control). Returns the
+    settings (for the manifest)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_root_logger():
@@ -149,8 +81,9 @@ def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, per_ch
                          nodes_to_exclude=list(nodes_to_exclude or []), use_external_data_format=False)
     return {"tool": "onnxruntime.quantization.quantize_dynamic", "format": "QOperator (dynamic)",
             "per_channel": per_channel, "op_types": list(op_types) if op_types is not None else "onnxruntime default",
-            "weight_type": "int8", "activation_type": "uint8, ranges at run time",
-            "nodes_excluded": list(nodes_to_exclude or [])}
+            "weight_type": "int8",
+            "activation_type": "uint8, range taken at run time over the whole call (the batch included)",
+            "calibration": "none: activation ranges are taken at run time", "nodes_excluded": list(nodes_to_exclude or [])}
 
 
 # The ONNX Runtime INT8 recipe of both graphs (``onnx_int8`` from the plain one, which keeps to
@@ -161,12 +94,20 @@ def quantize_onnx_dynamic(fp32_path: str | Path, out_path: str | Path, *, per_ch
 ORT_INT8 = {"method": "dynamic", "per_channel": False, "op_types": ("MatMul", "Attention")}
 
 
-def quantize_ort_int8(source: str | Path, out_path: str | Path, images: np.ndarray, *, calib_method: str = "minmax",
-                      exclude: list[str] | None = None, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+def quantize_ort_int8(source: str | Path, out_path: str | Path, *, exclude: list[str] | None = None) -> dict[str, Any]:
     """The ONNX Runtime INT8 the bundle ships (:data:`ORT_INT8`), with ``exclude`` nodes in float."""
-    if ORT_INT8["method"] == "dynamic":
-        if on_batch is not None:
-            on_batch(len(images))  # nothing to calibrate: activation ranges are taken at run time
-        return quantize_onnx_dynamic(source, out_path, per_channel=bool(ORT_INT8["per_channel"]),
-                                     op_types=ORT_INT8["op_types"], nodes_to_exclude=exclude)
-    return quantize_onnx(source, out_path, images, method=calib_method, on_batch=on_batch, nodes_to_exclude=exclude)
+    return quantize_onnx_dynamic(source, out_path, per_channel=bool(ORT_INT8["per_channel"]),
+                                 op_types=ORT_INT8["op_types"], nodes_to_exclude=exclude)
+
+
+def batch_dependence(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> dict[str, Any]:
+    """How much a model's embeddings of ``images`` differ when they run together in one call
+    rather than one per call: the smallest cosine and the largest absolute difference."""
+    from edgedistill.runtime.knn import compare
+
+    alone = np.concatenate([np.asarray(embed(images[i:i + 1]), dtype=np.float32) for i in range(len(images))])
+    together = np.asarray(embed(images), dtype=np.float32)
+    figures = compare(alone, together)
+    return {"images": int(len(images)), "min_cosine": round(float(figures["min_cosine"]), 7),
+            "max_abs": float(f"{figures['max_abs']:.3g}"),
+            "note": f"one call of {len(images)} images against one image per call; the gates ran one image per call"}

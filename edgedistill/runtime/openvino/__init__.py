@@ -28,7 +28,7 @@ class OpenVino(Runtime):
     variants = (
         Variant("openvino_fp32", "fp32"),
         Variant("openvino_fp16", "fp16", option="fp16", bytes_per_param=2.0),
-        Variant("openvino_int8", "int8", option="int8", bytes_per_param=1.3, default_candidate=True),
+        Variant("openvino_int8", "int8", option="int8", bytes_per_param=1.3),
     )
     module = "openvino"
     build_modules = ("nncf",)
@@ -38,6 +38,7 @@ class OpenVino(Runtime):
     cpu_target = "CPU"
     accelerators = True
     marker = "D"
+    int8_recipe = "NNCF static INT8, calibrated on --calib images"
 
     def manifest_files(self, path: Path) -> dict[str, Path]:
         return {"weights": path.with_suffix(".bin")}
@@ -104,11 +105,11 @@ class OpenVino(Runtime):
         prec, hint = entry.precision, entry.inference_precision_hint or F32
         common = dict(backend=self.name, variant=name, device=device, model=str(plan.bundle_dir / entry.file),
                       weights=str(self.variant_files(entry, plan.bundle_dir)[1][0]), size_bytes=plan.size(name))
-        top1, drop = plan.knn(name)  # the gate measured each variant at its recorded hint
-        plan.add(threads, precision=prec, inference_precision=hint, knn_top1=top1, knn_drop=drop, **common)
+        top1, delta = plan.knn(name)  # the gate measured each variant at its recorded hint
+        plan.add(threads, precision=prec, inference_precision=hint, knn_top1=top1, knn_delta=delta, **common)
         if hint == "bf16":  # what a device without native bf16 runs
-            top1, drop = plan.knn(name, fallback="f32_fallback")
-            plan.add(threads, precision=prec, inference_precision=F32, knn_top1=top1, knn_drop=drop, **common)
+            top1, delta = plan.knn(name, fallback="f32_fallback")
+            plan.add(threads, precision=prec, inference_precision=F32, knn_top1=top1, knn_delta=delta, **common)
         if prec == "fp32" and "bf16" in plan.precisions:
             if plan.cpu and plan.native_bf16:
                 plan.add(threads, precision="bf16", inference_precision="bf16", **common)

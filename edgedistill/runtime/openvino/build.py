@@ -200,7 +200,7 @@ def recover(name: str, build: Build, recovery: Recovery) -> RecoveryRecord:
     return {"method": "nncf.quantize_with_accuracy_control, k-NN top-1 as the metric",
             "float_layers": settings["float_layers"],
             "attempts": [{"float_nodes": len(settings["float_layers"]), "top1": figures["top1"],
-                          "drop": figures["drop"]}]}
+                          "knn_delta": figures["knn_delta"]}]}
 
 
 def _validation(recovery: Recovery, total: int) -> tuple[list[Any], Callable[[Any, Any], tuple[float, Any]],
