@@ -12,7 +12,7 @@ from typing import Any
 from edgedistill.errors import EdgeDistillError
 from edgedistill.bench.records import BenchReport
 
-__all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "csv_lines", "CSV_COLUMNS",
+__all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "place_labels", "csv_lines", "CSV_COLUMNS",
            "check_plot_support"]
 
 CSV_COLUMNS = (
@@ -172,6 +172,39 @@ def plot_labels(points: list[tuple[float, float, str]], near: float = 0.04) -> l
     return [(x, y, ", ".join(tags)) for x, y, tags in groups]
 
 
+def _overlaps(box: Any, boxes: list[Any]) -> bool:
+    return any(box.x0 < b.x1 and b.x0 < box.x1 and box.y0 < b.y1 and b.y0 < box.y1 for b in boxes)
+
+
+def place_labels(ax: Any, labels: list[tuple[float, float, str]], fontsize: float = 7) -> list[Any]:
+    """Annotate each ``(x, y, text)`` beside its point where its text overlaps no label placed
+    before it: right of the point, then above and below it in growing steps, then left of it.
+    Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    step = fontsize * 1.4  # one text line, in points
+    tries = [(5, 4 + sign * k * step, "left") for k in range(12) for sign in ((1, -1) if k else (1,))]
+    tries += [(-5, 4 + sign * k * step, "right") for k in range(12) for sign in ((1, -1) if k else (1,))]
+    placed: list[Any] = []
+    annotations = []
+    for x, y, text in sorted(labels, key=lambda item: (item[1], item[0])):
+        for dx, dy, align in tries:
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                               ha=align, va="bottom")
+            box = note.get_window_extent(renderer)
+            if not _overlaps(box, placed):
+                break
+            note.remove()
+        else:  # nowhere free: keep the first place (a crowded plot; the table has every figure)
+            dx, dy, align = tries[0]
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, ha=align,
+                               va="bottom")
+            box = note.get_window_extent(renderer)
+        placed.append(box)
+        annotations.append(note)
+    return annotations
+
+
 def write_plot(report: BenchReport, path: str | Path) -> bool:
     """Latency (p50 at the smallest batch) against k-NN top-1 of every row whose accuracy the
     export measured. Returns False (nothing written) when the manifest has no k-NN figures."""
@@ -208,8 +241,6 @@ def write_plot(report: BenchReport, path: str | Path) -> bool:
         if len(threads) > 1:
             tag += f" {row['threads']}t"
         tagged.append((x, y, tag))
-    for x, y, text in plot_labels(tagged):
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     knn = report["bundle"].get("knn") or {}
     if knn.get("torch_fp32_top1") is not None and knn.get("max_drop") is not None:
         ax.axhline(knn["torch_fp32_top1"] - knn["max_drop"], color="gray", linestyle="--", linewidth=1,
@@ -221,6 +252,7 @@ def write_plot(report: BenchReport, path: str | Path) -> bool:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    place_labels(ax, plot_labels(tagged))  # after the layout: the places are measured on the final axes
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
-                                    resolve_training_config, resume_hint)
+from edgedistill.cli.common import (check_hub_teacher, config_options, console, interruptible, log_warnings_to,
+                                    next_step, render_run_summary,
+                                    resolve_training_config, results_console, resume_hint, shell_words)
 
 
 @click.command("distill")
@@ -21,10 +22,20 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     """AttnDistill: train a ViT-Tiny student from a frozen self-supervised teacher."""
     cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}, "teacher": {"source": teacher}},
                                        out, resume)
+    check_hub_teacher(cfg.teacher.source)  # offline: one line in seconds, before torch is imported
     from edgedistill.train.stages import distill
 
     con = console()
     with interruptible(lambda: resume_hint("distill", out)):
         summary = distill(cfg, out, resume=resume, console=con)
-    if summary["is_main"]:
-        render_run_summary(con, "distill", summary)
+    if not summary["is_main"]:
+        return
+    log_warnings_to(out / "warnings.log")
+    results = results_console()
+    render_run_summary(results, "distill", summary)
+    if not summary["complete"]:
+        next_step(results, shell_words("edgedistill", "distill", "--out", out, "--resume"))
+    elif summary.get("knn"):  # labeled data with a validation split
+        next_step(results, shell_words("edgedistill", "eval", "knn", "--model", out, "--data", cfg.data.path))
+    else:
+        next_step(results, shell_words("edgedistill", "export", "--model", out, "--int8"))

@@ -52,17 +52,56 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
 
         teacher, teacher_info = build_teacher(cfg.teacher, cfg.teacher_img_size)
         student, student_kwargs = build_student(cfg)
+        grids = {"teacher_grid": _grid(teacher_info["kwargs"]), "student_grid": _grid(student_kwargs)}
+        if info.is_main and console is not None:
+            _announce(console, cfg, student_kwargs, grids)
         task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
         if cfg.distill.cls_target == "standardized":
             task.measure_target_statistics(target_statistics_loader(cfg))
-        return task, {"teacher": teacher_info}
+        return task, {"teacher": teacher_info, **grids}
 
     from edgedistill.data.mixing import MixSettings
+    from edgedistill.models.teacher import check_teacher_source
+
+    check_teacher_source(cfg.teacher)  # a hub teacher offline fails here, before a run directory exists
 
     transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)
     d = cfg.distill
     mix = MixSettings(d.mixup_alpha, d.cutmix_alpha, d.mix_prob)
     return _run_stage(cfg, out, resume, console, "distill", "student", transform, build, mix)
+
+
+def _grid(kwargs: dict[str, Any]) -> str:
+    side = int(kwargs["img_size"]) // int(kwargs["patch_size"])
+    return f"{side}x{side}"
+
+
+def _announce(console: Any, cfg: Config, student_kwargs: dict[str, Any], grids: dict[str, str]) -> None:
+    """The choices the run made on its own, said once, before training."""
+    patch, size = student_kwargs["patch_size"], student_kwargs["img_size"]
+    why = "" if cfg.student.patch_size else " (student.patch_size unset: it follows the image size)"
+    console.print(f"student {cfg.student.arch}: patch {patch} at {size} px, a {grids['student_grid']} grid{why}; "
+                  f"teacher grid {grids['teacher_grid']}", highlight=False, soft_wrap=True)
+
+
+def closing_knn(cfg: Config, backbone: Any, info: Any) -> dict[str, float]:
+    """The finished student's k-NN top-1 and a random-init twin's (same architecture and seed),
+    when the data has a labeled validation split; ``{}`` otherwise."""
+    from edgedistill.data import build_knn_loaders
+    from edgedistill.eval.online import online_knn
+    from edgedistill.train.distill import build_student
+
+    try:
+        build_knn_loaders(cfg, batch_size=cfg.eval.batch_size)
+    except EdgeDistillError:
+        return {}  # unlabeled data, or no validation split: nothing to measure
+    student = online_knn(backbone, cfg, info)
+    seed_everything(cfg.run.seed)
+    twin, _ = build_student(cfg)
+    random_init = online_knn(twin.to(info.device), cfg, info)
+    if not student or not random_init:
+        return {}
+    return {"knn_top1": student["knn_top1"], "random_init_knn_top1": random_init["knn_top1"]}
 
 
 def target_statistics_loader(cfg: Config) -> Any:
@@ -122,6 +161,8 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
         started = time.perf_counter()
         settings = loop_settings(cfg, section)
         result = train(task, loader, settings, run, info, resume=resume, knn_fn=knn_fn, console=console)
+        if section == "distill" and not result.stopped_early:
+            extra["knn"] = closing_knn(cfg, task.backbone(), info)
         summary = {
             "run_dir": str(run.path), "steps": result.steps, "epochs": result.epochs_done,
             "complete": not result.stopped_early, "seconds": time.perf_counter() - started,
