@@ -60,7 +60,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _THIRD_PARTY.append(f"{filename}:{lineno}: {category.__name__}: {message}")
 
 
-def _flush_third_party_warnings() -> None:
+def _flush_third_party_warnings(notify: bool) -> None:
+    """Append the command's third-party warnings to its log; ``notify``: say so in one line
+    (not after an error, which stays the only line)."""
     import contextlib
     import time
 
@@ -75,8 +77,9 @@ def _flush_third_party_warnings() -> None:
         with open(path, "a", encoding="utf-8") as log:
             log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} edgedistill {' '.join(sys.argv[1:])}\n")
             log.writelines(entry + "\n" for entry in _THIRD_PARTY)
-        sys.stderr.write(f"({len(_THIRD_PARTY)} third-party warning{'s' if len(_THIRD_PARTY) > 1 else ''} "
-                         f"written to {path})\n")
+        if notify:
+            sys.stderr.write(f"({len(_THIRD_PARTY)} third-party warning{'s' if len(_THIRD_PARTY) > 1 else ''} "
+                             f"written to {path})\n")
     _THIRD_PARTY.clear()
 
 
@@ -98,8 +101,11 @@ class _Group(click.Group):
         main_thread = threading.current_thread() is threading.main_thread()
         _HANDLER_PID = os.getpid()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+        succeeded = False
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            succeeded = True
+            return result
         except EdgeDistillError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -114,7 +120,7 @@ class _Group(click.Group):
             sys.exit(2)
         finally:
             warnings.showwarning = shown
-            _flush_third_party_warnings()
+            _flush_third_party_warnings(notify=succeeded)
             if main_thread:  # an in-process caller (tests, a notebook) gets its own handler back
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
