@@ -11,6 +11,7 @@ from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.bench.records import BenchReport
+from edgedistill.progress import print_table
 
 __all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "place_labels", "csv_lines", "CSV_COLUMNS",
            "check_plot_support"]
@@ -124,7 +125,7 @@ def render_table(report: BenchReport, console: Any) -> None:
                     and any(row["backend"] == r.name for row in rows)]
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
-        console.print(table)
+        print_table(console, table, keys=3)  # backend, variant, precision: in every part when it is split
     simd = ", ".join(machine.get("simd") or []) or "-"
     console.print(f"machine: {machine['cpu']}, {machine.get('physical_cores') or '?'} cores / "
                   f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}")
