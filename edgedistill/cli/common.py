@@ -68,10 +68,16 @@ def shell_words(*words: object) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def deploy_step(bundle: Path) -> str:
+def deploy_example() -> str:
+    """The Python deploy example of the registry's first runtime (the one every bundle has)."""
+    from edgedistill.runtime import registry
+
+    return f"deploy_examples/python_{registry.RUNTIMES[0].name}/classify.py"
+
+
+def deploy_step(bundle: Path | str) -> str:
     """The next step once a bundle is measured: the Python deploy example on it."""
-    return (shell_words("python", "deploy_examples/python_onnxruntime/classify.py", "--bundle", bundle,
-                        "--gallery", "GALLERY", "--images", "IMAGES")
+    return (shell_words("python", deploy_example(), "--bundle", bundle, "--gallery", "GALLERY", "--images", "IMAGES")
             + "  (GALLERY: a labeled folder, <class>/<image>; the digits as one: edgedistill data digits --out DIR)")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import next_step, results_console
+from edgedistill.cli.common import deploy_example, next_step, results_console, shell_words
 
 
 @click.command("data")
@@ -28,5 +28,5 @@ def command(name: str, out: Path, img_size: int) -> None:
     con = results_console()
     con.print(f"{name}: {counts['train']} train and {counts['val']} val images, 10 classes, {img_size} px, "
               f"written to {out}", highlight=False, soft_wrap=True)
-    next_step(con, f"python deploy_examples/python_onnxruntime/classify.py --bundle export/NAME "
-                   f"--gallery {out / 'train'} --images {out / 'val' / '3'}")
+    next_step(con, shell_words("python", deploy_example(), "--bundle", "export/NAME", "--gallery", out / "train",
+                               "--images", out / "val" / "3"))
