@@ -196,6 +196,18 @@ def resume_hint(command: str, run_dir: Path) -> str:
             "continues from it")
 
 
+def finish_training(stage: str, out: Path, summary: dict, then: str) -> None:
+    """A training command's ending, on the reporting process: its table on stdout, its
+    third-party warnings into the run's ``warnings.log``, and the ``Next:`` line: ``then`` for
+    a finished run, the ``--resume`` that continues an unfinished one."""
+    if not summary["is_main"]:
+        return
+    log_warnings_to(out / "warnings.log")
+    results = results_console()
+    render_run_summary(results, stage, summary)
+    next_step(results, then if summary["complete"] else shell_words("edgedistill", stage, "--out", out, "--resume"))
+
+
 def render_run_summary(con, stage: str, summary: dict) -> None:
     """The closing table of a training command (on ``con``: stdout)."""
     from rich.table import Table

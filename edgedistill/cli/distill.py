@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import (check_hub_teacher, config_options, console, interruptible, log_warnings_to,
-                                    next_step, render_run_summary,
-                                    resolve_training_config, results_console, resume_hint, shell_words)
+from edgedistill.cli.common import (check_hub_teacher, config_options, console, finish_training, interruptible,
+                                    resolve_training_config, resume_hint, shell_words)
 
 
 @click.command("distill")
@@ -28,14 +27,7 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     con = console()
     with interruptible(lambda: resume_hint("distill", out)):
         summary = distill(cfg, out, resume=resume, console=con)
-    if not summary["is_main"]:
-        return
-    log_warnings_to(out / "warnings.log")
-    results = results_console()
-    render_run_summary(results, "distill", summary)
-    if not summary["complete"]:
-        next_step(results, shell_words("edgedistill", "distill", "--out", out, "--resume"))
-    elif summary.get("knn"):  # labeled data with a validation split
-        next_step(results, shell_words("edgedistill", "eval", "knn", "--model", out, "--data", cfg.data.path))
-    else:
-        next_step(results, shell_words("edgedistill", "export", "--model", out, "--int8"))
+    # labeled data with a validation split: the student was scored, so eval is next
+    then = (("eval", "knn", "--model", out, "--data", cfg.data.path) if summary.get("knn")
+            else ("export", "--model", out, "--int8"))
+    finish_training("distill", out, summary, shell_words("edgedistill", *then))

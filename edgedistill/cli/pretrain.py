@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import (config_options, console, interruptible, log_warnings_to, next_step,
-                                    render_run_summary,
-                                    resolve_training_config, results_console, resume_hint, shell_words)
+from edgedistill.cli.common import (config_options, console, finish_training, interruptible, resolve_training_config,
+                                    resume_hint, shell_words)
 
 
 @click.command("pretrain")
@@ -23,12 +22,5 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     con = console()
     with interruptible(lambda: resume_hint("pretrain", out)):
         summary = pretrain(cfg, out, resume=resume, console=con)
-    if not summary["is_main"]:
-        return
-    log_warnings_to(out / "warnings.log")
-    results = results_console()
-    render_run_summary(results, "pretrain", summary)
-    if not summary["complete"]:
-        next_step(results, shell_words("edgedistill", "pretrain", "--out", out, "--resume"))
-    else:
-        next_step(results, shell_words("edgedistill", "distill", "--teacher", out, "--data", cfg.data.path))
+    finish_training("pretrain", out, summary, shell_words("edgedistill", "distill", "--teacher", out,
+                                                          "--data", cfg.data.path))
