@@ -155,3 +155,17 @@ def test_the_report_flags_training_trouble(tmp_path):
     paths.teacher.metrics.write_text("".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(healthy)))
     paths.eval.write_text(json.dumps({"student": {"top1": 60.0}, "random_student": {"top1": 57.1}}))
     assert summarize(paths, cfg)["trouble"] == []
+
+
+@pytest.mark.slow
+def test_the_helps_own_example_fits_the_data_and_leaves_warmup(tmp_path):
+    """``distill --data digits --set distill.epochs=1`` exactly, no config (a ViT-S teacher and a
+    12-block ViT-T: about 2 minutes here): the student's grid matches the 32-px data (printed),
+    the learning rate leaves warmup, and the student's k-NN is printed beside its random init's.
+    ``test_walkthrough.py`` checks the same on 2-block models in the default suite."""
+    run = run_cli("distill", "--data", "digits", "--set", "distill.epochs=1", "--out", str(tmp_path / "run"),
+                  cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "patch 8 at 32 px, a 4x4 grid" in run.stderr and "warmup clamped to 2 steps" in run.stderr
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs.index(max(lrs)) < len(lrs) - 1 and "k-NN, its random init" in run.stdout

@@ -341,8 +341,9 @@ def _plan(settings: LoopSettings, loader: DataLoader, world_size: int) -> _Plan:
     if warmup_steps >= total_steps > 1:  # the learning rate would never reach its peak
         clamped = max(1, total_steps // 10)
         warnings.warn(f"warmup_epochs {settings.warmup_epochs:g} ({warmup_steps} steps) is longer than the run "
-                      f"({total_steps} steps): warmup clamped to {clamped} step{'s' if clamped > 1 else ''}, "
-                      "a tenth of the run", UserWarning, stacklevel=2)
+                      f"({total_steps} steps): warmup clamped to {clamped} step{'s' if clamped > 1 else ''} "
+                      "(a tenth of the run, at least one), so the learning rate peaks within it",
+                      UserWarning, stacklevel=2)
         warmup_steps = clamped
     return _Plan(
         accum=accum,
