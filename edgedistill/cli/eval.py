@@ -319,11 +319,14 @@ def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size:
     arch = teacher_cfg.arch
     result = attention_figure(model, teacher_model, [*images, *map(str, more_images)], out,
                               teacher_arch=info.get("arch", arch), temperature=temperature)
-    con = console()
-    con.print(f"wrote {result['out']} ({result['size'][0]}x{result['size'][1]} px): teacher {info['source']} "
-              f"({result['teacher_heads']} heads, grid {result['grids']['teacher']}), student "
-              f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False,
-              soft_wrap=True)
+    from edgedistill.cli.common import results_console
+
+    out_con = console() if str(out) == "-" else results_console()  # the PNG on stdout: the words on stderr
+    out_con.print(f"wrote {result['out']} ({result['size'][0]}x{result['size'][1]} px): teacher {info['source']} "
+                  f"({result['teacher_heads']} heads, grid {result['grids']['teacher']}), student "
+                  f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False,
+                  soft_wrap=True)
+    _next(out_con, opts)
 
 
 def _run_config(model: str):
