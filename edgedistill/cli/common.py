@@ -149,9 +149,10 @@ def check_hub_teacher(source: str) -> None:
     if (not source or source.lower() == "random" or Path(source).expanduser().exists() or "/" in source
             or "\\" in source or Path(source).suffix.lower() in (".pth", ".pt", ".safetensors", ".bin", ".json")):
         return
-    cached = hf_cache_dir() / f"models--timm--{source}"
+    cache = hf_cache_dir()
+    cached = cache.is_dir() and any(cache.glob(f"models--timm--{source}*"))  # an untagged name: its default tag
     torch_hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch") / "hub" / "checkpoints"
-    if cached.exists() or (torch_hub.is_dir() and any(torch_hub.iterdir())):
+    if cached or (torch_hub.is_dir() and any(torch_hub.iterdir())):
         return  # maybe cached: the loader knows
     reason = ("offline mode is set (HF_HUB_OFFLINE)" if hf_offline()
               else unreachable(os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT))
