@@ -109,25 +109,6 @@ def test_plot_labels_never_overlap():
     plt.close(fig)
 
 
-def test_data_digits_writes_the_quickstart_images_once(tmp_path):
-    out = tmp_path / "digits"
-    run = run_cli("data", "digits", "--out", str(out), "--img-size", "16")
-    assert run.returncode == 0, run.stderr
-    assert sum(1 for _ in out.glob("train/*/*.png")) == 1438 and sum(1 for _ in out.glob("val/*/*.png")) == 359
-    from PIL import Image
-
-    from edgedistill.data.digits import DigitsDataset
-
-    val = DigitsDataset("val", img_size=16)
-    image, label = val.load(0)  # the same pixels as data.path=digits gives, under its label
-    written = Image.open(out / "val" / str(label) / f"{int(val.indices[0]):04d}.png")
-    assert written.mode == "RGB" and list(written.getdata()) == list(image.getdata())
-    assert run.stdout.strip().splitlines()[-1].startswith("Next: python deploy_examples/")
-    again = run_cli("data", "digits", "--out", str(out))
-    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
-        f"error: {out} already exists: choose a new --out (nothing was written)"]
-
-
 def test_the_report_flags_training_trouble(tmp_path):
     """A DINO loss back at ln K (the collapse the quickstart config warns about) and a student
     under its random init are said in the report, not left to be found."""

@@ -105,9 +105,22 @@ def test_distill_without_a_config_fits_the_data_and_leaves_warmup(walk):
 
 
 def test_the_quickstart_data_on_disk_is_the_deploy_examples_gallery(walk):
+    """``edgedistill data digits`` writes the very images (and split) ``data.path=digits``
+    trains on, once; the deploy example classifies with them as its gallery."""
+    from PIL import Image
+
+    from edgedistill.data.digits import DigitsDataset
+
     digits = walk["root"] / "digits"
     assert sorted(p.name for p in (digits / "train").iterdir()) == [str(d) for d in range(10)]
     assert sum(1 for _ in digits.glob("train/*/*.png")) == 1438 and sum(1 for _ in digits.glob("val/*/*.png")) == 359
+    val = DigitsDataset("val", img_size=32)
+    image, label = val.load(0)
+    written = Image.open(digits / "val" / str(label) / f"{int(val.indices[0]):04d}.png")
+    assert written.mode == "RGB" and list(written.getdata()) == list(image.getdata())
+    again = run_cli("data", "digits", "--out", str(digits))
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: {digits} already exists: choose a new --out (nothing was written)"]
     classify = walk["classify"]
     assert classify.returncode == 0, classify.stderr[-2000:]
     lines = classify.stdout.strip().splitlines()
