@@ -127,19 +127,20 @@ def render_table(report: BenchReport, console: Any) -> None:
         table.caption_justify = "left"
         print_table(console, table, keys=3)  # backend, variant, precision: in every part when it is split
     simd = ", ".join(machine.get("simd") or []) or "-"
+    # notes one line each (soft_wrap): a log's reader wraps them, never mid-sentence
     console.print(f"machine: {machine['cpu']}, {machine.get('physical_cores') or '?'} cores / "
-                  f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}")
+                  f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}", soft_wrap=True)
     versions = machine.get("versions", {})
-    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), soft_wrap=True)
     grouped: dict[tuple[str, str], list[str]] = {}
     for skip in report["skipped"]:
         what = f"{skip['variant']} {skip['precision']}" if skip["backend"] != "torch" else f"eager {skip['precision']}"
         if what not in grouped.setdefault((skip["backend"], skip["reason"]), []):
             grouped[(skip["backend"], skip["reason"])].append(what)
     for (backend, reason), what in grouped.items():
-        console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}")
+        console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}", soft_wrap=True)
     for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- plot

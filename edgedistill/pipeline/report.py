@@ -208,7 +208,7 @@ def render_summary(console: Any, result: PipelineResult) -> None:
         table.add_row(f"file {variant}", f"{(size or 0) / 1e6:.2f} MB")
     for stage in result["stages"]:
         table.add_row(f"stage {stage['stage']}", f"{stage['status']} {stage['seconds']:.0f} s")
-    table.add_row("report", result["report"])
     console.print(table)
+    console.print(f"report: {result['report']}", soft_wrap=True, highlight=False)
     for line in summary["trouble"]:
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
