@@ -151,11 +151,12 @@ def _knn_delta_in(obj: Any, variant: str) -> float | None:
 @pytest.mark.xfail(strict=False, reason="needs the firsthour branch (issue 25a): the recommendation line and "
                                         "knn_delta in export JSON, bench JSON and CSV")
 def test_one_recommendation_and_one_knn_delta_everywhere(walk):
-    """``bench`` ends its results with a ``Recommended`` line per target; the k-NN difference
-    (variant minus reference, in points) of one variant is the same, sign included, in the
-    export JSON, the bench JSON and the bench CSV."""
+    """``export`` and ``bench`` print a ``Recommended`` line per target among their results; the
+    k-NN difference (variant minus reference, in points) of one variant is the same, sign
+    included, in the export JSON, the bench JSON and the bench CSV."""
     root = walk["root"]
-    assert any(line.startswith("Recommended") for line in walk["steps"]["bench"].stdout.splitlines())
+    for name in ("export", "bench"):
+        assert any(line.startswith("Recommended") for line in walk["steps"][name].stdout.splitlines()), name
     exported = _knn_delta_in(json.loads((root / "export.json").read_text()), VARIANT)
     benched = _knn_delta_in(json.loads((root / "bench.json").read_text()), VARIANT)
     with open(root / "bench.csv", newline="") as f:

@@ -22,11 +22,13 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}, "teacher": {"source": teacher}},
                                        out, resume)
     check_hub_teacher(cfg.teacher.source)  # offline: one line in seconds, before torch is imported
-    from edgedistill.train.stages import distill
+    from edgedistill.train.stages import closing_knn, distill
 
     con = console()
     with interruptible(lambda: resume_hint("distill", out)):
         summary = distill(cfg, out, resume=resume, console=con)
+        if summary["is_main"] and summary["complete"]:  # with a labeled validation split: the baseline too
+            summary["knn"] = closing_knn(cfg, out)
     # labeled data with a validation split: the student was scored, so eval is next
     then = (("eval", "knn", "--model", out, "--data", cfg.data.path) if summary.get("knn")
             else ("export", "--model", out, "--int8"))

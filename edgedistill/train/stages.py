@@ -17,7 +17,7 @@ from edgedistill.config import Config, check_pretrain_sizes
 from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
 
-__all__ = ["distill", "pretrain", "seed_everything"]
+__all__ = ["distill", "pretrain", "closing_knn", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -84,10 +84,12 @@ def _announce(console: Any, cfg: Config, student_kwargs: dict[str, Any], grids: 
                   f"teacher grid {grids['teacher_grid']}", highlight=False, soft_wrap=True)
 
 
-def closing_knn(cfg: Config, backbone: Any, info: Any) -> dict[str, float]:
-    """The finished student's k-NN top-1 and a random-init twin's (same architecture and seed),
-    when the data has a labeled validation split; ``{}`` otherwise."""
+def closing_knn(cfg: Config, run_dir: Path) -> dict[str, float]:
+    """The finished student's k-NN top-1 (from ``run_dir``) and a random-init twin's (same
+    architecture, ``run.seed``), when the data has a labeled validation split; ``{}`` otherwise.
+    What ``edgedistill distill`` ends with (the pipeline and the ablation measure their own)."""
     from edgedistill.data import build_knn_loaders
+    from edgedistill.eval.models import open_model
     from edgedistill.eval.online import online_knn
     from edgedistill.train.distill import build_student
 
@@ -95,10 +97,11 @@ def closing_knn(cfg: Config, backbone: Any, info: Any) -> dict[str, float]:
         build_knn_loaders(cfg, batch_size=cfg.eval.batch_size)
     except EdgeDistillError:
         return {}  # unlabeled data, or no validation split: nothing to measure
-    student = online_knn(backbone, cfg, info)
+    module = open_model(run_dir, device=cfg.run.device).module
+    student = online_knn(module, cfg)
     seed_everything(cfg.run.seed)
     twin, _ = build_student(cfg)
-    random_init = online_knn(twin.to(info.device), cfg, info)
+    random_init = online_knn(twin.to(next(module.parameters()).device), cfg)
     if not student or not random_init:
         return {}
     return {"knn_top1": student["knn_top1"], "random_init_knn_top1": random_init["knn_top1"]}
@@ -161,8 +164,6 @@ def _run_stage(cfg: Config, out: Path | None, resume: bool, console: Any, sectio
         started = time.perf_counter()
         settings = loop_settings(cfg, section)
         result = train(task, loader, settings, run, info, resume=resume, knn_fn=knn_fn, console=console)
-        if section == "distill" and not result.stopped_early:
-            extra["knn"] = closing_knn(cfg, task.backbone(), info)
         summary = {
             "run_dir": str(run.path), "steps": result.steps, "epochs": result.epochs_done,
             "complete": not result.stopped_early, "seconds": time.perf_counter() - started,
