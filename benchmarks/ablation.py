@@ -1,15 +1,19 @@
-"""Is the distillation worth it? One teacher, one data set, one wall-clock budget per variant:
+"""Is the distillation worth it? One teacher, one data set, one training budget per variant:
 
-  attndistill   AttnDistill with the recipe's weights (configs/cifar10_vit_t.yaml: w_attn 0.1)
-  cls_only      the CLS term alone (distill.w_attn=0)
-  attn_0.03     attention weight 0.03
-  attn_0.3      attention weight 0.3
-  dense         AttnDistill plus the dense patch-token term (distill.w_patch, --w-patch)
+  attndistill   AttnDistill as published: raw CLS target, no mixing (the recipe's weights)
+  funmatch      the recipe as configured: standardized CLS target, function matching (mixup/cutmix)
+  cls_only      the recipe with the CLS term alone (distill.w_attn=0)
+  no_mix        the recipe without mixing
+  raw_target    the recipe with the raw CLS target
+  attn_0.03     the recipe with attention weight 0.03
+  attn_0.3      the recipe with attention weight 0.3
+  dense         the recipe plus the dense patch-token term (distill.w_patch, --w-patch)
   dino_scratch  the same ViT-Tiny trained by DINO from scratch (`pretrain`, the teacher's recipe)
 
-Every variant trains for the same wall-clock: its recipe's schedule (warmup + cosine) is fitted
-to the budget from its own measured speed (a few calibration steps, once per variant), and the
-training loop stops at the budget in any case (`max_seconds`, kept across resumes). Each
+Every variant trains for the same budget (--clock: CPU seconds of the cell's processes on a CPU,
+so other jobs on the machine take nothing from a cell; wall-clock on a GPU): its recipe's schedule
+(warmup + cosine) is fitted to the budget from its own measured speed (calibration steps, once per
+variant), and the training loop stops at the budget in any case (kept across resumes). Each
 (variant, seed) cell is then scored by k-NN on the same split (`eval.evaluate.evaluate_knn`,
 DINO protocol, top-1 at k=20), beside the teacher and a random-init student.
 
@@ -18,9 +22,14 @@ differences clear the seed spread), knn_vs_time.png, results.json, and one run
 directory per cell (cells/<variant>/seed<N>/). Rerunning the same command skips finished
 cells and resumes an interrupted one from its checkpoint.
 
-  # the CIFAR table (about 3 hours of a 2-core CPU: ~52 min of teacher, then 6 x 3 cells of 8 min):
+  # the CIFAR table (a 2-core CPU: ~1 h of teacher, then 4 variants x 3 seeds x 4 min), with the
+  # evidence student ViT-T/8 (16 tokens at 32 px, the same for every variant):
   python benchmarks/ablation.py --pretrain-teacher --teacher runs/cifar10_teacher \\
-      --data ../shared/data/cifar10-subset --budget-minutes 8 --seeds 0,1,2 --out runs/ablation_cifar
+      --data ../shared/data/cifar10-subset --budget-minutes 4 --set student.patch_size=8 --out runs/ablation_cifar
+  # the digits tables (the quickstart's teacher and recipe; 1 and 3 minutes per cell):
+  python benchmarks/ablation.py --pretrain-teacher --teacher runs/quickstart_teacher --data digits \\
+      --config configs/quickstart.yaml --teacher-config configs/quickstart.yaml --budget-minutes 1 \\
+      --variants funmatch,dino_scratch,attndistill,cls_only,no_mix --out runs/ablation_digits_1min
   # minutes on the embedded digits (what the test runs):
   python benchmarks/ablation.py --quick --out runs/ablation_quick
 """

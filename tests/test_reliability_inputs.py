@@ -258,22 +258,26 @@ def test_resume_logs_each_step_once_and_a_finished_run_stays_finished(tiny_folde
     assert (run / "summary.json").read_text() == written  # before: rewritten with empty metrics
 
 
-@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
-                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["ctrl-c", "sigterm"])
-def test_an_interrupted_run_says_how_to_continue(tiny_folder, tmp_path, sig, code, said):
+@pytest.mark.parametrize("sig, code, said, workers", [(signal.SIGINT, 130, "interrupted", 2),
+                                                      (signal.SIGTERM, 143, "terminated (SIGTERM)", 0)],
+                         ids=["ctrl-c-with-data-workers", "sigterm"])
+def test_an_interrupted_run_says_how_to_continue(tiny_folder, tmp_path, sig, code, said, workers):
     out = tmp_path / "run"
-    sets = sum((["--set", o] for o in tiny_overrides(tiny_folder, **{"distill.epochs": 50})), [])
+    sets = sum((["--set", o] for o in tiny_overrides(tiny_folder, **{"distill.epochs": 50,
+                                                                      "data.num_workers": workers})), [])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A test run started in the background by a non-interactive shell (CI) inherits SIGINT
     # ignored, and Python keeps an ignored SIGINT ignored: Ctrl-C's default is restored here.
+    # Its own session, so that the signal goes to the whole group as a terminal's Ctrl-C does
+    # (data workers included).
     proc = subprocess.Popen([sys.executable, "-m", "edgedistill", "distill", "--out", str(out), *sets], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()

@@ -15,6 +15,7 @@ sees the batches an uninterrupted one would).
 from __future__ import annotations
 
 import random
+import signal
 from itertools import islice
 from typing import Callable, Iterator, Sequence
 
@@ -115,9 +116,19 @@ class SeededSampler(Sampler):
         return max(len(self.sampler) - self.start, 0)
 
 
+def ignore_interrupts(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn`` of every loader: workers ignore Ctrl-C. A terminal sends it
+    to the whole process group, and a worker that died of it first made the main process fail on
+    the lost batch (a traceback, not exit 130); the main process stops its workers when it
+    handles the interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed
-    (itself derived from the loader's generator), for transforms that use them unseeded."""
+    """DataLoader ``worker_init_fn`` of training loaders: seed numpy and ``random`` from the
+    worker's torch seed (itself derived from the loader's generator), for transforms that use
+    them unseeded; Ctrl-C ignored as in ``ignore_interrupts``."""
+    ignore_interrupts(worker_id)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -186,7 +197,7 @@ def build_eval_loader(
     )
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(), drop_last=False,
+        pin_memory=torch.cuda.is_available(), drop_last=False, worker_init_fn=ignore_interrupts,
     )
 
 

@@ -163,9 +163,11 @@ def _batches(dataset: Any, indices: list[int], batch_size: int, num_workers: int
         return _Sized(_numpy_batches(dataset, indices, batch_size), -(-len(indices) // batch_size))
     from torch.utils.data import DataLoader, Subset
 
+    from edgedistill.data import ignore_interrupts
+
     shard = dataset if len(indices) == len(dataset) else Subset(dataset, indices)
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin,
-                      drop_last=False)
+                      drop_last=False, worker_init_fn=ignore_interrupts)
 
 
 class _Sized:

@@ -113,14 +113,15 @@ def target_statistics_loader(cfg: Config) -> Any:
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from edgedistill.data import build_eval_loader
+    from edgedistill.data import build_eval_loader, ignore_interrupts
 
     d = cfg.data
     full = build_eval_loader(d.path, "train", d.img_size, cfg.eval.batch_size, d.num_workers, d.mean, d.std,
                              max_bad_images=d.max_bad_images).dataset
     n = min(len(full), cfg.distill.target_stats_images)
     indices = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.run.seed))[:n].sort().values
-    return DataLoader(Subset(full, indices.tolist()), batch_size=cfg.eval.batch_size, num_workers=d.num_workers)
+    return DataLoader(Subset(full, indices.tolist()), batch_size=cfg.eval.batch_size, num_workers=d.num_workers,
+                      worker_init_fn=ignore_interrupts)
 
 
 def pretrain(cfg: Config, out: Path | None = None, *, resume: bool = False, console: Any = None) -> dict[str, Any]:
