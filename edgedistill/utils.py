@@ -65,6 +65,12 @@ def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
     return f"cannot write {where}: {exc.strerror or exc}"
 
 
+def check_new(path: str | Path) -> None:
+    """Refuse a ``path`` that exists (a folder about to be written whole, never merged into)."""
+    if os.path.lexists(path):
+        raise _error(f"{path} already exists: choose a new --out (nothing was written)")
+
+
 def check_free_space(path: str | Path, needed: int, what: str) -> None:
     """Fail before long work when the file system that will hold ``path`` has less than
     ``needed`` bytes free."""

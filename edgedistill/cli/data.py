@@ -18,12 +18,15 @@ from edgedistill.cli.common import deploy_example, next_step, results_console, s
 def command(name: str, out: Path, img_size: int) -> None:
     """Write an embedded data set (the quickstart's digits) as labeled image folders, e.g. the
     gallery a deploy example classifies against."""
-    from edgedistill.data.digits import write_digits
     from edgedistill.errors import EdgeDistillError
     from edgedistill.limits import MAX_IMAGE_SIDE
+    from edgedistill.utils import check_new
 
     if not 8 <= img_size <= MAX_IMAGE_SIDE:
         raise EdgeDistillError(f"--img-size must be at least 8 and at most {MAX_IMAGE_SIDE}, got {img_size}")
+    check_new(out)  # before torch is imported: a second run answers at once
+    from edgedistill.data.digits import write_digits
+
     counts = write_digits(out, img_size)
     con = results_console()
     con.print(f"{name}: {counts['train']} train and {counts['val']} val images, 10 classes, {img_size} px, "

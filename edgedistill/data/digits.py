@@ -12,7 +12,6 @@ closer to what a ViT sees in real images. The split is stratified and fixed: per
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,11 +96,10 @@ def write_digits(out: Path, img_size: int = 32) -> dict[str, int]:
     the very images (and split) ``data.path=digits`` trains and validates on, at ``img_size``:
     what the deploy examples take as their gallery. Written atomically; an existing ``out`` is
     refused. Returns the image count per split."""
-    from edgedistill.utils import atomic_directory, disk_errors
+    from edgedistill.utils import atomic_directory, check_new, disk_errors
 
     out = Path(out)
-    if os.path.lexists(out):
-        raise EdgeDistillError(f"{out} already exists: choose a new --out (nothing was written)")
+    check_new(out)
     counts = {}
     with atomic_directory(out) as tmp, disk_errors(out, "the digits folder"):
         for split in ("train", "val"):
