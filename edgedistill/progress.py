@@ -12,9 +12,9 @@ import math
 import time
 from typing import Any
 
-__all__ = ["progress_bar", "StepProgress", "stderr_console", "make_console", "LOG_WIDTH"]
+__all__ = ["progress_bar", "StepProgress", "stderr_console", "make_console", "print_table", "LOG_WIDTH"]
 
-LOG_WIDTH = 200  # wide enough for the bench table with three batch sizes
+LOG_WIDTH = 100  # a log's lines; a wider table is printed in parts (``print_table``)
 
 
 def make_console(stderr: bool = True, quiet: bool = False) -> Any:
@@ -32,6 +32,50 @@ def make_console(stderr: bool = True, quiet: bool = False) -> Any:
         terminal = False
     width = None if terminal or os.environ.get("COLUMNS") else LOG_WIDTH
     return Console(stderr=stderr, quiet=quiet, width=width)
+
+
+def print_table(console: Any, table: Any, keys: int = 1) -> None:
+    """Print a rich ``table`` whole when it fits the console, else in parts that each fit: the
+    first ``keys`` columns (what names a row) repeated in every part, the other columns spread
+    over the parts in their order, so no cell is cut to ``onnx_…`` and no table line is wider
+    than the console. The title heads the first part; a text caption follows the table, each
+    of its lines unwrapped (a note is never broken mid-sentence in a log)."""
+    unbounded = console.options.update_width(10_000)
+
+    def width(columns: list[int]) -> int:  # the width the columns' cells ask for, uncut
+        return console.measure(_table_part(table, columns, None), options=unbounded).maximum
+
+    n = len(table.columns)
+    key_columns, groups, current = list(range(keys)), [], []
+    for i in range(keys, n):
+        if current and width(key_columns + current + [i]) > console.width:
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    for g, group in enumerate(groups):
+        title = table.title if g == 0 else (f"{table.title} (continued)" if isinstance(table.title, str) else None)
+        console.print(_table_part(table, key_columns + group, title))
+    caption = table.caption
+    for line in caption.splitlines() if isinstance(caption, str) else []:
+        console.print(line, soft_wrap=True, highlight=False)
+    if caption is not None and not isinstance(caption, str):
+        console.print(caption)
+
+
+def _table_part(table: Any, columns: list[int], title: Any) -> Any:
+    """A copy of ``table`` with only ``columns`` (their settings, cells and the row styles)."""
+    from rich.table import Table
+
+    out = Table(title=title, title_justify=table.title_justify, box=table.box, show_header=table.show_header)
+    for i in columns:
+        c = table.columns[i]
+        out.add_column(c.header, justify=c.justify, no_wrap=c.no_wrap, style=c.style, header_style=c.header_style,
+                       overflow=c.overflow)
+    cells = [list(table.columns[i].cells) for i in columns]
+    for r, row in enumerate(table.rows):
+        out.add_row(*(column[r] for column in cells), style=row.style, end_section=row.end_section)
+    return out
 
 
 def stderr_console(quiet: bool = False) -> Any:

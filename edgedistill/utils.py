@@ -69,6 +69,12 @@ def describe_os_error(exc: OSError, path: str | Path | None = None) -> str:
     return f"cannot write {where}: {exc.strerror or exc}"
 
 
+def check_new(path: str | Path) -> None:
+    """Refuse a ``path`` that exists (a folder about to be written whole, never merged into)."""
+    if os.path.lexists(path):
+        raise _error(f"{path} already exists: choose a new --out (nothing was written)")
+
+
 def check_free_space(path: str | Path, needed: int, what: str) -> None:
     """Fail before long work when the file system that will hold ``path`` has less than
     ``needed`` bytes free."""
@@ -490,3 +496,41 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 
 def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
+# ----------------------------------------------------------------------------- network
+
+
+HUB_ENDPOINT = "https://huggingface.co"
+CONNECT_TIMEOUT = 5.0  # seconds; a download client retries for about a minute offline
+
+
+def unreachable(url: str, timeout: float = CONNECT_TIMEOUT) -> str | None:
+    """Why a download from ``url`` cannot start (its host, or the HTTPS proxy, refuses or does
+    not answer a TCP connection within ``timeout``, or does not resolve); None when it can."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        return f"{host} is unreachable: {reason}"
+    return None
+
+
+def hf_offline() -> bool:
+    """The Hugging Face hub's offline mode (``HF_HUB_OFFLINE``) is set."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read now (huggingface_hub fixes its constants at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface" / "hub"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ CIFAR = REPO.parent / "shared" / "data" / "cifar10-subset"
 
 # Tests share two cores with each other's subprocesses: one intra-op thread each keeps them honest.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Third-party warnings of the commands the tests run go to a log of their own, not the user's.
+os.environ.setdefault("EDGEDISTILL_LOG", os.path.join(tempfile.gettempdir(), f"edgedistill-tests-{os.getpid()}.log"))
 
 
 def make_image_folder(root: Path, classes: int = 2, per_class: int = 16, size: int = 16, seed: int = 0,

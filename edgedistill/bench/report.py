@@ -11,10 +11,11 @@ from typing import Any
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.bench.records import BenchReport
+from edgedistill.progress import print_table
 from edgedistill.runtime.rows import precision_label
 
-__all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "csv_lines", "CSV_COLUMNS",
-           "check_plot_support", "describe_remote"]
+__all__ = ["render_table", "write_json", "write_csv", "write_plot", "plot_labels", "place_labels", "csv_lines",
+           "CSV_COLUMNS", "check_plot_support", "describe_remote"]
 
 CSV_COLUMNS = (
     "backend", "variant", "precision", "inference_precision", "device", "remote", "threads", "batch", "baseline",
@@ -134,23 +135,24 @@ def render_table(report: BenchReport, console: Any) -> None:
                            "outputs depend on the batch): img/s at a larger batch is that many calls")
         table.caption = "\n".join(caption)
         table.caption_justify = "left"
-        console.print(table)
+        print_table(console, table, keys=3)  # backend, variant, precision: in every part when it is split
     simd = ", ".join(machine.get("simd") or []) or "-"
+    # notes one line each (soft_wrap): a log's reader wraps them, never mid-sentence
     console.print(f"machine: {machine['cpu']}, {machine.get('physical_cores') or '?'} cores / "
-                  f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}")
+                  f"{machine.get('usable_cpus')} usable CPUs, {machine.get('memory_gb')} GB; SIMD: {simd}", soft_wrap=True)
     versions = machine.get("versions", {})
-    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    console.print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), soft_wrap=True)
     for label, remote in (report.get("remotes") or {}).items():
-        console.print(f"device {label}: {describe_remote(remote)}")
+        console.print(f"device {label}: {describe_remote(remote)}", soft_wrap=True)
     grouped: dict[tuple[str, str], list[str]] = {}
     for skip in report["skipped"]:
         what = f"{skip['variant']} {skip['precision']}" if skip["backend"] != "torch" else f"eager {skip['precision']}"
         if what not in grouped.setdefault((skip["backend"], skip["reason"]), []):
             grouped[(skip["backend"], skip["reason"])].append(what)
     for (backend, reason), what in grouped.items():
-        console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}")
+        console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}", soft_wrap=True)
     for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     for line in recommended_lines(report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -235,6 +237,39 @@ def plot_labels(points: list[tuple[float, float, str]], near: float = 0.04) -> l
     return [(x, y, ", ".join(tags)) for x, y, tags in groups]
 
 
+def _overlaps(box: Any, boxes: list[Any]) -> bool:
+    return any(box.x0 < b.x1 and b.x0 < box.x1 and box.y0 < b.y1 and b.y0 < box.y1 for b in boxes)
+
+
+def place_labels(ax: Any, labels: list[tuple[float, float, str]], fontsize: float = 7) -> list[Any]:
+    """Annotate each ``(x, y, text)`` beside its point where its text overlaps no label placed
+    before it: right of the point, then above and below it in growing steps, then left of it.
+    Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    step = fontsize * 1.4  # one text line, in points
+    tries = [(5, 4 + sign * k * step, "left") for k in range(12) for sign in ((1, -1) if k else (1,))]
+    tries += [(-5, 4 + sign * k * step, "right") for k in range(12) for sign in ((1, -1) if k else (1,))]
+    placed: list[Any] = []
+    annotations = []
+    for x, y, text in sorted(labels, key=lambda item: (item[1], item[0])):
+        for dx, dy, align in tries:
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                               ha=align, va="bottom")
+            box = note.get_window_extent(renderer)
+            if not _overlaps(box, placed):
+                break
+            note.remove()
+        else:  # nowhere free: keep the first place (a crowded plot; the table has every figure)
+            dx, dy, align = tries[0]
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, ha=align,
+                               va="bottom")
+            box = note.get_window_extent(renderer)
+        placed.append(box)
+        annotations.append(note)
+    return annotations
+
+
 def write_plot(report: BenchReport, path: str | Path) -> bool:
     """Latency (p50 at the smallest batch) against k-NN top-1 of every row whose accuracy the
     export measured. Returns False (nothing written) when the manifest has no k-NN figures."""
@@ -273,8 +308,6 @@ def write_plot(report: BenchReport, path: str | Path) -> bool:
         if row.get("remote"):
             tag += f" @{row['remote']}"
         tagged.append((x, y, tag))
-    for x, y, text in plot_labels(tagged):
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
     knn = report["bundle"].get("knn") or {}
     if knn.get("torch_fp32_top1") is not None and knn.get("max_drop") is not None:
         ax.axhline(knn["torch_fp32_top1"] - knn["max_drop"], color="gray", linestyle="--", linewidth=1,
@@ -287,6 +320,7 @@ def write_plot(report: BenchReport, path: str | Path) -> bool:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    place_labels(ax, plot_labels(tagged))  # after the layout: the places are measured on the final axes
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

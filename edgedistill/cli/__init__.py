@@ -47,6 +47,42 @@ def _on_sigterm(signum: int, frame: object) -> None:
     os._exit(128 + signal.SIGTERM)
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_THIRD_PARTY: list[str] = []  # third-party warnings of this command, for its log
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Our warnings: one line on stderr. A library's (torch's pytree, a converter's
+    deprecations) says nothing a user can act on: it goes to the command's log (``cli.common.warnings_log``)."""
+    if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+        sys.stderr.write(f"warning: {message}\n")
+    else:
+        _THIRD_PARTY.append(f"{filename}:{lineno}: {category.__name__}: {message}")
+
+
+def _flush_third_party_warnings(notify: bool) -> None:
+    """Append the command's third-party warnings to its log; ``notify``: say so in one line
+    (not after an error, which stays the only line)."""
+    import contextlib
+    import time
+
+    from edgedistill.cli.common import log_warnings_to, warnings_log
+
+    path = warnings_log()
+    log_warnings_to(None)  # the next command (in the same process: tests, a notebook) starts afresh
+    if not _THIRD_PARTY:
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} edgedistill {' '.join(sys.argv[1:])}\n")
+            log.writelines(entry + "\n" for entry in _THIRD_PARTY)
+        if notify:
+            sys.stderr.write(f"({len(_THIRD_PARTY)} third-party warning{'s' if len(_THIRD_PARTY) > 1 else ''} "
+                             f"written to {path})\n")
+    _THIRD_PARTY.clear()
+
+
 class _Group(click.Group):
     """Turns user errors into one line and a non-zero exit instead of a traceback."""
 
@@ -56,15 +92,20 @@ class _Group(click.Group):
         from edgedistill.runtime.registry import quiet_runtimes
         from edgedistill.utils import DISK_ERRNOS, describe_os_error
 
-        # Library warnings reach users as one line, not as a source excerpt.
+        # Ours reach users as one line, not as a source excerpt; third parties' go to a log.
         warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+        shown = warnings.showwarning
+        warnings.showwarning = _show_warning
         quiet_runtimes()
         global _HANDLER_PID
         main_thread = threading.current_thread() is threading.main_thread()
         _HANDLER_PID = os.getpid()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+        succeeded = False
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            succeeded = True
+            return result
         except EdgeDistillError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -78,6 +119,8 @@ class _Group(click.Group):
             click.echo(f"error: {describe_os_error(exc)}", err=True)
             sys.exit(2)
         finally:
+            warnings.showwarning = shown
+            _flush_third_party_warnings(notify=succeeded)
             if main_thread:  # an in-process caller (tests, a notebook) gets its own handler back
                 signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
@@ -94,13 +137,14 @@ def main() -> None:
       edgedistill export     a gated bundle (ONNX and the other runtimes' formats), --int8
       edgedistill bench      latency and throughput from a bundle
       edgedistill pipeline   all of the above from one YAML config
+      edgedistill data       the quickstart's digits as labeled image folders
     """
 
 
 def _register() -> None:
     import importlib
 
-    for name in ("distill", "pretrain", "eval", "export", "bench", "pipeline"):
+    for name in ("distill", "pretrain", "eval", "export", "bench", "pipeline", "data"):
         try:
             module = importlib.import_module(f"edgedistill.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -73,7 +73,7 @@ def command(bundle: Path, device: str, remote_python: str | None, ssh_config: Pa
     """
     from edgedistill.bench.report import check_plot_support, render_table, write_csv, write_json, write_plot
     from edgedistill.bench.runner import run_bench
-    from edgedistill.cli.common import check_outputs, results_console
+    from edgedistill.cli.common import check_outputs, deploy_step, next_step, results_console
 
     outputs = check_outputs({"--json": json_path, "--csv": csv_path, "--plot": plot_path})
     if plot_path is not None:
@@ -85,7 +85,8 @@ def command(bundle: Path, device: str, remote_python: str | None, ssh_config: Pa
                        remote_python=remote_python, ssh_config=str(ssh_config) if ssh_config else None)
     # the results on stdout, progress on stderr; an output written to stdout ("-") moves the
     # table to stderr so that what is piped stays parseable
-    render_table(report, con if outputs.to_stdout else results_console())
+    results = con if outputs.to_stdout else results_console()
+    render_table(report, results)
     if json_path is not None:
         write_json(report, json_path)
         outputs.written(con, "report", json_path)
@@ -98,3 +99,4 @@ def command(bundle: Path, device: str, remote_python: str | None, ssh_config: Pa
         else:
             con.print("[yellow]warning:[/] the bundle's manifest has no k-NN figures (exported without labeled "
                       "--data): no latency-vs-accuracy plot written")
+    next_step(results, deploy_step(bundle))

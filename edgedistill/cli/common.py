@@ -36,6 +36,51 @@ def results_console():
     return make_console(stderr=False)
 
 
+_WARNINGS_LOG: list[Path] = []  # the log a command named (a training run's), else the default
+
+
+def log_warnings_to(path: Path | None) -> None:
+    """Send this command's third-party warnings to ``path`` (a training run's ``warnings.log``);
+    None: back to the default."""
+    _WARNINGS_LOG[:] = [Path(path)] if path is not None else []
+
+
+def warnings_log() -> Path:
+    """Where third-party warnings go: the command's own log (``log_warnings_to``), else
+    ``$EDGEDISTILL_LOG``, else ``~/.cache/edgedistill/warnings.log``."""
+    import os
+
+    if _WARNINGS_LOG:
+        return _WARNINGS_LOG[0]
+    return Path(os.environ.get("EDGEDISTILL_LOG") or Path.home() / ".cache" / "edgedistill" / "warnings.log")
+
+
+def next_step(con: Any, command: str) -> None:
+    """The line that ends a command: what a user runs next (on ``con``, the results' stream).
+    One line, never wrapped, so it can be copied whole."""
+    con.print(f"Next: {command}", highlight=False, soft_wrap=True, markup=False)
+
+
+def shell_words(*words: object) -> str:
+    """``words`` as one shell command line (each word quoted where it needs it)."""
+    import shlex
+
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def deploy_example() -> str:
+    """The Python deploy example of the registry's first runtime (the one every bundle has)."""
+    from edgedistill.runtime import registry
+
+    return f"deploy_examples/python_{registry.RUNTIMES[0].name}/classify.py"
+
+
+def deploy_step(bundle: Path | str) -> str:
+    """The next step once a bundle is measured: the Python deploy example on it."""
+    return (shell_words("python", deploy_example(), "--bundle", bundle, "--gallery", "GALLERY", "--images", "IMAGES")
+            + "  (GALLERY: a labeled folder, <class>/<image>; the digits as one: edgedistill data digits --out DIR)")
+
+
 class Outputs:
     """The files a command was asked to write, checked before any work (``check_outputs``)."""
 
@@ -90,6 +135,35 @@ def resolve_training_config(config_path: Path | None, overrides: tuple[str, ...]
     return cfg, RunDir.for_config(cfg, out).path
 
 
+def check_hub_teacher(source: str) -> None:
+    """Before torch is even imported: a teacher source that can only be a hub name (no such
+    file or folder, not 'random'), with nothing of it in the hub's cache, on a machine that
+    cannot reach the hub, fails in seconds with one line (the hub client retries for a
+    minute). ``models.teacher`` checks the name itself once it is loaded."""
+    import os
+
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.utils import HUB_ENDPOINT, hf_cache_dir, hf_offline, unreachable
+
+    source = source.strip()
+    if (not source or source.lower() == "random" or Path(source).expanduser().exists() or "/" in source
+            or "\\" in source or Path(source).suffix.lower() in (".pth", ".pt", ".safetensors", ".bin", ".json")):
+        return
+    cache = hf_cache_dir()
+    cached = cache.is_dir() and any(cache.glob(f"models--timm--{source}*"))  # an untagged name: its default tag
+    torch_hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch") / "hub" / "checkpoints"
+    if cached or (torch_hub.is_dir() and any(torch_hub.iterdir())):
+        return  # maybe cached: the loader knows
+    reason = ("offline mode is set (HF_HUB_OFFLINE)" if hf_offline()
+              else unreachable(os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT))
+    if reason:
+        arch = source.split(".")[0]
+        raise EdgeDistillError(
+            f"teacher {source!r} is not a local file or folder, so its weights would come from the hub, and "
+            f"{reason}. Without network access, download the checkpoint elsewhere and pass the local file "
+            f"instead: --teacher path/to/checkpoint.pth --set teacher.arch={arch}")
+
+
 _HINTS: list[Callable[[], str]] = []
 
 
@@ -123,8 +197,20 @@ def resume_hint(command: str, run_dir: Path) -> str:
             "continues from it")
 
 
+def finish_training(stage: str, out: Path, summary: dict, then: str) -> None:
+    """A training command's ending, on the reporting process: its table on stdout, its
+    third-party warnings into the run's ``warnings.log``, and the ``Next:`` line: ``then`` for
+    a finished run, the ``--resume`` that continues an unfinished one."""
+    if not summary["is_main"]:
+        return
+    log_warnings_to(out / "warnings.log")
+    results = results_console()
+    render_run_summary(results, stage, summary)
+    next_step(results, then if summary["complete"] else shell_words("edgedistill", stage, "--out", out, "--resume"))
+
+
 def render_run_summary(con, stage: str, summary: dict) -> None:
-    """The closing table of a training command."""
+    """The closing table of a training command (on ``con``: stdout)."""
     from rich.table import Table
 
     table = Table(title=f"{stage}: {summary['run_dir']}")
@@ -134,6 +220,15 @@ def render_run_summary(con, stage: str, summary: dict) -> None:
     table.add_row("epochs", str(summary["epochs"]))
     table.add_row("complete", "yes" if summary["complete"] else "no (stopped by max_steps; --resume continues)")
     table.add_row("time", f"{summary['seconds']:.1f} s")
+    if summary.get("student_grid"):
+        table.add_row("patch grid", f"student {summary['student_grid']}, teacher {summary['teacher_grid']}")
     for key, value in summary.get("metrics", {}).items():
         table.add_row(key, f"{value:.4g}")
+    knn = summary.get("knn") or {}
+    if knn:
+        table.add_row("k-NN top-1 (val)", f"{knn['knn_top1']:.2f}")
+        table.add_row("k-NN, its random init", f"{knn['random_init_knn_top1']:.2f}")
     con.print(table)
+    if knn and knn["knn_top1"] <= knn["random_init_knn_top1"]:
+        con.print(f"warning: the student's k-NN ({knn['knn_top1']:.2f}) is not above its random init's "
+                  f"({knn['random_init_knn_top1']:.2f}): train longer, or check the teacher", highlight=False)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
-                                    resolve_training_config, resume_hint)
+from edgedistill.cli.common import (check_hub_teacher, config_options, console, finish_training, interruptible,
+                                    resolve_training_config, resume_hint, shell_words)
 
 
 @click.command("distill")
@@ -21,10 +21,15 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     """AttnDistill: train a ViT-Tiny student from a frozen self-supervised teacher."""
     cfg, out = resolve_training_config(config_path, overrides, {"data": {"path": data}, "teacher": {"source": teacher}},
                                        out, resume)
-    from edgedistill.train.stages import distill
+    check_hub_teacher(cfg.teacher.source)  # offline: one line in seconds, before torch is imported
+    from edgedistill.train.stages import closing_knn, distill
 
     con = console()
     with interruptible(lambda: resume_hint("distill", out)):
         summary = distill(cfg, out, resume=resume, console=con)
-    if summary["is_main"]:
-        render_run_summary(con, "distill", summary)
+        if summary["is_main"] and summary["complete"]:  # with a labeled validation split: the baseline too
+            summary["knn"] = closing_knn(cfg, out)
+    # labeled data with a validation split: the student was scored, so eval is next
+    then = (("eval", "knn", "--model", out, "--data", cfg.data.path) if summary.get("knn")
+            else ("export", "--model", out, "--int8"))
+    finish_training("distill", out, summary, shell_words("edgedistill", *then))

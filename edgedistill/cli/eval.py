@@ -158,6 +158,19 @@ def _results(json_path: Path | None, con: Any) -> Any:
     return con if json_path is not None and str(json_path) == STDOUT else results_console()
 
 
+def _next(out: Any, opts: dict[str, Any]) -> None:
+    """After an evaluation: export a run directory's student, benchmark a bundle."""
+    from edgedistill.cli.common import next_step, shell_words
+    from edgedistill.rundir import RunDir
+
+    model = Path(opts["model"]).expanduser()
+    data = ["--data", opts["data"]] if opts.get("data") else []
+    if (model / "manifest.json").is_file():
+        next_step(out, shell_words("edgedistill", "bench", "--bundle", model))
+    elif model.is_dir() and RunDir.of(model).config_or_none() is not None:
+        next_step(out, shell_words("edgedistill", "export", "--model", model, "--int8", *data))
+
+
 def _header(con: Any, model: Any, result: dict[str, Any]) -> None:
     d = result["data"]
     skipped = sum((d.get("skipped_images") or {}).values())
@@ -222,6 +235,7 @@ def knn(ks: list[int], temperature: float, chunk_size: int, with_predictions: bo
     out.print(_extraction_line(result), highlight=False, soft_wrap=True)
     if json_path is not None:
         _write_json(con, json_path, result)
+    _next(out, opts)
 
 
 @command.command("linear")
@@ -261,6 +275,7 @@ def linear(cs: list[float], max_iter: int, json_path: Path | None, no_progress: 
     out.print(_extraction_line(result), highlight=False, soft_wrap=True)
     if json_path is not None:
         _write_json(con, json_path, result)
+    _next(out, opts)
 
 
 @command.command("attention")
@@ -304,11 +319,14 @@ def attention(teacher: str | None, teacher_arch: str | None, teacher_patch_size:
     arch = teacher_cfg.arch
     result = attention_figure(model, teacher_model, [*images, *map(str, more_images)], out,
                               teacher_arch=info.get("arch", arch), temperature=temperature)
-    con = console()
-    con.print(f"wrote {result['out']} ({result['size'][0]}x{result['size'][1]} px): teacher {info['source']} "
-              f"({result['teacher_heads']} heads, grid {result['grids']['teacher']}), student "
-              f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False,
-              soft_wrap=True)
+    from edgedistill.cli.common import results_console
+
+    out_con = console() if str(out) == "-" else results_console()  # the PNG on stdout: the words on stderr
+    out_con.print(f"wrote {result['out']} ({result['size'][0]}x{result['size'][1]} px): teacher {info['source']} "
+                  f"({result['teacher_heads']} heads, grid {result['grids']['teacher']}), student "
+                  f"({result['student_heads']} heads, grid {result['grids']['student']})", highlight=False,
+                  soft_wrap=True)
+    _next(out_con, opts)
 
 
 def _run_config(model: str):

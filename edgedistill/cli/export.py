@@ -84,30 +84,33 @@ def command(model_dir: Path, out_root: Path, name: str | None, formats: list[str
     """
     import json
 
-    from edgedistill.cli.common import check_outputs
+    from edgedistill.cli.common import check_outputs, next_step, results_console, shell_words
     from edgedistill.export.bundle import ExportOptions, GateFailed, export_bundle, summary_rows
     from edgedistill.utils import write_output
 
-    check_outputs({"--json": json_path})
+    outputs = check_outputs({"--json": json_path})
     con = console()
     options = ExportOptions(int8=int8, fp16=fp16, opset=opset, calib_size=calib_size,
                             projection=projection, min_cosine=min_cosine, max_drop=max_drop, int8_hint=int8_hint,
                             recovery_attempts=recovery_attempts, recovery_seconds=recovery_seconds,
                             batch_size=batch_size, num_workers=num_workers,
                             threads=threads)
+    # the results on stdout, unless the JSON goes there ("--json -")
+    results = con if outputs.to_stdout else results_console()
     try:
         result = export_bundle(model_dir, out_root=out_root, name=name, formats=formats, calib=calib, data=data,
                                img_size=img_size, force=force, options=options, console=con)
     except GateFailed as exc:
-        render_summary(con, summary_rows(exc.report), title="export FAILED (no bundle written)")
+        render_summary(results, summary_rows(exc.report), title="export FAILED (no bundle written)")
         if json_path is not None:
             write_output(json_path, json.dumps(exc.report, indent=2) + "\n")
         raise
-    render_summary(con, result.rows, title=f"export: {result.bundle}", default=result.default_variant)
+    render_summary(results, result.rows, title=f"export: {result.bundle}", default=result.default_variant)
     for line in result.recommended_lines():
-        click.echo(line)
+        results.print(line, highlight=False, markup=False, soft_wrap=True)
     if json_path is not None:
         write_output(json_path, json.dumps(result.validation, indent=2) + "\n")
+    next_step(results, shell_words("edgedistill", "bench", "--bundle", result.bundle))
 
 
 def render_summary(con: Any, rows: list[dict[str, Any]], title: str, default: str | None = None) -> None:

@@ -23,7 +23,7 @@ def command(config_path: Path, overrides: tuple[str, ...], runs_root: Path, expo
 
     cfg = build_config(config_path, overrides)
     from edgedistill.bench.report import render_table
-    from edgedistill.cli.common import interruptible, results_console
+    from edgedistill.cli.common import deploy_step, interruptible, next_step, results_console
     from edgedistill.pipeline import run_pipeline
     from edgedistill.pipeline.report import render_summary
 
@@ -37,3 +37,5 @@ def command(config_path: Path, overrides: tuple[str, ...], runs_root: Path, expo
     if result["bench"] is not None:
         render_table(result["bench"], out)
     render_summary(out, result)
+    if "export" in cfg.pipeline.stages:
+        next_step(out, deploy_step(export_root / cfg.run.name))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgedistill.cli.common import (config_options, console, interruptible, render_run_summary,
-                                    resolve_training_config, resume_hint)
+from edgedistill.cli.common import (config_options, console, finish_training, interruptible, resolve_training_config,
+                                    resume_hint, shell_words)
 
 
 @click.command("pretrain")
@@ -22,5 +22,5 @@ def command(config_path: Path | None, out: Path | None, overrides: tuple[str, ..
     con = console()
     with interruptible(lambda: resume_hint("pretrain", out)):
         summary = pretrain(cfg, out, resume=resume, console=con)
-    if summary["is_main"]:
-        render_run_summary(con, "pretrain", summary)
+    finish_training("pretrain", out, summary, shell_words("edgedistill", "distill", "--teacher", out,
+                                                          "--data", cfg.data.path))

@@ -55,7 +55,7 @@ class TeacherConfig:
     source: str = "random"
     arch: str = "vit_small_patch16_224"
     img_size: int = 0  # 0 = data.img_size
-    patch_size: int = 0  # 0 = the architecture's own
+    patch_size: int = 0  # 0 = the architecture's own (a random teacher's follows the image size, as the student's)
     depth: int = 0  # 0 = the architecture's own (e.g. 12)
 
 
@@ -63,7 +63,9 @@ class TeacherConfig:
 class StudentConfig:
     arch: str = "vit_tiny_patch16_224"
     img_size: int = 0  # 0 = data.img_size
-    patch_size: int = 0  # 0 = the architecture's own
+    # 0 = follows the image size: the architecture's own where it leaves at least 4x4 patches
+    # (224 px: 16), else the largest that does (32 px: 8); printed by distill
+    patch_size: int = 0
     depth: int = 0  # 0 = the architecture's own (12 for ViT-Tiny)
     drop_path_rate: float = 0.0
     # Register tokens after CLS for a VisionTransformer student (e.g. 4, DINOv2-style); 0 = none.

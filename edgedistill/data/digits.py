@@ -12,6 +12,7 @@ closer to what a ViT sees in real images. The split is stratified and fixed: per
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -88,3 +89,25 @@ class DigitsDataset:
         index, seed = split_item(item)
         img, label = self.load(index)
         return seeded_call(self.transform, img, seed), label
+
+
+def write_digits(out: Path, img_size: int = 32) -> dict[str, int]:
+    """The embedded digits as a labeled image folder ``out/{train,val}/<digit>/<index>.png``,
+    the very images (and split) ``data.path=digits`` trains and validates on, at ``img_size``:
+    what the deploy examples take as their gallery. Written atomically; an existing ``out`` is
+    refused. Returns the image count per split."""
+    from edgedistill.utils import atomic_directory, check_new, disk_errors
+
+    out = Path(out)
+    check_new(out)
+    counts = {}
+    with atomic_directory(out) as tmp, disk_errors(out, "the digits folder"):
+        for split in ("train", "val"):
+            data = DigitsDataset(split, img_size=img_size)
+            for label in data.classes:
+                (tmp / split / label).mkdir(parents=True)
+            for i, index in enumerate(data.indices):
+                image, label = data.load(i)
+                image.save(tmp / split / str(label) / f"{int(index):04d}.png")
+            counts[split] = len(data)
+    return counts

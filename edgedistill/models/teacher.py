@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["load_teacher", "build_teacher", "CHECKPOINT_SUFFIXES"]
+__all__ = ["load_teacher", "build_teacher", "check_teacher_source", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt", ".tar")
 
@@ -69,9 +69,9 @@ def load_teacher(source: str, arch: str, img_size: int, patch_size: int = 0,
 
 
 def _random(arch: str, img_size: int, patch_size: int, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    from edgedistill.models.vit import create_vit
+    from edgedistill.models.vit import create_vit, fitted_patch_size
 
-    model, used = create_vit(arch, img_size, patch_size, **kwargs)
+    model, used = create_vit(arch, img_size, patch_size or fitted_patch_size(arch, img_size), **kwargs)
     warnings.warn(
         f"teacher {arch} is randomly initialized (teacher source 'random'): fine for a smoke test, "
         "meaningless for distillation; pass --teacher to use a real self-supervised teacher",
@@ -139,9 +139,9 @@ def _hub_local_file(cfg: Any) -> str | None:
         if try_to_load_from_cache is not None:
             repo, _, revision = hub_id.partition("@")
             names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
-            # read the cache location now: huggingface_hub fixes its constants at import
-            cache_dir = os.environ.get("HF_HUB_CACHE") or (
-                os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
+            from edgedistill.utils import hf_cache_dir
+
+            cache_dir = str(hf_cache_dir())
             for name in names + ["model.safetensors", "pytorch_model.bin"]:
                 found = try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=revision or None)
                 if isinstance(found, str) and os.path.isfile(found):
@@ -156,15 +156,12 @@ def _hub_local_file(cfg: Any) -> str | None:
     return None
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def _hub_weights(name: str) -> tuple[str, Any, str | None]:
+    """A hub name checked: (its architecture, timm's pretrained config, a copy of the weights
+    already on this machine or None)."""
     import timm
 
-    from edgedistill.models.vit import check_supported, default_patch_size, vit_archs, vit_kwargs
+    from edgedistill.models.vit import vit_archs
 
     if name.startswith(("hf-hub:", "hf_hub:")):
         raise EdgeDistillError(
@@ -183,6 +180,41 @@ def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str,
     if ("." in name and name not in available) or not available:
         listed = ", ".join(available[:8]) if available else "none"
         raise EdgeDistillError(f"timm has no pretrained weights named {name!r} (available for {base}: {listed})")
+    cfg = timm.models.get_pretrained_cfg(name)  # without a tag: timm's default weights for base
+    return base, cfg, (_hub_local_file(cfg) if cfg is not None else None)
+
+
+def _check_hub_reachable(name: str, base: str, cfg: Any) -> None:
+    """Fail in seconds, in one line, when the weights must be downloaded and the hub cannot be
+    reached (offline mode set, no DNS, no route): the hub client would retry for a minute."""
+    from edgedistill.utils import HUB_ENDPOINT, hf_offline, unreachable
+
+    if hf_offline():
+        raise EdgeDistillError(_download_message(name, base, cfg, "offline mode is set (HF_HUB_OFFLINE) and the weights are not cached"))
+    url = (os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT) if getattr(cfg, "hf_hub_id", None) else getattr(cfg, "url", None)
+    reason = unreachable(url or HUB_ENDPOINT)
+    if reason:
+        raise EdgeDistillError(_download_message(name, base, cfg, reason))
+
+
+def check_teacher_source(teacher: Any) -> None:
+    """What can be checked of a ``teacher.*`` section before a run starts, in seconds: a hub
+    name is known and its weights are cached or downloadable (so an offline machine fails
+    before a run directory exists). Other sources are checked when loaded."""
+    source = str(teacher.source).strip()
+    if not source or source.lower() == "random" or Path(source).expanduser().exists() or _looks_like_path(source):
+        return
+    base, cfg, local = _hub_weights(source)
+    if local is None:
+        _check_hub_reachable(source, base, cfg)
+
+
+def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+
+    from edgedistill.models.vit import check_supported, default_patch_size, vit_kwargs
+
+    base, cfg, local = _hub_weights(name)
     arch_patch = default_patch_size(base)
     if patch_size and int(patch_size) != arch_patch:
         raise EdgeDistillError(
@@ -190,21 +222,19 @@ def _hub(name: str, arch: str, img_size: int, patch_size: int, kwargs: dict[str,
             "(leave patch_size at 0 for a hub teacher)"
         )
     used = vit_kwargs(base, img_size, arch_patch, **kwargs)
-    cfg = timm.models.get_pretrained_cfg(name)  # without a tag: timm's default weights for base
     notes = []
     if arch and arch != base:
         notes.append(f"teacher.arch={arch} ignored: the hub name {name} fixes the architecture {base}")
         warnings.warn(notes[-1], UserWarning, stacklevel=3)
 
-    local = _hub_local_file(cfg) if cfg is not None else None
     create_kwargs: dict[str, Any] = dict(used)
     native = _native_size_for_own_interpolation(base, cfg, used["img_size"])
     if native:
         create_kwargs["img_size"] = native  # the weights as released; resized below, the family's way
     if local is not None:
         create_kwargs["pretrained_cfg_overlay"] = dict(file=local)
-    elif _offline():
-        raise EdgeDistillError(_download_message(name, base, cfg, "offline mode is set (HF_HUB_OFFLINE) and the weights are not cached"))
+    else:
+        _check_hub_reachable(name, base, cfg)
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, **create_kwargs)
     except RuntimeError as exc:

@@ -31,6 +31,7 @@ __all__ = [
     "create_vit",
     "vit_kwargs",
     "default_patch_size",
+    "fitted_patch_size",
     "check_supported",
     "forward_with_cls_attention",
     "forward_cls",
@@ -75,6 +76,23 @@ def default_patch_size(arch: str) -> int:
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False, num_classes=0)
     return int(model.patch_embed.patch_size[0])
+
+
+MIN_GRID = 4  # patches per side an automatic patch size leaves a small image (32 px: 4x4)
+
+
+def fitted_patch_size(arch: str, img_size: int) -> int:
+    """The patch size for ``arch`` at ``img_size`` when the config sets none: the architecture's
+    own where it divides the image into at least ``MIN_GRID`` patches per side (224 px: 16,
+    14x14), else the largest size below it that does (32 px: 8, a 4x4 grid, where the
+    architecture's 16 would give 2x2)."""
+    own = default_patch_size(arch)
+    if img_size % own == 0 and img_size // own >= MIN_GRID:
+        return own
+    for patch in range(min(own, img_size // MIN_GRID), 0, -1):
+        if img_size % patch == 0:
+            return patch
+    return own
 
 
 def vit_kwargs(arch: str, img_size: int, patch_size: int = 0, **kwargs: Any) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def _run_stages(cfg: Config, paths: PipelinePaths, console: Any) -> PipelineResu
     stage("export", (paths.bundle / "manifest.json").exists(), lambda: _export(cfg, paths, console))
     stage("bench", paths.bench.exists(), lambda: _bench(cfg, paths, console))
 
-    summary = summarize(paths)
+    summary = summarize(paths, taught)
     report = write_report(taught, paths, summary, stages)
     bench = read_json(paths.bench) if paths.bench.exists() else None
     return PipelineResult(stages=stages, summary=summary, report=str(report), bench=bench)

@@ -24,6 +24,7 @@ class Summary(TypedDict):
     latency: list[dict[str, Any]]
     files: dict[str, int | None]
     recommended: list[str]
+    trouble: list[str]  # what went wrong in training (``training_trouble``)
 
 
 class StageRecord(TypedDict):
@@ -32,12 +33,40 @@ class StageRecord(TypedDict):
     seconds: float
 
 
-def summarize(paths: "PipelinePaths") -> Summary:
-    """The figures a newcomer wants on one screen, from whatever the stages left."""
-    summary = Summary(knn={}, latency=[], files={}, recommended=[])
+COLLAPSE_MARGIN = 0.01  # a DINO loss within 1% of ln K is the collapse value
+
+
+def training_trouble(cfg: Config, paths: "PipelinePaths", knn: dict[str, float]) -> list[str]:
+    """Training that went wrong, in a sentence each: a DINO loss that ended at its collapse
+    value (ln K: the output uniform over the head's K dimensions, whatever the image), a model
+    whose k-NN is not above its random-init twin's."""
+    import math
+
+    trouble = []
+    records = [r for r in paths.teacher.read_metrics() if "loss" in r]
+    if records and "pretrain" in cfg.pipeline.stages:
+        collapse = math.log(cfg.pretrain.out_dim)
+        last, low = records[-1]["loss"], min(r["loss"] for r in records)
+        if last >= collapse * (1 - COLLAPSE_MARGIN):
+            trouble.append(f"teacher: the DINO loss ended at {last:.4f}, its collapse value ln({cfg.pretrain.out_dim}) = "
+                           f"{collapse:.4f} (lowest {low:.4f}): the head's output no longer depends on the image; "
+                           "lower pretrain.teacher_temp or pretrain.blr")
+    for model, twin in (("teacher", "random_teacher"), ("student", "random_student")):
+        if model in knn and twin in knn and knn[model] <= knn[twin]:
+            trouble.append(f"{model}: k-NN top-1 {knn[model]:.2f} is not above its random init's {knn[twin]:.2f}: "
+                           "training has not helped it yet (train longer, or check the teacher)")
+    return trouble
+
+
+def summarize(paths: "PipelinePaths", cfg: Config | None = None) -> Summary:
+    """The figures a newcomer wants on one screen, from whatever the stages left (with the
+    run's config: what went wrong in training too)."""
+    summary = Summary(knn={}, latency=[], files={}, recommended=[], trouble=[])
     if paths.eval.exists():
         for name, result in read_json(paths.eval).items():
             summary["knn"][name] = result["top1"]
+    if cfg is not None:
+        summary["trouble"] = training_trouble(cfg, paths, summary["knn"])
     manifest_path = paths.bundle / "manifest.json"
     if manifest_path.exists():
         from edgedistill.runtime.manifest import validate_manifest
@@ -83,8 +112,10 @@ def write_report(cfg: Config, paths: "PipelinePaths", summary: Summary, stages: 
     if _plot_latency(paths, report / "latency_vs_knn.png"):
         figures.append(("Latency vs k-NN top-1", "latency_vs_knn.png"))
 
-    lines = [f"# edgedistill pipeline report: {cfg.run.name}", "", "## k-NN top-1 (k=20)", "",
-             "| model | top-1 % |", "| --- | --- |"]
+    lines = [f"# edgedistill pipeline report: {cfg.run.name}", ""]
+    if summary["trouble"]:
+        lines += ["## Training trouble", ""] + [f"- {line}" for line in summary["trouble"]] + [""]
+    lines += ["## k-NN top-1 (k=20)", "", "| model | top-1 % |", "| --- | --- |"]
     lines += [f"| {name} | {value:.2f} |" for name, value in summary["knn"].items()]
     if summary["latency"]:
         lines += ["", f"## Latency, batch {summary['latency'][0]['batch']}", "",
@@ -189,7 +220,9 @@ def render_summary(console: Any, result: PipelineResult) -> None:
         table.add_row(f"file {variant}", f"{(size or 0) / 1e6:.2f} MB")
     for stage in result["stages"]:
         table.add_row(f"stage {stage['stage']}", f"{stage['status']} {stage['seconds']:.0f} s")
-    table.add_row("report", result["report"])
     console.print(table)
+    console.print(f"report: {result['report']}", soft_wrap=True, highlight=False)
+    for line in summary["trouble"]:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
     for line in summary["recommended"]:
         console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -30,7 +30,7 @@ from edgedistill.losses.attndistill import attndistill_loss
 from edgedistill.losses.patch import patch_tokens, resize_patch_tokens
 from edgedistill.models.backbone_io import save_backbone
 from edgedistill.models.projector import Projector, save_projector
-from edgedistill.models.vit import create_vit, forward_with_cls_attention, register_count
+from edgedistill.models.vit import create_vit, fitted_patch_size, forward_with_cls_attention, register_count
 from edgedistill.rundir import RunDir
 from edgedistill.train.loop import LoopSettings, Task
 
@@ -186,9 +186,9 @@ def loop_settings(cfg: Config, section: str = "distill") -> LoopSettings:
 
 def build_student(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     s = cfg.student
-    kwargs: dict[str, Any] = {"img_size": s.img_size or cfg.data.img_size}
-    if s.patch_size:
-        kwargs["patch_size"] = s.patch_size
+    img_size = s.img_size or cfg.data.img_size
+    # unset, the patch size follows the image size (32 px: 8, not ViT-T/16's 2x2 grid)
+    kwargs: dict[str, Any] = {"img_size": img_size, "patch_size": s.patch_size or fitted_patch_size(s.arch, img_size)}
     if s.depth:
         kwargs["depth"] = s.depth
     if s.drop_path_rate:

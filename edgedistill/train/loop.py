@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -336,13 +337,21 @@ def _plan(settings: LoopSettings, loader: DataLoader, world_size: int) -> _Plan:
             f"one optimizer step needs {effective_batch} images but each process has {len(loader.sampler)}"  # type: ignore[arg-type]
         )
     total_steps = settings.total_steps or settings.epochs * steps_per_epoch
+    warmup_steps = int(round(settings.warmup_epochs * steps_per_epoch))
+    if warmup_steps >= total_steps > 1:  # the learning rate would never reach its peak
+        clamped = max(1, total_steps // 10)
+        warnings.warn(f"warmup_epochs {settings.warmup_epochs:g} ({warmup_steps} steps) is longer than the run "
+                      f"({total_steps} steps): warmup clamped to {clamped} step{'s' if clamped > 1 else ''} "
+                      "(a tenth of the run, at least one), so the learning rate peaks within it",
+                      UserWarning, stacklevel=2)
+        warmup_steps = clamped
     return _Plan(
         accum=accum,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         epochs=-(-total_steps // steps_per_epoch),
         stop_at=min(settings.max_steps, total_steps) if settings.max_steps else total_steps,
-        warmup_steps=int(round(settings.warmup_epochs * steps_per_epoch)),
+        warmup_steps=warmup_steps,
         base_lr=settings.blr * effective_batch / 256,
         knn_steps=max(1, round(settings.knn_every * steps_per_epoch)) if settings.knn_every else 0,
     )

@@ -17,7 +17,7 @@ from edgedistill.config import Config, check_pretrain_sizes
 from edgedistill.errors import EdgeDistillError
 from edgedistill.rundir import RunDir
 
-__all__ = ["distill", "pretrain", "seed_everything"]
+__all__ = ["distill", "pretrain", "closing_knn", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -52,17 +52,59 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
 
         teacher, teacher_info = build_teacher(cfg.teacher, cfg.teacher_img_size)
         student, student_kwargs = build_student(cfg)
+        grids = {"teacher_grid": _grid(teacher_info["kwargs"]), "student_grid": _grid(student_kwargs)}
+        if info.is_main and console is not None:
+            _announce(console, cfg, student_kwargs, grids)
         task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
         if cfg.distill.cls_target == "standardized":
             task.measure_target_statistics(target_statistics_loader(cfg))
-        return task, {"teacher": teacher_info}
+        return task, {"teacher": teacher_info, **grids}
 
     from edgedistill.data.mixing import MixSettings
+    from edgedistill.models.teacher import check_teacher_source
+
+    check_teacher_source(cfg.teacher)  # a hub teacher offline fails here, before a run directory exists
 
     transform = train_transform(cfg.data.img_size, cfg.data.crop_scale, cfg.data.mean, cfg.data.std, hflip=cfg.data.hflip)
     d = cfg.distill
     mix = MixSettings(d.mixup_alpha, d.cutmix_alpha, d.mix_prob)
     return _run_stage(cfg, out, resume, console, "distill", "student", transform, build, mix)
+
+
+def _grid(kwargs: dict[str, Any]) -> str:
+    side = int(kwargs["img_size"]) // int(kwargs["patch_size"])
+    return f"{side}x{side}"
+
+
+def _announce(console: Any, cfg: Config, student_kwargs: dict[str, Any], grids: dict[str, str]) -> None:
+    """The choices the run made on its own, said once, before training."""
+    patch, size = student_kwargs["patch_size"], student_kwargs["img_size"]
+    why = "" if cfg.student.patch_size else " (student.patch_size unset: it follows the image size)"
+    console.print(f"student {cfg.student.arch}: patch {patch} at {size} px, a {grids['student_grid']} grid{why}; "
+                  f"teacher grid {grids['teacher_grid']}", highlight=False, soft_wrap=True)
+
+
+def closing_knn(cfg: Config, run_dir: Path) -> dict[str, float]:
+    """The finished student's k-NN top-1 (from ``run_dir``) and a random-init twin's (same
+    architecture, ``run.seed``), when the data has a labeled validation split; ``{}`` otherwise.
+    What ``edgedistill distill`` ends with (the pipeline and the ablation measure their own)."""
+    from edgedistill.data import build_knn_loaders
+    from edgedistill.eval.models import open_model
+    from edgedistill.eval.online import online_knn
+    from edgedistill.train.distill import build_student
+
+    try:
+        build_knn_loaders(cfg, batch_size=cfg.eval.batch_size)
+    except EdgeDistillError:
+        return {}  # unlabeled data, or no validation split: nothing to measure
+    module = open_model(run_dir, device=cfg.run.device).module
+    student = online_knn(module, cfg)
+    seed_everything(cfg.run.seed)
+    twin, _ = build_student(cfg)
+    random_init = online_knn(twin.to(next(module.parameters()).device), cfg)
+    if not student or not random_init:
+        return {}
+    return {"knn_top1": student["knn_top1"], "random_init_knn_top1": random_init["knn_top1"]}
 
 
 def target_statistics_loader(cfg: Config) -> Any:
