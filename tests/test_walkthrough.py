@@ -148,8 +148,6 @@ def _knn_delta_in(obj: Any, variant: str) -> float | None:
     return None
 
 
-@pytest.mark.xfail(strict=False, reason="needs the firsthour branch (issue 25a): the recommendation line and "
-                                        "knn_delta in export JSON, bench JSON and CSV")
 def test_one_recommendation_and_one_knn_delta_everywhere(walk):
     """``export`` and ``bench`` print a ``Recommended`` line per target among their results; the
     k-NN difference (variant minus reference, in points) of one variant is the same, sign
