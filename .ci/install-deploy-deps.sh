@@ -2,7 +2,8 @@
 # What the deploy examples' tests need beyond the Python venv (tests/test_deploy_examples.py):
 #   apt:  chromium (web example, bench --device browser), cmake + g++ + nlohmann-json3-dev (C++ example: its
 #         manifest and gallery reader), libstb-dev (its PNG/JPEG decoder), fonts-dejavu-core (readable
-#         screenshots), nodejs + npm (when node is missing)
+#         screenshots), nodejs + npm (when node is missing), openssh-client + openssh-server
+#         (bench --device ssh://: a loopback sshd the tests start themselves)
 #   npm:  deploy_examples/web/package-lock.json (onnxruntime-web, playwright-core)
 # Idempotent and quick when everything is present (no apt-get update then). It never fails
 # CI: whatever cannot be installed is reported, and the tests that need it skip.
@@ -22,6 +23,8 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
@@ -57,7 +60,7 @@ else
   say "npm not available: the browser test will skip"
 fi
 
-for tool in chromium cmake g++ node npm; do
+for tool in chromium cmake g++ node npm ssh; do
   command -v "$tool" >/dev/null 2>&1 || say "still missing: $tool"
 done
 say "done in $(( $(date +%s) - started )) s"
