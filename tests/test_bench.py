@@ -147,7 +147,9 @@ def test_bench_without_torch_writes_report(bench_bundle, torch_blocked, tmp_path
     # rows without a gate figure come after the validated ones in the table
     by_cells = {(r["engine"], r["variant"], precision_label(r["precision"], r["inference_precision"])): r
                 for r in rows.values()}
-    cells = [tuple(c.strip() for c in line.split("│")[1:4]) for line in run.stdout.splitlines() if line.count("│") > 5]
+    # (a table wider than the terminal prints in parts, each repeating these columns: first sight counts)
+    cells = list(dict.fromkeys(tuple(c.strip() for c in line.split("│")[1:4])
+                               for line in run.stdout.splitlines() if line.count("│") > 5))
     unvalidated = [by_cells[c]["knn_top1"] is None for c in cells if c in by_cells]
     assert len(unvalidated) == len(rows) and unvalidated == sorted(unvalidated)
     assert any(unvalidated) or not cpu_has_native_bf16()  # openvino fp32@bf16 has no gate figure
@@ -316,7 +318,9 @@ def test_unavailable_device_lists_what_is_there(bench_bundle):
     assert "CPUExecutionProvider" in line and "OpenVINO devices: CPU" in line
 
 
-@pytest.mark.parametrize("case", ["missing", "no_manifest", "bad_manifest", "missing_file"])
+# (one variant's file missing is not a bad bundle: the other variants run, see
+# test_one_deleted_variant_file_leaves_the_other_variants_usable)
+@pytest.mark.parametrize("case", ["missing", "no_manifest", "bad_manifest"])
 def test_bad_bundle_is_one_line_error(bench_bundle, tmp_path, case):
     bundle = tmp_path / "bundle"
     if case == "no_manifest":
@@ -324,12 +328,9 @@ def test_bad_bundle_is_one_line_error(bench_bundle, tmp_path, case):
     elif case == "bad_manifest":
         bundle.mkdir()
         (bundle / "manifest.json").write_text('{"format_version": 1, "name": "x"')
-    elif case == "missing_file":
-        shutil.copytree(bench_bundle, bundle)
-        (bundle / "onnx_int8.onnx").unlink()
     line = one_line_error(run_cli("bench", "--bundle", str(bundle), "--no-progress"))
     expected = {"missing": "bundle directory not found", "no_manifest": "has no manifest.json",
-                "bad_manifest": "not valid JSON", "missing_file": "onnx_int8.onnx, which is missing"}[case]
+                "bad_manifest": "not valid JSON"}[case]
     assert expected in line
 
 

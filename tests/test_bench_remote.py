@@ -259,7 +259,10 @@ def test_interrupted_run_removes_the_device_folder(loopback, device_venv, bench_
                                  "onnxruntime", "--precision", "fp32", "--device", "ssh://board", "--ssh-config",
                                  str(loopback.config), "--remote-python", str(device_venv)],
                                 stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=REPO,
-                                env={**os.environ, "TMPDIR": str(here), "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "TMPDIR": str(here), "OMP_NUM_THREADS": "1"},
+                                # a suite started in the background by a non-interactive shell inherits
+                                # SIGINT ignored, and Python keeps it ignored: Ctrl-C's default is restored
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # the files are on the device once this line is printed
     wait_for(lambda: "benchmarking" in log.read_text() or proc.poll() is not None, "the files copied")
     time.sleep(1)  # the workers start there
