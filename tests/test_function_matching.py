@@ -142,7 +142,9 @@ def test_a_cpu_budget_counts_cpu_seconds(tiny_folder, tmp_path):
     from edgedistill.train.loop import cpu_seconds
 
     before = cpu_seconds()
-    torch.randn(300, 300) @ torch.randn(300, 300)
+    x = torch.randn(600, 600)
+    for _ in range(10):  # a few tenths of a CPU second: well above the clock's 10 ms tick
+        x = torch.tanh(x @ x)
     assert cpu_seconds() > before
     summary = distill(build_config(None, tiny_overrides(tiny_folder) + [
         "distill.epochs=50", "distill.max_seconds=1", "distill.budget_clock=cpu"]), tmp_path / "run")
