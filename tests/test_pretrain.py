@@ -90,6 +90,7 @@ def test_resumed_pretrain_matches_uninterrupted(tiny_folder, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # ~20 s; test_resumed_pretrain_matches_uninterrupted checks the resume path in CI
 def test_sigkilled_pretrain_resumes_to_the_uninterrupted_result(tiny_folder, tmp_path):
     """A real `edgedistill pretrain` process, SIGKILLed once its first checkpoint is on disk."""
     extra = ["pretrain.epochs=8", "pretrain.local_crops=0"]
