@@ -178,10 +178,16 @@ def start_child(command: list[str], **popen: Any) -> "subprocess.Popen[Any]":
 
 def _end_children() -> None:
     """Kill the live children of :func:`start_child` and their descendants (the processes a
-    worker's driver started), and wait until they are gone, before their files are removed."""
+    worker's driver started), and the data-loader workers (which would otherwise linger until
+    their watchdog notices the parent is gone), and wait until they are gone, before their
+    files are removed."""
+    import multiprocessing
+
     import psutil
 
     procs = []
+    with contextlib.suppress(Exception):
+        procs += [psutil.Process(worker.pid) for worker in multiprocessing.active_children()]
     for child in list(_CHILDREN):
         if child.poll() is None:
             with contextlib.suppress(psutil.Error):

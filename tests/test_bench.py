@@ -345,3 +345,29 @@ def test_bad_options_fail_before_measuring(bench_bundle):
                             (dict(backends="torch", precisions="int8"), "nothing to benchmark")]:
         with pytest.raises(EdgeDistillError, match=message):
             run_bench(bench_bundle, progress=False, **kwargs)
+
+
+def test_a_batch_that_fails_keeps_the_rows_other_batches(bench_bundle, tmp_path):
+    """A model that accepts batch 1 only (its input's batch dimension fixed): its batch-2 runs fail
+    inside ONNX Runtime, the row keeps its batch-1 figures and says which batch failed and why
+    (before, the whole row was dropped, batch 1 included)."""
+    import onnx
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bench_bundle, bundle)
+    model = onnx.load(str(bundle / "onnx_fp32.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(bundle / "onnx_fp32.onnx"))
+    report_file = tmp_path / "report.json"
+    run = run_cli("bench", "--bundle", str(bundle), "--backends", "onnxruntime", "--precision", "fp32",
+                  "--threads", "1", "--batch", "1,2", "--runs", "4", "--rounds", "2", "--warmup", "1",
+                  "--no-verify", "--no-progress", "--json", str(report_file), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads(report_file.read_text())["rows"]}
+    assert "onnx_fp32" in rows, run.stdout
+    fixed, other = rows["onnx_fp32"], rows["onnx_fused_fp32"]
+    assert set(fixed["batches"]) == {"1"} and fixed["batches"]["1"]["runs"] == 4
+    assert list(fixed["failed_batches"]) == ["2"] and "dimension" in fixed["failed_batches"]["2"].lower()
+    assert set(other["batches"]) == {"1", "2"} and "failed_batches" not in other
+    said = " ".join(run.stdout.split())
+    assert "failed onnxruntime onnx_fp32 fp32 at batch 2 (its other batches stand)" in said

@@ -259,8 +259,10 @@ def test_resume_logs_each_step_once_and_a_finished_run_stays_finished(tiny_folde
 
 
 @pytest.mark.parametrize("sig, code, said, workers", [(signal.SIGINT, 130, "interrupted", 0),
-                                                      (signal.SIGTERM, 143, "terminated (SIGTERM)", 0)],
-                         ids=["ctrl-c", "sigterm"])
+                                                      (signal.SIGINT, 130, "interrupted", 2),
+                                                      (signal.SIGTERM, 143, "terminated (SIGTERM)", 0),
+                                                      (signal.SIGTERM, 143, "terminated (SIGTERM)", 2)],
+                         ids=["ctrl-c", "ctrl-c-workers", "sigterm", "sigterm-workers"])
 def test_an_interrupted_run_says_how_to_continue(tiny_folder, tmp_path, sig, code, said, workers):
     out = tmp_path / "run"
     sets = sum((["--set", o] for o in tiny_overrides(tiny_folder, **{"distill.epochs": 50,

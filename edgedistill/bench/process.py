@@ -176,6 +176,9 @@ class _Group:
         self.workers: dict[str, _Worker] = {}
         self.ready: dict[str, dict[str, Any]] = {}
         self.times: dict[str, dict[int, list[list[float]]]] = {}
+        # a batch size that failed on a row: the row keeps its other batches' figures
+        self.failed: dict[str, dict[int, str]] = {}
+        self.ended: set[str] = set()  # rows whose worker died mid-measurement, figures kept
 
     def load(self, manifest: Manifest, opts: Any, input_file: str | None, timeout: float, scratch: Path) -> None:
         env = _worker_env(self.threads, scratch)
@@ -193,27 +196,39 @@ class _Group:
                 self.skipped.append(_skip(row, reply.get("error", "no reply"), bool(reply.get("unavailable"))))
             else:
                 self.workers[row.id], self.ready[row.id] = worker, reply
-                self.times[row.id] = {b: [] for b in opts.batches}
+                failed = {int(b): why for b, why in (reply.get("failed_batches") or {}).items()}
+                self.times[row.id] = {b: [] for b in opts.batches if b not in failed}
+                if failed:
+                    self.failed[row.id] = failed
             self.bar.advance(task)
         self.bar.update(task, description=f"loaded ({self.threads} threads)")
 
     def _run(self, row_id: str, batch: int, per_round: RunSlice, timeout: float) -> bool:
-        """One slice of timed runs of one row; a failure drops the row (recorded)."""
+        """One slice of timed runs of one row at one batch size. A failure drops that batch size
+        from the row (recorded); the figures of its other batch sizes stay. A worker that died
+        takes the rest of the row's rounds with it."""
         worker = self.workers[row_id]
         # let the previous row's spinning worker threads (OpenMP, TBB, ORT) go idle first
         time.sleep(SETTLE_SECONDS)
+        died = False
         try:
             worker.send({"cmd": "run", "batch": batch, "rewarm": 1, **per_round})
             reply = worker.receive(timeout)
         except _WorkerDied as exc:
             self._reachable(self.rows[row_id])
-            reply = {"event": "error", "error": str(exc)}
-        if reply.get("event") != "times":
-            self.skipped.append(_skip(self.rows[row_id], f"failed while measuring: {reply.get('error')}"))
+            reply, died = {"event": "error", "error": str(exc)}, True
+        if reply.get("event") == "times":
+            self.times[row_id][batch].append(reply["ms"])
+            return True
+        self.failed.setdefault(row_id, {})[batch] = str(reply.get("error"))
+        self.times[row_id].pop(batch, None)
+        if died or not self.times[row_id]:
             self.workers.pop(row_id).kill()
-            return False
-        self.times[row_id][batch].append(reply["ms"])
-        return True
+            if any(self.times[row_id].values()):
+                self.ended.add(row_id)
+        if not any(self.times[row_id].values()) and row_id not in self.workers:
+            self.skipped.append(_skip(self.rows[row_id], f"failed while measuring: {reply.get('error')}"))
+        return False
 
     def _reachable(self, row: Row) -> None:
         """A worker died: when it ran on a device that cannot be reached any more, that ends the run."""
@@ -232,7 +247,7 @@ class _Group:
             round_loads.append((load_average() or [None])[0])
             order = live[r % len(live):] + live[:r % len(live)] if live else []
             for batch in opts.batches:
-                for row_id in [i for i in order if i in self.workers]:
+                for row_id in [i for i in order if i in self.workers and batch in self.times[i]]:
                     self.bar.update(task, description=f"round {r + 1}/{opts.rounds}, batch {batch}: {row_id}")
                     if self._run(row_id, batch, opts.per_round, timeout):
                         self.bar.advance(task)
@@ -243,8 +258,12 @@ class _Group:
         closing = {row_id: w.close() for row_id, w in self.workers.items()}
         for w in self.workers.values():
             w.kill()
-        return {row_id: _row_result(self.ready[row_id], closing.get(row_id) or {}, self.times[row_id])
-                for row_id in self.workers}
+        results = {}
+        for row_id in [*self.workers, *sorted(self.ended)]:
+            results[row_id] = _row_result(self.ready[row_id], closing.get(row_id) or {}, self.times[row_id])
+            if row_id in self.failed:
+                results[row_id]["failed_batches"] = {str(b): why for b, why in self.failed[row_id].items()}
+        return results
 
 
 def _row_result(ready: dict[str, Any], final: dict[str, Any], times: dict[int, list[list[float]]]) -> RowResult:

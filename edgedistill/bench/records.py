@@ -69,6 +69,7 @@ class RowResult(TypedDict, total=False):
     cold_start: dict[str, float] | None  # in parts, where the engine tells them
     settings: dict[str, Any] | None  # what the runtime was set to, and read back: free-form per runtime
     batches: dict[str, BatchStats]
+    failed_batches: dict[str, str]  # batch size -> why it failed; that row's other batches stand
 
 
 class ReportRow(RowResult, total=False):

@@ -151,6 +151,10 @@ def render_table(report: BenchReport, console: Any) -> None:
             grouped[(skip["backend"], skip["reason"])].append(what)
     for (backend, reason), what in grouped.items():
         console.print(f"[yellow]skipped[/] {backend} {', '.join(what)}: {reason}", soft_wrap=True)
+    for row in report["rows"]:
+        for batch, reason in (row.get("failed_batches") or {}).items():
+            console.print(f"[yellow]failed[/] {row['backend']} {row['variant']} {row['precision']} at batch {batch} "
+                          f"(its other batches stand): {reason}", soft_wrap=True)
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     for line in recommended_lines(report):

@@ -189,19 +189,27 @@ def _load(spec: dict[str, Any]) -> tuple[dict[int, Callable[[], Any]], dict[str,
     warmup = int(spec.get("warmup", 5))
     runners: dict[int, Callable[[], Any]] = {}
     for i, batch in enumerate(batches):
-        runners[batch] = _runner(prepare, image, batch, spec.get("call_batch"))
         if i == 0:
+            runners[batch] = _runner(prepare, image, batch, spec.get("call_batch"))
             start = time.perf_counter()
             out = runners[batch]()
             info["first_run_ms"] = (time.perf_counter() - start) * 1e3
             info["output_shape"] = list(np.asarray(out).shape)
             if not np.all(np.isfinite(out)):
                 raise RuntimeError("the model returned non-finite outputs")
-        for _ in range(warmup):
-            runners[batch]()
-        if i == 0:
+            for _ in range(warmup):
+                runners[batch]()
             # what one process serving the first batch size holds at its peak
             info["peak_rss_mb"] = peak_rss_mb()
+            continue
+        try:  # a larger batch the model does not take fails alone: the first one's figures stand
+            runners[batch] = _runner(prepare, image, batch, spec.get("call_batch"))
+            for _ in range(max(warmup, 1)):
+                runners[batch]()
+        except Exception as exc:
+            traceback.print_exc()
+            runners.pop(batch, None)
+            info.setdefault("failed_batches", {})[str(batch)] = f"{type(exc).__name__}: {one_line(exc)}"
     info["peak_rss_all_mb"] = peak_rss_mb()
     info["warmup"] = warmup
     if spec.get("call_batch"):  # the report says that a larger batch ran as several calls
@@ -243,10 +251,10 @@ def _serve(channel: _Channel, runners: dict[int, Callable[[], Any]], info: dict[
             break
         try:
             ms = _run_command(runners, command, spec)
-        except Exception as exc:
+        except Exception as exc:  # that batch size fails; the worker still serves the others
             traceback.print_exc()
             channel.send({"event": "error", "error": f"{type(exc).__name__}: {one_line(exc)}", "unavailable": False})
-            return 1
+            continue
         channel.send({"event": "times", "batch": int(command["batch"]), "ms": ms})
     channel.send({"event": "exit", "peak_rss_all_mb": peak_rss_mb()})
     return 0
