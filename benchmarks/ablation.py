@@ -1,7 +1,9 @@
 """Is the distillation worth it? One teacher, one data set, one training budget per variant:
 
-  attndistill   AttnDistill as published: raw CLS target, no mixing (the recipe's weights)
-  funmatch      the recipe as configured: standardized CLS target, function matching (mixup/cutmix)
+  attndistill   AttnDistill as published: raw CLS target, no mixing, random projector (the recipe's weights)
+  funmatch      the recipe as configured: standardized CLS target, function matching (mixup/cutmix),
+                least-squares projector start
+  random_head   the recipe with a random projector start (distill.projector_init=random)
   cls_only      the recipe with the CLS term alone (distill.w_attn=0)
   no_mix        the recipe without mixing
   raw_target    the recipe with the raw CLS target
@@ -85,6 +87,7 @@ def describe(d: Any) -> str:
     parts.append(" + ".join(mixes) if mixes and d.mix_prob > 0 else "no mixing")
     if d.w_patch:
         parts.append(f"w_patch {d.w_patch:g} {d.patch_loss}")
+    parts.append("least-squares projector start" if d.projector_init == "least_squares" else "random projector")
     return ", ".join(parts)
 
 
@@ -92,8 +95,10 @@ def variants(build: Any, w_patch: float) -> dict[str, Variant]:
     """The variants, each labelled with the settings it actually trains with. ``build(overrides)``
     gives the recipe's config with those overrides."""
     specs = (
-        ("attndistill", "distill", ("distill.cls_target=raw", *NO_MIX), "AttnDistill as published"),
+        ("attndistill", "distill", ("distill.cls_target=raw", *NO_MIX, "distill.projector_init=random"),
+         "AttnDistill as published"),
         ("funmatch", "distill", (), "AttnDistill, function matching (the recipe)"),
+        ("random_head", "distill", ("distill.projector_init=random",), "the recipe, random projector start"),
         ("cls_only", "distill", ("distill.w_attn=0",), "CLS only"),
         ("no_mix", "distill", NO_MIX, "the recipe without mixing"),
         ("raw_target", "distill", ("distill.cls_target=raw",), "the recipe, raw CLS target"),

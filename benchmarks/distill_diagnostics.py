@@ -174,10 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     teacher, teacher_info = build_teacher(cfg.teacher, cfg.teacher_img_size)
     student, kwargs = build_student(cfg)
     task = DistillTask(cfg, teacher, student, kwargs, teacher_info, info.device)
-    if cfg.distill.cls_target == "standardized":
-        from edgedistill.train.stages import target_statistics_loader
+    from edgedistill.train.stages import target_statistics_loader
 
-        task.measure_target_statistics(target_statistics_loader(cfg))
+    task.prepare_targets(target_statistics_loader(cfg))
     bank_loader, query_loader = build_knn_loaders(cfg, batch_size=256)
     log = out / "diagnostics.jsonl"
     state = {"epoch": -args.eval_every}

@@ -66,7 +66,8 @@ def test_mix_prob_zero_leaves_images_alone_and_settings_are_checked(tiny_folder)
     assert torch.equal(data[(4, 9)][0], torch.full((1, 4, 4), 4.0))
     assert not MixSettings().enabled and MixSettings(mixup_alpha=0.2).enabled
     for bad, message in (("distill.mix_prob=1.5", "mix_prob"), ("distill.mixup_alpha=-1", "mixup_alpha"),
-                         ("distill.cls_target=whitened", "cls_target")):
+                         ("distill.cls_target=whitened", "cls_target"),
+                         ("distill.projector_init=zeros", "projector_init")):
         with pytest.raises(EdgeDistillError, match=message):
             build_config(None, tiny_overrides(tiny_folder) + [bad])
 
@@ -107,7 +108,7 @@ def test_standardized_target_uses_the_teachers_statistics(tiny_folder):
 
     cfg, task = _task(tiny_folder, "distill.cls_target=standardized", "distill.target_stats_images=20")
     loader = target_statistics_loader(cfg)
-    task.measure_target_statistics(loader)
+    task.prepare_targets(loader)
     with torch.no_grad():
         cls = torch.cat([task._teacher(x)[0][:, 0] for x, _ in loader])
     assert cls.shape[0] == 20
@@ -150,3 +151,54 @@ def test_a_cpu_budget_counts_cpu_seconds(tiny_folder, tmp_path):
         "distill.epochs=50", "distill.max_seconds=1", "distill.budget_clock=cpu"]), tmp_path / "run")
     assert summary["budget_reached"] and summary["steps"] < 50 * 4
     assert 1 <= summary["train_seconds"] < 30
+
+
+def test_fit_projector_is_the_ridge_regression_by_hand():
+    """On tiny tensors: the final Linear becomes numpy's least-squares solution of the centred
+    problem (with the ridge term added by hand), the final LayerNorm the targets' typical
+    per-sample spread and mean, and the returned R^2 that of the fit."""
+    import numpy as np
+
+    from edgedistill.models.projector import Projector, fit_projector
+
+    gen = torch.Generator().manual_seed(0)
+    projector = Projector(4, 6, depth=1)  # LN, Linear(4, 8), GELU, Linear(8, 6), LN
+    hidden = torch.randn(40, 8, generator=gen)
+    targets = hidden @ torch.randn(8, 6, generator=gen) + 0.3 * torch.randn(40, 6, generator=gen) + 2.0
+    r2 = fit_projector(projector, hidden, targets, ridge=0.1)
+
+    h, y = hidden.double().numpy(), targets.double().numpy()
+    hc, yc = h - h.mean(0), y - y.mean(0)
+    lam = 0.1 * np.mean(np.sum(hc**2, axis=0))
+    stacked_h = np.vstack([hc, np.sqrt(lam) * np.eye(8)])  # ridge as extra rows of least squares
+    stacked_y = np.vstack([yc, np.zeros((8, 6))])
+    weight = np.linalg.lstsq(stacked_h, stacked_y, rcond=None)[0]
+    linear, norm = projector.layers[3], projector.layers[-1]
+    assert np.allclose(linear.weight.detach().numpy().T, weight, atol=1e-5)
+    assert np.allclose(linear.bias.detach().numpy(), y.mean(0) - h.mean(0) @ weight, atol=1e-5)
+    assert np.allclose(norm.weight.detach().numpy(), y.std(1).mean(), atol=1e-5)
+    assert np.allclose(norm.bias.detach().numpy(), y.mean(1).mean(), atol=1e-5)
+    assert r2 == pytest.approx(1 - np.sum((yc - hc @ weight) ** 2) / np.sum(yc**2), abs=1e-6)
+    assert 0.5 < r2 < 1
+    assert torch.allclose(projector.hidden(torch.ones(2, 4)), projector.layers[:3](torch.ones(2, 4)))
+    assert Projector(6, 6, depth=0).last_linear() is None
+
+
+def test_a_least_squares_start_fits_the_projector_to_the_students_initial_features(tiny_folder):
+    from edgedistill.train.stages import target_statistics_loader
+
+    cfg, task = _task(tiny_folder, "distill.cls_target=standardized", "distill.projector_init=least_squares",
+                      "distill.target_stats_images=24")
+    loader = target_statistics_loader(cfg)
+    images = torch.cat([x for x, _ in loader])
+    before = task.loss(task.trainable, images, 0)["cls"]
+    measured = task.prepare_targets(loader)
+    after = task.loss(task.trainable, images, 0)["cls"]
+    assert 0 < measured["projector_r2"] <= 1
+    assert after < 0.5 * before  # the random head's loss, against the fitted one on the same images
+    # random init leaves the projector as it was built
+    torch.manual_seed(0)
+    cfg, plain = _task(tiny_folder, "distill.cls_target=standardized")
+    weights = [p.clone() for p in plain.trainable.projector.parameters()]
+    assert "projector_r2" not in plain.prepare_targets(target_statistics_loader(cfg))
+    assert all(torch.equal(a, b) for a, b in zip(weights, plain.trainable.projector.parameters()))

@@ -94,6 +94,10 @@ class DistillConfig:
     # of the target, not the vector every image shares.
     cls_target: str = "raw"  # raw | standardized
     target_stats_images: int = 4096  # training images the statistics are measured on
+    # The projector's start: random, or least_squares: its final linear layer fitted (ridge) to
+    # map the student's initial features onto the CLS targets of those same images, so the first
+    # steps do not spend the student's features on fitting a random head.
+    projector_init: str = "random"  # random | least_squares
     # Function matching: each training image blended with another (mixup) or with a box of
     # another pasted in (cutmix), teacher and student seeing the mixed image. Beta(alpha, alpha)
     # mixing ratios; 0 = that kind off. mix_prob: the share of images mixed.

@@ -145,6 +145,8 @@ def _check_distill(cfg: Config) -> None:
     _need(k.mixup_alpha >= 0 and k.cutmix_alpha >= 0,
           f"distill.mixup_alpha and distill.cutmix_alpha must be >= 0, got {k.mixup_alpha} and {k.cutmix_alpha}")
     _need(0 <= k.mix_prob <= 1, f"distill.mix_prob must be in [0, 1], got {k.mix_prob}")
+    _need(k.projector_init in ("random", "least_squares"),
+          f"distill.projector_init must be random or least_squares, got '{k.projector_init}'")
     _need(k.target_stats_images >= 2, f"distill.target_stats_images must be >= 2, got {k.target_stats_images}")
     _need(k.aggregate_heads in ("auto", "always", "never"), f"distill.aggregate_heads must be auto, always or never, got '{k.aggregate_heads}'")
     _need(k.projector_depth >= 0, "distill.projector_depth must be >= 0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -11,7 +12,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from edgedistill.errors import EdgeDistillError
 
-__all__ = ["Projector", "DINOHead", "cancel_last_layer_gradients", "save_projector", "load_projector"]
+__all__ = ["Projector", "DINOHead", "cancel_last_layer_gradients", "save_projector", "load_projector",
+           "fit_projector"]
 
 # timm's ViT norms use eps=1e-6; so did the AttnDistill projector.
 _LN_EPS = 1e-6
@@ -68,6 +70,48 @@ class Projector(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(..., Ds) -> (..., Dt)``, e.g. ``(B, N, Ds) -> (B, N, Dt)``."""
         return self.layers(x)
+
+    def last_linear(self) -> int | None:
+        """Index in ``layers`` of the final ``Linear`` (None for the identity projector)."""
+        found = [i for i, m in enumerate(self.layers) if isinstance(m, nn.Linear)]
+        return found[-1] if found else None
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """What the final ``Linear`` sees: ``(..., Ds) -> (..., H)``."""
+        return self.layers[: self.last_linear()](x)
+
+
+def fit_projector(projector: Projector, hidden: Tensor, targets: Tensor, ridge: float = 1e-2) -> float:
+    """Set the projector's final ``Linear`` to the ridge-regression fit of ``targets`` on
+    ``hidden`` and its final ``LayerNorm`` to the targets' typical per-sample mean and spread,
+    so that the projector starts as the best linear read-out of the student's initial features
+    instead of a random map.
+
+    Args:
+        hidden: ``(N, H)`` the final ``Linear``'s inputs (:meth:`Projector.hidden`) on N images.
+        targets: ``(N, Dt)`` the CLS targets of the same images.
+        ridge: Tikhonov weight, relative to the mean per-feature energy of ``hidden``.
+    Returns:
+        R^2 of the fit on ``(hidden, targets)``, around the targets' mean.
+    """
+    index = projector.last_linear()
+    if index is None:
+        return float("nan")
+    h, y = hidden.double(), targets.double()
+    h_mean, y_mean = h.mean(0), y.mean(0)
+    hc, yc = h - h_mean, y - y_mean
+    gram = hc.T @ hc
+    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    weight = torch.linalg.solve(gram, hc.T @ yc)  # (H, Dt)
+    linear, norm = projector.layers[index], projector.layers[-1]
+    with torch.no_grad():
+        linear.weight.copy_(weight.T)
+        linear.bias.copy_(y_mean - h_mean @ weight)
+        # LayerNorm(fit) * gamma + beta ~ fit when gamma, beta are the fit's per-sample spread and mean
+        norm.weight.fill_(float(y.std(1, unbiased=False).mean()))
+        norm.bias.fill_(float(y.mean(1).mean()))
+    residual = ((yc - hc @ weight) ** 2).sum() / (yc**2).sum().clamp_min(1e-30)
+    return float(1 - residual)
 
 
 class DINOHead(nn.Module):

@@ -17,6 +17,7 @@ register columns removed and the row renormalized, for teacher and student alike
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.losses.attndistill import attndistill_loss
 from edgedistill.losses.patch import patch_tokens, resize_patch_tokens
 from edgedistill.models.backbone_io import save_backbone
-from edgedistill.models.projector import Projector, save_projector
+from edgedistill.models.projector import Projector, fit_projector, save_projector
 from edgedistill.models.vit import create_vit, fitted_patch_size, forward_with_cls_attention, register_count
 from edgedistill.rundir import RunDir
 from edgedistill.train.loop import LoopSettings, Task
@@ -99,20 +100,39 @@ class DistillTask(Task):
         self.target_mean: torch.Tensor | None = None
         self.target_std: torch.Tensor | None = None
 
-    def measure_target_statistics(self, loader: Any) -> None:
-        """The teacher CLS's per-dimension mean and std over ``loader`` (training images, eval
-        transform), for ``cls_target=standardized``."""
+    def prepare_targets(self, loader: Any) -> dict[str, float]:
+        """Before training, one pass over ``loader`` (training images, eval transform): the
+        teacher CLS's per-dimension mean and std (``cls_target=standardized``), then the
+        projector's least-squares start (``projector_init=least_squares``) on the student's
+        initial features. Returns what it measured: ``prepare_seconds`` (the pass, outside the training
+        loop's budget) and ``projector_r2`` (the fit's R^2 on those images)."""
+        d = self.cfg.distill
+        fit = d.projector_init == "least_squares" and self.trainable.projector.last_linear() is not None
+        if d.cls_target != "standardized" and not fit:
+            return {}
+        started = time.perf_counter()
         device = next(self.teacher.parameters()).device
-        total, total_sq, count = None, None, 0
+        teacher_cls, hidden = [], []
+        was_training = self.trainable.training
+        self.trainable.eval()
         with torch.inference_mode():
             for images, _ in loader:
-                cls = self._teacher(images.to(device))[0][:, 0].double()
-                total = cls.sum(0) if total is None else total + cls.sum(0)
-                total_sq = (cls * cls).sum(0) if total_sq is None else total_sq + (cls * cls).sum(0)
-                count += cls.shape[0]
-        mean = total / count
-        var = (total_sq / count - mean * mean).clamp_min(0) * count / max(count - 1, 1)
-        self.target_mean, self.target_std = mean.float(), var.sqrt().float().clamp_min(1e-6)
+                images = images.to(device)
+                teacher_cls.append(self._teacher(images)[0][:, 0].double())
+                if fit:
+                    tokens, _ = forward_with_cls_attention(self.trainable.student, images,
+                                                           keep_registers=self.keep_registers)
+                    hidden.append(self.trainable.projector.hidden(tokens[:, 0]).double())
+        self.trainable.train(was_training)
+        cls = torch.cat(teacher_cls)
+        if d.cls_target == "standardized":
+            self.target_mean, self.target_std = cls.mean(0).float(), cls.std(0).float().clamp_min(1e-6)
+        measured = {"prepare_seconds": time.perf_counter() - started}
+        if fit:
+            measured["projector_r2"] = fit_projector(self.trainable.projector, torch.cat(hidden),
+                                                     self.teacher_target(cls.float()))
+            measured["prepare_seconds"] = time.perf_counter() - started
+        return measured
 
     def _teacher(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         teacher_in = images

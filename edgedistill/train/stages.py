@@ -56,9 +56,11 @@ def distill(cfg: Config, out: Path | None = None, *, resume: bool = False, conso
         if info.is_main and console is not None:
             _announce(console, cfg, student_kwargs, grids)
         task = DistillTask(cfg, teacher, student, student_kwargs, teacher_info, info.device)
-        if cfg.distill.cls_target == "standardized":
-            task.measure_target_statistics(target_statistics_loader(cfg))
-        return task, {"teacher": teacher_info, **grids}
+        prepared = task.prepare_targets(target_statistics_loader(cfg))
+        if "projector_r2" in prepared and info.is_main and console is not None:
+            console.print(f"projector: least-squares start on the student's initial features, "
+                          f"R^2 {prepared['projector_r2']:.2f} on the training images")
+        return task, {"teacher": teacher_info, **grids, **prepared}
 
     from edgedistill.data.mixing import MixSettings
     from edgedistill.models.teacher import check_teacher_source
@@ -109,7 +111,7 @@ def closing_knn(cfg: Config, run_dir: Path) -> dict[str, float]:
 
 def target_statistics_loader(cfg: Config) -> Any:
     """Up to ``distill.target_stats_images`` training images (a seeded sample), eval transform:
-    what the teacher's CLS statistics are measured on."""
+    what the teacher's CLS statistics and the projector's least-squares start are measured on."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
