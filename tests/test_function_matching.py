@@ -151,6 +151,11 @@ def test_a_cpu_budget_counts_cpu_seconds(tiny_folder, tmp_path):
         "distill.epochs=50", "distill.max_seconds=1", "distill.budget_clock=cpu"]), tmp_path / "run")
     assert summary["budget_reached"] and summary["steps"] < 50 * 4
     assert 1 <= summary["train_seconds"] < 30
+    # the target pass before training counts against the budget: a budget it uses up trains nothing more
+    spent = distill(build_config(None, tiny_overrides(tiny_folder) + [
+        "distill.epochs=50", "distill.max_seconds=0.001", "distill.budget_clock=cpu",
+        "distill.cls_target=standardized", "distill.projector_init=least_squares"]), tmp_path / "prepared")
+    assert spent["prepare_seconds"] > 0.001 and spent["budget_reached"] and spent["steps"] == 0
 
 
 def test_fit_projector_is_the_ridge_regression_by_hand():

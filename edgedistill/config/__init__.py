@@ -124,7 +124,7 @@ class DistillConfig:
     # The schedule's length in optimizer steps (warmup + cosine end there, and so does the run);
     # 0 = epochs x steps per epoch. Lets a wall-clock budget fit whole schedules (benchmarks/ablation.py).
     total_steps: int = 0
-    max_seconds: float = 0.0  # budget of the training loop; the run ends there (0 = none)
+    max_seconds: float = 0.0  # budget of the run (the target pass before training included); it ends there (0 = none)
     # What max_seconds counts: wall-clock seconds, or the CPU seconds of the run's process and
     # its data workers (cpu: an equal budget even when other jobs share the machine).
     budget_clock: str = "wall"  # wall | cpu

@@ -61,6 +61,9 @@ class Task:
 
     name = "train"
     trainable: nn.Module  # everything the optimizer updates; DDP wraps it
+    # Budget-clock seconds spent preparing before the loop (distill's target pass): a fresh run's
+    # clock starts there, so a max_seconds budget counts them too.
+    setup_seconds: float = 0.0
 
     def loss(self, model: nn.Module, images: Any, epoch: int) -> dict[str, torch.Tensor]:
         """``model`` is ``trainable`` (maybe DDP-wrapped). Returns "loss" plus named parts."""
@@ -201,7 +204,8 @@ def train(
     optimizer = torch.optim.AdamW(param_groups(trainable, settings.weight_decay), lr=plan.base_lr, betas=settings.betas)
     model = _wrap(trainable, task, settings, info)
     checkpoint_path = run.checkpoint
-    step, seconds_before = load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume else (0, 0.0)
+    step, seconds_before = (load_checkpoint(checkpoint_path, trainable, optimizer, task, device) if resume
+                            else (0, task.setup_seconds))
     start_epoch, start_batch = divmod(step, plan.steps_per_epoch)
     start_batch *= plan.accum  # in micro-batches
     before_first_step(run, settings, info, trainable, optimizer, step if resume else None, plan.stop_at,
