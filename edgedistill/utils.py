@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -185,6 +186,11 @@ def _end_children() -> None:
 
     import psutil
 
+    # The data-loader workers end here, or died of the signal itself when it went to the whole
+    # process group (`kill -TERM -PGID`, systemd, Slurm): torch's SIGCHLD handler would raise
+    # "DataLoader worker ... killed" into the caller's signal handler.
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     procs = []
     with contextlib.suppress(Exception):
         procs += [psutil.Process(worker.pid) for worker in multiprocessing.active_children()]

@@ -34,11 +34,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
     from edgedistill.cli.common import interrupt_hint
     from edgedistill.utils import remove_temporaries
 
-    # Data-loader workers die of the same signal when it went to the whole process group
-    # (`kill -TERM -PGID`, systemd, Slurm): torch's SIGCHLD handler would raise "DataLoader
-    # worker ... killed" into this one.
-    with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     remove_temporaries()
     hint = None
     with contextlib.suppress(Exception):
