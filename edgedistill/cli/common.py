@@ -143,7 +143,7 @@ def check_hub_teacher(source: str) -> None:
     import os
 
     from edgedistill.errors import EdgeDistillError
-    from edgedistill.utils import HUB_ENDPOINT, hf_cache_dir, hf_offline, unreachable
+    from edgedistill.network import HUB_ENDPOINT, hf_cache_dir, hf_offline, unreachable
 
     source = source.strip()
     if (not source or source.lower() == "random" or Path(source).expanduser().exists() or "/" in source

@@ -139,7 +139,7 @@ def _hub_local_file(cfg: Any) -> str | None:
         if try_to_load_from_cache is not None:
             repo, _, revision = hub_id.partition("@")
             names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else []
-            from edgedistill.utils import hf_cache_dir
+            from edgedistill.network import hf_cache_dir
 
             cache_dir = str(hf_cache_dir())
             for name in names + ["model.safetensors", "pytorch_model.bin"]:
@@ -187,7 +187,7 @@ def _hub_weights(name: str) -> tuple[str, Any, str | None]:
 def _check_hub_reachable(name: str, base: str, cfg: Any) -> None:
     """Fail in seconds, in one line, when the weights must be downloaded and the hub cannot be
     reached (offline mode set, no DNS, no route): the hub client would retry for a minute."""
-    from edgedistill.utils import HUB_ENDPOINT, hf_offline, unreachable
+    from edgedistill.network import HUB_ENDPOINT, hf_offline, unreachable
 
     if hf_offline():
         raise EdgeDistillError(_download_message(name, base, cfg, "offline mode is set (HF_HUB_OFFLINE) and the weights are not cached"))
