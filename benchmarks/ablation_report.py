@@ -20,6 +20,7 @@ COMPARISONS = (
     ("funmatch", "cls_only", "what the attention term adds"),
     ("funmatch", "no_mix", "what mixing adds"),
     ("funmatch", "raw_target", "what the standardized target adds"),
+    ("funmatch", "random_head", "what the least-squares projector start adds"),
     ("dense", "funmatch", "what the dense term adds"),
     ("attndistill", "dino_scratch", "AttnDistill as published against DINO from scratch"),
 )
