@@ -33,7 +33,7 @@ from edgedistill.models.backbone_io import save_backbone
 from edgedistill.models.projector import Projector, fit_projector, save_projector
 from edgedistill.models.vit import create_vit, fitted_patch_size, forward_with_cls_attention, register_count
 from edgedistill.rundir import RunDir
-from edgedistill.train.loop import LoopSettings, Task
+from edgedistill.train.loop import LoopSettings, Task, cpu_seconds
 
 
 class StudentWithProjector(nn.Module):
@@ -111,14 +111,12 @@ class DistillTask(Task):
         fit = d.projector_init == "least_squares" and self.trainable.projector.last_linear() is not None
         if d.cls_target != "standardized" and not fit:
             return {}
-        from edgedistill.train.loop import cpu_seconds
-
         clock = cpu_seconds if d.budget_clock == "cpu" else time.perf_counter
         started = clock()
         device = next(self.teacher.parameters()).device
         teacher_cls, hidden = [], []
         was_training = self.trainable.training
-        self.trainable.eval()
+        self.trainable.to(device).eval()  # on the teacher's device, where training puts it too
         with torch.inference_mode():
             for images, _ in loader:
                 images = images.to(device)
