@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum: int, frame: Any) -> None:
         # exit from here rather than raise into whatever runs (see edgedistill.cli's handler)
         if os.getpid() == main_pid:
-            from edgedistill.utils import remove_temporaries
+            from edgedistill.cleanup import remove_temporaries
 
             remove_temporaries()
             os.write(2, b"error: terminated (SIGTERM); rerun the same command to resume (finished cells are kept)\n")

@@ -12,16 +12,14 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import sys
 import tempfile
-import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-if TYPE_CHECKING:
-    import subprocess
+from edgedistill.cleanup import registered
+
 
 T = TypeVar("T")
 STDOUT = "-"  # an output path that means standard output
@@ -140,100 +138,6 @@ def check_writable(path: str | Path, what: str) -> None:
 
 # ----------------------------------------------------------------------------- writing
 
-_TEMPORARIES: set[str] = set()  # what this process's atomic writers hold right now
-_CHILDREN: "weakref.WeakSet[subprocess.Popen[Any]]" = weakref.WeakSet()  # start_child's processes
-_ON_TERMINATE: dict[int, Callable[[], None]] = {}  # what else must be undone (a device's temporary folder)
-
-
-@contextlib.contextmanager
-def _registered(path: str | Path) -> Iterator[None]:
-    _TEMPORARIES.add(str(path))
-    try:
-        yield
-    finally:
-        _TEMPORARIES.discard(str(path))
-
-
-@contextlib.contextmanager
-def temporary_directory(prefix: str) -> Iterator[Path]:
-    """A scratch folder removed at the end, also when SIGTERM ends the command
-    (:func:`remove_temporaries`)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        with _registered(folder):
-            yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def start_child(command: list[str], **popen: Any) -> "subprocess.Popen[Any]":
-    """``subprocess.Popen(command, **popen)``, a child that :func:`remove_temporaries` ends (with
-    whatever it started) when SIGTERM ends the command: the handler exits without unwinding, so
-    no ``finally`` of the caller stops it."""
-    import subprocess
-
-    proc = subprocess.Popen(command, **popen)
-    _CHILDREN.add(proc)
-    return proc
-
-
-def _end_children() -> None:
-    """Kill the live children of :func:`start_child` and their descendants (the processes a
-    worker's driver started), and the data-loader workers (which would otherwise linger until
-    their watchdog notices the parent is gone), and wait until they are gone, before their
-    files are removed."""
-    import multiprocessing
-
-    import psutil
-
-    # The data-loader workers end here, or died of the signal itself when it went to the whole
-    # process group (`kill -TERM -PGID`, systemd, Slurm): torch's SIGCHLD handler would raise
-    # "DataLoader worker ... killed" into the caller's signal handler.
-    with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    procs = []
-    with contextlib.suppress(Exception):
-        procs += [psutil.Process(worker.pid) for worker in multiprocessing.active_children()]
-    for child in list(_CHILDREN):
-        if child.poll() is None:
-            with contextlib.suppress(psutil.Error):
-                parent = psutil.Process(child.pid)
-                procs += [parent, *parent.children(recursive=True)]
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(procs, timeout=2)
-
-
-@contextlib.contextmanager
-def on_terminate(action: Callable[[], None]) -> Iterator[None]:
-    """While the block runs, :func:`remove_temporaries` also calls ``action`` (what a context
-    manager's exit would undo: the temporary folder on a device reached over SSH)."""
-    key = id(action)
-    _ON_TERMINATE[key] = action
-    try:
-        yield
-    finally:
-        _ON_TERMINATE.pop(key, None)
-
-
-def remove_temporaries() -> None:
-    """Run the :func:`on_terminate` actions, end the children of :func:`start_child`, then remove
-    the temporary files, work folders and locks the atomic writers of this process hold now: the
-    CLI's SIGTERM handler calls it, then exits without unwinding (an exception raised into an
-    extension module's import or a C++ callback can crash the process)."""
-    for action in list(_ON_TERMINATE.values()):
-        with contextlib.suppress(Exception):
-            action()
-    _end_children()
-    for path in list(_TEMPORARIES):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
 def _new_sibling(path: Path, suffix: str, create: Callable[[Path], T]) -> T:
     """``create(.<name>.<8 random hex>.<suffix>)`` beside ``path``, on the first free name."""
     for _ in range(100):
@@ -270,7 +174,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_sibling(path)
     try:
-        with _registered(tmp):
+        with registered(tmp):
             fresh = stat.S_IMODE(os.fstat(fd).st_mode)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -332,7 +236,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fresh = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
-        with _registered(tmp):
+        with registered(tmp):
             yield tmp
             _final_mode(tmp, path, fresh)
             os.replace(tmp, path)
@@ -427,7 +331,7 @@ def atomic_directory(path: Path, *, replace: bool = False, exists_hint: str = ""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_folder(path)
     try:
-        with _registered(tmp):
+        with registered(tmp):
             yield tmp
             if os.path.lexists(path):
                 if not replace:

@@ -90,9 +90,10 @@ def test_layers():
     """The runtime and the leaves import nothing above them; evaluation does not import
     training (training's online k-NN uses evaluation); only the CLI imports the CLI."""
     graph = dependency_graph()
-    assert graph["runtime"] <= {"errors", "utils", "limits"}, graph["runtime"]
-    for leaf in ("errors", "utils", "options", "progress"):
+    assert graph["runtime"] <= {"errors", "utils", "cleanup", "limits"}, graph["runtime"]
+    for leaf in ("errors", "cleanup", "network", "options", "progress"):
         assert graph.get(leaf, set()) <= {"errors"}, (leaf, graph.get(leaf))
+    assert graph["utils"] <= {"errors", "cleanup"}, graph["utils"]
     assert graph["limits"] <= {"errors", "utils"}, graph["limits"]
     assert graph["rundir"] <= {"errors", "config", "utils"}, graph["rundir"]
     assert "train" not in graph["eval"] and "train" not in graph["export"]

@@ -21,7 +21,7 @@ from edgedistill.bench.records import RowResult, RunSlice, Skip
 from edgedistill.bench.stats import summarize_times
 from edgedistill.runtime.rows import Row
 from edgedistill.runtime.manifest import Manifest
-from edgedistill.utils import start_child
+from edgedistill.cleanup import start_child
 
 __all__ = ["measure_group", "worker_spec", "SETTLE_SECONDS", "TORCH_ENGINE"]
 

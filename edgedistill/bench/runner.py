@@ -149,7 +149,7 @@ def _measure(rows: list[Row], skipped: list[Skip], manifest: Manifest, bundle_di
     """The files copied to each SSH device, then every thread count's rows loaded and measured
     in interleaved rounds (``process.measure_group``); the figures by row id."""
     from edgedistill.progress import progress_bar
-    from edgedistill.utils import temporary_directory
+    from edgedistill.cleanup import temporary_directory
 
     results: dict[str, RowResult] = {}
     # the scratch folder also holds the workers' own temporary files (a driven app's profile):

@@ -32,7 +32,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
     if os.getpid() != _HANDLER_PID:  # a forked child (a DataLoader worker): the parent reports
         os._exit(128 + signal.SIGTERM)
     from edgedistill.cli.common import interrupt_hint
-    from edgedistill.utils import remove_temporaries
+    from edgedistill.cleanup import remove_temporaries
 
     remove_temporaries()
     hint = None

@@ -301,9 +301,9 @@ def _engine_module(backend: str) -> str:
 @contextlib.contextmanager
 def open_device(device: str, python: str | None = None, ssh_config: str | None = None) -> Iterator[RemoteDevice]:
     """Connect to ``ssh://[user@]host[:port]`` and probe it; on leaving (error, Ctrl-C, or
-    SIGTERM through ``utils.on_terminate``) its temporary folder is removed and the
+    SIGTERM through ``cleanup.on_terminate``) its temporary folder is removed and the
     connection closed."""
-    from edgedistill.utils import on_terminate
+    from edgedistill.cleanup import on_terminate
 
     target = parse_target(device)
     with SshConnection(target, ssh_config) as connection:

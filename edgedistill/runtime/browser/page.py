@@ -60,7 +60,7 @@ def browser_problem() -> str | None:
 def serve(bundle_dir: Path) -> Iterator[str]:
     """The web example's server for ``bundle_dir`` (bench mode, cross-origin isolated) on a free
     port; yields its URL and stops it on exit."""
-    from edgedistill.utils import start_child
+    from edgedistill.cleanup import start_child
 
     proc = start_child([sys.executable, str(web_dir() / "serve.py"), "--bundle", str(bundle_dir), "--bench",
                         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
