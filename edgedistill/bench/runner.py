@@ -123,8 +123,19 @@ def run_bench(
                            (load_timeout, run_timeout))
         described = {label: remote.describe() for label, remote in remotes.items()}
     report_rows = _measured_rows(rows, results, skipped)
-    bases = baselines(report_rows, opts.threads, skipped)
-    add_ratios(report_rows, bases)
+    return _report(manifest, bundle_dir, opts, settings, describe_machine(devices), report_rows, skipped, described,
+                   started, load_before)
+
+
+def _report(manifest: Manifest, bundle_dir: Path, opts: BenchOptions, settings: dict[str, Any],
+            machine: dict[str, Any], rows: list[ReportRow], skipped: list[Skip], remotes: dict[str, Any],
+            started: _dt.datetime, load_before: Any) -> BenchReport:
+    """The measured rows with their baselines and ratios, the best per runtime and the notes,
+    assembled into the report."""
+    from edgedistill.bench.machine import load_average
+
+    bases = baselines(rows, opts.threads, skipped)
+    add_ratios(rows, bases)
     load_after = load_average()
     return {
         "format": REPORT_FORMAT,
@@ -132,14 +143,14 @@ def run_bench(
         "seconds": round((_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(), 1),
         "bundle": {"path": str(bundle_dir.resolve()), "name": manifest.name, "input": manifest.input.as_json(),
                    "default_variant": manifest.default_variant, "knn": knn_meta(manifest)},
-        "machine": dict(describe_machine(devices), load_average_after=load_after),
+        "machine": dict(machine, load_average_after=load_after),
         "settings": settings,
         "baselines": bases,
-        "rows": report_rows,
+        "rows": rows,
         "skipped": skipped,
-        "best": best_rows(report_rows, opts.batches[0], knn_meta(manifest)),
-        "notes": _notes(report_rows, [load_before, load_after], settings["load_average_per_round"], described),
-        "remotes": described,
+        "best": best_rows(rows, opts.batches[0], knn_meta(manifest)),
+        "notes": _notes(rows, [load_before, load_after], settings["load_average_per_round"], remotes),
+        "remotes": remotes,
     }
 
 

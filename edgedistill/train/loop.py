@@ -226,7 +226,7 @@ def train(
     progress = StepProgress(info.is_main, console, plan.total_steps, step, task.name)
     last: dict[str, float] = {}
     budget_reached = clock.over_budget(settings.max_seconds, device)
-    window_images, window_start = 0, time.perf_counter()
+    window = _Throughput()
 
     try:
         for epoch in range(start_epoch, plan.epochs):
@@ -244,15 +244,10 @@ def train(
 
                 lr = _schedule(optimizer, settings, step, plan.total_steps, plan.warmup_steps, plan.base_lr)
 
-                # DDP all-reduces gradients only on the micro-batch that completes a step.
-                sync = contextlib.nullcontext() if (is_last_micro or not info.distributed) else model.no_sync()
-                with sync:
-                    with autocast_for(settings.amp, device):
-                        parts = task.loss(model, images, epoch)
-                    _check_finite(parts, step, epoch, checkpoint_path, device)
-                    (parts["loss"] / plan.accum).backward()
+                parts = _backward(task, model, images, epoch, step, plan.accum, settings.amp, device,
+                                  sync=is_last_micro or not info.distributed, checkpoint=checkpoint_path)
                 micro += 1
-                window_images += _batch_size_of(images) * info.world_size
+                window.add(_batch_size_of(images) * info.world_size)
                 if not is_last_micro:
                     continue
 
@@ -262,9 +257,7 @@ def train(
                 last["lr"] = lr
                 budget_reached = clock.over_budget(settings.max_seconds, device)
                 if step % settings.log_every == 0 or step in (plan.stop_at, plan.total_steps) or budget_reached:
-                    elapsed = time.perf_counter() - window_start
-                    last["img_s"] = window_images / max(elapsed, 1e-9)
-                    window_images, window_start = 0, time.perf_counter()
+                    last["img_s"] = window.rate()
                     if info.is_main:
                         append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last,
                                                     "train_seconds": round(clock.seconds(), 3)})
@@ -291,6 +284,34 @@ def train(
         task.save_outputs(run.path)
     return LoopResult(step, step // plan.steps_per_epoch, step < plan.total_steps and not budget_reached, last,
                       seconds=clock.seconds(), budget_reached=budget_reached, total_steps=plan.total_steps)
+
+
+class _Throughput:
+    """Images per second since the last reading."""
+
+    def __init__(self) -> None:
+        self.images, self.since = 0, time.perf_counter()
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.images, self.since = 0, now
+        return rate
+
+
+def _backward(task: Task, model: nn.Module, images: Any, epoch: int, step: int, accum: int, amp: str,
+              device: torch.device, *, sync: bool, checkpoint: Path) -> dict[str, torch.Tensor]:
+    """One micro-batch: the loss under autocast, checked finite, its gradient accumulated.
+    DDP all-reduces gradients only on the micro-batch that completes a step (``sync``)."""
+    with contextlib.nullcontext() if sync else model.no_sync():
+        with autocast_for(amp, device):
+            parts = task.loss(model, images, epoch)
+        _check_finite(parts, step, epoch, checkpoint, device)
+        (parts["loss"] / accum).backward()
+    return parts
 
 
 def _optimizer_step(task: Task, trainable: nn.Module, optimizer: torch.optim.Optimizer, clip_grad: float,
