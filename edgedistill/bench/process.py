@@ -178,7 +178,6 @@ class _Group:
         self.times: dict[str, dict[int, list[list[float]]]] = {}
         # a batch size that failed on a row: the row keeps its other batches' figures
         self.failed: dict[str, dict[int, str]] = {}
-        self.ended: set[str] = set()  # rows whose worker died mid-measurement, figures kept
 
     def load(self, manifest: Manifest, opts: Any, input_file: str | None, timeout: float, scratch: Path) -> None:
         env = _worker_env(self.threads, scratch)
@@ -224,8 +223,6 @@ class _Group:
         self.times[row_id].pop(batch, None)
         if died or not self.times[row_id]:
             self.workers.pop(row_id).kill()
-            if any(self.times[row_id].values()):
-                self.ended.add(row_id)
         if not any(self.times[row_id].values()) and row_id not in self.workers:
             self.skipped.append(_skip(self.rows[row_id], f"failed while measuring: {reply.get('error')}"))
         return False
@@ -258,8 +255,10 @@ class _Group:
         closing = {row_id: w.close() for row_id, w in self.workers.items()}
         for w in self.workers.values():
             w.kill()
+        # rows whose worker died mid-measurement keep the rounds they finished
+        ended = sorted(r for r in self.times if r not in self.workers and any(self.times[r].values()))
         results = {}
-        for row_id in [*self.workers, *sorted(self.ended)]:
+        for row_id in [*self.workers, *ended]:
             results[row_id] = _row_result(self.ready[row_id], closing.get(row_id) or {}, self.times[row_id])
             if row_id in self.failed:
                 results[row_id]["failed_batches"] = {str(b): why for b, why in self.failed[row_id].items()}
