@@ -358,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-set", action="append", default=[],
                         help="a config override for --pretrain-teacher only (repeatable)")
     parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite table.md, results.json and the plot from the finished cells; train nothing")
     parser.add_argument("--quick", action="store_true", help="seconds per cell on the embedded digits (the test)")
     args = parser.parse_args(argv)
     defaults = {"config": "configs/cifar10_vit_t.yaml", "teacher_config": "configs/cifar10_teacher.yaml",
@@ -414,11 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         wanted = ",".join(ablation.variants) if args.variants == "all" else (args.variants or ",".join(DEFAULT_VARIANTS))
         names = parse_list(wanted, "variants", str, choices=list(ablation.variants), noun="variant")
         ablation.check_inputs(teacher_ready=not args.pretrain_teacher)
-        check_settings(out, {k: v for k, v in vars(args).items() if k not in ("out", "quick", "pretrain_teacher")})
-        if args.pretrain_teacher:
+        check_settings(out, {k: v for k, v in vars(args).items()
+                             if k not in ("out", "quick", "pretrain_teacher", "report_only")})
+        if args.pretrain_teacher and not args.report_only:
             pretrain_teacher(args)
         refs = ablation.references(seeds)
-        for name in names:
+        write_report(out, ablation, refs)
+        for name in names if not args.report_only else ():
             for seed in seeds:
                 print(f"== {name} seed {seed}", flush=True)
                 started = time.perf_counter()
@@ -447,10 +451,18 @@ def write_report(out: Path, ablation: Ablation, refs: dict[str, Any]) -> None:
     results = finished_cells(out, list(ablation.variants))
     header = {"data": ablation.args.data, "teacher": ablation.args.teacher,
               "budget_s": ablation.machine_seconds, "clock": ablation.clock, "clock_budget_s": ablation.budget,
-              "device": describe_device(ablation.student.run.device), "date": time.strftime("%Y-%m-%d")}
+              "device": describe_device(ablation.student.run.device), "date": time.strftime("%Y-%m-%d"),
+              "student": student_words(ablation.student.student)}
     atomic_json(out / "results.json", {**header, "references": refs, "cells": results})
     write_table(out / "table.md", header, results, refs)
     write_plot(out / "knn_vs_time.png", header, results, refs)
+
+
+def student_words(student: Any) -> str:
+    """The evidence student in the table's words: its timm name, patch and depth where overridden."""
+    overridden = [f"patch {student.patch_size}" if student.patch_size else "",
+                  f"{student.depth} blocks" if student.depth else ""]
+    return " ".join([f"`{student.arch}`", ", ".join(o for o in overridden if o)]).strip()
 
 
 def describe_device(device: str) -> str:

@@ -83,7 +83,9 @@ def write_table(path: Path, header: dict[str, Any], cells: list[dict[str, Any]],
     if cpu:
         budget += f" ({header['clock_budget_s']:g} CPU seconds: training stops there, whatever else runs)"
     lines = [
-        f"Data `{header['data']}`, teacher `{header['teacher']}`, {budget}, on {header['device']}"
+        f"Data `{header['data']}`, teacher `{header['teacher']}`"
+        f"{', student ' + header['student'] + ' for every variant' if header.get('student') else ''}, "
+        f"{budget}, on {header['device']}"
         f"{', ' + header['date'] if header.get('date') else ''}. k-NN top-1 (%, k = 20, val split), "
         "mean ± std over seeds.",
         "",
@@ -108,6 +110,7 @@ def write_table(path: Path, header: dict[str, Any], cells: list[dict[str, Any]],
         lines.append(f"| raw pixels (reference) | {refs['pixels']:.2f} | | | | | | |")
     lines += ["", "k-NN top-1: at the end of the budget. Best along the curve: the highest k-NN any of the "
               "cell's measurements reached (what stopping at the right moment would have kept)."]
+    lines += _against_random(rows, randoms)
     comparisons = [(a, b, what) for a, b, what in COMPARISONS if a in rows and b in rows]
     if comparisons:
         lines += ["", "Differences (beyond the seed spread: the two mean ± std intervals do not overlap):", ""]
@@ -124,6 +127,25 @@ def write_table(path: Path, header: dict[str, Any], cells: list[dict[str, Any]],
 
     atomic_write_text(path, text)
     return text
+
+
+def _against_random(rows: dict[str, dict[str, Any]], randoms: list[float]) -> list[str]:
+    """Each variant against the random-init student: a budget too short to learn shows here."""
+    if not rows or not randoms:
+        return []
+    floor = {"mean": statistics.fmean(randoms), "std": _std(randoms)}
+    lines = ["", "Against the random-init student:", ""]
+    below = []
+    for row in rows.values():
+        lines.append(f"- {row['label']}: {verdict(row, floor)}")
+        if row["mean"] - floor["mean"] <= (row["std"] or 0) + (floor["std"] or 0):
+            below.append(row["label"])
+    one_seed = floor["std"] is None or any(row["std"] is None for row in rows.values())
+    judged = "above it (one seed: no spread to judge by)" if one_seed else "beyond the seed spread"
+    lines += ["", f"Every trained variant clears the random-init student, {judged}." if not below else
+              f"Not clear of the random-init student ({judged}): {', '.join(below)}. A longer budget, or a "
+              "cheaper evidence student, gives them more steps."]
+    return lines
 
 
 def write_plot(path: Path, header: dict[str, Any], cells: list[dict[str, Any]], refs: dict[str, Any]) -> None:

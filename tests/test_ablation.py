@@ -63,6 +63,34 @@ def test_the_table_has_a_number_per_variant_and_the_plot_is_a_png(quick_run):
     assert "CLS only" in table and "DINO from scratch" in table and "one seed: no spread" in table
     assert "raw pixels (reference)" in table and "standardized CLS target" in table and "mixup" in table
     assert (quick_run / "knn_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Against the random-init student:" in table and "student `vit_tiny_patch16_224` patch 8, 2 blocks" in table
+
+
+def test_report_only_rewrites_the_table_without_training(quick_run):
+    (quick_run / "table.md").unlink()
+    cells = {p: p.stat().st_mtime_ns for p in (quick_run / "cells").glob("*/seed0/knn.json")}
+    done = _run("--quick", "--seeds", "0", "--report-only", "--out", str(quick_run), cwd=quick_run.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "== " not in done.stdout and "DINO from scratch" in (quick_run / "table.md").read_text()
+    assert cells == {p: p.stat().st_mtime_ns for p in (quick_run / "cells").glob("*/seed0/knn.json")}
+
+
+def test_the_random_init_floor_names_the_variants_that_do_not_clear_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from ablation_report import _against_random, summarize
+
+    def cells(variant, label, values):
+        return [{"variant": variant, "label": label, "seed": i, "top1": v, "steps": 1, "total_steps": 1,
+                 "budget_reached": False, "img_s": 1.0, "train_seconds": 1.0} for i, v in enumerate(values)]
+
+    rows = summarize(cells("a", "learns", [31.0, 32.0, 33.0]) + cells("b", "stalls", [28.0, 29.5, 31.0]))
+    text = "\n".join(_against_random(rows, [28.0, 28.5, 29.0]))
+    assert "- learns: +3.50 points, seed std 1.00 / 0.50: beyond the seed spread" in text
+    assert "- stalls: +1.00 points, seed std 1.50 / 0.50: within the seed spread" in text
+    assert "Not clear of the random-init student (beyond the seed spread): stalls." in text
+    rows = summarize(cells("a", "learns", [31.0, 32.0, 33.0]))
+    assert "Every trained variant clears the random-init student, beyond the seed spread." in "\n".join(
+        _against_random(rows, [28.0, 28.5, 29.0]))
 
 
 def test_a_rerun_skips_finished_cells_and_other_settings_are_refused(quick_run):
