@@ -25,9 +25,10 @@ directory per cell (cells/<variant>/seed<N>/). Rerunning the same command skips 
 cells and resumes an interrupted one from its checkpoint.
 
   # the CIFAR table (a 2-core CPU: ~1 h of teacher, then 4 variants x 3 seeds x 4 min), with the
-  # evidence student ViT-T/8 (16 tokens at 32 px, the same for every variant):
+  # evidence student ViT-T/8 with 4 blocks (16 tokens at 32 px, the same for every variant):
   python benchmarks/ablation.py --pretrain-teacher --teacher runs/cifar10_teacher \\
-      --data ../shared/data/cifar10-subset --budget-minutes 4 --set student.patch_size=8 --out runs/ablation_cifar
+      --data ../shared/data/cifar10-subset --budget-minutes 4 --set student.patch_size=8 \\
+      --set student.depth=4 --out runs/ablation_cifar
   # the digits tables (the quickstart's teacher and recipe; 1 and 3 minutes per cell):
   python benchmarks/ablation.py --pretrain-teacher --teacher runs/quickstart_teacher --data digits \\
       --config configs/quickstart.yaml --teacher-config configs/quickstart.yaml --budget-minutes 1 \\
