@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.pretrain_teacher and not args.report_only:
             pretrain_teacher(args)
         refs = ablation.references(seeds)
-        write_report(out, ablation, refs)
+        write_report(out, ablation, refs, trained_here=not args.report_only)
         for name in names if not args.report_only else ():
             for seed in seeds:
                 print(f"== {name} seed {seed}", flush=True)
@@ -448,12 +448,17 @@ def finished_cells(out: Path, order: list[str]) -> list[dict[str, Any]]:
     return sorted(cells, key=lambda c: (order.index(c["variant"]) if c["variant"] in order else len(order), c["seed"]))
 
 
-def write_report(out: Path, ablation: Ablation, refs: dict[str, Any]) -> None:
+def write_report(out: Path, ablation: Ablation, refs: dict[str, Any], trained_here: bool = True) -> None:
+    """table.md, results.json and the plot from every finished cell. ``trained_here`` False
+    (``--report-only``): the machine and date stay those of the run that trained the cells."""
     results = finished_cells(out, list(ablation.variants))
     header = {"data": ablation.args.data, "teacher": ablation.args.teacher,
               "budget_s": ablation.machine_seconds, "clock": ablation.clock, "clock_budget_s": ablation.budget,
               "device": describe_device(ablation.student.run.device), "date": time.strftime("%Y-%m-%d"),
               "student": student_words(ablation.student.student)}
+    previous = out / "results.json"
+    if not trained_here and previous.is_file():
+        header.update({k: v for k, v in json.loads(previous.read_text()).items() if k in ("device", "date")})
     atomic_json(out / "results.json", {**header, "references": refs, "cells": results})
     write_table(out / "table.md", header, results, refs)
     write_plot(out / "knn_vs_time.png", header, results, refs)
