@@ -382,6 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgedistill.cleanup import remove_temporaries  # imported now: a SIGTERM handler must not import
     from edgedistill.errors import EdgeDistillError
     from edgedistill.options import parse_list
 
@@ -396,8 +397,6 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum: int, frame: Any) -> None:
         # exit from here rather than raise into whatever runs (see edgedistill.cli's handler)
         if os.getpid() == main_pid:
-            from edgedistill.cleanup import remove_temporaries
-
             remove_temporaries()
             os.write(2, b"error: terminated (SIGTERM); rerun the same command to resume (finished cells are kept)\n")
         os._exit(128 + signal.SIGTERM)
@@ -423,15 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             pretrain_teacher(args)
         refs = ablation.references(seeds)
         write_report(out, ablation, refs, trained_here=not args.report_only)
-        for name in names if not args.report_only else ():
-            for seed in seeds:
-                print(f"== {name} seed {seed}", flush=True)
-                started = time.perf_counter()
-                cell = ablation.cell(ablation.variants[name], seed)
-                print(f"   k-NN {cell['top1']:.2f} after {cell['steps']}/{cell['total_steps']} steps, "
-                      f"{cell['train_seconds']:.0f} s of training, {time.perf_counter() - started:.0f} s in all",
-                      flush=True)
-                write_report(out, ablation, refs)
+        if not args.report_only:
+            run_cells(ablation, names, seeds, refs)
     except EdgeDistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -440,6 +432,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print((out / "table.md").read_text())
     return 0
+
+
+def run_cells(ablation: Ablation, names: list[str], seeds: list[int], refs: dict[str, Any]) -> None:
+    """Train (or read back) every (variant, seed) cell, rewriting the report after each."""
+    for name in names:
+        for seed in seeds:
+            print(f"== {name} seed {seed}", flush=True)
+            started = time.perf_counter()
+            cell = ablation.cell(ablation.variants[name], seed)
+            print(f"   k-NN {cell['top1']:.2f} after {cell['steps']}/{cell['total_steps']} steps, "
+                  f"{cell['train_seconds']:.0f} s of training, {time.perf_counter() - started:.0f} s in all",
+                  flush=True)
+            write_report(ablation.out, ablation, refs)
 
 
 def finished_cells(out: Path, order: list[str]) -> list[dict[str, Any]]:

@@ -61,10 +61,14 @@ def verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     text = f"{diff:+.2f} points"
     if a["std"] is None or b["std"] is None:
         return f"{text} (one seed: no spread to judge by)"
-    spread = a["std"] + b["std"]
-    beyond = abs(diff) > spread
+    beyond = abs(diff) > _spread(a, b)
     return (f"{text}, seed std {a['std']:.2f} / {b['std']:.2f}: "
             f"{'beyond' if beyond else 'within'} the seed spread")
+
+
+def _spread(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The sum of the two seed stds (0 for a single seed): mean ± std intervals further apart do not overlap."""
+    return (a["std"] or 0.0) + (b["std"] or 0.0)
 
 
 def _fmt(mean: float, std: float | None) -> str:
@@ -138,7 +142,7 @@ def _against_random(rows: dict[str, dict[str, Any]], randoms: list[float]) -> li
     below = []
     for row in rows.values():
         lines.append(f"- {row['label']}: {verdict(row, floor)}")
-        if row["mean"] - floor["mean"] <= (row["std"] or 0) + (floor["std"] or 0):
+        if row["mean"] - floor["mean"] <= _spread(row, floor):
             below.append(row["label"])
     one_seed = floor["std"] is None or any(row["std"] is None for row in rows.values())
     judged = "above it (one seed: no spread to judge by)" if one_seed else "beyond the seed spread"

@@ -140,7 +140,7 @@ def test_a_function_matching_run_resumes_to_the_same_weights(tiny_folder, tmp_pa
 
 
 def test_a_cpu_budget_counts_cpu_seconds(tiny_folder, tmp_path):
-    from edgedistill.train.loop import cpu_seconds
+    from edgedistill.train.clock import cpu_seconds
 
     before = cpu_seconds()
     x = torch.randn(600, 600)

@@ -33,7 +33,8 @@ from edgedistill.models.backbone_io import save_backbone
 from edgedistill.models.projector import Projector, fit_projector, save_projector
 from edgedistill.models.vit import create_vit, fitted_patch_size, forward_with_cls_attention, register_count
 from edgedistill.rundir import RunDir
-from edgedistill.train.loop import LoopSettings, Task, cpu_seconds
+from edgedistill.train.clock import cpu_seconds
+from edgedistill.train.loop import LoopSettings, Task
 
 
 class StudentWithProjector(nn.Module):

@@ -9,7 +9,6 @@ checkpoints and resume (``checkpoint.py``), non-finite-loss stops, progress and 
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.progress import StepProgress
 from edgedistill.rundir import RunDir
 from edgedistill.train.checkpoint import before_first_step, load_checkpoint, save_checkpoint
+from edgedistill.train.clock import Throughput, TrainingClock
 from edgedistill.train.schedule import cosine, param_groups, warmup_cosine
 from edgedistill.utils import append_jsonl
 
@@ -101,48 +101,6 @@ class LoopResult:
     total_steps: int = 0
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its children (the data loader's workers)."""
-    import psutil
-
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:4])  # user, system, and the children already waited for
-    for child in me.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.Error:  # a worker that just exited
-            pass
-    return total
-
-
-class _Clock:
-    """Seconds of training so far, across resumes: wall-clock, or CPU seconds (``cpu``: what a
-    budget should count when other jobs share the machine). Online k-NN is evaluation, not
-    training: its time is left out, so ``knn_every`` does not eat into a ``max_seconds`` budget."""
-
-    def __init__(self, before: float = 0.0, kind: str = "wall"):
-        self.now = cpu_seconds if kind == "cpu" else time.perf_counter
-        self.before = before
-        self.started = self.now()
-        self.paused = 0.0
-
-    def seconds(self) -> float:
-        return self.before + self.now() - self.started - self.paused
-
-    def over_budget(self, max_seconds: float, device: torch.device) -> bool:
-        """Past ``max_seconds`` (0 = no budget) on any rank: the first rank over budget stops them
-        all, since ranks that disagreed would deadlock in all-reduce."""
-        return bool(max_seconds) and not distmod.all_true(self.seconds() < max_seconds, device)
-
-    @contextlib.contextmanager
-    def pause(self):
-        began = self.now()
-        try:
-            yield
-        finally:
-            self.paused += self.now() - began
-
-
 def _batch_size_of(images: Any) -> int:
     return (images[0] if isinstance(images, (list, tuple)) else images).shape[0]
 
@@ -213,7 +171,7 @@ def train(
     if resume and info.is_main and console is not None:
         console.print(f"resumed from {checkpoint_path} at step {step}/{plan.total_steps}")
     saved_step = step if resume else -1
-    clock = _Clock(seconds_before, settings.budget_clock)
+    clock = TrainingClock(seconds_before, settings.budget_clock)
 
     def save() -> None:
         nonlocal saved_step
@@ -226,7 +184,7 @@ def train(
     progress = StepProgress(info.is_main, console, plan.total_steps, step, task.name)
     last: dict[str, float] = {}
     budget_reached = clock.over_budget(settings.max_seconds, device)
-    window = _Throughput()
+    window = Throughput()
 
     try:
         for epoch in range(start_epoch, plan.epochs):
@@ -257,10 +215,7 @@ def train(
                 last["lr"] = lr
                 budget_reached = clock.over_budget(settings.max_seconds, device)
                 if step % settings.log_every == 0 or step in (plan.stop_at, plan.total_steps) or budget_reached:
-                    last["img_s"] = window.rate()
-                    if info.is_main:
-                        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last,
-                                                    "train_seconds": round(clock.seconds(), 3)})
+                    _log_step(last, window, clock, step, epoch, metrics_path if info.is_main else None)
                 progress.update(step, last)
                 if knn_fn is not None and plan.knn_steps and step % plan.knn_steps == 0:
                     last.update(_online_knn(knn_fn, task, clock, step, step / plan.steps_per_epoch, info.is_main,
@@ -268,11 +223,8 @@ def train(
                 if step >= plan.stop_at or budget_reached:
                     break
 
-            epoch_done = (step % plan.steps_per_epoch == 0) and step > 0
-            if epoch_done:
-                done_epochs = step // plan.steps_per_epoch
-                if done_epochs % settings.checkpoint_every == 0 or step >= plan.total_steps:
-                    save()
+            if _checkpoint_due(step, plan, settings.checkpoint_every):
+                save()
             if step >= plan.stop_at or budget_reached:
                 break
         if saved_step != step:
@@ -286,20 +238,20 @@ def train(
                       seconds=clock.seconds(), budget_reached=budget_reached, total_steps=plan.total_steps)
 
 
-class _Throughput:
-    """Images per second since the last reading."""
+def _log_step(last: dict[str, float], window: Throughput, clock: TrainingClock, step: int, epoch: int,
+              metrics_path: Path | None) -> None:
+    """Add the images/s since the last record to ``last`` and append the step's record (the main
+    process only: ``metrics_path`` None elsewhere)."""
+    last["img_s"] = window.rate()
+    if metrics_path is not None:
+        append_jsonl(metrics_path, {"step": step, "epoch": epoch, **last, "train_seconds": round(clock.seconds(), 3)})
 
-    def __init__(self) -> None:
-        self.images, self.since = 0, time.perf_counter()
 
-    def add(self, images: int) -> None:
-        self.images += images
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        rate = self.images / max(now - self.since, 1e-9)
-        self.images, self.since = 0, now
-        return rate
+def _checkpoint_due(step: int, plan: _Plan, checkpoint_every: int) -> bool:
+    """At the end of an epoch: every ``checkpoint_every`` epochs, and at the end of the schedule."""
+    if step == 0 or step % plan.steps_per_epoch:
+        return False
+    return (step // plan.steps_per_epoch) % checkpoint_every == 0 or step >= plan.total_steps
 
 
 def _backward(task: Task, model: nn.Module, images: Any, epoch: int, step: int, accum: int, amp: str,
@@ -327,7 +279,7 @@ def _optimizer_step(task: Task, trainable: nn.Module, optimizer: torch.optim.Opt
     return step + 1
 
 
-def _online_knn(knn_fn: Callable[[nn.Module], dict[str, float]], task: Task, clock: _Clock, step: int, epoch: float,
+def _online_knn(knn_fn: Callable[[nn.Module], dict[str, float]], task: Task, clock: TrainingClock, step: int, epoch: float,
                 is_main: bool, metrics_path: Path, progress: StepProgress) -> dict[str, float]:
     """The online k-NN every ``knn_every`` epochs, off the training clock; logged and shown."""
     with clock.pause():
