@@ -67,11 +67,6 @@ def _end_children() -> None:
 
     import psutil
 
-    # The data-loader workers end here, or died of the signal itself when it went to the whole
-    # process group (`kill -TERM -PGID`, systemd, Slurm): torch's SIGCHLD handler would raise
-    # "DataLoader worker ... killed" into the caller's signal handler.
-    with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     procs = []
     with contextlib.suppress(Exception):
         procs += [psutil.Process(worker.pid) for worker in multiprocessing.active_children()]
@@ -103,6 +98,11 @@ def remove_temporaries() -> None:
     the temporary files, work folders and locks the atomic writers of this process hold now: the
     CLI's SIGTERM handler calls it, then exits without unwinding (an exception raised into an
     extension module's import or a C++ callback can crash the process)."""
+    # First, before any import or wait: the data-loader workers end here, or died of the signal
+    # itself when it went to the whole process group (`kill -TERM -PGID`, systemd, Slurm), and
+    # torch's SIGCHLD handler would raise "DataLoader worker ... killed" into the caller's handler.
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for action in list(_ON_TERMINATE.values()):
         with contextlib.suppress(Exception):
             action()

@@ -326,3 +326,24 @@ def test_plot_labels_of_coinciding_points_are_merged(tmp_path, monkeypatch):
                                    (0.5, 60.0, "onnx_int8")]
     assert plot_labels([(2.0, 50.0, "a"), (2.0, 50.0, "b")]) == [(2.0, 50.0, "a, b")]
     assert plot_labels([]) == []
+
+
+def test_a_worker_drops_only_the_resource_sharers_lost_connection():
+    """After Ctrl-C the main process may drop a batch's file-descriptor hand-over half-way; the
+    worker's resource-sharer thread then reports the broken connection through sys.excepthook."""
+    from edgedistill.data import _quiet_resource_sharer
+
+    src = ("def serve(hook, error):\n    try:\n        raise error\n    except BaseException:\n"
+           "        import sys\n        hook(*sys.exc_info())\n")
+
+    def reported(filename: str, error: BaseException) -> int:
+        namespace: dict = {}
+        exec(compile(src, filename, "exec"), namespace)
+        seen: list = []
+        namespace["serve"](lambda *exc: _quiet_resource_sharer(lambda *a: seen.append(a), *exc), error)
+        return len(seen)
+
+    sharer = "/usr/lib/python3.11/multiprocessing/resource_sharer.py"
+    assert reported(sharer, ConnectionResetError(104, "reset")) == 0 and reported(sharer, EOFError()) == 0
+    assert reported(sharer, ValueError("a bug")) == 1  # anything else is still reported
+    assert reported("/work/app.py", EOFError()) == 1

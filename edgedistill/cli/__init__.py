@@ -15,6 +15,7 @@ import threading
 import click
 
 from edgedistill import __version__
+from edgedistill.cleanup import remove_temporaries  # standard library only: --help stays instant
 from edgedistill.errors import EdgeDistillError, Interrupted
 
 
@@ -31,10 +32,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
     if os.getpid() != _HANDLER_PID:  # a forked child (a DataLoader worker): the parent reports
         os._exit(128 + signal.SIGTERM)
+    remove_temporaries()  # first: it stops child-exit signals before anything else can be interrupted
     from edgedistill.cli.common import interrupt_hint
-    from edgedistill.cleanup import remove_temporaries
 
-    remove_temporaries()
     hint = None
     with contextlib.suppress(Exception):
         hint = interrupt_hint()

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
+import traceback
 from itertools import islice
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -120,8 +122,21 @@ def ignore_interrupts(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn`` of every loader: workers ignore Ctrl-C. A terminal sends it
     to the whole process group, and a worker that died of it first made the main process fail on
     the lost batch (a traceback, not exit 130); the main process stops its workers when it
-    handles the interrupt."""
+    handles the interrupt. A worker also stays quiet when the interrupted main process drops a
+    batch's file-descriptor hand-over half-way (its resource-sharer thread's connection error
+    would print a traceback under the main process's one-line message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = sys.excepthook
+    sys.excepthook = lambda *exc: _quiet_resource_sharer(previous, *exc)
+
+
+def _quiet_resource_sharer(report: Callable, exc_type: type, exc: BaseException, tb: Any) -> None:
+    """A worker's ``sys.excepthook`` (which multiprocessing's resource-sharer thread reports
+    through): a broken connection there is the main process going away; the rest is reported."""
+    frames = traceback.extract_tb(tb)
+    if issubclass(exc_type, (EOFError, OSError)) and frames and frames[0].filename.endswith("resource_sharer.py"):
+        return
+    report(exc_type, exc, tb)
 
 
 def seed_worker(worker_id: int) -> None:
